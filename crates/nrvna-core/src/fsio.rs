@@ -1,0 +1,230 @@
+//! Crash-consistent file primitives: write-then-rename, directory fsync,
+//! and reads that never follow a symlink or block on a FIFO.
+//!
+//! Every file in a job is written as `NAME.tmp` and renamed to `NAME`, so a
+//! reader never sees half a file (maildir's delivery discipline).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+/// Whether transitions fsync file contents and parent directories.
+/// On by default; `NRVNA_FSYNC=0` turns it off (for measuring its cost, or
+/// on scratch workspaces where durability does not matter).
+pub fn fsync_enabled() -> bool {
+    use std::sync::OnceLock;
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        !matches!(
+            std::env::var("NRVNA_FSYNC").as_deref(),
+            Ok("0") | Ok("off") | Ok("false")
+        )
+    })
+}
+
+/// fsyncs a directory so that renames and creations inside it are durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    if !fsync_enabled() {
+        return Ok(());
+    }
+    File::open(dir)?.sync_all()
+}
+
+/// Removes the temp file unless disarmed: no `.tmp` debris after an error.
+struct TmpGuard<'a> {
+    path: &'a Path,
+    armed: bool,
+}
+
+impl Drop for TmpGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_file(self.path);
+        }
+    }
+}
+
+/// Writes `data` to `dir/name` atomically: `name.tmp` (create_new), fsync,
+/// rename to `name`. The directory is not fsynced here: callers fsync it once
+/// after writing all files, before the transition that publishes them.
+pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let dst = dir.join(name);
+    // A leftover from a crashed writer is ours to replace.
+    let _ = fs::remove_file(&tmp);
+    let mut guard = TmpGuard {
+        path: &tmp,
+        armed: true,
+    };
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(&tmp)?;
+    f.write_all(data)?;
+    if fsync_enabled() {
+        f.sync_all()?;
+    }
+    drop(f);
+    fs::rename(&tmp, &dst)?;
+    guard.armed = false;
+    Ok(())
+}
+
+/// Why a job file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("is missing")]
+    Missing,
+    #[error("is a symlink; job files must be regular files inside the job directory")]
+    Symlink,
+    #[error("is not a regular file (a directory, FIFO or device)")]
+    NotRegular,
+    #[error("is larger than the limit of {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error("{0}")]
+    Io(io::Error),
+}
+
+/// Reads a regular file without following a symlink (O_NOFOLLOW) and without
+/// blocking on a FIFO (O_NONBLOCK), refusing anything over `limit` bytes.
+pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    let f = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path);
+    let mut f = match f {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::Missing),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(ReadError::Symlink),
+        Err(e) => return Err(ReadError::Io(e)),
+    };
+    let md = f.metadata().map_err(ReadError::Io)?;
+    if !md.file_type().is_file() {
+        return Err(ReadError::NotRegular);
+    }
+    if md.len() > limit {
+        return Err(ReadError::TooLarge { limit });
+    }
+    let mut buf = Vec::with_capacity(md.len() as usize);
+    // Read at most limit+1 so a file that grows under us is still caught.
+    (&mut f)
+        .take(limit + 1)
+        .read_to_end(&mut buf)
+        .map_err(ReadError::Io)?;
+    if buf.len() as u64 > limit {
+        return Err(ReadError::TooLarge { limit });
+    }
+    Ok(buf)
+}
+
+/// Like [`read_limited`], but a missing file is `Ok(None)`.
+pub fn read_optional(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, ReadError> {
+    match read_limited(path, limit) {
+        Ok(b) => Ok(Some(b)),
+        Err(ReadError::Missing) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Seconds and microseconds since the epoch as ISO-8601 UTC with
+/// microseconds and `Z`, e.g. `2026-11-26T16:54:26.123456Z`.
+pub fn iso8601_utc(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let (y, mo, da, h, mi, s) = civil(d.as_secs() as i64);
+    format!(
+        "{y:04}-{mo:02}-{da:02}T{h:02}:{mi:02}:{s:02}.{:06}Z",
+        d.subsec_micros()
+    )
+}
+
+/// `YYYY-MM-DD HH:MM:SS.mmm` in UTC, for log lines.
+pub fn log_timestamp(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let (y, mo, da, h, mi, s) = civil(d.as_secs() as i64);
+    format!(
+        "{y:04}-{mo:02}-{da:02} {h:02}:{mi:02}:{s:02}.{:03}",
+        d.subsec_millis()
+    )
+}
+
+/// Days-from-civil inverse (H. Hinnant's algorithm) for a Unix timestamp.
+fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (
+        y,
+        m,
+        d,
+        (rem / 3600) as u32,
+        (rem % 3600 / 60) as u32,
+        (rem % 60) as u32,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn iso8601_formats_known_instants() {
+        let t = UNIX_EPOCH + Duration::from_micros(1_764_164_852_123_456);
+        assert_eq!(iso8601_utc(t), "2025-11-26T13:47:32.123456Z");
+        assert_eq!(iso8601_utc(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
+        let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
+        assert_eq!(&iso8601_utc(leap)[..10], "2000-02-29");
+    }
+
+    #[test]
+    fn write_atomic_leaves_no_tmp_and_replaces() {
+        let d = tempfile::tempdir().unwrap();
+        write_atomic(d.path(), "a.txt", b"one").unwrap();
+        write_atomic(d.path(), "a.txt", b"two").unwrap();
+        assert_eq!(fs::read(d.path().join("a.txt")).unwrap(), b"two");
+        assert!(!d.path().join("a.txt.tmp").exists());
+    }
+
+    #[test]
+    fn read_limited_refuses_symlinks_fifos_dirs_and_big_files() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        fs::write(p.join("ok"), b"hello").unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", p.join("link")).unwrap();
+        fs::create_dir(p.join("dir")).unwrap();
+        let fifo = std::ffi::CString::new(p.join("fifo").to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        assert_eq!(read_limited(&p.join("ok"), 5).unwrap(), b"hello");
+        assert!(matches!(
+            read_limited(&p.join("ok"), 4),
+            Err(ReadError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            read_limited(&p.join("link"), 100),
+            Err(ReadError::Symlink)
+        ));
+        assert!(matches!(
+            read_limited(&p.join("fifo"), 100),
+            Err(ReadError::NotRegular)
+        ));
+        assert!(matches!(
+            read_limited(&p.join("dir"), 100),
+            Err(ReadError::NotRegular)
+        ));
+        assert!(matches!(
+            read_limited(&p.join("none"), 100),
+            Err(ReadError::Missing)
+        ));
+    }
+}

@@ -1,0 +1,23 @@
+//! The nrvna workspace contract (`shared/CONTRACT.md`): job ids, states and
+//! their directories, meta.json, params.json, publishing, reading, waiting,
+//! and the daemon's lifecycle files. `wrk` and `flw` need nothing else, so
+//! this crate never links llama.cpp.
+
+pub mod fsio;
+pub mod id;
+pub mod job;
+pub mod lifecycle;
+pub mod meta;
+pub mod params;
+pub mod state;
+pub mod submit;
+pub mod wait;
+pub mod workspace;
+
+pub use id::JobId;
+pub use job::JobView;
+pub use meta::Meta;
+pub use params::Params;
+pub use state::{JobType, State};
+pub use submit::{OutputFormat, Submission, SubmitError};
+pub use workspace::{Moved, Workspace};

@@ -1,0 +1,108 @@
+//! Waking on filesystem events: an inotify watch (through `notify`) on a few
+//! directories, with a slow poll as the fallback for filesystems that send
+//! no events (NFS, some FUSE mounts).
+
+use std::path::Path;
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use notify::{RecursiveMode, Watcher};
+
+/// Blocks until something changes in the watched directories or the poll
+/// interval passes, whichever comes first.
+pub struct DirWaker {
+    rx: Receiver<()>,
+    // Dropping the watcher stops the events; kept alive with the waker.
+    _watcher: Option<notify::RecommendedWatcher>,
+    poll: Duration,
+}
+
+impl DirWaker {
+    /// Watches `dirs` (non-recursively). When watching is impossible the
+    /// waker still works, by polling every `poll`.
+    pub fn new(dirs: &[&Path], poll: Duration) -> DirWaker {
+        let (tx, rx) = channel();
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if res.is_ok() {
+                let _ = tx.send(());
+            }
+        })
+        .ok()
+        .and_then(|mut w| {
+            for d in dirs {
+                if w.watch(d, RecursiveMode::NonRecursive).is_err() {
+                    return None;
+                }
+            }
+            Some(w)
+        });
+        DirWaker {
+            rx,
+            _watcher: watcher,
+            poll,
+        }
+    }
+
+    /// Whether events are arriving (false: polling only).
+    pub fn watching(&self) -> bool {
+        self._watcher.is_some()
+    }
+
+    /// Waits for an event, the poll interval, or `deadline`. Drains any
+    /// backlog of events so that one burst wakes the caller once.
+    pub fn wait(&self, deadline: Option<Instant>) {
+        let mut t = self.poll;
+        if let Some(d) = deadline {
+            t = t.min(d.saturating_duration_since(Instant::now()));
+        }
+        match self.rx.recv_timeout(t) {
+            Ok(()) => while self.rx.try_recv().is_ok() {},
+            Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {}
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, waking on events in `dirs`.
+/// Returns `None` at the deadline.
+pub fn wait_for<T>(
+    dirs: &[&Path],
+    deadline: Option<Instant>,
+    mut check: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    // Watch first, then check: an event between the two is not lost.
+    let waker = DirWaker::new(dirs, Duration::from_millis(500));
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return None;
+        }
+        waker.wait(deadline);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wakes_on_a_new_entry_long_before_the_poll_interval() {
+        let d = tempfile::tempdir().unwrap();
+        let waker = DirWaker::new(&[d.path()], Duration::from_secs(10));
+        assert!(waker.watching());
+        let p = d.path().join("x");
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            std::fs::create_dir(p).unwrap();
+        });
+        let start = Instant::now();
+        waker.wait(None);
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "took {:?}",
+            start.elapsed()
+        );
+        t.join().unwrap();
+    }
+}
