@@ -130,51 +130,91 @@ impl Submission {
 
     /// Validates, stages and publishes the job; returns its id.
     pub fn publish(&self, ws: &Workspace) -> Result<JobId, SubmitError> {
+        self.stage(ws)?.publish(ws)
+    }
+
+    /// Validates the job and writes it into `input/writing/<id>` without
+    /// publishing it. Lets a submitter stage many jobs before publishing
+    /// any (a batch is all or nothing); a [`Staged`] dropped unpublished
+    /// removes its directory.
+    pub fn stage(&self, ws: &Workspace) -> Result<Staged, SubmitError> {
         self.validate()?;
         let (id, dir) = stage_dir(ws)?;
-        let io_err = |source| SubmitError::Io {
-            path: dir.clone(),
-            source,
+        let staged = Staged {
+            id,
+            dir,
+            armed: true,
         };
-        let staged = (|| -> io::Result<()> {
-            write_atomic(&dir, "prompt.txt", self.prompt.as_bytes())?;
+        let written = (|| -> io::Result<()> {
+            let dir = &staged.dir;
+            write_atomic(dir, "prompt.txt", self.prompt.as_bytes())?;
             if self.job_type != JobType::Text {
                 write_atomic(
-                    &dir,
+                    dir,
                     "type.txt",
                     format!("{}\n", self.job_type.as_str()).as_bytes(),
                 )?;
             }
             if !self.params.is_empty() {
-                write_atomic(&dir, "params.json", &self.params.to_bytes())?;
+                write_atomic(dir, "params.json", &self.params.to_bytes())?;
             }
             match &self.output {
                 Some(OutputFormat::JsonSchema(s)) => {
-                    write_atomic(&dir, "schema.json", s.as_bytes())?
+                    write_atomic(dir, "schema.json", s.as_bytes())?
                 }
-                Some(OutputFormat::Gbnf(g)) => write_atomic(&dir, "grammar.gbnf", g.as_bytes())?,
+                Some(OutputFormat::Gbnf(g)) => write_atomic(dir, "grammar.gbnf", g.as_bytes())?,
                 None => {}
             }
-            write_atomic(&dir, "meta.json", &self.meta().to_bytes())?;
-            sync_dir(&dir)?;
+            write_atomic(dir, "meta.json", &self.meta().to_bytes())?;
+            sync_dir(dir)?;
             Ok(())
         })();
-        if let Err(e) = staged {
-            let _ = fs::remove_dir_all(&dir);
-            return Err(io_err(e));
+        match written {
+            Ok(()) => Ok(staged),
+            Err(source) => Err(SubmitError::Io {
+                path: staged.dir.clone(),
+                source,
+            }),
         }
-        match ws.transition(&id, State::Writing, State::Ready) {
-            Ok(Moved::Yes) => Ok(id),
-            Ok(other) => {
-                let _ = fs::remove_dir_all(&dir);
-                Err(io_err(io::Error::other(format!(
-                    "publishing {id} failed: {other:?}"
-                ))))
+    }
+}
+
+/// A job written into `input/writing/<id>` but not yet published.
+/// Dropping it unpublished removes the staging directory.
+#[derive(Debug)]
+pub struct Staged {
+    id: JobId,
+    dir: PathBuf,
+    /// Remove the directory on drop (until published).
+    armed: bool,
+}
+
+impl Staged {
+    pub fn id(&self) -> &JobId {
+        &self.id
+    }
+
+    /// Publishes the job with one rename into `input/ready/`.
+    pub fn publish(mut self, ws: &Workspace) -> Result<JobId, SubmitError> {
+        let source = match ws.transition(&self.id, State::Writing, State::Ready) {
+            Ok(Moved::Yes) => {
+                self.armed = false;
+                return Ok(self.id.clone());
             }
-            Err(e) => {
-                let _ = fs::remove_dir_all(&dir);
-                Err(io_err(e))
-            }
+            Ok(other) => io::Error::other(format!("publishing {} failed: {other:?}", self.id)),
+            Err(e) => e,
+        };
+        Err(SubmitError::Io {
+            path: self.dir.clone(),
+            source,
+        })
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = fs::remove_dir_all(&self.dir);
         }
     }
 }
@@ -227,6 +267,23 @@ mod tests {
             assert!(s.publish(&ws).is_err());
         }
         assert!(ws.list(State::Ready).unwrap().is_empty());
+        assert!(ws.list(State::Writing).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_staged_job_dropped_unpublished_leaves_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::create(d.path()).unwrap();
+        let staged = Submission::text("x").stage(&ws).unwrap();
+        assert_eq!(ws.list(State::Writing).unwrap(), vec![staged.id().clone()]);
+        drop(staged);
+        assert!(ws.list(State::Writing).unwrap().is_empty());
+        let id = Submission::text("y")
+            .stage(&ws)
+            .unwrap()
+            .publish(&ws)
+            .unwrap();
+        assert_eq!(ws.list(State::Ready).unwrap(), vec![id]);
         assert!(ws.list(State::Writing).unwrap().is_empty());
     }
 }
