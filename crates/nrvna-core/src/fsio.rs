@@ -49,6 +49,16 @@ impl Drop for TmpGuard<'_> {
 /// rename to `name`. The directory is not fsynced here: callers fsync it once
 /// after writing all files, before the transition that publishes them.
 pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
+    replace_file(dir, name, data, true)
+}
+
+/// Like [`write_atomic`] but without fsync: for files that are rewritten
+/// often and worthless after a crash (progress records).
+pub fn write_atomic_volatile(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
+    replace_file(dir, name, data, false)
+}
+
+fn replace_file(dir: &Path, name: &str, data: &[u8], durable: bool) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let dst = dir.join(name);
     // A leftover from a crashed writer is ours to replace.
@@ -64,7 +74,7 @@ pub fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> io::Result<()> {
         .custom_flags(libc::O_NOFOLLOW)
         .open(&tmp)?;
     f.write_all(data)?;
-    if fsync_enabled() {
+    if durable && fsync_enabled() {
         f.sync_all()?;
     }
     drop(f);

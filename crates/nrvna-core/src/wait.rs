@@ -12,6 +12,7 @@ use notify::{RecursiveMode, Watcher};
 /// interval passes, whichever comes first.
 pub struct DirWaker {
     rx: Receiver<()>,
+    tx: std::sync::mpsc::Sender<()>,
     // Dropping the watcher stops the events; kept alive with the waker.
     _watcher: Option<notify::RecommendedWatcher>,
     poll: Duration,
@@ -22,6 +23,7 @@ impl DirWaker {
     /// waker still works, by polling every `poll`.
     pub fn new(dirs: &[&Path], poll: Duration) -> DirWaker {
         let (tx, rx) = channel();
+        let poke = tx.clone();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if res.is_ok() {
                 let _ = tx.send(());
@@ -36,11 +38,12 @@ impl DirWaker {
             }
             Some(w)
         });
-        DirWaker {
-            rx,
-            _watcher: watcher,
-            poll,
-        }
+        DirWaker { rx, tx: poke, _watcher: watcher, poll }
+    }
+
+    /// A handle that wakes the waiter by hand (e.g. at shutdown).
+    pub fn poker(&self) -> std::sync::mpsc::Sender<()> {
+        self.tx.clone()
     }
 
     /// Whether events are arriving (false: polling only).

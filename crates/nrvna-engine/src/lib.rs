@@ -1,1 +1,109 @@
-pub use llama_cpp_2;
+//! nrvna's inference engines on llama.cpp (`llama-cpp-2`).
+//!
+//! Workers hand a [`Request`] to a [`Runner`] and get an [`Output`] back.
+//! Two runners exist: [`perjob::PerJobRunner`] (a fresh context for every job,
+//! the C++ design) and [`batched::BatchedRunner`] (one context shared by all
+//! claimed jobs, continuous batching, the default).
+
+pub mod batched;
+pub mod config;
+pub mod embed;
+pub mod model;
+pub mod perjob;
+pub mod sampling;
+pub mod template;
+pub mod text;
+
+use std::sync::Arc;
+
+pub use config::EngineConfig;
+pub use model::Model;
+pub use sampling::Sampling;
+
+/// What a worker asks the engine to do.
+#[derive(Clone, Debug)]
+pub enum Request {
+    Text(TextRequest),
+    /// Embed this text (mean-pooled for decoder models), L2-normalised.
+    Embed(String),
+}
+
+/// A text generation request; the prompt is already rendered with the chat template.
+#[derive(Clone, Debug)]
+pub struct TextRequest {
+    pub prompt: String,
+    pub sampling: Sampling,
+    pub max_tokens: u32,
+    pub stop: Vec<String>,
+    /// A GBNF grammar constraining the output.
+    pub grammar: Option<String>,
+}
+
+/// Why generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Finish {
+    /// The model produced an end-of-generation token.
+    Eog,
+    /// `max_tokens` or the context was reached.
+    Length,
+    /// A stop string appeared.
+    StopString,
+}
+
+impl Finish {
+    /// The OpenAI `finish_reason` for this ending.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Finish::Eog | Finish::StopString => "stop",
+            Finish::Length => "length",
+        }
+    }
+}
+
+/// The result of a request.
+#[derive(Clone, Debug, Default)]
+pub struct Output {
+    /// Generated text (raw: think blocks not stripped yet).
+    pub text: String,
+    pub embedding: Option<Vec<f32>>,
+    pub prompt_tokens: u32,
+    pub generated_tokens: u32,
+    /// Prompt tokens whose KV was reused from another sequence.
+    pub reused_tokens: u32,
+    /// Seconds from the first prefill decode to the last token.
+    pub gen_secs: f64,
+    pub finish: Option<Finish>,
+}
+
+/// Why a request did not produce an output.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The job itself is at fault (prompt too long, bad grammar, ...).
+    #[error("{0}")]
+    Rejected(String),
+    /// The observer asked to stop (cancel, timeout); `partial` is the text so far.
+    #[error("{reason}")]
+    Stopped { reason: String, partial: String, generated_tokens: u32 },
+    /// The engine failed (decode error, engine gone).
+    #[error("inference failed: {0}")]
+    Engine(String),
+}
+
+/// Receives a job's progress and may stop it. Called from the engine's thread.
+pub trait Observer: Send + Sync {
+    /// New generated text (whole UTF-8 characters); `tokens` is the total so far.
+    fn on_text(&self, _text: &str, _tokens: u32) {}
+    /// Polled between tokens; `Some(reason)` stops the job.
+    fn should_stop(&self) -> Option<String> {
+        None
+    }
+}
+
+/// An observer that watches nothing.
+pub struct NoObserver;
+impl Observer for NoObserver {}
+
+/// One worker's handle on an engine.
+pub trait Runner: Send {
+    fn run(&mut self, req: Request, obs: Arc<dyn Observer>) -> Result<Output, RunError>;
+}

@@ -1,0 +1,178 @@
+//! The one-context-per-job engine (the C++ design): each worker owns a
+//! Runner that creates a fresh llama.cpp context for every job, so no state
+//! carries between jobs. Kept as the fallback and the baseline for benchmarks.
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Instant;
+
+use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::LlamaBatch;
+
+use crate::config::EngineConfig;
+use crate::embed::{normalize, pooling_for};
+use crate::model::{backend, Model, CONTEXT_LOCK};
+use crate::text::Generation;
+use crate::{Observer, Output, Request, RunError, Runner, TextRequest};
+
+/// A worker's runner: a fresh context per job.
+pub struct PerJobRunner {
+    model: Arc<Model>,
+    cfg: EngineConfig,
+    /// llama.cpp threads per context: the cores divided among the workers.
+    threads: u32,
+}
+
+impl PerJobRunner {
+    pub fn new(model: Arc<Model>, cfg: EngineConfig, workers: u32) -> PerJobRunner {
+        let threads = (cfg.threads / workers.max(1)).max(1);
+        PerJobRunner { model, cfg, threads }
+    }
+}
+
+impl Runner for PerJobRunner {
+    fn run(&mut self, req: Request, obs: Arc<dyn Observer>) -> Result<Output, RunError> {
+        match req {
+            Request::Text(t) => run_text(&self.model, &self.cfg, self.threads, t, obs),
+            Request::Embed(s) => run_embed(&self.model, self.threads, &s),
+        }
+    }
+}
+
+pub(crate) fn new_context(model: &Model, params: LlamaContextParams) -> Result<LlamaContext<'_>, RunError> {
+    let backend = backend().map_err(RunError::Engine)?;
+    let _g = CONTEXT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    model
+        .llama
+        .new_context(backend, params)
+        .map_err(|e| RunError::Engine(format!("creating a llama.cpp context: {e} (lower NRVNA_MAX_CTX if memory is short)")))
+}
+
+/// Checks the prompt against the context and returns (prompt tokens, max new tokens).
+pub(crate) fn plan(
+    model: &Model,
+    limit: u32,
+    req: &TextRequest,
+) -> Result<(Vec<llama_cpp_2::token::LlamaToken>, u32), RunError> {
+    let toks = model.tokenize(&req.prompt);
+    let n = toks.len() as u32;
+    if n == 0 {
+        return Err(RunError::Rejected("the prompt renders to zero tokens".into()));
+    }
+    if n >= limit {
+        return Err(RunError::Rejected(format!(
+            "the prompt is {n} tokens but the context holds {limit} (NRVNA_MAX_CTX, capped by the model); shorten the prompt or raise NRVNA_MAX_CTX"
+        )));
+    }
+    Ok((toks, req.max_tokens.max(1).min(limit - n)))
+}
+
+fn run_text(
+    model: &Model,
+    cfg: &EngineConfig,
+    threads: u32,
+    req: TextRequest,
+    obs: Arc<dyn Observer>,
+) -> Result<Output, RunError> {
+    let limit = model.cap_ctx(cfg.max_ctx);
+    let (toks, max_gen) = plan(model, limit, &req)?;
+    let n_prompt = toks.len() as u32;
+    let n_ctx = (n_prompt + max_gen).div_ceil(64) * 64;
+    let n_ctx = n_ctx.min(limit.div_ceil(64) * 64);
+    let n_batch = cfg.n_batch.min(n_ctx);
+    let sampler = req.sampling.chain(&model.llama, req.grammar.as_deref()).map_err(RunError::Rejected)?;
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx))
+        .with_n_batch(n_batch)
+        .with_n_ubatch(n_batch)
+        .with_n_seq_max(1)
+        .with_n_threads(threads as i32)
+        .with_n_threads_batch(threads as i32);
+    let mut ctx = new_context(model, params)?;
+    let mut gen = Generation::new(sampler, max_gen, req.stop, obs.clone());
+    let start = Instant::now();
+    let stopped = |gen: &Generation, reason: String| RunError::Stopped {
+        reason,
+        partial: gen.text.clone(),
+        generated_tokens: gen.generated,
+    };
+
+    let mut batch = LlamaBatch::new(n_batch as usize, 1);
+    let last = toks.len() - 1;
+    for (c, chunk) in toks.chunks(n_batch as usize).enumerate() {
+        if let Some(r) = obs.should_stop() {
+            return Err(stopped(&gen, r));
+        }
+        batch.clear();
+        for (j, t) in chunk.iter().enumerate() {
+            let pos = c * n_batch as usize + j;
+            batch.add(*t, pos as i32, &[0], pos == last).map_err(|e| RunError::Engine(e.to_string()))?;
+        }
+        ctx.decode(&mut batch).map_err(|e| RunError::Engine(format!("decoding the prompt: {e}")))?;
+    }
+    let mut n_past = n_prompt;
+    let mut idx = batch.n_tokens() - 1;
+    loop {
+        if let Some(r) = obs.should_stop() {
+            return Err(stopped(&gen, r));
+        }
+        let t = gen.sampler.sample(&ctx, idx);
+        if !gen.push(model, t) {
+            break;
+        }
+        if n_past >= n_ctx {
+            gen.end_for_length();
+            break;
+        }
+        batch.clear();
+        batch.add(t, n_past as i32, &[0], true).map_err(|e| RunError::Engine(e.to_string()))?;
+        ctx.decode(&mut batch).map_err(|e| RunError::Engine(format!("decoding: {e}")))?;
+        n_past += 1;
+        idx = 0;
+    }
+    Ok(Output {
+        text: gen.text,
+        embedding: None,
+        prompt_tokens: n_prompt,
+        generated_tokens: gen.generated,
+        reused_tokens: 0,
+        gen_secs: start.elapsed().as_secs_f64(),
+        finish: gen.finish,
+    })
+}
+
+/// Embeds one text in its own context.
+pub(crate) fn run_embed(model: &Model, threads: u32, text: &str) -> Result<Output, RunError> {
+    let toks = model.tokenize_plain(text);
+    let n = toks.len() as u32;
+    let limit = model.cap_ctx(8192);
+    if n == 0 {
+        return Err(RunError::Rejected("the text to embed is empty after tokenization".into()));
+    }
+    if n > limit {
+        return Err(RunError::Rejected(format!("the text is {n} tokens; embeddings take at most {limit}")));
+    }
+    let n_ctx = n.div_ceil(64) * 64;
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx))
+        .with_n_batch(n_ctx)
+        .with_n_ubatch(n_ctx)
+        .with_embeddings(true)
+        .with_pooling_type(pooling_for(&model.llama))
+        .with_n_threads(threads as i32)
+        .with_n_threads_batch(threads as i32);
+    let start = Instant::now();
+    let mut ctx = new_context(model, params)?;
+    let mut batch = LlamaBatch::new(n as usize, 1);
+    batch.add_sequence(&toks, 0, false).map_err(|e| RunError::Engine(e.to_string()))?;
+    ctx.decode(&mut batch).map_err(|e| RunError::Engine(format!("decoding for embedding: {e}")))?;
+    let v = ctx.embeddings_seq_ith(0).map_err(|e| RunError::Engine(format!("reading the embedding: {e}")))?;
+    let v = normalize(v).map_err(RunError::Engine)?;
+    Ok(Output {
+        embedding: Some(v),
+        prompt_tokens: n,
+        gen_secs: start.elapsed().as_secs_f64(),
+        ..Output::default()
+    })
+}

@@ -1,0 +1,82 @@
+//! Sampling parameters and the llama.cpp sampler chain built from them.
+//!
+//! The chain order follows llama.cpp's defaults: grammar, repetition
+//! penalty, top-k, top-p, min-p, temperature, then a seeded draw; a
+//! temperature of 0 means greedy.
+
+use llama_cpp_2::model::LlamaModel;
+use llama_cpp_2::sampling::LlamaSampler;
+
+/// Sampling settings of one job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sampling {
+    pub temp: f32,
+    pub top_k: i32,
+    pub top_p: f32,
+    pub min_p: f32,
+    pub repeat_penalty: f32,
+    pub repeat_last_n: i32,
+    /// `None`: a fresh seed is drawn per job (and recorded).
+    pub seed: Option<u32>,
+}
+
+/// A seed for a job that did not ask for one: varied, but recorded so the
+/// job can be reproduced.
+pub fn fresh_seed() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
+        .unwrap_or(0);
+    t.wrapping_mul(2_654_435_761).wrapping_add(N.fetch_add(0x9E37_79B9, Ordering::Relaxed)) & 0x7FFF_FFFF
+}
+
+impl Sampling {
+    /// Builds the sampler chain. `grammar` must already have been checked
+    /// with [`check_grammar`].
+    pub fn chain(&self, model: &LlamaModel, grammar: Option<&str>) -> Result<LlamaSampler, String> {
+        let mut parts = Vec::new();
+        if let Some(g) = grammar {
+            parts.push(grammar_sampler(model, g)?);
+        }
+        if self.repeat_penalty != 1.0 && self.repeat_last_n != 0 {
+            parts.push(LlamaSampler::penalties(model.n_vocab(), self.repeat_last_n, self.repeat_penalty, 0.0, 0.0));
+        }
+        if self.temp <= 0.0 {
+            parts.push(LlamaSampler::greedy());
+        } else {
+            if self.top_k > 0 {
+                parts.push(LlamaSampler::top_k(self.top_k));
+            }
+            if self.top_p < 1.0 {
+                parts.push(LlamaSampler::top_p(self.top_p, 1));
+            }
+            if self.min_p > 0.0 {
+                parts.push(LlamaSampler::min_p(self.min_p, 1));
+            }
+            parts.push(LlamaSampler::temp(self.temp));
+            parts.push(LlamaSampler::dist(self.seed.unwrap_or(0)));
+        }
+        Ok(LlamaSampler::chain_simple(parts))
+    }
+}
+
+fn grammar_sampler(model: &LlamaModel, g: &str) -> Result<LlamaSampler, String> {
+    crate::model::with_captured_llama_errors(|| LlamaSampler::grammar(model, g, "root")).and_then(
+        |(res, logs)| {
+            res.map_err(|e| {
+                if logs.is_empty() {
+                    format!("llama.cpp rejected the grammar: {e}")
+                } else {
+                    format!("llama.cpp rejected the grammar: {}", logs.join("; "))
+                }
+            })
+        },
+    )
+}
+
+/// Checks that llama.cpp accepts a GBNF grammar; the error carries llama.cpp's reason.
+pub fn check_grammar(model: &LlamaModel, g: &str) -> Result<(), String> {
+    grammar_sampler(model, g).map(drop)
+}
