@@ -1,0 +1,110 @@
+//! `wrk`'s command line: clap derive, where each flag's doc comment is its
+//! help. Kept apart from `main` so tests and `run` share one definition.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  the job was published; its id (or, with --batch, the batch's tag) is on stdout
+  1  refused or failed; the reason is on stderr and nothing was published
+
+The prompt comes from the PROMPT words (joined by single spaces), from stdin
+when PROMPT is `-`, or from stdin when no PROMPT is given and stdin is not a
+terminal. One trailing newline is stripped from stdin.
+
+Environment:
+  NRVNA_MAX_PROMPT_SIZE  largest prompt in bytes (default 1048576)
+  NRVNA_FSYNC=0          skip fsync (scratch workspaces only)
+
+Examples:
+  wrk ./ws 'Write a haiku about rivers'
+  echo 'Summarise this' | wrk ./ws --tag notes
+  wrk ./ws --json-schema person.schema.json 'Invent a person'
+  wrk ./ws --batch requests.jsonl          # prints the batch tag
+  wrk ./ws hi | flw ./ws -w                # submit, wait, print the result";
+
+/// Submit a job to an nrvna workspace and print its id.
+///
+/// The job is staged in WS/input/writing/ and published with one rename
+/// into WS/input/ready/, where a daemon (nrvnad) picks it up. The workspace
+/// is created when it does not exist.
+#[derive(Debug, Parser)]
+#[command(name = "wrk", version, after_long_help = AFTER_HELP, after_help = "Exit codes: 0 published (id on stdout), 1 refused or failed (reason on stderr). See --help for more.")]
+pub struct Args {
+    /// The workspace directory (created when missing).
+    #[arg(value_name = "WS")]
+    pub workspace: PathBuf,
+
+    /// The prompt, as words joined by single spaces; `-` reads it from stdin.
+    #[arg(value_name = "PROMPT")]
+    pub prompt: Vec<String>,
+
+    /// Tag the job (repeatable): 1-64 characters from [A-Za-z0-9_-].
+    #[arg(long = "tag", value_name = "T")]
+    pub tags: Vec<String>,
+
+    /// Record a parent job (its id), for `flw WS --children ID`.
+    #[arg(long, value_name = "ID")]
+    pub parent: Option<String>,
+
+    /// System prompt for this job (default: the daemon's).
+    #[arg(long, value_name = "TEXT")]
+    pub system: Option<String>,
+
+    /// Sampling temperature, >= 0; 0 means greedy (default: the daemon's).
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub temp: Option<f32>,
+
+    /// Top-k sampling, >= 0; 0 disables it.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub top_k: Option<i32>,
+
+    /// Top-p (nucleus) sampling, in (0, 1].
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub top_p: Option<f32>,
+
+    /// Min-p sampling, in [0, 1].
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub min_p: Option<f32>,
+
+    /// Repetition penalty, > 0; 1 disables it.
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub repeat_penalty: Option<f32>,
+
+    /// Sampling seed, for reproducible output.
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub seed: Option<u32>,
+
+    /// Stop after this many generated tokens (>= 1).
+    #[arg(long, value_name = "N", allow_negative_numbers = true)]
+    pub max_tokens: Option<u32>,
+
+    /// Stop generating at this string (repeatable, at most 16).
+    #[arg(long = "stop", value_name = "STR")]
+    pub stop: Vec<String>,
+
+    /// Fail the job when it runs longer than this many seconds.
+    #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
+    pub timeout: Option<f64>,
+
+    /// Make an embedding job: the prompt is the text to embed.
+    #[arg(long, conflicts_with_all = ["json_schema", "grammar"])]
+    pub embed: bool,
+
+    /// Constrain the output to this JSON Schema (stored as schema.json).
+    #[arg(long, value_name = "FILE", conflicts_with = "grammar")]
+    pub json_schema: Option<PathBuf>,
+
+    /// Constrain the output to this GBNF grammar (stored as grammar.gbnf).
+    #[arg(long, value_name = "FILE")]
+    pub grammar: Option<PathBuf>,
+
+    /// Submit every request of an OpenAI Batch API input file (JSONL) and
+    /// print the batch's tag instead of an id. All of the file's jobs are
+    /// published, or none. The sampling flags above are defaults that a
+    /// request's body overrides; --tag and --parent apply to every job.
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["prompt", "embed", "json_schema", "grammar"])]
+    pub batch: Option<PathBuf>,
+}

@@ -1,0 +1,114 @@
+//! `wrk`: submit one job (or a batch file of jobs) to an nrvna workspace
+//! and print its id. Everything is checked before anything is written, and
+//! a refused submission publishes nothing (see `shared/CONTRACT.md`).
+
+pub mod batch;
+pub mod cli;
+pub mod constraint;
+pub mod prompt;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use anyhow::{anyhow, Context, Result};
+use nrvna_core::submit::max_prompt_bytes;
+use nrvna_core::{JobId, JobType, Params, Submission, Workspace};
+
+pub use cli::Args;
+
+/// Runs `wrk` with parsed arguments. Prints the job id (or the batch tag)
+/// on stdout; every error is returned for `main` to print.
+pub fn run(args: Args) -> Result<ExitCode> {
+    let params = params_from(&args);
+    let parent = args
+        .parent
+        .as_deref()
+        .map(|p| JobId::parse(p).map_err(|e| anyhow!("--parent {p:?} is not a job id: {e}")))
+        .transpose()?;
+
+    let printed = if let Some(file) = &args.batch {
+        let defaults = batch::Defaults {
+            params,
+            tags: args.tags.clone(),
+            parent,
+        };
+        defaults
+            .params
+            .validate()
+            .map_err(|e| anyhow!("invalid parameters: {e}"))?;
+        let tag = batch::new_batch_tag();
+        let bytes = batch::read_file(file)?;
+        let subs = batch::parse(&bytes, &defaults, &tag)
+            .with_context(|| format!("refusing batch file {}", file.display()))?;
+        let ws = open_or_create(&args)?;
+        batch::publish_all(&ws, &subs).with_context(|| {
+            format!(
+                "submitting batch file {} to {}",
+                file.display(),
+                ws.root().display()
+            )
+        })?;
+        tag
+    } else {
+        let mut sub = Submission::text(String::new());
+        sub.tags = args.tags.clone();
+        sub.parent = parent;
+        sub.params = params;
+        if args.embed {
+            sub.job_type = JobType::Embed;
+        }
+        sub.output = match (&args.json_schema, &args.grammar) {
+            (Some(_), Some(_)) => {
+                return Err(anyhow!(
+                    "--json-schema and --grammar cannot be used together; give one"
+                ))
+            }
+            (Some(f), None) => Some(constraint::json_schema_file(f)?),
+            (None, Some(f)) => Some(constraint::grammar_file(f)?),
+            (None, None) => None,
+        };
+        sub.prompt = prompt::from_args_or_stdin(&args.prompt, max_prompt_bytes())?;
+        sub.validate()?;
+        let ws = open_or_create(&args)?;
+        sub.publish(&ws)
+            .with_context(|| format!("submitting a job to {}", ws.root().display()))?
+            .to_string()
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{printed}")?;
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The sampling flags as `params.json` (validated when the job is).
+fn params_from(a: &Args) -> Params {
+    Params {
+        system: a.system.clone(),
+        temp: a.temp,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        min_p: a.min_p,
+        repeat_penalty: a.repeat_penalty,
+        seed: a.seed,
+        max_tokens: a.max_tokens,
+        stop: (!a.stop.is_empty()).then(|| a.stop.clone()),
+        timeout_s: a.timeout,
+    }
+}
+
+fn open_or_create(a: &Args) -> Result<Workspace> {
+    Workspace::create(&a.workspace).with_context(|| {
+        format!(
+            "opening workspace {}; check that the path is a directory you can write to",
+            a.workspace.display()
+        )
+    })
+}
+
+/// Whether an error is a closed stdout (`wrk ... | head -c0`): exit 0 quietly.
+pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}

@@ -1,0 +1,452 @@
+//! Spawns the real `wrk` binary on a fresh temporary workspace per test:
+//! what it prints, what it publishes, and that every refusal exits 1 with
+//! nothing left in input/ready/ or input/writing/.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use nrvna_core::{JobId, Meta};
+use serde_json::{json, Value};
+
+struct Ws {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+}
+
+fn ws() -> Ws {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("ws");
+    Ws { _dir: dir, root }
+}
+
+/// Runs wrk with `args` after the workspace, feeding `stdin` when given
+/// (otherwise stdin is /dev/null, which is not a terminal).
+fn wrk(ws: &Path, args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wrk"));
+    cmd.arg(ws).args(args).env("NRVNA_FSYNC", "0");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn wrk");
+    if let Some(bytes) = stdin {
+        let mut si = child.stdin.take().unwrap();
+        // The child may refuse before reading; a broken pipe here is fine.
+        let _ = si.write_all(bytes);
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    match fs::read_dir(dir) {
+        Ok(rd) => rd
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Asserts a successful submission and returns the job's directory.
+fn published(ws: &Path, out: &Output) -> PathBuf {
+    let stdout = String::from_utf8(out.stdout.clone()).unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.ends_with('\n') && stdout.lines().count() == 1,
+        "{stdout:?}"
+    );
+    let id = JobId::parse(stdout.trim_end()).expect("stdout is a job id");
+    let dir = ws.join("input/ready").join(id.as_str());
+    assert!(dir.is_dir(), "{} is not queued", id);
+    assert!(entries(&ws.join("input/writing")).is_empty());
+    dir
+}
+
+fn assert_refused(ws: &Path, out: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    assert!(out.stdout.is_empty(), "stdout: {:?}", out.stdout);
+    assert!(stderr.starts_with("wrk: "), "{stderr}");
+    assert!(
+        stderr.to_lowercase().contains(&needle.to_lowercase()),
+        "stderr {stderr:?} should mention {needle:?}"
+    );
+    assert!(
+        entries(&ws.join("input/ready")).is_empty(),
+        "something was published"
+    );
+    assert!(
+        entries(&ws.join("input/writing")).is_empty(),
+        "staging left behind"
+    );
+}
+
+fn meta(dir: &Path) -> Meta {
+    Meta::parse(&fs::read(dir.join("meta.json")).unwrap()).unwrap()
+}
+
+fn read(dir: &Path, name: &str) -> String {
+    fs::read_to_string(dir.join(name)).unwrap()
+}
+
+#[test]
+fn prints_a_valid_id_and_queues_prompt_and_meta() {
+    let w = ws();
+    let out = wrk(&w.root, &["hello", "big  world"], None, &[]);
+    let dir = published(&w.root, &out);
+    assert_eq!(read(&dir, "prompt.txt"), "hello big  world");
+    let m = meta(&dir);
+    assert_eq!(m.str("mode"), Some("text"));
+    assert!(m.str("submitted_at").unwrap().ends_with('Z'));
+    assert!(
+        !dir.join("params.json").exists(),
+        "no flags, no params.json"
+    );
+    assert!(out.stderr.is_empty());
+}
+
+#[test]
+fn reads_stdin_with_dash_or_without_words_and_strips_one_newline() {
+    let w = ws();
+    for (args, input, want) in [
+        (&["-"][..], &b"from dash\n"[..], "from dash"),
+        (&[][..], b"piped\r\n", "piped"),
+        (&[][..], b"two\n\n", "two\n"),
+        (&["-"][..], b"no newline", "no newline"),
+    ] {
+        let out = wrk(&w.root, args, Some(input), &[]);
+        let dir = published(&w.root, &out);
+        assert_eq!(read(&dir, "prompt.txt"), want);
+        fs::remove_dir_all(dir).unwrap();
+    }
+}
+
+#[test]
+fn tags_parent_and_sampling_flags_land_in_meta_and_params() {
+    let w = ws();
+    let out = wrk(
+        &w.root,
+        &[
+            "--tag",
+            "a",
+            "--tag",
+            "b-2",
+            "--parent",
+            "17_3_000001",
+            "--system",
+            "Be terse.",
+            "--temp",
+            "0.25",
+            "--top-k",
+            "40",
+            "--top-p",
+            "0.9",
+            "--min-p",
+            "0.05",
+            "--repeat-penalty",
+            "1.1",
+            "--seed",
+            "42",
+            "--max-tokens",
+            "64",
+            "--stop",
+            "END",
+            "--stop",
+            "\n\n",
+            "--timeout",
+            "30",
+            "write",
+            "it",
+        ],
+        None,
+        &[],
+    );
+    let dir = published(&w.root, &out);
+    let m = meta(&dir);
+    assert_eq!(m.tags(), ["a", "b-2"]);
+    assert_eq!(m.parent().unwrap().as_str(), "17_3_000001");
+    let p: Value = serde_json::from_str(&read(&dir, "params.json")).unwrap();
+    assert_eq!(
+        p,
+        json!({
+            "system": "Be terse.", "temp": 0.25, "top_k": 40, "top_p": 0.9,
+            "min_p": 0.05, "repeat_penalty": 1.1, "seed": 42, "max_tokens": 64,
+            "stop": ["END", "\n\n"], "timeout_s": 30.0
+        })
+    );
+}
+
+#[test]
+fn embed_schema_and_grammar_jobs() {
+    let w = ws();
+    let dir = published(&w.root, &wrk(&w.root, &["--embed", "some text"], None, &[]));
+    assert_eq!(read(&dir, "type.txt").trim(), "embed");
+    assert_eq!(meta(&dir).str("mode"), Some("embed"));
+
+    let files = tempfile::tempdir().unwrap();
+    let schema = files.path().join("s.json");
+    let schema_text =
+        r#"{"type":"object","properties":{"name":{"type":"string"}},"required":["name"]}"#;
+    fs::write(&schema, schema_text).unwrap();
+    let out = wrk(
+        &w.root,
+        &["--json-schema", schema.to_str().unwrap(), "a person"],
+        None,
+        &[],
+    );
+    let dir = published(&w.root, &out);
+    assert_eq!(read(&dir, "schema.json"), schema_text);
+    assert_eq!(meta(&dir).str("output_format"), Some("json_schema"));
+
+    let grammar = files.path().join("g.gbnf");
+    fs::write(&grammar, "root ::= \"yes\" | \"no\"\n").unwrap();
+    let out = wrk(
+        &w.root,
+        &["--grammar", grammar.to_str().unwrap(), "yes or no?"],
+        None,
+        &[],
+    );
+    let dir = published(&w.root, &out);
+    assert_eq!(read(&dir, "grammar.gbnf"), "root ::= \"yes\" | \"no\"\n");
+    assert_eq!(meta(&dir).str("output_format"), Some("gbnf"));
+}
+
+/// Arguments, stdin, environment, and a word the error message must contain.
+type Case<'a> = (
+    Vec<&'a str>,
+    Option<&'a [u8]>,
+    Vec<(&'a str, &'a str)>,
+    &'a str,
+);
+
+#[test]
+fn every_refusal_exits_1_and_publishes_nothing() {
+    let files = tempfile::tempdir().unwrap();
+    let f = |name: &str, body: &[u8]| {
+        let p = files.path().join(name);
+        fs::write(&p, body).unwrap();
+        p.to_str().unwrap().to_owned()
+    };
+    let good_schema = f("good.json", br#"{"type":"object"}"#);
+    let not_json = f("bad.json", b"{type: object}");
+    let not_schema = f("notschema.json", br#"{"type":"objekt"}"#);
+    let empty = f("empty.json", b"");
+    let big = f("big.gbnf", &vec![b'a'; 256 * 1024 + 1]);
+    let link = files.path().join("link.json");
+    std::os::unix::fs::symlink(&good_schema, &link).unwrap();
+    let link = link.to_str().unwrap().to_owned();
+    let grammar = f("g.gbnf", b"root ::= \"x\"");
+    let bad_batch = f(
+        "bad.jsonl",
+        concat!(
+            r#"{"custom_id":"a","method":"POST","url":"/v1/embeddings","body":{"input":"x"}}"#,
+            "\n",
+            r#"{"custom_id":"b","method":"POST","url":"/v1/chat/completions","body":{"messages":[]}}"#,
+            "\n"
+        )
+        .as_bytes(),
+    );
+
+    let long_tag = "t".repeat(65);
+    let cases: Vec<Case> = vec![
+        (vec![""], None, vec![], "empty"),
+        (vec![], Some(b""), vec![], "empty"),
+        (vec!["-"], Some(b"\n"), vec![], "empty"),
+        (vec!["--tag", "no spaces", "x"], None, vec![], "tag"),
+        (vec!["--tag", &long_tag, "x"], None, vec![], "tag"),
+        (vec!["--parent", "../etc", "x"], None, vec![], "parent"),
+        (vec!["--parent", "1__2", "x"], None, vec![], "parent"),
+        (
+            vec!["0123456789A"],
+            None,
+            vec![("NRVNA_MAX_PROMPT_SIZE", "10")],
+            "limit",
+        ),
+        (
+            vec!["-"],
+            Some(b"0123456789A\n"),
+            vec![("NRVNA_MAX_PROMPT_SIZE", "10")],
+            "limit",
+        ),
+        (vec!["-"], Some(b"bad \xff utf8"), vec![], "UTF-8"),
+        (vec!["-"], Some(b"a\0b"), vec![], "NUL"),
+        (
+            vec!["--json-schema", &not_json, "x"],
+            None,
+            vec![],
+            "not valid JSON",
+        ),
+        (
+            vec!["--json-schema", &not_schema, "x"],
+            None,
+            vec![],
+            "JSON Schema",
+        ),
+        (vec!["--json-schema", &empty, "x"], None, vec![], "empty"),
+        (vec!["--json-schema", &link, "x"], None, vec![], "symlink"),
+        (
+            vec!["--json-schema", "/no/such/file.json", "x"],
+            None,
+            vec![],
+            "no such file",
+        ),
+        (vec!["--grammar", &big, "x"], None, vec![], "limit"),
+        (
+            vec!["--json-schema", &good_schema, "--grammar", &grammar, "x"],
+            None,
+            vec![],
+            "cannot be used",
+        ),
+        (
+            vec!["--embed", "--json-schema", &good_schema, "x"],
+            None,
+            vec![],
+            "cannot be used",
+        ),
+        (vec!["--temp", "-1", "x"], None, vec![], "temp"),
+        (vec!["--top-p", "0", "x"], None, vec![], "top_p"),
+        (vec!["--max-tokens", "0", "x"], None, vec![], "max_tokens"),
+        (vec!["--timeout", "0", "x"], None, vec![], "timeout"),
+        (vec!["--batch", &bad_batch], None, vec![], "line 2"),
+        (
+            vec!["--batch", "/no/such.jsonl"],
+            None,
+            vec![],
+            "batch file",
+        ),
+    ];
+    for (args, stdin, env, needle) in cases {
+        let w = ws();
+        let out = wrk(&w.root, &args, stdin, &env);
+        assert_refused(&w.root, &out, needle);
+    }
+}
+
+#[test]
+fn batch_publishes_every_line_with_custom_ids_and_prints_the_tag() {
+    let w = ws();
+    let files = tempfile::tempdir().unwrap();
+    let path = files.path().join("in.jsonl");
+    let lines = [
+        json!({"custom_id": "req-1", "method": "POST", "url": "/v1/chat/completions",
+               "body": {"model": "m", "messages": [{"role": "system", "content": "Be brief."},
+                                                   {"role": "user", "content": "Hi"}],
+                        "max_tokens": 10, "temperature": 0.0}}),
+        json!({"custom_id": "req-2", "method": "POST", "url": "/v1/embeddings",
+               "body": {"model": "m", "input": "embed me"}}),
+        json!({"custom_id": "req-3", "method": "POST", "url": "/v1/chat/completions",
+               "body": {"messages": [{"role": "user", "content": "Name?"}],
+                        "response_format": {"type": "json_schema",
+                            "json_schema": {"name": "p", "schema": {"type": "object"}}}}}),
+    ];
+    let text = format!("{}\n\n{}\r\n{}\n", lines[0], lines[1], lines[2]);
+    fs::write(&path, text).unwrap();
+    let out = wrk(
+        &w.root,
+        &["--batch", path.to_str().unwrap(), "--tag", "mine"],
+        None,
+        &[],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let tag = stdout.trim_end();
+    assert!(
+        tag.starts_with("batch_") && stdout.lines().count() == 1,
+        "{stdout:?}"
+    );
+
+    let ready = w.root.join("input/ready");
+    let mut ids = entries(&ready);
+    ids.sort();
+    assert_eq!(ids.len(), 3);
+    let mut seen = Vec::new();
+    for id in &ids {
+        let dir = ready.join(id);
+        let m = meta(&dir);
+        assert_eq!(m.tags(), [tag, "mine"]);
+        let cid = m.str("custom_id").unwrap().to_owned();
+        let line = m.get("batch_line").unwrap().as_u64().unwrap();
+        match cid.as_str() {
+            "req-1" => {
+                assert_eq!(line, 1);
+                assert_eq!(read(&dir, "prompt.txt"), "Hi");
+                let p: Value = serde_json::from_str(&read(&dir, "params.json")).unwrap();
+                assert_eq!(
+                    p,
+                    json!({"system": "Be brief.", "temp": 0.0, "max_tokens": 10})
+                );
+            }
+            "req-2" => {
+                assert_eq!(line, 3);
+                assert_eq!(m.str("mode"), Some("embed"));
+                assert_eq!(read(&dir, "prompt.txt"), "embed me");
+            }
+            "req-3" => {
+                assert_eq!(line, 4);
+                assert_eq!(m.str("output_format"), Some("json_schema"));
+                let s: Value = serde_json::from_str(&read(&dir, "schema.json")).unwrap();
+                assert_eq!(s, json!({"type": "object"}));
+            }
+            other => panic!("unexpected custom_id {other}"),
+        }
+        seen.push(cid);
+    }
+    seen.sort();
+    assert_eq!(seen, ["req-1", "req-2", "req-3"]);
+    assert!(entries(&w.root.join("input/writing")).is_empty());
+}
+
+#[test]
+fn batch_with_a_duplicate_custom_id_publishes_nothing() {
+    let w = ws();
+    let files = tempfile::tempdir().unwrap();
+    let path = files.path().join("dup.jsonl");
+    let line = json!({"custom_id": "same", "method": "POST", "url": "/v1/embeddings",
+                      "body": {"input": "x"}});
+    fs::write(&path, format!("{line}\n{line}\n")).unwrap();
+    let out = wrk(&w.root, &["--batch", path.to_str().unwrap()], None, &[]);
+    assert_refused(
+        &w.root,
+        &out,
+        "line 2: custom_id \"same\" is already used on line 1",
+    );
+}
+
+#[test]
+fn broken_stdout_pipe_still_exits_0() {
+    let w = ws();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wrk"))
+        .arg(&w.root)
+        .arg("hi")
+        .env("NRVNA_FSYNC", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
