@@ -1,0 +1,110 @@
+//! `flw`'s command line: clap derive, where each flag's doc comment is its
+//! help. Kept apart from `main` so tests and `run` share one definition.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+const AFTER_HELP: &str = "\
+Modes:
+  flw WS                        status: daemon, counts per state, recent jobs
+  flw WS ID                     a job's result (done), error (failed) or state
+  flw WS -w [ID]                wait for one job, then as `flw WS ID`
+  flw WS -W [--tag T | --children ID]
+                                wait until no job in scope is queued or running
+  flw WS --tag T | --children ID
+                                list the jobs in scope (--json: NDJSON by id)
+  flw WS -f [ID]                print a job's text as it is generated
+  flw WS --cancel ID            cancel a queued or running job
+  flw WS --export TAG           OpenAI Batch output (JSONL) for a wrk --batch tag
+
+-w and -f read the job id from stdin when none is given:
+  wrk WS 'prompt' | flw WS -w
+
+Exit codes:
+  0  done: the job (every job in scope) finished; for --cancel: the job is
+     no longer queued or running (stdout says `cancelled` when flw stopped it)
+  1  failed or missing: the job (a job in scope) failed, the id is unknown,
+     or flw itself failed (the reason is on stderr)
+  2  queued or running: the job (a job in scope) has not finished, or
+     --timeout passed first
+
+stdout carries only results (artifacts, JSON, `cancelled`); everything else
+goes to stderr. When stderr is a terminal, -w and -W show what they wait for.";
+
+/// Read results from an nrvna workspace: status, one job's result, waiting,
+/// following, cancelling, and exporting batches.
+#[derive(Debug, Parser)]
+#[command(
+    name = "flw",
+    version,
+    after_long_help = AFTER_HELP,
+    after_help = "Exit codes: 0 done, 1 failed or missing (or an error), 2 queued or running (or timed out). See --help for more."
+)]
+pub struct Args {
+    /// The workspace directory.
+    #[arg(value_name = "WS")]
+    pub workspace: PathBuf,
+
+    /// A job id. With -w or -f it may instead come on stdin.
+    #[arg(value_name = "ID", conflicts_with_all = ["tag", "children", "wait_all", "export"])]
+    pub id: Option<String>,
+
+    /// Print JSON instead of text: the status counts, a job's summary, or
+    /// one summary per line (NDJSON) for --tag/--children.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Wait until the job is done or failed, then print it as `flw WS ID`.
+    #[arg(short = 'w', long = "wait", group = "mode")]
+    pub wait: bool,
+
+    /// Wait until no job in scope (all, --tag or --children) is queued or
+    /// running; exit 1 when one of them failed.
+    #[arg(short = 'W', long = "wait-all", group = "mode")]
+    pub wait_all: bool,
+
+    /// Select the jobs with this tag in their meta.json.
+    #[arg(long, value_name = "T")]
+    pub tag: Option<String>,
+
+    /// Select the jobs whose meta.json parent is this job id.
+    #[arg(long, value_name = "ID")]
+    pub children: Option<String>,
+
+    /// Give up waiting after this many seconds (exit 2). For -w, -W and -f
+    /// the default is to wait forever; for --cancel it is 10 seconds.
+    #[arg(long, value_name = "S", value_parser = parse_seconds)]
+    pub timeout: Option<Duration>,
+
+    /// Print the job's text as it is generated, then exit as `flw WS ID`.
+    #[arg(short = 'f', long = "follow", group = "mode")]
+    pub follow: bool,
+
+    /// Cancel the job: a queued one fails at once; for a running one the
+    /// daemon is asked to stop it (it keeps the partial output).
+    #[arg(long, group = "mode", requires = "id")]
+    pub cancel: bool,
+
+    /// Print the OpenAI Batch API output (JSONL) of the jobs with this tag,
+    /// in the order of the batch file. Jobs not finished yet are skipped
+    /// (exit 2).
+    #[arg(long, value_name = "TAG", group = "mode", conflicts_with_all = ["tag", "children", "json"])]
+    pub export: Option<String>,
+
+    /// With --export: print only the failed requests.
+    #[arg(long, requires = "export")]
+    pub errors: bool,
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !(0.0..=1e9).contains(&secs) {
+        return Err(format!("{s:?} must be a number of seconds from 0 to 1e9"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}

@@ -1,0 +1,202 @@
+//! `flw WS --export TAG`: the OpenAI Batch API output format (JSONL) for
+//! the jobs of a `wrk --batch` tag, in the order of the batch file
+//! (meta.json `batch_line`, then id). Done jobs become chat.completion or
+//! embedding-list responses, failed jobs error lines; unfinished jobs are
+//! skipped with a note on stderr (exit 2) so a rerun later completes it.
+
+use std::io::{self, Write};
+
+use anyhow::{bail, Result};
+use nrvna_core::fsio::read_limited;
+use nrvna_core::{JobView, Meta, State, Workspace};
+use serde_json::{json, Value};
+
+use crate::scope::{Scope, ScopeCache};
+use crate::Outcome;
+
+/// The largest artifact put into an export line.
+const MAX_ARTIFACT_BYTES: u64 = 256 * 1024 * 1024;
+
+pub fn export(ws: &Workspace, tag: &str, errors_only: bool) -> Result<Outcome> {
+    let scope = Scope::from_args(Some(tag), None)?;
+    let jobs = ScopeCache::default().jobs(ws, &scope);
+    if jobs.is_empty() {
+        bail!(
+            "no jobs with tag {tag} in {} (wrk --batch prints the tag to export)",
+            ws.root().display()
+        );
+    }
+    let mut rows: Vec<(JobView, Meta)> = jobs
+        .into_iter()
+        .map(|j| {
+            let m = j.meta().ok().flatten().unwrap_or_default();
+            (j, m)
+        })
+        .collect();
+    rows.sort_by(|(a, am), (b, bm)| {
+        let line = |m: &Meta| {
+            m.get("batch_line")
+                .and_then(Value::as_u64)
+                .unwrap_or(u64::MAX)
+        };
+        line(am).cmp(&line(bm)).then_with(|| a.id.cmp(&b.id))
+    });
+
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let (mut pending, mut failed) = (0usize, 0usize);
+    for (job, meta) in &rows {
+        let custom_id = meta.get("custom_id").cloned().unwrap_or(Value::Null);
+        let line = match job.state {
+            State::Ready | State::Processing | State::Writing => {
+                pending += 1;
+                eprintln!(
+                    "flw: skipping job {} (custom_id {custom_id}): still {}",
+                    job.id,
+                    job.state.label()
+                );
+                continue;
+            }
+            State::Done => match done_body(job, meta) {
+                Ok(body) if !errors_only => json!({
+                    "id": format!("batch_req_{}", job.id),
+                    "custom_id": custom_id,
+                    "response": {"status_code": 200, "request_id": job.id.as_str(), "body": body},
+                    "error": null,
+                }),
+                Ok(_) => continue,
+                Err(message) => {
+                    failed += 1;
+                    error_line(job, custom_id, "unreadable_result", &message)
+                }
+            },
+            State::Failed => {
+                failed += 1;
+                let message = job.error().unwrap_or_else(|| "the job failed".into());
+                error_line(job, custom_id, "job_failed", &message)
+            }
+        };
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    Ok(if pending > 0 {
+        eprintln!(
+            "flw: {pending} job(s) with tag {tag} have not finished; export again later (flw {} -W --tag {tag} waits for them)",
+            ws.root().display()
+        );
+        Outcome::Pending
+    } else if failed > 0 {
+        Outcome::Failed
+    } else {
+        Outcome::Done
+    })
+}
+
+fn error_line(job: &JobView, custom_id: Value, code: &str, message: &str) -> Value {
+    json!({
+        "id": format!("batch_req_{}", job.id),
+        "custom_id": custom_id,
+        "response": null,
+        "error": {"code": code, "message": message},
+    })
+}
+
+/// The response body of a done job: a chat.completion, or an embedding list.
+fn done_body(job: &JobView, meta: &Meta) -> Result<Value, String> {
+    let model = meta.str("model").unwrap_or("unknown");
+    let tokens = |k: &str| meta.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let prompt_tokens = tokens("prompt_tokens");
+    let name = job
+        .primary_artifact()
+        .ok_or_else(|| "the job is done but holds no artifact".to_string())?;
+    let bytes =
+        read_limited(&job.dir.join(name), MAX_ARTIFACT_BYTES).map_err(|e| format!("{name} {e}"))?;
+    match name {
+        "embedding.json" => {
+            let v: Value = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("embedding.json is not valid JSON: {e}"))?;
+            let vector = v
+                .get("vector")
+                .filter(|x| x.is_array())
+                .ok_or_else(|| "embedding.json has no \"vector\" array".to_string())?;
+            Ok(json!({
+                "object": "list",
+                "data": [{"object": "embedding", "index": 0, "embedding": vector}],
+                "model": model,
+                "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+            }))
+        }
+        "result.txt" | "transcript.txt" => {
+            let completion = tokens("generated_tokens");
+            let created = ["completed_at", "submitted_at"]
+                .iter()
+                .find_map(|k| meta.str(k).and_then(unix_seconds))
+                .unwrap_or(0);
+            Ok(json!({
+                "id": format!("chatcmpl-{}", job.id),
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": String::from_utf8_lossy(&bytes)},
+                    "finish_reason": meta.str("finish_reason").unwrap_or("stop"),
+                }],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt_tokens + completion,
+                },
+            }))
+        }
+        other => Err(format!("{other} has no OpenAI Batch response format")),
+    }
+}
+
+/// Seconds since the epoch of an ISO-8601 UTC time such as
+/// `2026-11-26T16:54:26.123456Z` (fraction optional).
+pub fn unix_seconds(s: &str) -> Option<i64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.splitn(3, '-');
+    let (y, mo, da): (i64, i64, i64) = (
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+        d.next()?.parse().ok()?,
+    );
+    let time = time.split('.').next()?;
+    let mut t = time.splitn(3, ':');
+    let (h, mi, se): (i64, i64, i64) = (
+        t.next()?.parse().ok()?,
+        t.next()?.parse().ok()?,
+        t.next()?.parse().ok()?,
+    );
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&da) || h > 23 || mi > 59 || se > 60 {
+        return None;
+    }
+    // Days from civil (H. Hinnant).
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + da - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + mi * 60 + se)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unix_seconds_inverts_core_iso8601() {
+        use std::time::{Duration, UNIX_EPOCH};
+        for secs in [0u64, 951_782_400, 1_764_164_852, 4_102_444_800] {
+            let iso = nrvna_core::fsio::iso8601_utc(UNIX_EPOCH + Duration::from_secs(secs));
+            assert_eq!(unix_seconds(&iso), Some(secs as i64), "{iso}");
+        }
+        assert_eq!(unix_seconds("2026-01-01T00:00:00Z"), Some(1_767_225_600));
+        assert_eq!(unix_seconds("yesterday"), None);
+        assert_eq!(unix_seconds("2026-13-01T00:00:00Z"), None);
+    }
+}

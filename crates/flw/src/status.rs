@@ -1,0 +1,101 @@
+//! `flw WS`: what a person wants at a glance. The daemon's state (from
+//! its lifecycle files), job counts per state, staging leftovers, and the
+//! most recent jobs. `--json` gives the counts as one JSON object.
+
+use std::io::{self, Write};
+
+use anyhow::Result;
+use nrvna_core::lifecycle::{daemon_status, read_info, DaemonStatus};
+use nrvna_core::{State, Workspace};
+use serde_json::{json, Value};
+
+use crate::list::row;
+use crate::Outcome;
+
+/// How many of the newest jobs the status shows.
+const RECENT: usize = 10;
+
+pub fn status(ws: &Workspace, json: bool) -> Result<Outcome> {
+    let count = |s: State| ws.list(s).map(|v| v.len()).unwrap_or(0);
+    let (queued, running, done, failed) = (
+        count(State::Ready),
+        count(State::Processing),
+        count(State::Done),
+        count(State::Failed),
+    );
+    let staging = count(State::Writing);
+    let daemon = daemon_status(ws);
+    let daemon_word = match daemon {
+        DaemonStatus::Ready { .. } => "ready",
+        DaemonStatus::Starting { .. } => "starting",
+        DaemonStatus::NotRunning => "not_running",
+    };
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    if json {
+        let v = json!({
+            "queued": queued, "running": running, "done": done, "failed": failed,
+            "staging": staging, "daemon": daemon_word,
+        });
+        writeln!(out, "{v}")?;
+        out.flush()?;
+        return Ok(Outcome::Done);
+    }
+
+    let mut line = match daemon {
+        DaemonStatus::Ready { pid } => format!("daemon: ready{}", pid_part(pid)),
+        DaemonStatus::Starting { pid } => {
+            format!("daemon: starting (loading the model){}", pid_part(pid))
+        }
+        DaemonStatus::NotRunning => format!(
+            "daemon: not running (start one with: nrvnad MODEL {})",
+            ws.root().display()
+        ),
+    };
+    if daemon != DaemonStatus::NotRunning {
+        if let Some(info) = read_info(ws) {
+            if let Some(m) = info.get("model").and_then(Value::as_str) {
+                line.push_str(&format!(", model {m}"));
+            }
+            if let Some(w) = info.get("workers").and_then(Value::as_u64) {
+                line.push_str(&format!(", {w} workers"));
+            }
+        }
+    }
+    writeln!(out, "{line}")?;
+    writeln!(
+        out,
+        "jobs: {queued} queued, {running} running, {done} done, {failed} failed"
+    )?;
+    if staging > 0 {
+        writeln!(
+            out,
+            "staging: {staging} in input/writing/ (submitters at work, or debris of killed ones)"
+        )?;
+    }
+    let jobs = ws.all_jobs();
+    let recent = &jobs[jobs.len().saturating_sub(RECENT)..];
+    if !recent.is_empty() {
+        writeln!(out, "recent:")?;
+        let w = recent
+            .iter()
+            .map(|j| j.id.as_str().len())
+            .max()
+            .unwrap_or(2);
+        for j in recent {
+            let (duration, detail) = row(j);
+            let line = format!(
+                "  {:<w$}  {:<8}  {:>9}  {detail}",
+                j.id.as_str(),
+                j.state.label(),
+                duration
+            );
+            writeln!(out, "{}", line.trim_end())?;
+        }
+    }
+    out.flush()?;
+    Ok(Outcome::Done)
+}
+
+fn pid_part(pid: Option<u32>) -> String {
+    pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+}
