@@ -57,7 +57,7 @@ pub struct Args {
     pub json: bool,
 
     /// Wait until the job is done or failed, then print it as `flw WS ID`.
-    #[arg(short = 'w', long = "wait", group = "mode")]
+    #[arg(short = 'w', long = "wait", group = "mode", conflicts_with_all = ["tag", "children"])]
     pub wait: bool,
 
     /// Wait until no job in scope (all, --tag or --children) is queued or
@@ -79,12 +79,12 @@ pub struct Args {
     pub timeout: Option<Duration>,
 
     /// Print the job's text as it is generated, then exit as `flw WS ID`.
-    #[arg(short = 'f', long = "follow", group = "mode")]
+    #[arg(short = 'f', long = "follow", group = "mode", conflicts_with_all = ["tag", "children"])]
     pub follow: bool,
 
     /// Cancel the job: a queued one fails at once; for a running one the
     /// daemon is asked to stop it (it keeps the partial output).
-    #[arg(long, group = "mode", requires = "id")]
+    #[arg(long, group = "mode", requires = "id", conflicts_with_all = ["tag", "children"])]
     pub cancel: bool,
 
     /// Print the OpenAI Batch API output (JSONL) of the jobs with this tag,

@@ -8,6 +8,7 @@ use std::io::{self, Write};
 
 use anyhow::{bail, Result};
 use nrvna_core::fsio::read_limited;
+use nrvna_core::meta::valid_tag;
 use nrvna_core::{JobView, Meta, State, Workspace};
 use serde_json::{json, Value};
 
@@ -18,7 +19,10 @@ use crate::Outcome;
 const MAX_ARTIFACT_BYTES: u64 = 256 * 1024 * 1024;
 
 pub fn export(ws: &Workspace, tag: &str, errors_only: bool) -> Result<Outcome> {
-    let scope = Scope::from_args(Some(tag), None)?;
+    if !valid_tag(tag) {
+        bail!("--export {tag:?} is not a tag: tags are 1-64 characters from [A-Za-z0-9_-]");
+    }
+    let scope = Scope::tagged(tag);
     let jobs = ScopeCache::default().jobs(ws, &scope);
     if jobs.is_empty() {
         bail!(
