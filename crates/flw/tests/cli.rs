@@ -267,6 +267,8 @@ fn usage_errors_exit_1_not_2() {
         &["-w", "-W"],
         &["--errors"],
         &["--cancel"],
+        &["-w", "--tag", "t"],
+        &["--export", "a b"],
     ] {
         let o = flw(&ws, args);
         assert_eq!(code(&o), 1, "{args:?}: {}", stderr(&o));
