@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsio::{read_limited, write_atomic};
+use crate::fsio::{read_limited, write_atomic, write_atomic_volatile};
 
 /// The generated text so far, appended in whole UTF-8 characters.
 pub const PARTIAL_FILE: &str = "partial.txt";
@@ -42,11 +42,12 @@ impl Progress {
         serde_json::from_slice(&b).ok()
     }
 
-    /// Replaces `progress.json` in a job directory atomically.
+    /// Replaces `progress.json` in a job directory atomically (no fsync:
+    /// it is rewritten every 100 ms and worthless after a crash).
     pub fn write(&self, job_dir: &Path) -> io::Result<()> {
         let mut b = serde_json::to_vec(self).map_err(io::Error::other)?;
         b.push(b'\n');
-        write_atomic(job_dir, PROGRESS_FILE, &b)
+        write_atomic_volatile(job_dir, PROGRESS_FILE, &b)
     }
 }
 

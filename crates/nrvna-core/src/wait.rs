@@ -38,7 +38,12 @@ impl DirWaker {
             }
             Some(w)
         });
-        DirWaker { rx, tx: poke, _watcher: watcher, poll }
+        DirWaker {
+            rx,
+            tx: poke,
+            _watcher: watcher,
+            poll,
+        }
     }
 
     /// A handle that wakes the waiter by hand (e.g. at shutdown).

@@ -31,7 +31,11 @@ type Reply = SyncSender<Result<Output, RunError>>;
 
 /// Messages to the engine thread.
 enum Msg {
-    Job { req: Request, obs: Arc<dyn Observer>, reply: Reply },
+    Job {
+        req: Request,
+        obs: Arc<dyn Observer>,
+        reply: Reply,
+    },
     Quit,
 }
 
@@ -49,7 +53,11 @@ pub struct BatchedRunner {
 impl BatchedEngine {
     /// Starts the engine thread with room for `slots` concurrent sequences.
     /// The context is created before this returns, so errors surface here.
-    pub fn start(model: Arc<Model>, cfg: EngineConfig, slots: u32) -> Result<BatchedEngine, String> {
+    pub fn start(
+        model: Arc<Model>,
+        cfg: EngineConfig,
+        slots: u32,
+    ) -> Result<BatchedEngine, String> {
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
@@ -57,14 +65,19 @@ impl BatchedEngine {
             .spawn(move || engine_main(model, cfg, slots.max(1), rx, ready_tx))
             .map_err(|e| format!("starting the engine thread: {e}"))?;
         match ready_rx.recv() {
-            Ok(Ok(())) => Ok(BatchedEngine { tx, thread: Mutex::new(Some(thread)) }),
+            Ok(Ok(())) => Ok(BatchedEngine {
+                tx,
+                thread: Mutex::new(Some(thread)),
+            }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err("the engine thread died while starting".into()),
         }
     }
 
     pub fn runner(&self) -> BatchedRunner {
-        BatchedRunner { tx: self.tx.clone() }
+        BatchedRunner {
+            tx: self.tx.clone(),
+        }
     }
 
     /// Stops the thread after it fails whatever it still holds.
@@ -88,46 +101,45 @@ impl Runner for BatchedRunner {
         self.tx
             .send(Msg::Job { req, obs, reply })
             .map_err(|_| RunError::Engine("the batched engine has stopped".into()))?;
-        rx.recv().map_err(|_| RunError::Engine("the batched engine stopped before finishing the job".into()))?
+        rx.recv().map_err(|_| {
+            RunError::Engine("the batched engine stopped before finishing the job".into())
+        })?
     }
 }
 
-#[derive(PartialEq)]
-enum Phase {
-    Prefill,
-    Generate,
-}
-
-/// One job in the batch.
+/// One job, waiting or in the batch.
 struct Seq {
-    slot: i32,
+    /// KV sequence id while admitted.
+    slot: Option<i32>,
+    /// Prompt tokens, then every generated token that goes back in.
     toks: Vec<LlamaToken>,
-    /// Positions already in the KV cache.
+    n_prompt: usize,
+    /// Positions of `toks` already in the KV cache.
     n_past: usize,
     /// Tokens of this sequence in the batch being decoded.
     fed: usize,
-    phase: Phase,
-    gen: Generation,
-    last: LlamaToken,
     /// Index of this sequence's logits in the current batch.
     i_batch: Option<i32>,
-    reserved: usize,
+    gen: Generation,
     reused: usize,
     reply: Reply,
     started: Instant,
 }
 
-/// A text job waiting for a slot.
-struct Waiting {
-    toks: Vec<LlamaToken>,
-    max_gen: u32,
-    gen: Generation,
-    reply: Reply,
+impl Seq {
+    /// The prompt part (and generated part) still to be decoded.
+    fn todo(&self) -> usize {
+        self.toks.len() - self.n_past
+    }
 }
 
 fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
     a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }
+
+/// Cells kept free per running sequence when admitting another, so that
+/// running jobs can grow for a while before anyone must be preempted.
+const GROWTH_MARGIN: usize = 32;
 
 struct Engine<'m> {
     model: &'m Model,
@@ -140,7 +152,7 @@ struct Engine<'m> {
     /// Tokens held by the prefix-cache sequence.
     cache: Vec<LlamaToken>,
     active: Vec<Seq>,
-    waiting: VecDeque<Waiting>,
+    waiting: VecDeque<Seq>,
 }
 
 fn engine_main(
@@ -220,18 +232,40 @@ impl<'m> Engine<'m> {
     fn take(&mut self, m: Msg) -> bool {
         match m {
             Msg::Quit => true,
-            Msg::Job { req: Request::Embed(text), obs: _, reply } => {
-                let _ = reply.send(self.embed(&text));
+            Msg::Job {
+                req: Request::Embed(text),
+                obs: _,
+                reply,
+            } => {
+                let _ = reply.send(run_embed(self.model, self.cfg.threads, &text));
                 false
             }
-            Msg::Job { req: Request::Text(req), obs, reply } => {
-                let prepared = plan(self.model, self.n_ctx as u32, &req).and_then(|(toks, max_gen)| {
-                    let sampler =
-                        req.sampling.chain(&self.model.llama, req.grammar.as_deref()).map_err(RunError::Rejected)?;
-                    Ok(Waiting { toks, max_gen, gen: Generation::new(sampler, max_gen, req.stop, obs), reply: reply.clone() })
-                });
+            Msg::Job {
+                req: Request::Text(req),
+                obs,
+                reply,
+            } => {
+                let prepared =
+                    plan(self.model, self.n_ctx as u32, &req).and_then(|(toks, max_gen)| {
+                        let sampler = req
+                            .sampling
+                            .chain(&self.model.llama, req.grammar.as_deref())
+                            .map_err(RunError::Rejected)?;
+                        Ok(Seq {
+                            slot: None,
+                            n_prompt: toks.len(),
+                            toks,
+                            n_past: 0,
+                            fed: 0,
+                            i_batch: None,
+                            gen: Generation::new(sampler, max_gen, req.stop, obs),
+                            reused: 0,
+                            reply: reply.clone(),
+                            started: Instant::now(),
+                        })
+                    });
                 match prepared {
-                    Ok(w) => self.waiting.push_back(w),
+                    Ok(s) => self.waiting.push_back(s),
                     Err(err) => {
                         let _ = reply.send(Err(err));
                     }
@@ -241,8 +275,13 @@ impl<'m> Engine<'m> {
         }
     }
 
-    fn reserved(&self) -> usize {
-        self.active.iter().map(|s| s.reserved).sum::<usize>() + self.cache.len()
+    /// An upper bound of the cells in use (shared cells counted per sequence).
+    fn cells_used(&self) -> usize {
+        self.active
+            .iter()
+            .map(|s| s.n_past + s.todo())
+            .sum::<usize>()
+            + self.cache.len()
     }
 
     /// Stops sequences whose observers ask for it (cancel, timeout, shutdown).
@@ -251,85 +290,91 @@ impl<'m> Engine<'m> {
         while i < self.active.len() {
             if let Some(reason) = self.active[i].gen.obs.should_stop() {
                 let s = self.active.swap_remove(i);
-                let err = RunError::Stopped { reason, partial: s.gen.text.clone(), generated_tokens: s.gen.generated };
-                self.release(s, Err(err));
+                self.stop(s, reason);
             } else {
                 i += 1;
             }
         }
         let mut kept = VecDeque::with_capacity(self.waiting.len());
-        while let Some(w) = self.waiting.pop_front() {
-            match w.gen.obs.should_stop() {
-                Some(reason) => {
-                    let _ = w.reply.send(Err(RunError::Stopped { reason, partial: String::new(), generated_tokens: 0 }));
-                }
-                None => kept.push_back(w),
+        while let Some(s) = self.waiting.pop_front() {
+            match s.gen.obs.should_stop() {
+                Some(reason) => self.stop(s, reason),
+                None => kept.push_back(s),
             }
         }
         self.waiting = kept;
     }
 
-    /// Moves waiting jobs into free slots while their KV reservation fits.
-    fn admit(&mut self) {
+    fn stop(&mut self, s: Seq, reason: String) {
+        let err = RunError::Stopped {
+            reason,
+            partial: s.gen.text.clone(),
+            generated_tokens: s.gen.generated,
+        };
+        self.release(s, Err(err));
+    }
+
+    /// The best KV source for `toks`: (sequence id, usable prefix length),
+    /// and whether a better prefix is still being computed.
+    fn best_prefix(&self, toks: &[LlamaToken]) -> (Option<(i32, usize)>, bool) {
         let min_reuse = self.cfg.prefix_reuse_min as usize;
+        if min_reuse == 0 {
+            return (None, false);
+        }
+        let cap = toks.len() - 1; // the last token must be decoded for logits
+        let mut best: Option<(i32, usize)> = None;
+        let mut pending = false;
+        let mut consider = |seq: i32, lcp: usize, in_kv: usize| {
+            let usable = lcp.min(in_kv).min(cap);
+            if lcp.min(cap) > usable && lcp.min(cap) >= min_reuse {
+                pending = true;
+            }
+            if usable >= min_reuse && best.is_none_or(|(_, b)| usable > b) {
+                best = Some((seq, usable));
+            }
+        };
+        for s in &self.active {
+            if let Some(slot) = s.slot {
+                consider(slot, common_prefix(toks, &s.toks[..s.n_prompt]), s.n_past);
+            }
+        }
+        consider(
+            self.cache_seq,
+            common_prefix(toks, &self.cache),
+            self.cache.len(),
+        );
+        let pending = pending && best.is_none_or(|(_, b)| b < cap);
+        (best, pending)
+    }
+
+    /// Moves waiting jobs into free slots while their cells fit.
+    fn admit(&mut self) {
         let mut idx = 0;
         while idx < self.waiting.len() && !self.free_slots.is_empty() {
-            let w = &self.waiting[idx];
-            let need = w.toks.len() + w.max_gen as usize;
-            // Reuse: the longest prefix among active prompts and the cache.
-            let mut best: Option<(i32, usize)> = None;
-            let mut defer = false;
-            if min_reuse > 0 {
-                for s in &self.active {
-                    let lcp = common_prefix(&w.toks, &s.toks);
-                    if lcp >= min_reuse && s.phase == Phase::Prefill && s.n_past < lcp.min(w.toks.len() - 1) {
-                        // The shared part is still being computed: wait for it.
-                        defer = true;
-                    }
-                    let usable = lcp.min(s.n_past).min(w.toks.len() - 1);
-                    if usable >= min_reuse && best.is_none_or(|(_, b)| usable > b) {
-                        best = Some((s.slot, usable));
-                    }
-                }
-                let lcp = common_prefix(&w.toks, &self.cache).min(w.toks.len() - 1);
-                if lcp >= min_reuse && best.is_none_or(|(_, b)| lcp > b) {
-                    best = Some((self.cache_seq, lcp));
-                }
-            }
-            if defer && best.is_none_or(|(_, b)| b < w.toks.len() - 1) {
+            let (mut best, pending) = self.best_prefix(&self.waiting[idx].toks);
+            if pending && self.waiting[idx].n_past == 0 {
+                // The shared part is still being computed by a running job: wait for it.
                 idx += 1;
                 continue;
             }
-            if self.reserved() + need > self.n_ctx {
-                let cache_useful = best.is_some_and(|(s, _)| s == self.cache_seq);
-                if !self.cache.is_empty() && !cache_useful && self.reserved() - self.cache.len() + need <= self.n_ctx {
-                    self.drop_cache();
-                } else {
-                    // FIFO: wait for running jobs to free their cells.
-                    break;
-                }
+            let need = self.waiting[idx].toks.len() + GROWTH_MARGIN * (self.active.len() + 1);
+            if self.cells_used() + need > self.n_ctx && !self.cache.is_empty() {
+                self.drop_cache();
+                best = best.filter(|(s, _)| *s != self.cache_seq);
             }
-            let w = self.waiting.remove(idx).expect("index checked");
+            if self.cells_used() + need > self.n_ctx && !self.active.is_empty() {
+                break; // FIFO: wait for running jobs to free their cells
+            }
+            let mut s = self.waiting.remove(idx).expect("index checked");
             let slot = self.free_slots.pop().expect("checked non-empty");
-            let mut n_past = 0;
+            s.slot = Some(slot);
+            s.n_past = 0;
             if let Some((src, n)) = best {
                 let _ = self.ctx.kv_cache_seq_cp(src, slot, Some(0), Some(n as u32));
-                n_past = n;
+                s.n_past = n;
+                s.reused = s.reused.max(n.min(s.n_prompt));
             }
-            self.active.push(Seq {
-                slot,
-                toks: w.toks,
-                n_past,
-                fed: 0,
-                phase: Phase::Prefill,
-                gen: w.gen,
-                last: LlamaToken(0),
-                i_batch: None,
-                reserved: need,
-                reused: n_past,
-                reply: w.reply,
-                started: Instant::now(),
-            });
+            self.active.push(s);
         }
     }
 
@@ -338,52 +383,78 @@ impl<'m> Engine<'m> {
         self.cache.clear();
     }
 
-    /// One decode call: a token for every generating sequence, then prompt
-    /// chunks up to the batch size.
+    /// Puts the most recently admitted sequence back in the queue (its KV is
+    /// dropped; it resumes by re-decoding its prompt and what it generated).
+    fn preempt_youngest(&mut self) -> bool {
+        if self.active.len() < 2 {
+            return false;
+        }
+        let youngest = (0..self.active.len())
+            .max_by_key(|&i| self.active[i].started)
+            .expect("non-empty");
+        let mut s = self.active.swap_remove(youngest);
+        if let Some(slot) = s.slot.take() {
+            let _ = self.ctx.kv_cache_seq_rm(slot, None, None);
+            self.free_slots.push(slot);
+        }
+        s.n_past = 0;
+        tracing::debug!(
+            "KV cache full: preempted a sequence of {} tokens",
+            s.toks.len()
+        );
+        self.waiting.push_front(s);
+        true
+    }
+
+    /// One decode call: the next token of every generating sequence, then
+    /// prompt chunks up to the batch size.
     fn step(&mut self) {
-        let mut batch = LlamaBatch::new(self.n_batch, 1);
-        for s in self.active.iter_mut().filter(|s| s.phase == Phase::Generate) {
-            s.i_batch = Some(batch.n_tokens());
-            s.fed = 1;
-            let _ = batch.add(s.last, s.n_past as i32, &[s.slot], true);
-        }
-        let mut budget = self.n_batch.saturating_sub(batch.n_tokens() as usize);
-        for s in self.active.iter_mut().filter(|s| s.phase == Phase::Prefill) {
-            s.fed = 0;
-            s.i_batch = None;
-            if budget == 0 {
-                continue;
-            }
-            let take = budget.min(s.toks.len() - s.n_past);
-            for p in s.n_past..s.n_past + take {
-                let is_last = p == s.toks.len() - 1;
-                if is_last {
-                    s.i_batch = Some(batch.n_tokens());
+        loop {
+            let mut batch = LlamaBatch::new(self.n_batch, 1);
+            // Generating sequences first (one token each), then prefills.
+            let mut order: Vec<usize> = (0..self.active.len()).collect();
+            order.sort_by_key(|&i| self.active[i].todo() > 1);
+            let mut budget = self.n_batch;
+            for i in order {
+                let s = &mut self.active[i];
+                s.fed = 0;
+                s.i_batch = None;
+                let slot = s.slot.expect("active sequences have a slot");
+                let take = budget.min(s.todo());
+                for p in s.n_past..s.n_past + take {
+                    let is_last = p == s.toks.len() - 1;
+                    if is_last {
+                        s.i_batch = Some(batch.n_tokens());
+                    }
+                    let _ = batch.add(s.toks[p], p as i32, &[slot], is_last);
                 }
-                let _ = batch.add(s.toks[p], p as i32, &[s.slot], is_last);
+                s.fed = take;
+                budget -= take;
             }
-            s.fed = take;
-            budget -= take;
-        }
-        if batch.n_tokens() == 0 {
-            return;
-        }
-        if let Err(err) = self.ctx.decode(&mut batch) {
-            // Out of cells: give the prefix cache back and retry once.
-            if !self.cache.is_empty() {
-                self.drop_cache();
-                if self.ctx.decode(&mut batch).is_ok() {
-                    return self.after_decode();
+            if batch.n_tokens() == 0 {
+                return;
+            }
+            match self.ctx.decode(&mut batch) {
+                Ok(()) => return self.after_decode(),
+                Err(llama_cpp_2::DecodeError::NoKvCacheSlot) if !self.cache.is_empty() => {
+                    self.drop_cache()
+                }
+                Err(llama_cpp_2::DecodeError::NoKvCacheSlot) if self.preempt_youngest() => {}
+                Err(err) => {
+                    tracing::error!(
+                        "decode failed ({err}); failing the {} jobs in this batch",
+                        self.active.len()
+                    );
+                    for s in std::mem::take(&mut self.active) {
+                        self.release(
+                            s,
+                            Err(RunError::Engine(format!("llama.cpp decode failed: {err}"))),
+                        );
+                    }
+                    return;
                 }
             }
-            tracing::error!("decode failed ({err}); failing the {} jobs in this batch", self.active.len());
-            let all = std::mem::take(&mut self.active);
-            for s in all {
-                self.release(s, Err(RunError::Engine(format!("llama.cpp decode failed: {err}"))));
-            }
-            return;
         }
-        self.after_decode();
     }
 
     fn after_decode(&mut self) {
@@ -397,15 +468,14 @@ impl<'m> Engine<'m> {
                 i += 1;
                 continue;
             };
-            s.phase = Phase::Generate;
             let t = s.gen.sampler.sample(&self.ctx, ib);
             if s.gen.push(model, t) {
-                s.last = t;
+                s.toks.push(t);
                 i += 1;
             } else {
                 let s = self.active.swap_remove(i);
                 let out = Output {
-                    prompt_tokens: s.toks.len() as u32,
+                    prompt_tokens: s.n_prompt as u32,
                     generated_tokens: s.gen.generated,
                     reused_tokens: s.reused as u32,
                     gen_secs: s.started.elapsed().as_secs_f64(),
@@ -418,21 +488,28 @@ impl<'m> Engine<'m> {
         }
     }
 
-    /// Frees a sequence's cells (keeping its prompt as the prefix cache
-    /// when reuse is on) and answers its worker.
+    /// Frees a sequence's cells (keeping its prompt as the prefix cache when
+    /// reuse is on) and answers its worker.
     fn release(&mut self, mut s: Seq, result: Result<Output, RunError>) {
-        let min_reuse = self.cfg.prefix_reuse_min as usize;
-        let prompt_in_kv = s.n_past.min(s.toks.len());
-        if min_reuse > 0 && prompt_in_kv >= min_reuse && result.is_ok() {
-            let fits = self.reserved() - self.cache.len() + prompt_in_kv <= self.n_ctx;
-            if fits && common_prefix(&self.cache, &s.toks[..prompt_in_kv]) < prompt_in_kv {
-                self.drop_cache();
-                let _ = self.ctx.kv_cache_seq_cp(s.slot, self.cache_seq, Some(0), Some(prompt_in_kv as u32));
-                self.cache = s.toks[..prompt_in_kv].to_vec();
+        if let Some(slot) = s.slot.take() {
+            let min_reuse = self.cfg.prefix_reuse_min as usize;
+            let prompt_in_kv = s.n_past.min(s.n_prompt);
+            if min_reuse > 0 && prompt_in_kv >= min_reuse && result.is_ok() {
+                let fits = self.cells_used() - self.cache.len() + prompt_in_kv <= self.n_ctx;
+                if fits && common_prefix(&self.cache, &s.toks[..prompt_in_kv]) < prompt_in_kv {
+                    self.drop_cache();
+                    let _ = self.ctx.kv_cache_seq_cp(
+                        slot,
+                        self.cache_seq,
+                        Some(0),
+                        Some(prompt_in_kv as u32),
+                    );
+                    self.cache = s.toks[..prompt_in_kv].to_vec();
+                }
             }
+            let _ = self.ctx.kv_cache_seq_rm(slot, None, None);
+            self.free_slots.push(slot);
         }
-        let _ = self.ctx.kv_cache_seq_rm(s.slot, None, None);
-        self.free_slots.push(s.slot);
         let result = result.map(|mut o| {
             o.text = std::mem::take(&mut s.gen.text);
             o
@@ -442,17 +519,10 @@ impl<'m> Engine<'m> {
 
     fn abort_all(&mut self, why: &str) {
         for s in std::mem::take(&mut self.active) {
-            let err = RunError::Stopped { reason: why.into(), partial: s.gen.text.clone(), generated_tokens: s.gen.generated };
-            self.release(s, Err(err));
+            self.stop(s, why.into());
         }
-        for w in self.waiting.drain(..) {
-            let _ = w.reply.send(Err(RunError::Stopped { reason: why.into(), partial: String::new(), generated_tokens: 0 }));
+        for s in std::mem::take(&mut self.waiting) {
+            self.stop(s, why.into());
         }
-    }
-
-    /// Embeds one text in its own small context, which keeps the shared
-    /// generation context free of embedding state.
-    fn embed(&mut self, text: &str) -> Result<Output, RunError> {
-        run_embed(self.model, self.cfg.threads, text)
     }
 }

@@ -33,7 +33,9 @@ fn env<T: std::str::FromStr>(name: &str) -> Result<Option<T>, String> {
 
 /// The number of cores this process may use.
 pub fn available_cores() -> u32 {
-    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
 }
 
 impl EngineConfig {
@@ -58,7 +60,10 @@ impl EngineConfig {
             prefix_reuse_min: env("NRVNA_PREFIX_REUSE_MIN")?.unwrap_or(16),
         };
         if cfg.max_ctx < 64 {
-            return Err(format!("NRVNA_MAX_CTX={} is too small; use at least 64", cfg.max_ctx));
+            return Err(format!(
+                "NRVNA_MAX_CTX={} is too small; use at least 64",
+                cfg.max_ctx
+            ));
         }
         Ok(cfg)
     }

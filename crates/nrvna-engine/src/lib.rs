@@ -83,7 +83,11 @@ pub enum RunError {
     Rejected(String),
     /// The observer asked to stop (cancel, timeout); `partial` is the text so far.
     #[error("{reason}")]
-    Stopped { reason: String, partial: String, generated_tokens: u32 },
+    Stopped {
+        reason: String,
+        partial: String,
+        generated_tokens: u32,
+    },
     /// The engine failed (decode error, engine gone).
     #[error("inference failed: {0}")]
     Engine(String),

@@ -47,10 +47,17 @@ impl Model {
     /// Loads a GGUF file. Errors say which file and what to do.
     pub fn load(path: &Path, gpu_layers: u32) -> Result<Model, String> {
         let backend = backend()?;
-        let meta = std::fs::metadata(path)
-            .map_err(|e| format!("model file {}: {e}; pass the path of a .gguf file", path.display()))?;
+        let meta = std::fs::metadata(path).map_err(|e| {
+            format!(
+                "model file {}: {e}; pass the path of a .gguf file",
+                path.display()
+            )
+        })?;
         if !meta.is_file() {
-            return Err(format!("model {} is not a regular file; pass the path of a .gguf file", path.display()));
+            return Err(format!(
+                "model {} is not a regular file; pass the path of a .gguf file",
+                path.display()
+            ));
         }
         let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
         let llama = LlamaModel::load_from_file(backend, path, &params).map_err(|e| {
@@ -59,12 +66,20 @@ impl Model {
         let raw = llama.meta_val_str("tokenizer.chat_template").ok();
         let template = ChatTemplate::new(raw, &llama)?;
         let n_ctx_train = llama.n_ctx_train();
-        Ok(Model { llama, path: path.to_owned(), template, n_ctx_train })
+        Ok(Model {
+            llama,
+            path: path.to_owned(),
+            template,
+            n_ctx_train,
+        })
     }
 
     /// The model's file name (recorded in meta.json).
     pub fn file_name(&self) -> String {
-        self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        self.path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 
     /// Renders a user prompt (and optional system prompt) into model text.

@@ -27,7 +27,11 @@ pub struct PerJobRunner {
 impl PerJobRunner {
     pub fn new(model: Arc<Model>, cfg: EngineConfig, workers: u32) -> PerJobRunner {
         let threads = (cfg.threads / workers.max(1)).max(1);
-        PerJobRunner { model, cfg, threads }
+        PerJobRunner {
+            model,
+            cfg,
+            threads,
+        }
     }
 }
 
@@ -40,13 +44,17 @@ impl Runner for PerJobRunner {
     }
 }
 
-pub(crate) fn new_context(model: &Model, params: LlamaContextParams) -> Result<LlamaContext<'_>, RunError> {
+pub(crate) fn new_context(
+    model: &Model,
+    params: LlamaContextParams,
+) -> Result<LlamaContext<'_>, RunError> {
     let backend = backend().map_err(RunError::Engine)?;
     let _g = CONTEXT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    model
-        .llama
-        .new_context(backend, params)
-        .map_err(|e| RunError::Engine(format!("creating a llama.cpp context: {e} (lower NRVNA_MAX_CTX if memory is short)")))
+    model.llama.new_context(backend, params).map_err(|e| {
+        RunError::Engine(format!(
+            "creating a llama.cpp context: {e} (lower NRVNA_MAX_CTX if memory is short)"
+        ))
+    })
 }
 
 /// Checks the prompt against the context and returns (prompt tokens, max new tokens).
@@ -58,7 +66,9 @@ pub(crate) fn plan(
     let toks = model.tokenize(&req.prompt);
     let n = toks.len() as u32;
     if n == 0 {
-        return Err(RunError::Rejected("the prompt renders to zero tokens".into()));
+        return Err(RunError::Rejected(
+            "the prompt renders to zero tokens".into(),
+        ));
     }
     if n >= limit {
         return Err(RunError::Rejected(format!(
@@ -81,7 +91,10 @@ fn run_text(
     let n_ctx = (n_prompt + max_gen).div_ceil(64) * 64;
     let n_ctx = n_ctx.min(limit.div_ceil(64) * 64);
     let n_batch = cfg.n_batch.min(n_ctx);
-    let sampler = req.sampling.chain(&model.llama, req.grammar.as_deref()).map_err(RunError::Rejected)?;
+    let sampler = req
+        .sampling
+        .chain(&model.llama, req.grammar.as_deref())
+        .map_err(RunError::Rejected)?;
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(n_ctx))
         .with_n_batch(n_batch)
@@ -107,9 +120,12 @@ fn run_text(
         batch.clear();
         for (j, t) in chunk.iter().enumerate() {
             let pos = c * n_batch as usize + j;
-            batch.add(*t, pos as i32, &[0], pos == last).map_err(|e| RunError::Engine(e.to_string()))?;
+            batch
+                .add(*t, pos as i32, &[0], pos == last)
+                .map_err(|e| RunError::Engine(e.to_string()))?;
         }
-        ctx.decode(&mut batch).map_err(|e| RunError::Engine(format!("decoding the prompt: {e}")))?;
+        ctx.decode(&mut batch)
+            .map_err(|e| RunError::Engine(format!("decoding the prompt: {e}")))?;
     }
     let mut n_past = n_prompt;
     let mut idx = batch.n_tokens() - 1;
@@ -126,8 +142,11 @@ fn run_text(
             break;
         }
         batch.clear();
-        batch.add(t, n_past as i32, &[0], true).map_err(|e| RunError::Engine(e.to_string()))?;
-        ctx.decode(&mut batch).map_err(|e| RunError::Engine(format!("decoding: {e}")))?;
+        batch
+            .add(t, n_past as i32, &[0], true)
+            .map_err(|e| RunError::Engine(e.to_string()))?;
+        ctx.decode(&mut batch)
+            .map_err(|e| RunError::Engine(format!("decoding: {e}")))?;
         n_past += 1;
         idx = 0;
     }
@@ -148,10 +167,14 @@ pub(crate) fn run_embed(model: &Model, threads: u32, text: &str) -> Result<Outpu
     let n = toks.len() as u32;
     let limit = model.cap_ctx(8192);
     if n == 0 {
-        return Err(RunError::Rejected("the text to embed is empty after tokenization".into()));
+        return Err(RunError::Rejected(
+            "the text to embed is empty after tokenization".into(),
+        ));
     }
     if n > limit {
-        return Err(RunError::Rejected(format!("the text is {n} tokens; embeddings take at most {limit}")));
+        return Err(RunError::Rejected(format!(
+            "the text is {n} tokens; embeddings take at most {limit}"
+        )));
     }
     let n_ctx = n.div_ceil(64) * 64;
     let params = LlamaContextParams::default()
@@ -165,9 +188,14 @@ pub(crate) fn run_embed(model: &Model, threads: u32, text: &str) -> Result<Outpu
     let start = Instant::now();
     let mut ctx = new_context(model, params)?;
     let mut batch = LlamaBatch::new(n as usize, 1);
-    batch.add_sequence(&toks, 0, false).map_err(|e| RunError::Engine(e.to_string()))?;
-    ctx.decode(&mut batch).map_err(|e| RunError::Engine(format!("decoding for embedding: {e}")))?;
-    let v = ctx.embeddings_seq_ith(0).map_err(|e| RunError::Engine(format!("reading the embedding: {e}")))?;
+    batch
+        .add_sequence(&toks, 0, false)
+        .map_err(|e| RunError::Engine(e.to_string()))?;
+    ctx.decode(&mut batch)
+        .map_err(|e| RunError::Engine(format!("decoding for embedding: {e}")))?;
+    let v = ctx
+        .embeddings_seq_ith(0)
+        .map_err(|e| RunError::Engine(format!("reading the embedding: {e}")))?;
     let v = normalize(v).map_err(RunError::Engine)?;
     Ok(Output {
         embedding: Some(v),

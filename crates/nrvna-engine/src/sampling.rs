@@ -29,7 +29,9 @@ pub fn fresh_seed() -> u32 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos() ^ d.as_secs() as u32)
         .unwrap_or(0);
-    t.wrapping_mul(2_654_435_761).wrapping_add(N.fetch_add(0x9E37_79B9, Ordering::Relaxed)) & 0x7FFF_FFFF
+    t.wrapping_mul(2_654_435_761)
+        .wrapping_add(N.fetch_add(0x9E37_79B9, Ordering::Relaxed))
+        & 0x7FFF_FFFF
 }
 
 impl Sampling {
@@ -41,7 +43,13 @@ impl Sampling {
             parts.push(grammar_sampler(model, g)?);
         }
         if self.repeat_penalty != 1.0 && self.repeat_last_n != 0 {
-            parts.push(LlamaSampler::penalties(model.n_vocab(), self.repeat_last_n, self.repeat_penalty, 0.0, 0.0));
+            parts.push(LlamaSampler::penalties(
+                model.n_vocab(),
+                self.repeat_last_n,
+                self.repeat_penalty,
+                0.0,
+                0.0,
+            ));
         }
         if self.temp <= 0.0 {
             parts.push(LlamaSampler::greedy());
@@ -79,4 +87,10 @@ fn grammar_sampler(model: &LlamaModel, g: &str) -> Result<LlamaSampler, String> 
 /// Checks that llama.cpp accepts a GBNF grammar; the error carries llama.cpp's reason.
 pub fn check_grammar(model: &LlamaModel, g: &str) -> Result<(), String> {
     grammar_sampler(model, g).map(drop)
+}
+
+/// Converts a JSON Schema to a GBNF grammar with llama.cpp's converter.
+pub fn schema_to_grammar(schema: &str) -> Result<String, String> {
+    llama_cpp_2::json_schema_to_grammar(schema)
+        .map_err(|e| format!("llama.cpp could not convert schema.json to a grammar: {e}"))
 }

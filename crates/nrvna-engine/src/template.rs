@@ -21,7 +21,10 @@ fn raise_exception(msg: String) -> Result<String, Error> {
 
 impl ChatTemplate {
     /// Builds the template from `NRVNA_CHAT_TEMPLATE_FILE`, else the model's.
-    pub fn new(model_template: Option<String>, llama: &llama_cpp_2::model::LlamaModel) -> Result<ChatTemplate, String> {
+    pub fn new(
+        model_template: Option<String>,
+        llama: &llama_cpp_2::model::LlamaModel,
+    ) -> Result<ChatTemplate, String> {
         let vocab = llama.vocab();
         let piece = |t| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
         let (bos, eos) = (piece(vocab.bos()), piece(vocab.eos()));
@@ -37,9 +40,19 @@ impl ChatTemplate {
     }
 
     /// Compiles template source (`None`: raw prompts).
-    pub fn compile(src: Option<String>, bos: String, eos: String, origin: String) -> Result<ChatTemplate, String> {
+    pub fn compile(
+        src: Option<String>,
+        bos: String,
+        eos: String,
+        origin: String,
+    ) -> Result<ChatTemplate, String> {
         let Some(src) = src else {
-            return Ok(ChatTemplate { env: None, bos, eos, source: "none (raw prompt)".into() });
+            return Ok(ChatTemplate {
+                env: None,
+                bos,
+                eos,
+                source: "none (raw prompt)".into(),
+            });
         };
         let mut env = Environment::new();
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
@@ -47,7 +60,12 @@ impl ChatTemplate {
         env.add_function("strftime_now", |_fmt: String| -> String { String::new() });
         env.add_template_owned("chat", src)
             .map_err(|e| format!("the chat template from {origin} does not compile: {e}"))?;
-        Ok(ChatTemplate { env: Some(env), bos, eos, source: origin })
+        Ok(ChatTemplate {
+            env: Some(env),
+            bos,
+            eos,
+            source: origin,
+        })
     }
 
     /// Renders one turn: optional system message, then the user message,
@@ -107,7 +125,13 @@ mod tests {
 
     #[test]
     fn renders_chatml_with_system() {
-        let t = ChatTemplate::compile(Some(CHATML.into()), "<s>".into(), "</s>".into(), "test".into()).unwrap();
+        let t = ChatTemplate::compile(
+            Some(CHATML.into()),
+            "<s>".into(),
+            "</s>".into(),
+            "test".into(),
+        )
+        .unwrap();
         let out = t.render(Some("Be brief."), "Hi").unwrap();
         assert_eq!(out, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
     }
@@ -115,7 +139,8 @@ mod tests {
     #[test]
     fn python_methods_and_raise_exception_work() {
         let src = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system') }}{% endif %}{{ bos_token }}{{ messages[0]['content'].strip() | upper }}";
-        let t = ChatTemplate::compile(Some(src.into()), "<bos>".into(), "".into(), "test".into()).unwrap();
+        let t = ChatTemplate::compile(Some(src.into()), "<bos>".into(), "".into(), "test".into())
+            .unwrap();
         assert_eq!(t.render(None, "  hi  ").unwrap(), "<bos>HI");
         assert!(t.render(Some("x"), "hi").unwrap_err().contains("no system"));
     }

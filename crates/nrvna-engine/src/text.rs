@@ -24,7 +24,12 @@ pub struct Generation {
 }
 
 impl Generation {
-    pub fn new(sampler: LlamaSampler, max_tokens: u32, stop: Vec<String>, obs: Arc<dyn Observer>) -> Generation {
+    pub fn new(
+        sampler: LlamaSampler,
+        max_tokens: u32,
+        stop: Vec<String>,
+        obs: Arc<dyn Observer>,
+    ) -> Generation {
         Generation {
             sampler,
             pending: Vec::new(),
@@ -97,7 +102,8 @@ impl Generation {
             }
             Err(e) => {
                 let valid = e.valid_up_to();
-                self.text.push_str(std::str::from_utf8(&self.pending[..valid]).unwrap_or_default());
+                self.text
+                    .push_str(std::str::from_utf8(&self.pending[..valid]).unwrap_or_default());
                 match e.error_len() {
                     // An incomplete character at the end: keep it for the next token.
                     None => {

@@ -1,0 +1,125 @@
+//! `nrvnad status WS` and `nrvnad stop WS`. Stop signals only a process that
+//! holds the workspace lock and is an nrvnad, checked before each signal.
+
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use nrvna_core::lifecycle::{daemon_status, lock_held, read_info, read_pid, DaemonStatus};
+use nrvna_core::Workspace;
+
+/// `nrvnad status WS [--json]`: 0 ready, 2 starting, 1 not running.
+pub fn status(ws_path: &Path, json: bool) -> Result<ExitCode> {
+    let Ok(ws) = Workspace::open(ws_path) else {
+        if json {
+            println!("{}", serde_json::json!({ "status": "not_running" }));
+        } else {
+            println!("not running (no workspace at {})", ws_path.display());
+        }
+        return Ok(ExitCode::from(1));
+    };
+    let st = daemon_status(&ws);
+    let (word, code, pid) = match st {
+        DaemonStatus::Ready { pid } => ("ready", 0, pid),
+        DaemonStatus::Starting { pid } => ("starting", 2, pid),
+        DaemonStatus::NotRunning => ("not_running", 1, None),
+    };
+    if json {
+        let mut v = serde_json::json!({ "status": word, "pid": pid });
+        if code != 1 {
+            if let Some(serde_json::Value::Object(info)) = read_info(&ws) {
+                for (k, val) in info {
+                    v.as_object_mut().expect("object").entry(k).or_insert(val);
+                }
+            }
+        }
+        println!("{v}");
+    } else {
+        match (code, read_info(&ws)) {
+            (0, Some(i)) => println!(
+                "ready (pid {}, model {}, {} workers, {} engine, since {})",
+                pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
+                i["model"].as_str().unwrap_or("?"),
+                i["workers"],
+                i["engine"].as_str().unwrap_or("?"),
+                i["started_at"].as_str().unwrap_or("?")
+            ),
+            (1, _) => println!("not running"),
+            _ => println!(
+                "{word} (pid {})",
+                pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into())
+            ),
+        }
+    }
+    Ok(ExitCode::from(code))
+}
+
+/// The inode of the lock file, to match against /proc/locks.
+fn lock_inode(ws: &Workspace) -> Option<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(ws.file(".nrvnad.lock"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// Whether `pid` is an nrvnad that holds the FLOCK on the workspace's lock file.
+pub fn is_lock_holder(ws: &Workspace, pid: u32) -> bool {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    if comm.trim() != "nrvnad" {
+        return false;
+    }
+    let Some(ino) = lock_inode(ws) else {
+        return false;
+    };
+    let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+    locks.lines().any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"
+        f.len() >= 6
+            && f[1] == "FLOCK"
+            && f[4] == pid.to_string()
+            && f[5].rsplit(':').next().and_then(|i| i.parse::<u64>().ok()) == Some(ino)
+    })
+}
+
+/// `nrvnad stop WS [--timeout S]`: 0 when stopped or already absent.
+pub fn stop(ws_path: &Path, timeout: f64) -> Result<ExitCode> {
+    let Ok(ws) = Workspace::open(ws_path) else {
+        eprintln!(
+            "nrvnad: no daemon: {} is not a workspace",
+            ws_path.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
+    if !lock_held(&ws) {
+        eprintln!("nrvnad: not running on {}", ws.root().display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let pid = read_pid(&ws).context("the workspace is locked but .nrvnad.pid is unreadable; find the process with: fuser WS/.nrvnad.lock")?;
+    let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+    let mut signalled = false;
+    loop {
+        if !lock_held(&ws) {
+            eprintln!("nrvnad: stopped (pid {pid})");
+            return Ok(ExitCode::SUCCESS);
+        }
+        if !signalled {
+            if !is_lock_holder(&ws, pid) {
+                anyhow::bail!(
+                    "pid {pid} in .nrvnad.pid is not the nrvnad holding {}; refusing to signal it (the pid file is stale)",
+                    ws.file(".nrvnad.lock").display()
+                );
+            }
+            if unsafe { libc::kill(pid as i32, libc::SIGTERM) } != 0 {
+                anyhow::bail!("signalling pid {pid}: {}", std::io::Error::last_os_error());
+            }
+            signalled = true;
+        }
+        if Instant::now() >= deadline {
+            eprintln!("nrvnad: pid {pid} is still running after {timeout} s; wait longer, or kill -9 {pid}");
+            return Ok(ExitCode::from(1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

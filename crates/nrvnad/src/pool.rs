@@ -1,0 +1,172 @@
+//! The Pool: one mutex-protected queue of job ids and a condition variable.
+//! The Scanner submits ids; `Worker-0..N-1` take them. An id already queued
+//! or in progress is never queued twice.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use nrvna_core::JobId;
+
+/// What a worker gets from the queue.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message {
+    Job(JobId),
+    Quit,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: VecDeque<JobId>,
+    /// Queued or being processed.
+    pending: HashSet<JobId>,
+    busy: usize,
+    closed: bool,
+}
+
+/// The job queue shared by the Scanner and the workers. This mutex is the
+/// daemon's only lock around job scheduling.
+#[derive(Default)]
+pub struct Pool {
+    queue: Mutex<Queue>,
+    cv: Condvar,
+}
+
+impl Pool {
+    pub fn new() -> Pool {
+        Pool::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        // A worker that panicked never leaves the queue half-updated.
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues an id unless it is already pending; returns whether it was queued.
+    pub fn submit(&self, id: JobId) -> bool {
+        let mut q = self.lock();
+        if q.closed || q.pending.contains(&id) {
+            return false;
+        }
+        q.pending.insert(id.clone());
+        q.jobs.push_back(id);
+        drop(q);
+        self.cv.notify_one();
+        true
+    }
+
+    /// Blocks until a job is available or the pool closes.
+    pub fn next(&self) -> Message {
+        let mut q = self.lock();
+        loop {
+            if q.closed {
+                return Message::Quit;
+            }
+            if let Some(id) = q.jobs.pop_front() {
+                q.busy += 1;
+                return Message::Job(id);
+            }
+            q = self.cv.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// A worker finished with `id` (whatever the outcome).
+    pub fn done(&self, id: &JobId) {
+        let mut q = self.lock();
+        q.pending.remove(id);
+        q.busy = q.busy.saturating_sub(1);
+        drop(q);
+        self.cv.notify_all();
+    }
+
+    /// A worker gave up on `id` for good (a duplicate of a finished job): it
+    /// stays pending, so the Scanner never offers it again in this run.
+    pub fn park(&self, _id: &JobId) {
+        let mut q = self.lock();
+        q.busy = q.busy.saturating_sub(1);
+        drop(q);
+        self.cv.notify_all();
+    }
+
+    /// Nothing queued and nothing in progress.
+    pub fn idle(&self) -> bool {
+        let q = self.lock();
+        q.jobs.is_empty() && q.busy == 0
+    }
+
+    /// (queued, in progress)
+    pub fn counts(&self) -> (usize, usize) {
+        let q = self.lock();
+        (q.jobs.len(), q.busy)
+    }
+
+    /// Wakes every worker with Quit; queued ids are dropped (they are still
+    /// in `input/ready/` and will be found by the next daemon).
+    pub fn close(&self) {
+        let mut q = self.lock();
+        q.closed = true;
+        q.jobs.clear();
+        drop(q);
+        self.cv.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn id(s: &str) -> JobId {
+        JobId::parse(s).unwrap()
+    }
+
+    #[test]
+    fn never_queues_a_pending_id_twice() {
+        let p = Pool::new();
+        assert!(p.submit(id("1")));
+        assert!(!p.submit(id("1")), "queued twice");
+        assert_eq!(p.next(), Message::Job(id("1")));
+        assert!(!p.submit(id("1")), "queued while in progress");
+        p.done(&id("1"));
+        assert!(
+            p.submit(id("1")),
+            "a finished id may come back (e.g. recovered)"
+        );
+    }
+
+    #[test]
+    fn close_wakes_blocked_workers() {
+        let p = Arc::new(Pool::new());
+        let workers: Vec<_> = (0..3)
+            .map(|_| {
+                let p = p.clone();
+                std::thread::spawn(move || p.next())
+            })
+            .collect();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        p.close();
+        for w in workers {
+            assert_eq!(w.join().unwrap(), Message::Quit);
+        }
+    }
+
+    #[test]
+    fn fifo_order_and_idle_accounting() {
+        let p = Pool::new();
+        for s in ["3", "1", "2"] {
+            p.submit(id(s));
+        }
+        assert!(!p.idle());
+        let order: Vec<_> = (0..3)
+            .map(|_| match p.next() {
+                Message::Job(j) => j,
+                Message::Quit => panic!(),
+            })
+            .collect();
+        assert_eq!(order, [id("3"), id("1"), id("2")]);
+        assert!(!p.idle(), "jobs in progress");
+        for j in &order {
+            p.done(j);
+        }
+        assert!(p.idle());
+    }
+}

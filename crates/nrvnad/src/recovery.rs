@@ -1,0 +1,128 @@
+//! Start-up recovery: jobs left in `processing/` by a daemon that died go
+//! back to `input/ready/` with `recovery_attempts` + 1, or to `failed/` at
+//! the ceiling; staging leftovers older than an hour are removed.
+
+use std::fs;
+use std::time::{Duration, SystemTime};
+
+use nrvna_core::fsio::{iso8601_utc, read_optional, sync_dir, write_atomic};
+use nrvna_core::meta::{Meta, MAX_META_BYTES};
+use nrvna_core::{Moved, State, Workspace};
+
+use nrvna_core::live::{CANCEL_FILE, PARTIAL_FILE, PROGRESS_FILE};
+
+/// Default `NRVNA_MAX_RECOVERY_ATTEMPTS`.
+pub const DEFAULT_MAX_RECOVERY: u64 = 3;
+/// Staging directories older than this are leftovers of a killed submitter.
+pub const STAGING_MAX_AGE: Duration = Duration::from_secs(3600);
+
+/// What recovery did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    pub requeued: usize,
+    pub failed: usize,
+    pub staging_removed: usize,
+}
+
+pub fn max_attempts() -> u64 {
+    std::env::var("NRVNA_MAX_RECOVERY_ATTEMPTS")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(DEFAULT_MAX_RECOVERY)
+}
+
+/// Recovers every job in `processing/`. Only the lock holder may call this.
+pub fn recover(ws: &Workspace, max: u64) -> Recovered {
+    let mut r = Recovered::default();
+    for id in ws.list(State::Processing).unwrap_or_default() {
+        let dir = ws.job_dir(State::Processing, &id);
+        if !fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_dir()) {
+            // Not a directory: the processor fails it properly once it is ready again.
+            if ws.transition(&id, State::Processing, State::Ready).is_ok() {
+                r.requeued += 1;
+            }
+            continue;
+        }
+        let mut meta = match read_optional(&dir.join("meta.json"), MAX_META_BYTES) {
+            Ok(Some(b)) => Meta::parse(&b).unwrap_or_default(),
+            _ => Meta::new(),
+        };
+        for scratch in [PARTIAL_FILE, PROGRESS_FILE] {
+            let _ = fs::remove_file(dir.join(scratch));
+        }
+        let attempts = meta.recovery_attempts();
+        let cancelled = dir.join(CANCEL_FILE).exists();
+        let to = if attempts >= max || cancelled {
+            let why = if cancelled {
+                "cancelled by user".to_owned()
+            } else {
+                format!(
+                    "abandoned in processing/ {} times (the daemon died while running it); giving up after NRVNA_MAX_RECOVERY_ATTEMPTS={max}",
+                    attempts + 1
+                )
+            };
+            meta.set("status", "failed");
+            meta.set("completed_at", iso8601_utc(SystemTime::now()));
+            meta.set("artifacts", vec!["error.txt"]);
+            if cancelled {
+                meta.set("cancelled", true);
+            }
+            let _ = write_atomic(&dir, "error.txt", format!("{why}\n").as_bytes());
+            tracing::warn!("{id}: {why}");
+            State::Failed
+        } else {
+            meta.set("recovery_attempts", attempts + 1);
+            State::Ready
+        };
+        let _ = write_atomic(&dir, "meta.json", &meta.to_bytes());
+        let _ = sync_dir(&dir);
+        match ws.transition(&id, State::Processing, to) {
+            Ok(Moved::Yes) if to == State::Ready => {
+                tracing::info!("recovered {id} (attempt {})", attempts + 1);
+                r.requeued += 1;
+            }
+            Ok(Moved::Yes) => r.failed += 1,
+            Ok(other) => tracing::error!("recovering {id}: {other:?}; left in processing/"),
+            Err(e) => tracing::error!("recovering {id}: {e}; left in processing/"),
+        }
+    }
+    r.staging_removed = clean_staging(ws, STAGING_MAX_AGE);
+    r
+}
+
+/// Removes staging directories older than `age`; returns how many.
+pub fn clean_staging(ws: &Workspace, age: Duration) -> usize {
+    let Ok(entries) = fs::read_dir(ws.dir(State::Writing)) else {
+        return 0;
+    };
+    let mut n = 0;
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|a| a >= age);
+        if old {
+            let p = e.path();
+            let gone = if e.file_type().is_ok_and(|t| t.is_dir()) {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+            match gone {
+                Ok(()) => {
+                    tracing::info!(
+                        "removed staging leftover {} (older than an hour)",
+                        p.display()
+                    );
+                    n += 1;
+                }
+                Err(err) => {
+                    tracing::warn!("could not remove staging leftover {}: {err}", p.display())
+                }
+            }
+        }
+    }
+    n
+}
