@@ -82,11 +82,13 @@ impl Failure {
 pub struct Processor {
     shared: Arc<Shared>,
     runner: Box<dyn Runner>,
+    /// When the current job was claimed (ISO-8601), recorded in meta.json.
+    claimed_at: String,
 }
 
 impl Processor {
     pub fn new(shared: Arc<Shared>, runner: Box<dyn Runner>) -> Processor {
-        Processor { shared, runner }
+        Processor { shared, runner, claimed_at: String::new() }
     }
 
     /// Claims and processes one job.
@@ -116,6 +118,7 @@ impl Processor {
             }
         }
         let claimed = Instant::now();
+        self.claimed_at = iso8601_utc(SystemTime::now());
         tracing::info!("claimed {id}");
         let dir = ws.job_dir(State::Processing, id);
         match fs::symlink_metadata(&dir) {
@@ -339,6 +342,7 @@ impl Processor {
 
     /// Sets the finish keys of meta.json.
     fn stamp(&self, meta: &mut Meta, claimed: Instant, status: &str, used: Option<&Value>) {
+        meta.set("claimed_at", self.claimed_at.clone());
         meta.set("completed_at", iso8601_utc(SystemTime::now()));
         meta.set("duration_s", two_decimals(claimed.elapsed().as_secs_f64()));
         meta.set("status", status);
