@@ -23,7 +23,7 @@ use llama_cpp_2::token::LlamaToken;
 
 use crate::config::EngineConfig;
 use crate::model::Model;
-use crate::perjob::{new_context, plan, run_embed};
+use crate::perjob::{embed_many, new_context, plan};
 use crate::text::Generation;
 use crate::{Observer, Output, Request, RunError, Runner};
 
@@ -153,6 +153,8 @@ struct Engine<'m> {
     cache: Vec<LlamaToken>,
     active: Vec<Seq>,
     waiting: VecDeque<Seq>,
+    /// Embedding jobs received since the last step, computed together.
+    embeds: Vec<(String, Reply)>,
 }
 
 fn engine_main(
@@ -195,6 +197,7 @@ fn engine_main(
         cache: Vec::new(),
         active: Vec::new(),
         waiting: VecDeque::new(),
+        embeds: Vec::new(),
     };
     let mut quit = false;
     while !quit {
@@ -218,6 +221,16 @@ fn engine_main(
         if quit {
             break;
         }
+        if !e.embeds.is_empty() {
+            // Workers that claimed embedding jobs together send them within
+            // a few milliseconds: give the stragglers a moment to join.
+            if e.active.is_empty() {
+                while let Ok(m) = rx.recv_timeout(std::time::Duration::from_millis(3)) {
+                    quit |= e.take(m);
+                }
+            }
+            e.run_embeds();
+        }
         e.check_stops();
         e.admit();
         if !e.active.is_empty() {
@@ -237,7 +250,7 @@ impl<'m> Engine<'m> {
                 obs: _,
                 reply,
             } => {
-                let _ = reply.send(run_embed(self.model, self.cfg.threads, &text));
+                self.embeds.push((text, reply));
                 false
             }
             Msg::Job {
@@ -375,6 +388,19 @@ impl<'m> Engine<'m> {
                 s.reused = s.reused.max(n.min(s.n_prompt));
             }
             self.active.push(s);
+        }
+    }
+
+    /// Computes every pending embedding in one decode call.
+    fn run_embeds(&mut self) {
+        let jobs = std::mem::take(&mut self.embeds);
+        let texts: Vec<&str> = jobs.iter().map(|(t, _)| t.as_str()).collect();
+        let results = embed_many(self.model, self.cfg.threads, &texts);
+        if jobs.len() > 1 {
+            tracing::debug!("computed {} embeddings in one batch", jobs.len());
+        }
+        for ((_, reply), r) in jobs.into_iter().zip(results) {
+            let _ = reply.send(r);
         }
     }
 
@@ -518,6 +544,13 @@ impl<'m> Engine<'m> {
     }
 
     fn abort_all(&mut self, why: &str) {
+        for (_, reply) in self.embeds.drain(..) {
+            let _ = reply.send(Err(RunError::Stopped {
+                reason: why.into(),
+                partial: String::new(),
+                generated_tokens: 0,
+            }));
+        }
         for s in std::mem::take(&mut self.active) {
             self.stop(s, why.into());
         }

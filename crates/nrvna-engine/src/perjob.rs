@@ -163,44 +163,117 @@ fn run_text(
 
 /// Embeds one text in its own context.
 pub(crate) fn run_embed(model: &Model, threads: u32, text: &str) -> Result<Output, RunError> {
-    let toks = model.tokenize_plain(text);
-    let n = toks.len() as u32;
-    let limit = model.cap_ctx(8192);
-    if n == 0 {
-        return Err(RunError::Rejected(
-            "the text to embed is empty after tokenization".into(),
-        ));
+    embed_many(model, threads, &[text])
+        .pop()
+        .unwrap_or_else(|| Err(RunError::Engine("no embedding".into())))
+}
+
+/// Embeds several texts with one decode call (one sequence each): the way
+/// the batched engine serves embedding jobs claimed together.
+pub(crate) fn embed_many(
+    model: &Model,
+    threads: u32,
+    texts: &[&str],
+) -> Vec<Result<Output, RunError>> {
+    let limit = model.cap_ctx(8192) as usize;
+    let mut results: Vec<Option<Result<Output, RunError>>> = Vec::with_capacity(texts.len());
+    let mut batchable: Vec<(usize, Vec<llama_cpp_2::token::LlamaToken>)> = Vec::new();
+    for (i, t) in texts.iter().enumerate() {
+        let toks = model.tokenize_plain(t);
+        if toks.is_empty() {
+            results.push(Some(Err(RunError::Rejected(
+                "the text to embed is empty after tokenization".into(),
+            ))));
+        } else if toks.len() > limit {
+            results.push(Some(Err(RunError::Rejected(format!(
+                "the text is {} tokens; embeddings take at most {limit}",
+                toks.len()
+            )))));
+        } else {
+            results.push(None);
+            batchable.push((i, toks));
+        }
     }
-    if n > limit {
-        return Err(RunError::Rejected(format!(
-            "the text is {n} tokens; embeddings take at most {limit}"
-        )));
+    // Group into decode calls that fit the embedding context.
+    let start = Instant::now();
+    let mut group: Vec<(usize, Vec<llama_cpp_2::token::LlamaToken>)> = Vec::new();
+    let mut groups = Vec::new();
+    let mut total = 0;
+    for item in batchable {
+        if total + item.1.len() > limit && !group.is_empty() {
+            groups.push(std::mem::take(&mut group));
+            total = 0;
+        }
+        total += item.1.len();
+        group.push(item);
     }
-    let n_ctx = n.div_ceil(64) * 64;
+    if !group.is_empty() {
+        groups.push(group);
+    }
+    for g in groups {
+        for (i, r) in embed_group(model, threads, &g, start) {
+            results[i] = Some(r);
+        }
+    }
+    results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|| Err(RunError::Engine("embedding skipped".into()))))
+        .collect()
+}
+
+fn embed_group(
+    model: &Model,
+    threads: u32,
+    group: &[(usize, Vec<llama_cpp_2::token::LlamaToken>)],
+    start: Instant,
+) -> Vec<(usize, Result<Output, RunError>)> {
+    let fail = |e: String| {
+        group
+            .iter()
+            .map(|(i, _)| (*i, Err(RunError::Engine(e.clone()))))
+            .collect()
+    };
+    let n: usize = group.iter().map(|(_, t)| t.len()).sum();
+    let n_ctx = (n as u32).div_ceil(64) * 64;
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(n_ctx))
         .with_n_batch(n_ctx)
         .with_n_ubatch(n_ctx)
+        .with_n_seq_max(group.len() as u32)
+        .with_kv_unified(true)
         .with_embeddings(true)
         .with_pooling_type(pooling_for(&model.llama))
         .with_n_threads(threads as i32)
         .with_n_threads_batch(threads as i32);
-    let start = Instant::now();
-    let mut ctx = new_context(model, params)?;
-    let mut batch = LlamaBatch::new(n as usize, 1);
-    batch
-        .add_sequence(&toks, 0, false)
-        .map_err(|e| RunError::Engine(e.to_string()))?;
-    ctx.decode(&mut batch)
-        .map_err(|e| RunError::Engine(format!("decoding for embedding: {e}")))?;
-    let v = ctx
-        .embeddings_seq_ith(0)
-        .map_err(|e| RunError::Engine(format!("reading the embedding: {e}")))?;
-    let v = normalize(v).map_err(RunError::Engine)?;
-    Ok(Output {
-        embedding: Some(v),
-        prompt_tokens: n,
-        gen_secs: start.elapsed().as_secs_f64(),
-        ..Output::default()
-    })
+    let mut ctx = match new_context(model, params) {
+        Ok(c) => c,
+        Err(e) => return fail(e.to_string()),
+    };
+    let mut batch = LlamaBatch::new(n, group.len() as i32);
+    for (seq, (_, toks)) in group.iter().enumerate() {
+        // Pooling reads every token's output.
+        if let Err(e) = batch.add_sequence(toks, seq as i32, true) {
+            return fail(e.to_string());
+        }
+    }
+    if let Err(e) = ctx.decode(&mut batch) {
+        return fail(format!("decoding for embedding: {e}"));
+    }
+    group
+        .iter()
+        .enumerate()
+        .map(|(seq, (i, toks))| {
+            let r = ctx
+                .embeddings_seq_ith(seq as i32)
+                .map_err(|e| RunError::Engine(format!("reading the embedding: {e}")))
+                .and_then(|v| normalize(v).map_err(RunError::Engine))
+                .map(|v| Output {
+                    embedding: Some(v),
+                    prompt_tokens: toks.len() as u32,
+                    gen_secs: start.elapsed().as_secs_f64(),
+                    ..Output::default()
+                });
+            (*i, r)
+        })
+        .collect()
 }

@@ -88,7 +88,11 @@ pub struct Processor {
 
 impl Processor {
     pub fn new(shared: Arc<Shared>, runner: Box<dyn Runner>) -> Processor {
-        Processor { shared, runner, claimed_at: String::new() }
+        Processor {
+            shared,
+            runner,
+            claimed_at: String::new(),
+        }
     }
 
     /// Claims and processes one job.
