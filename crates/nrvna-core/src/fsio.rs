@@ -120,10 +120,7 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
     }
     let mut buf = Vec::with_capacity(md.len() as usize);
     // Read at most limit+1 so a file that grows under us is still caught.
-    (&mut f)
-        .take(limit + 1)
-        .read_to_end(&mut buf)
-        .map_err(ReadError::Io)?;
+    (&mut f).take(limit + 1).read_to_end(&mut buf).map_err(ReadError::Io)?;
     if buf.len() as u64 > limit {
         return Err(ReadError::TooLarge { limit });
     }
@@ -144,20 +141,14 @@ pub fn read_optional(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, ReadErr
 pub fn iso8601_utc(t: std::time::SystemTime) -> String {
     let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let (y, mo, da, h, mi, s) = civil(d.as_secs() as i64);
-    format!(
-        "{y:04}-{mo:02}-{da:02}T{h:02}:{mi:02}:{s:02}.{:06}Z",
-        d.subsec_micros()
-    )
+    format!("{y:04}-{mo:02}-{da:02}T{h:02}:{mi:02}:{s:02}.{:06}Z", d.subsec_micros())
 }
 
 /// `YYYY-MM-DD HH:MM:SS.mmm` in UTC, for log lines.
 pub fn log_timestamp(t: std::time::SystemTime) -> String {
     let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let (y, mo, da, h, mi, s) = civil(d.as_secs() as i64);
-    format!(
-        "{y:04}-{mo:02}-{da:02} {h:02}:{mi:02}:{s:02}.{:03}",
-        d.subsec_millis()
-    )
+    format!("{y:04}-{mo:02}-{da:02} {h:02}:{mi:02}:{s:02}.{:03}", d.subsec_millis())
 }
 
 /// Days-from-civil inverse (H. Hinnant's algorithm) for a Unix timestamp.
@@ -220,21 +211,9 @@ mod tests {
             read_limited(&p.join("ok"), 4),
             Err(ReadError::TooLarge { .. })
         ));
-        assert!(matches!(
-            read_limited(&p.join("link"), 100),
-            Err(ReadError::Symlink)
-        ));
-        assert!(matches!(
-            read_limited(&p.join("fifo"), 100),
-            Err(ReadError::NotRegular)
-        ));
-        assert!(matches!(
-            read_limited(&p.join("dir"), 100),
-            Err(ReadError::NotRegular)
-        ));
-        assert!(matches!(
-            read_limited(&p.join("none"), 100),
-            Err(ReadError::Missing)
-        ));
+        assert!(matches!(read_limited(&p.join("link"), 100), Err(ReadError::Symlink)));
+        assert!(matches!(read_limited(&p.join("fifo"), 100), Err(ReadError::NotRegular)));
+        assert!(matches!(read_limited(&p.join("dir"), 100), Err(ReadError::NotRegular)));
+        assert!(matches!(read_limited(&p.join("none"), 100), Err(ReadError::Missing)));
     }
 }

@@ -95,12 +95,7 @@ mod tests {
 
     #[test]
     fn accepts_contract_examples() {
-        for ok in [
-            "1",
-            "01764164852123456_4242_000001",
-            "1_2_3",
-            &"9".repeat(128),
-        ] {
+        for ok in ["1", "01764164852123456_4242_000001", "1_2_3", &"9".repeat(128)] {
             assert!(JobId::parse(ok).is_ok(), "{ok}");
         }
     }

@@ -74,9 +74,7 @@ impl JobView {
     /// meta.json, if present and valid.
     pub fn meta(&self) -> Result<Option<Meta>, String> {
         match read_optional(&self.dir.join("meta.json"), MAX_META_BYTES) {
-            Ok(Some(b)) => Meta::parse(&b)
-                .map(Some)
-                .map_err(|e| format!("meta.json {e}")),
+            Ok(Some(b)) => Meta::parse(&b).map(Some).map_err(|e| format!("meta.json {e}")),
             Ok(None) => Ok(None),
             Err(e) => Err(format!("meta.json {e}")),
         }
@@ -84,9 +82,9 @@ impl JobView {
 
     /// The primary artifact's file name: the first present of the contract's list.
     pub fn primary_artifact(&self) -> Option<&'static str> {
-        ARTIFACTS.into_iter().find(|name| {
-            std::fs::symlink_metadata(self.dir.join(name)).is_ok_and(|m| m.file_type().is_file())
-        })
+        ARTIFACTS
+            .into_iter()
+            .find(|name| std::fs::symlink_metadata(self.dir.join(name)).is_ok_and(|m| m.file_type().is_file()))
     }
 
     /// error.txt, trimmed, if present.

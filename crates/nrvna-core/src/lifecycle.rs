@@ -69,11 +69,7 @@ impl DaemonLock {
 
     /// Writes `.nrvnad.pid` (right after locking, as the contract says).
     pub fn write_pid(&self, ws: &Workspace) -> io::Result<()> {
-        write_atomic(
-            ws.root(),
-            PID_FILE,
-            format!("{}\n", std::process::id()).as_bytes(),
-        )
+        write_atomic(ws.root(), PID_FILE, format!("{}\n", std::process::id()).as_bytes())
     }
 
     /// Removes the files that describe a live daemon (on clean exit).
@@ -102,11 +98,7 @@ pub fn lock_held(ws: &Workspace) -> bool {
 
 /// The pid in `.nrvnad.pid`, if readable.
 pub fn read_pid(ws: &Workspace) -> Option<u32> {
-    fs::read_to_string(ws.file(PID_FILE))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+    fs::read_to_string(ws.file(PID_FILE)).ok()?.trim().parse().ok()
 }
 
 /// The daemon's status from the lock and the ready file.
@@ -137,9 +129,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let ws = Workspace::create(d.path()).unwrap();
         assert_eq!(daemon_status(&ws), DaemonStatus::NotRunning);
-        let lock = DaemonLock::acquire(&ws, Duration::ZERO)
-            .unwrap()
-            .expect("free lock");
+        let lock = DaemonLock::acquire(&ws, Duration::ZERO).unwrap().expect("free lock");
         lock.write_pid(&ws).unwrap();
         assert!(lock_held(&ws));
         assert_eq!(
@@ -148,9 +138,7 @@ mod tests {
                 pid: Some(std::process::id())
             }
         );
-        assert!(DaemonLock::acquire(&ws, Duration::from_millis(50))
-            .unwrap()
-            .is_none());
+        assert!(DaemonLock::acquire(&ws, Duration::from_millis(50)).unwrap().is_none());
         fs::write(ws.file(READY_FILE), "x").unwrap();
         assert!(matches!(daemon_status(&ws), DaemonStatus::Ready { .. }));
         lock.clear_files(&ws);

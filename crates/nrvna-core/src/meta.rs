@@ -24,17 +24,12 @@ pub enum MetaError {
     #[error("is not a JSON object")]
     NotObject,
     #[error("key `{key}` {problem}")]
-    BadKey {
-        key: &'static str,
-        problem: &'static str,
-    },
+    BadKey { key: &'static str, problem: &'static str },
 }
 
 /// Checks one tag: 1-64 characters of `[A-Za-z0-9_-]`.
 pub fn valid_tag(t: &str) -> bool {
-    (1..=64).contains(&t.len())
-        && t.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    (1..=64).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 fn bad(key: &'static str, problem: &'static str) -> MetaError {
@@ -160,19 +155,12 @@ impl Meta {
         self.0
             .get("tags")
             .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(|t| t.as_str().map(str::to_owned))
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect())
             .unwrap_or_default()
     }
 
     pub fn recovery_attempts(&self) -> u64 {
-        self.0
-            .get("recovery_attempts")
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
+        self.0.get("recovery_attempts").and_then(Value::as_u64).unwrap_or(0)
     }
 
     pub fn duration_s(&self) -> Option<f64> {
@@ -199,8 +187,7 @@ mod tests {
 
     #[test]
     fn round_trip_keeps_unknown_keys() {
-        let src =
-            br#"{"submitted_at":"2026-01-01T00:00:00.000000Z","mode":"text","tags":["a-b","c_1"],
+        let src = br#"{"submitted_at":"2026-01-01T00:00:00.000000Z","mode":"text","tags":["a-b","c_1"],
             "parent":"1_2_3","recovery_attempts":2,"x_cpp_extra":{"k":[1,2]}}"#;
         let m = Meta::parse(src).unwrap();
         assert_eq!(m.mode(), Some(JobType::Text));
@@ -230,11 +217,7 @@ mod tests {
             b"{\"mode\":\"te\xffxt\"}",
             b"not json",
         ] {
-            assert!(
-                Meta::parse(bad).is_err(),
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
+            assert!(Meta::parse(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
     }
 

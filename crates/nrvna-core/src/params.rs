@@ -110,10 +110,7 @@ impl Params {
         if self.min_p.is_some_and(|p| !(0.0..=1.0).contains(&p)) {
             return err("min_p must be in [0, 1]");
         }
-        if self
-            .repeat_penalty
-            .is_some_and(|p| !(p.is_finite() && p > 0.0))
-        {
+        if self.repeat_penalty.is_some_and(|p| !(p.is_finite() && p > 0.0)) {
             return err("repeat_penalty must be a finite number > 0 (1 disables it)");
         }
         if self.max_tokens == Some(0) {
@@ -153,9 +150,7 @@ mod tests {
     #[test]
     fn strict_refuses_unknown_lenient_reports_it() {
         let src = br#"{"temp":0.5,"frobnicate":1}"#;
-        assert!(
-            matches!(Params::parse_strict(src), Err(ParamsError::UnknownKey(k)) if k == "frobnicate")
-        );
+        assert!(matches!(Params::parse_strict(src), Err(ParamsError::UnknownKey(k)) if k == "frobnicate"));
         let (p, unknown) = Params::parse_lenient(src).unwrap();
         assert_eq!(p.temp, Some(0.5));
         assert_eq!(unknown, ["frobnicate"]);
@@ -173,11 +168,7 @@ mod tests {
             br#"{"timeout_s":0}"#,
             br#"[1]"#,
         ] {
-            assert!(
-                Params::parse_lenient(bad).is_err(),
-                "{}",
-                String::from_utf8_lossy(bad)
-            );
+            assert!(Params::parse_lenient(bad).is_err(), "{}", String::from_utf8_lossy(bad));
         }
     }
 

@@ -91,12 +91,7 @@ impl JobType {
 
 /// Artifact file names in the contract's priority order: the primary
 /// artifact is the first one present.
-pub const ARTIFACTS: [&str; 4] = [
-    "result.txt",
-    "transcript.txt",
-    "audio.wav",
-    "embedding.json",
-];
+pub const ARTIFACTS: [&str; 4] = ["result.txt", "transcript.txt", "audio.wav", "embedding.json"];
 
 /// What kind of artifact a file name is (`artifact_kind` in `flw --json`).
 pub fn artifact_kind(name: &str) -> &'static str {
@@ -125,16 +120,7 @@ mod tests {
         .iter()
         .map(|s| s.dir())
         .collect();
-        assert_eq!(
-            dirs,
-            [
-                "input/writing",
-                "input/ready",
-                "processing",
-                "output",
-                "failed"
-            ]
-        );
+        assert_eq!(dirs, ["input/writing", "input/ready", "processing", "output", "failed"]);
     }
 
     #[test]
@@ -150,12 +136,7 @@ mod tests {
     fn artifact_priority_is_result_transcript_audio_embedding() {
         assert_eq!(
             ARTIFACTS,
-            [
-                "result.txt",
-                "transcript.txt",
-                "audio.wav",
-                "embedding.json"
-            ]
+            ["result.txt", "transcript.txt", "audio.wav", "embedding.json"]
         );
         assert_eq!(artifact_kind("embedding.json"), "embedding");
     }

@@ -100,9 +100,7 @@ impl Submission {
         if let Some(t) = self.tags.iter().find(|t| !valid_tag(t)) {
             return Err(SubmitError::BadTag(t.clone()));
         }
-        self.params
-            .validate()
-            .map_err(|e| SubmitError::Params(e.to_string()))?;
+        self.params.validate().map_err(|e| SubmitError::Params(e.to_string()))?;
         Ok(())
     }
 
@@ -140,28 +138,18 @@ impl Submission {
     pub fn stage(&self, ws: &Workspace) -> Result<Staged, SubmitError> {
         self.validate()?;
         let (id, dir) = stage_dir(ws)?;
-        let staged = Staged {
-            id,
-            dir,
-            armed: true,
-        };
+        let staged = Staged { id, dir, armed: true };
         let written = (|| -> io::Result<()> {
             let dir = &staged.dir;
             write_atomic(dir, "prompt.txt", self.prompt.as_bytes())?;
             if self.job_type != JobType::Text {
-                write_atomic(
-                    dir,
-                    "type.txt",
-                    format!("{}\n", self.job_type.as_str()).as_bytes(),
-                )?;
+                write_atomic(dir, "type.txt", format!("{}\n", self.job_type.as_str()).as_bytes())?;
             }
             if !self.params.is_empty() {
                 write_atomic(dir, "params.json", &self.params.to_bytes())?;
             }
             match &self.output {
-                Some(OutputFormat::JsonSchema(s)) => {
-                    write_atomic(dir, "schema.json", s.as_bytes())?
-                }
+                Some(OutputFormat::JsonSchema(s)) => write_atomic(dir, "schema.json", s.as_bytes())?,
                 Some(OutputFormat::Gbnf(g)) => write_atomic(dir, "grammar.gbnf", g.as_bytes())?,
                 None => {}
             }
@@ -278,11 +266,7 @@ mod tests {
         assert_eq!(ws.list(State::Writing).unwrap(), vec![staged.id().clone()]);
         drop(staged);
         assert!(ws.list(State::Writing).unwrap().is_empty());
-        let id = Submission::text("y")
-            .stage(&ws)
-            .unwrap()
-            .publish(&ws)
-            .unwrap();
+        let id = Submission::text("y").stage(&ws).unwrap().publish(&ws).unwrap();
         assert_eq!(ws.list(State::Ready).unwrap(), vec![id]);
         assert!(ws.list(State::Writing).unwrap().is_empty());
     }

@@ -72,11 +72,7 @@ impl DirWaker {
 
 /// Polls `check` until it returns `Some`, waking on events in `dirs`.
 /// Returns `None` at the deadline.
-pub fn wait_for<T>(
-    dirs: &[&Path],
-    deadline: Option<Instant>,
-    mut check: impl FnMut() -> Option<T>,
-) -> Option<T> {
+pub fn wait_for<T>(dirs: &[&Path], deadline: Option<Instant>, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     // Watch first, then check: an event between the two is not lost.
     let waker = DirWaker::new(dirs, Duration::from_millis(500));
     loop {
@@ -106,11 +102,7 @@ mod tests {
         });
         let start = Instant::now();
         waker.wait(None);
-        assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "took {:?}",
-            start.elapsed()
-        );
+        assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
         t.join().unwrap();
     }
 }

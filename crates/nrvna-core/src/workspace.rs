@@ -157,10 +157,7 @@ impl Workspace {
                 }
                 return Ok(Moved::SourceGone);
             }
-            Err(e)
-                if e.raw_os_error() == Some(libc::EEXIST)
-                    || e.raw_os_error() == Some(libc::ENOTEMPTY) =>
-            {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) || e.raw_os_error() == Some(libc::ENOTEMPTY) => {
                 return Ok(Moved::DestinationExists)
             }
             Err(e) => return Err(e),
@@ -212,10 +209,7 @@ mod tests {
         fs::create_dir(ws.dir(State::Ready).join("not an id")).unwrap();
         assert_eq!(ws.list(State::Ready).unwrap(), vec![id.clone()]);
         assert_eq!(ws.locate(&id), Some(State::Ready));
-        assert_eq!(
-            ws.transition(&id, State::Ready, State::Processing).unwrap(),
-            Moved::Yes
-        );
+        assert_eq!(ws.transition(&id, State::Ready, State::Processing).unwrap(), Moved::Yes);
         assert_eq!(
             ws.transition(&id, State::Ready, State::Processing).unwrap(),
             Moved::SourceGone

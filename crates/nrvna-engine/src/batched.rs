@@ -53,11 +53,7 @@ pub struct BatchedRunner {
 impl BatchedEngine {
     /// Starts the engine thread with room for `slots` concurrent sequences.
     /// The context is created before this returns, so errors surface here.
-    pub fn start(
-        model: Arc<Model>,
-        cfg: EngineConfig,
-        slots: u32,
-    ) -> Result<BatchedEngine, String> {
+    pub fn start(model: Arc<Model>, cfg: EngineConfig, slots: u32) -> Result<BatchedEngine, String> {
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let thread = std::thread::Builder::new()
@@ -75,9 +71,7 @@ impl BatchedEngine {
     }
 
     pub fn runner(&self) -> BatchedRunner {
-        BatchedRunner {
-            tx: self.tx.clone(),
-        }
+        BatchedRunner { tx: self.tx.clone() }
     }
 
     /// Stops the thread after it fails whatever it still holds.
@@ -101,9 +95,8 @@ impl Runner for BatchedRunner {
         self.tx
             .send(Msg::Job { req, obs, reply })
             .map_err(|_| RunError::Engine("the batched engine has stopped".into()))?;
-        rx.recv().map_err(|_| {
-            RunError::Engine("the batched engine stopped before finishing the job".into())
-        })?
+        rx.recv()
+            .map_err(|_| RunError::Engine("the batched engine stopped before finishing the job".into()))?
     }
 }
 
@@ -258,25 +251,24 @@ impl<'m> Engine<'m> {
                 obs,
                 reply,
             } => {
-                let prepared =
-                    plan(self.model, self.n_ctx as u32, &req).and_then(|(toks, max_gen)| {
-                        let sampler = req
-                            .sampling
-                            .chain(&self.model.llama, req.grammar.as_deref())
-                            .map_err(RunError::Rejected)?;
-                        Ok(Seq {
-                            slot: None,
-                            n_prompt: toks.len(),
-                            toks,
-                            n_past: 0,
-                            fed: 0,
-                            i_batch: None,
-                            gen: Generation::new(sampler, max_gen, req.stop, obs),
-                            reused: 0,
-                            reply: reply.clone(),
-                            started: Instant::now(),
-                        })
-                    });
+                let prepared = plan(self.model, self.n_ctx as u32, &req).and_then(|(toks, max_gen)| {
+                    let sampler = req
+                        .sampling
+                        .chain(&self.model.llama, req.grammar.as_deref())
+                        .map_err(RunError::Rejected)?;
+                    Ok(Seq {
+                        slot: None,
+                        n_prompt: toks.len(),
+                        toks,
+                        n_past: 0,
+                        fed: 0,
+                        i_batch: None,
+                        gen: Generation::new(sampler, max_gen, req.stop, obs),
+                        reused: 0,
+                        reply: reply.clone(),
+                        started: Instant::now(),
+                    })
+                });
                 match prepared {
                     Ok(s) => self.waiting.push_back(s),
                     Err(err) => {
@@ -290,11 +282,7 @@ impl<'m> Engine<'m> {
 
     /// An upper bound of the cells in use (shared cells counted per sequence).
     fn cells_used(&self) -> usize {
-        self.active
-            .iter()
-            .map(|s| s.n_past + s.todo())
-            .sum::<usize>()
-            + self.cache.len()
+        self.active.iter().map(|s| s.n_past + s.todo()).sum::<usize>() + self.cache.len()
     }
 
     /// Stops sequences whose observers ask for it (cancel, timeout, shutdown).
@@ -351,11 +339,7 @@ impl<'m> Engine<'m> {
                 consider(slot, common_prefix(toks, &s.toks[..s.n_prompt]), s.n_past);
             }
         }
-        consider(
-            self.cache_seq,
-            common_prefix(toks, &self.cache),
-            self.cache.len(),
-        );
+        consider(self.cache_seq, common_prefix(toks, &self.cache), self.cache.len());
         let pending = pending && best.is_none_or(|(_, b)| b < cap);
         (best, pending)
     }
@@ -424,10 +408,7 @@ impl<'m> Engine<'m> {
             self.free_slots.push(slot);
         }
         s.n_past = 0;
-        tracing::debug!(
-            "KV cache full: preempted a sequence of {} tokens",
-            s.toks.len()
-        );
+        tracing::debug!("KV cache full: preempted a sequence of {} tokens", s.toks.len());
         self.waiting.push_front(s);
         true
     }
@@ -462,9 +443,7 @@ impl<'m> Engine<'m> {
             }
             match self.ctx.decode(&mut batch) {
                 Ok(()) => return self.after_decode(),
-                Err(llama_cpp_2::DecodeError::NoKvCacheSlot) if !self.cache.is_empty() => {
-                    self.drop_cache()
-                }
+                Err(llama_cpp_2::DecodeError::NoKvCacheSlot) if !self.cache.is_empty() => self.drop_cache(),
                 Err(llama_cpp_2::DecodeError::NoKvCacheSlot) if self.preempt_youngest() => {}
                 Err(err) => {
                     tracing::error!(
@@ -472,10 +451,7 @@ impl<'m> Engine<'m> {
                         self.active.len()
                     );
                     for s in std::mem::take(&mut self.active) {
-                        self.release(
-                            s,
-                            Err(RunError::Engine(format!("llama.cpp decode failed: {err}"))),
-                        );
+                        self.release(s, Err(RunError::Engine(format!("llama.cpp decode failed: {err}"))));
                     }
                     return;
                 }
@@ -524,12 +500,9 @@ impl<'m> Engine<'m> {
                 let fits = self.cells_used() - self.cache.len() + prompt_in_kv <= self.n_ctx;
                 if fits && common_prefix(&self.cache, &s.toks[..prompt_in_kv]) < prompt_in_kv {
                     self.drop_cache();
-                    let _ = self.ctx.kv_cache_seq_cp(
-                        slot,
-                        self.cache_seq,
-                        Some(0),
-                        Some(prompt_in_kv as u32),
-                    );
+                    let _ = self
+                        .ctx
+                        .kv_cache_seq_cp(slot, self.cache_seq, Some(0), Some(prompt_in_kv as u32));
                     self.cache = s.toks[..prompt_in_kv].to_vec();
                 }
             }

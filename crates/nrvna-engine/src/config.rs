@@ -60,10 +60,7 @@ impl EngineConfig {
             prefix_reuse_min: env("NRVNA_PREFIX_REUSE_MIN")?.unwrap_or(16),
         };
         if cfg.max_ctx < 64 {
-            return Err(format!(
-                "NRVNA_MAX_CTX={} is too small; use at least 64",
-                cfg.max_ctx
-            ));
+            return Err(format!("NRVNA_MAX_CTX={} is too small; use at least 64", cfg.max_ctx));
         }
         Ok(cfg)
     }

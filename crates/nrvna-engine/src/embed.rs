@@ -5,9 +5,7 @@ use llama_cpp_2::context::params::LlamaPoolingType;
 /// Mean pooling for decoder models (which declare no pooling), else the
 /// model's own (`<arch>.pooling_type` in the GGUF metadata).
 pub fn pooling_for(model: &llama_cpp_2::model::LlamaModel) -> LlamaPoolingType {
-    let arch = model
-        .meta_val_str("general.architecture")
-        .unwrap_or_default();
+    let arch = model.meta_val_str("general.architecture").unwrap_or_default();
     match model
         .meta_val_str(&format!("{arch}.pooling_type"))
         .ok()
@@ -24,11 +22,7 @@ pub fn normalize(v: &[f32]) -> Result<Vec<f32>, String> {
     if v.iter().any(|x| !x.is_finite()) {
         return Err("the model produced a non-finite embedding value".into());
     }
-    let norm = v
-        .iter()
-        .map(|x| f64::from(*x) * f64::from(*x))
-        .sum::<f64>()
-        .sqrt();
+    let norm = v.iter().map(|x| f64::from(*x) * f64::from(*x)).sum::<f64>().sqrt();
     if norm == 0.0 {
         return Err("the model produced an all-zero embedding".into());
     }

@@ -47,12 +47,8 @@ impl Model {
     /// Loads a GGUF file. Errors say which file and what to do.
     pub fn load(path: &Path, gpu_layers: u32) -> Result<Model, String> {
         let backend = backend()?;
-        let meta = std::fs::metadata(path).map_err(|e| {
-            format!(
-                "model file {}: {e}; pass the path of a .gguf file",
-                path.display()
-            )
-        })?;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| format!("model file {}: {e}; pass the path of a .gguf file", path.display()))?;
         if !meta.is_file() {
             return Err(format!(
                 "model {} is not a regular file; pass the path of a .gguf file",

@@ -27,11 +27,7 @@ pub struct PerJobRunner {
 impl PerJobRunner {
     pub fn new(model: Arc<Model>, cfg: EngineConfig, workers: u32) -> PerJobRunner {
         let threads = (cfg.threads / workers.max(1)).max(1);
-        PerJobRunner {
-            model,
-            cfg,
-            threads,
-        }
+        PerJobRunner { model, cfg, threads }
     }
 }
 
@@ -44,10 +40,7 @@ impl Runner for PerJobRunner {
     }
 }
 
-pub(crate) fn new_context(
-    model: &Model,
-    params: LlamaContextParams,
-) -> Result<LlamaContext<'_>, RunError> {
+pub(crate) fn new_context(model: &Model, params: LlamaContextParams) -> Result<LlamaContext<'_>, RunError> {
     let backend = backend().map_err(RunError::Engine)?;
     let _g = CONTEXT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     model.llama.new_context(backend, params).map_err(|e| {
@@ -66,9 +59,7 @@ pub(crate) fn plan(
     let toks = model.tokenize(&req.prompt);
     let n = toks.len() as u32;
     if n == 0 {
-        return Err(RunError::Rejected(
-            "the prompt renders to zero tokens".into(),
-        ));
+        return Err(RunError::Rejected("the prompt renders to zero tokens".into()));
     }
     if n >= limit {
         return Err(RunError::Rejected(format!(
@@ -170,11 +161,7 @@ pub(crate) fn run_embed(model: &Model, threads: u32, text: &str) -> Result<Outpu
 
 /// Embeds several texts with one decode call (one sequence each): the way
 /// the batched engine serves embedding jobs claimed together.
-pub(crate) fn embed_many(
-    model: &Model,
-    threads: u32,
-    texts: &[&str],
-) -> Vec<Result<Output, RunError>> {
+pub(crate) fn embed_many(model: &Model, threads: u32, texts: &[&str]) -> Vec<Result<Output, RunError>> {
     let limit = model.cap_ctx(8192) as usize;
     let mut results: Vec<Option<Result<Output, RunError>>> = Vec::with_capacity(texts.len());
     let mut batchable: Vec<(usize, Vec<llama_cpp_2::token::LlamaToken>)> = Vec::new();

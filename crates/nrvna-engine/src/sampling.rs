@@ -71,17 +71,15 @@ impl Sampling {
 }
 
 fn grammar_sampler(model: &LlamaModel, g: &str) -> Result<LlamaSampler, String> {
-    crate::model::with_captured_llama_errors(|| LlamaSampler::grammar(model, g, "root")).and_then(
-        |(res, logs)| {
-            res.map_err(|e| {
-                if logs.is_empty() {
-                    format!("llama.cpp rejected the grammar: {e}")
-                } else {
-                    format!("llama.cpp rejected the grammar: {}", logs.join("; "))
-                }
-            })
-        },
-    )
+    crate::model::with_captured_llama_errors(|| LlamaSampler::grammar(model, g, "root")).and_then(|(res, logs)| {
+        res.map_err(|e| {
+            if logs.is_empty() {
+                format!("llama.cpp rejected the grammar: {e}")
+            } else {
+                format!("llama.cpp rejected the grammar: {}", logs.join("; "))
+            }
+        })
+    })
 }
 
 /// Checks that llama.cpp accepts a GBNF grammar; the error carries llama.cpp's reason.

@@ -21,17 +21,15 @@ fn raise_exception(msg: String) -> Result<String, Error> {
 
 impl ChatTemplate {
     /// Builds the template from `NRVNA_CHAT_TEMPLATE_FILE`, else the model's.
-    pub fn new(
-        model_template: Option<String>,
-        llama: &llama_cpp_2::model::LlamaModel,
-    ) -> Result<ChatTemplate, String> {
+    pub fn new(model_template: Option<String>, llama: &llama_cpp_2::model::LlamaModel) -> Result<ChatTemplate, String> {
         let vocab = llama.vocab();
         let piece = |t| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
         let (bos, eos) = (piece(vocab.bos()), piece(vocab.eos()));
         let (src, origin) = match std::env::var("NRVNA_CHAT_TEMPLATE_FILE") {
             Ok(f) if !f.is_empty() => {
-                let s = std::fs::read_to_string(&f)
-                    .map_err(|e| format!("NRVNA_CHAT_TEMPLATE_FILE={f}: {e}; point it at a readable Jinja file or unset it"))?;
+                let s = std::fs::read_to_string(&f).map_err(|e| {
+                    format!("NRVNA_CHAT_TEMPLATE_FILE={f}: {e}; point it at a readable Jinja file or unset it")
+                })?;
                 (Some(s), format!("file {f}"))
             }
             _ => (model_template, "the model's GGUF metadata".to_owned()),
@@ -40,12 +38,7 @@ impl ChatTemplate {
     }
 
     /// Compiles template source (`None`: raw prompts).
-    pub fn compile(
-        src: Option<String>,
-        bos: String,
-        eos: String,
-        origin: String,
-    ) -> Result<ChatTemplate, String> {
+    pub fn compile(src: Option<String>, bos: String, eos: String, origin: String) -> Result<ChatTemplate, String> {
         let Some(src) = src else {
             return Ok(ChatTemplate {
                 env: None,
@@ -125,22 +118,18 @@ mod tests {
 
     #[test]
     fn renders_chatml_with_system() {
-        let t = ChatTemplate::compile(
-            Some(CHATML.into()),
-            "<s>".into(),
-            "</s>".into(),
-            "test".into(),
-        )
-        .unwrap();
+        let t = ChatTemplate::compile(Some(CHATML.into()), "<s>".into(), "</s>".into(), "test".into()).unwrap();
         let out = t.render(Some("Be brief."), "Hi").unwrap();
-        assert_eq!(out, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
+        assert_eq!(
+            out,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
     }
 
     #[test]
     fn python_methods_and_raise_exception_work() {
         let src = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system') }}{% endif %}{{ bos_token }}{{ messages[0]['content'].strip() | upper }}";
-        let t = ChatTemplate::compile(Some(src.into()), "<bos>".into(), "".into(), "test".into())
-            .unwrap();
+        let t = ChatTemplate::compile(Some(src.into()), "<bos>".into(), "".into(), "test".into()).unwrap();
         assert_eq!(t.render(None, "  hi  ").unwrap(), "<bos>HI");
         assert!(t.render(Some("x"), "hi").unwrap_err().contains("no system"));
     }

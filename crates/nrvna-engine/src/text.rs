@@ -24,12 +24,7 @@ pub struct Generation {
 }
 
 impl Generation {
-    pub fn new(
-        sampler: LlamaSampler,
-        max_tokens: u32,
-        stop: Vec<String>,
-        obs: Arc<dyn Observer>,
-    ) -> Generation {
+    pub fn new(sampler: LlamaSampler, max_tokens: u32, stop: Vec<String>, obs: Arc<dyn Observer>) -> Generation {
         Generation {
             sampler,
             pending: Vec::new(),

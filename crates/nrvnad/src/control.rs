@@ -58,9 +58,7 @@ pub fn status(ws_path: &Path, json: bool) -> Result<ExitCode> {
 /// The inode of the lock file, to match against /proc/locks.
 fn lock_inode(ws: &Workspace) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(ws.file(".nrvnad.lock"))
-        .ok()
-        .map(|m| m.ino())
+    std::fs::metadata(ws.file(".nrvnad.lock")).ok().map(|m| m.ino())
 }
 
 /// Whether `pid` is an nrvnad that holds the FLOCK on the workspace's lock file.
@@ -86,17 +84,16 @@ pub fn is_lock_holder(ws: &Workspace, pid: u32) -> bool {
 /// `nrvnad stop WS [--timeout S]`: 0 when stopped or already absent.
 pub fn stop(ws_path: &Path, timeout: f64) -> Result<ExitCode> {
     let Ok(ws) = Workspace::open(ws_path) else {
-        eprintln!(
-            "nrvnad: no daemon: {} is not a workspace",
-            ws_path.display()
-        );
+        eprintln!("nrvnad: no daemon: {} is not a workspace", ws_path.display());
         return Ok(ExitCode::SUCCESS);
     };
     if !lock_held(&ws) {
         eprintln!("nrvnad: not running on {}", ws.root().display());
         return Ok(ExitCode::SUCCESS);
     }
-    let pid = read_pid(&ws).context("the workspace is locked but .nrvnad.pid is unreadable; find the process with: fuser WS/.nrvnad.lock")?;
+    let pid = read_pid(&ws).context(
+        "the workspace is locked but .nrvnad.pid is unreadable; find the process with: fuser WS/.nrvnad.lock",
+    )?;
     let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
     let mut signalled = false;
     loop {

@@ -60,9 +60,7 @@ impl Inference {
     pub fn runner(&self) -> Box<dyn Runner> {
         match (&self.batched, &self.model) {
             (Some(b), _) => Box::new(b.runner()),
-            (None, Some(m)) => {
-                Box::new(PerJobRunner::new(m.clone(), self.cfg.clone(), self.workers))
-            }
+            (None, Some(m)) => Box::new(PerJobRunner::new(m.clone(), self.cfg.clone(), self.workers)),
             (None, None) => Box::new(EchoRunner),
         }
     }

@@ -111,11 +111,7 @@ impl JobObserver {
             }
         }
         let secs = self.started.elapsed().as_secs_f64();
-        let tps = if secs > 0.0 {
-            f64::from(p.tokens) / secs
-        } else {
-            0.0
-        };
+        let tps = if secs > 0.0 { f64::from(p.tokens) / secs } else { 0.0 };
         let rec = ProgressRecord {
             tokens: u64::from(p.tokens),
             tokens_per_s: (tps * 10.0).round() / 10.0,

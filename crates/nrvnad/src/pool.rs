@@ -127,10 +127,7 @@ mod tests {
         assert_eq!(p.next(), Message::Job(id("1")));
         assert!(!p.submit(id("1")), "queued while in progress");
         p.done(&id("1"));
-        assert!(
-            p.submit(id("1")),
-            "a finished id may come back (e.g. recovered)"
-        );
+        assert!(p.submit(id("1")), "a finished id may come back (e.g. recovered)");
     }
 
     #[test]

@@ -10,9 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use nrvna_core::fsio::{
-    iso8601_utc, read_limited, read_optional, sync_dir, write_atomic, ReadError,
-};
+use nrvna_core::fsio::{iso8601_utc, read_limited, read_optional, sync_dir, write_atomic, ReadError};
 use nrvna_core::meta::{two_decimals, Meta, MAX_META_BYTES};
 use nrvna_core::params::{Params, MAX_PARAMS_BYTES};
 use nrvna_core::submit::max_prompt_bytes;
@@ -111,9 +109,7 @@ impl Processor {
             Ok(Moved::Yes) => {}
             Ok(Moved::SourceGone) => return Outcome::Lost,
             Ok(Moved::DestinationExists) => {
-                tracing::error!(
-                    "job {id} is both in input/ready/ and processing/; leaving both alone"
-                );
+                tracing::error!("job {id} is both in input/ready/ and processing/; leaving both alone");
                 return Outcome::Duplicate;
             }
             Err(e) => {
@@ -163,9 +159,7 @@ impl Processor {
         obs.flush();
         match result {
             Ok(out) => self.finish_done(id, &dir, spec, out, &used, claimed),
-            Err(RunError::Stopped {
-                reason, partial, ..
-            }) => match obs.stop_kind() {
+            Err(RunError::Stopped { reason, partial, .. }) => match obs.stop_kind() {
                 Some(StopKind::Shutdown) | None => {
                     tracing::info!("{id} interrupted by shutdown ({reason}); it stays in processing/ and is recovered at the next start");
                     Outcome::LeftInProcessing(reason)
@@ -206,9 +200,7 @@ impl Processor {
                 let stop = p.stop.clone().unwrap_or_default();
                 let grammar = match (&spec.schema, &spec.grammar) {
                     (Some(schema), _) => {
-                        let g = inf
-                            .schema_to_grammar(&schema.to_string())
-                            .map_err(Failure::new)?;
+                        let g = inf.schema_to_grammar(&schema.to_string()).map_err(Failure::new)?;
                         write_atomic(dir, "grammar.gbnf", g.as_bytes())
                             .map_err(|e| Failure::new(format!("writing grammar.gbnf: {e}")))?;
                         Some(g)
@@ -219,11 +211,9 @@ impl Processor {
                 if let Some(g) = &grammar {
                     inf.check_grammar(g).map_err(Failure::new)?;
                 }
-                let prompt = inf.render(p.system.as_deref(), &spec.prompt).map_err(|e| {
-                    Failure::new(format!(
-                        "{e}; set NRVNA_CHAT_TEMPLATE_FILE to a working template"
-                    ))
-                })?;
+                let prompt = inf
+                    .render(p.system.as_deref(), &spec.prompt)
+                    .map_err(|e| Failure::new(format!("{e}; set NRVNA_CHAT_TEMPLATE_FILE to a working template")))?;
                 let mut used = json!({
                     "temp": f32_json(sampling.temp),
                     "top_k": sampling.top_k,
@@ -257,15 +247,7 @@ impl Processor {
         }
     }
 
-    fn finish_done(
-        &self,
-        id: &JobId,
-        dir: &Path,
-        spec: Spec,
-        out: Output,
-        used: &Value,
-        claimed: Instant,
-    ) -> Outcome {
+    fn finish_done(&self, id: &JobId, dir: &Path, spec: Spec, out: Output, used: &Value, claimed: Instant) -> Outcome {
         let (artifact, bytes) = match spec.job_type {
             JobType::Embed => {
                 let v = out.embedding.clone().unwrap_or_default();
@@ -317,11 +299,7 @@ impl Processor {
             let f = Failure::new(format!("could not write {artifact}: {e}"));
             return self.fail(id, dir, meta, f, claimed, Some(used));
         }
-        match self
-            .shared
-            .ws
-            .transition(id, State::Processing, State::Done)
-        {
+        match self.finish_into(id, State::Done) {
             Ok(Moved::Yes) => {
                 tracing::info!(
                     "done {id} in {:.2} s ({} prompt + {} generated tokens)",
@@ -337,11 +315,27 @@ impl Processor {
                 Outcome::LeftInProcessing(why)
             }
             Err(e) => {
-                // output/ refused it (read-only, missing, disk full): try failed/.
-                let f = Failure::new(format!("could not move the finished job into output/: {e}"));
-                self.fail(id, dir, meta, f, claimed, Some(used))
+                // The workspace, not the job, is at fault (output/ read-only,
+                // say): keep the job recoverable rather than failing it.
+                let why = format!(
+                    "could not move finished job {id} into {}: {e}; it stays in processing/ and runs again at the next start (fix that directory)",
+                    self.shared.ws.dir(State::Done).display()
+                );
+                tracing::error!("{why}");
+                Outcome::LeftInProcessing(why)
             }
         }
+    }
+
+    /// The finishing rename; a state directory removed while the daemon
+    /// runs is created again first.
+    fn finish_into(&self, id: &JobId, to: State) -> std::io::Result<Moved> {
+        let ws = &self.shared.ws;
+        if !ws.dir(to).is_dir() {
+            tracing::warn!("{} is missing; creating it again", ws.dir(to).display());
+            fs::create_dir_all(ws.dir(to))?;
+        }
+        ws.transition(id, State::Processing, to)
     }
 
     /// Sets the finish keys of meta.json.
@@ -351,10 +345,7 @@ impl Processor {
         meta.set("duration_s", two_decimals(claimed.elapsed().as_secs_f64()));
         meta.set("status", status);
         meta.set("model", self.shared.inference.model_name());
-        meta.set(
-            "engine",
-            format!("{:?}", self.shared.inference.kind).to_lowercase(),
-        );
+        meta.set("engine", format!("{:?}", self.shared.inference.kind).to_lowercase());
         if let Some(u) = used {
             meta.set("params", u.clone());
         }
@@ -397,11 +388,7 @@ impl Processor {
             tracing::error!("writing error.txt for {id}: {e}; moving it to failed/ anyway");
         }
         self.shared.failures.fetch_add(1, Ordering::SeqCst);
-        match self
-            .shared
-            .ws
-            .transition(id, State::Processing, State::Failed)
-        {
+        match self.finish_into(id, State::Failed) {
             Ok(Moved::Yes) => Outcome::Failed(reason),
             Ok(other) => {
                 tracing::error!("finishing {id} into failed/: {other:?}; it stays in processing/");
@@ -435,10 +422,7 @@ impl Processor {
 
 /// An f32 as the JSON number a person typed (0.8, not 0.800000011920929).
 fn f32_json(x: f32) -> Value {
-    format!("{x}")
-        .parse::<f64>()
-        .map(Value::from)
-        .unwrap_or(Value::Null)
+    format!("{x}").parse::<f64>().map(Value::from).unwrap_or(Value::Null)
 }
 
 /// Keeps error.txt to one line.
@@ -474,9 +458,7 @@ fn read_spec(dir: &Path) -> Result<Spec, (Failure, Meta)> {
             Err(e) => {
                 let _ = write_atomic(dir, "meta.json.invalid", &b);
                 return Err((
-                    Failure::new(format!(
-                        "meta.json {e} (the original is kept as meta.json.invalid)"
-                    )),
+                    Failure::new(format!("meta.json {e} (the original is kept as meta.json.invalid)")),
                     fresh(),
                 ));
             }
@@ -499,9 +481,7 @@ fn read_spec(dir: &Path) -> Result<Spec, (Failure, Meta)> {
             }
         }
         Ok(None) => meta.mode().unwrap_or(JobType::Text),
-        Err(ReadError::TooLarge { .. }) => {
-            return bail("type.txt is not a job type (over 64 bytes)".into())
-        }
+        Err(ReadError::TooLarge { .. }) => return bail("type.txt is not a job type (over 64 bytes)".into()),
         Err(e) => return bail(read_err("type.txt", e)),
     };
     let params = match read_optional(&dir.join("params.json"), MAX_PARAMS_BYTES) {
@@ -549,9 +529,7 @@ fn read_spec(dir: &Path) -> Result<Spec, (Failure, Meta)> {
     let schema = match read_optional(&dir.join("schema.json"), MAX_CONSTRAINT_BYTES) {
         Ok(Some(b)) => match serde_json::from_slice::<Value>(&b) {
             Ok(v @ (Value::Object(_) | Value::Bool(_))) => Some(v),
-            Ok(_) => {
-                return bail("schema.json is not a JSON Schema (an object or a boolean)".into())
-            }
+            Ok(_) => return bail("schema.json is not a JSON Schema (an object or a boolean)".into()),
             Err(e) => return bail(format!("schema.json is not valid JSON: {e}")),
         },
         Ok(None) => None,
@@ -572,10 +550,8 @@ fn read_spec(dir: &Path) -> Result<Spec, (Failure, Meta)> {
 
 /// Checks structured output: it must parse as JSON and satisfy the schema.
 fn check_json_output(text: &str, schema: &Value) -> Result<(), String> {
-    let v: Value = serde_json::from_str(text.trim()).map_err(|e| {
-        format!("the output is not valid JSON ({e}); the raw output is in response.txt")
-    })?;
-    crate::schema::validate(schema, &v).map_err(|e| {
-        format!("the output does not match schema.json: {e}; the raw output is in response.txt")
-    })
+    let v: Value = serde_json::from_str(text.trim())
+        .map_err(|e| format!("the output is not valid JSON ({e}); the raw output is in response.txt"))?;
+    crate::schema::validate(schema, &v)
+        .map_err(|e| format!("the output does not match schema.json: {e}; the raw output is in response.txt"))
 }

@@ -112,10 +112,7 @@ pub fn clean_staging(ws: &Workspace, age: Duration) -> usize {
             };
             match gone {
                 Ok(()) => {
-                    tracing::info!(
-                        "removed staging leftover {} (older than an hour)",
-                        p.display()
-                    );
+                    tracing::info!("removed staging leftover {} (older than an hour)", p.display());
                     n += 1;
                 }
                 Err(err) => {

@@ -51,10 +51,7 @@ pub fn scan_once(shared: &Shared, reported: &mut HashSet<OsString>) {
         },
     );
     if let Err(e) = res {
-        tracing::error!(
-            "scanning {}: {e}; will retry",
-            shared.ws.dir(State::Ready).display()
-        );
+        tracing::error!("scanning {}: {e}; will retry", shared.ws.dir(State::Ready).display());
         return;
     }
     ids.sort();

@@ -71,8 +71,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         resolve_model(model)?
     };
     let cfg = EngineConfig::from_env().map_err(anyhow::Error::msg)?;
-    let ws = Workspace::create(ws_path)
-        .with_context(|| format!("opening workspace {}", ws_path.display()))?;
+    let ws = Workspace::create(ws_path).with_context(|| format!("opening workspace {}", ws_path.display()))?;
 
     signals::install();
     let lock = acquire(&ws, args.drain)?;
