@@ -152,6 +152,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
 
     // The main thread waits for a signal, or for an idle queue with --drain.
     let mut idle_since_scan: Option<u64> = None;
+    let mut progress = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(DrainProgress::default);
     loop {
         std::thread::sleep(Duration::from_millis(10));
         if signals::received() {
@@ -159,6 +160,9 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
             break;
         }
         if args.drain {
+            if let Some(p) = progress.as_mut() {
+                p.tick(&shared);
+            }
             let scans = shared.scans.load(Ordering::SeqCst);
             if shared.pool.idle() {
                 match idle_since_scan {
@@ -179,6 +183,9 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         }
     }
 
+    if progress.is_some() {
+        eprint!("\r\x1b[K");
+    }
     shared.shutdown.store(true, Ordering::SeqCst);
     shared.running.store(false, Ordering::SeqCst);
     shared.pool.close();
@@ -196,6 +203,28 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// The `--drain` progress line on a terminal (never in pipes).
+#[derive(Default)]
+struct DrainProgress {
+    last: Option<Instant>,
+}
+
+impl DrainProgress {
+    fn tick(&mut self, shared: &Shared) {
+        if self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(250)) {
+            return;
+        }
+        self.last = Some(Instant::now());
+        let (queued, running) = shared.pool.counts();
+        let count = |s| shared.ws.list(s).map(|v| v.len()).unwrap_or(0);
+        eprint!(
+            "\r\x1b[K[drain] {queued} queued, {running} running, {} done, {} failed",
+            count(State::Done),
+            count(State::Failed)
+        );
+    }
 }
 
 /// Takes the workspace lock; with `drain`, waits for the current owner to
