@@ -1,0 +1,72 @@
+//! Command-line interface of `nrvna-bench` (clap derive; each doc comment is the help).
+
+use std::path::PathBuf;
+
+use clap::{Parser, ValueEnum};
+
+const AFTER_HELP: &str = "\
+Scenarios (issue #3):
+  w16      16 jobs, per-job engine at 1/2/4 workers vs batched at 4/8/16 (--drain)
+  prefix   32 jobs sharing a ~400-token instruction, batched x8, prefix reuse on vs off
+  latency  idle daemon: publish-to-claim latency, and `wrk | flw -w` end to end (50 each)
+  queue    10,000 jobs through the echo engine, with and without fsync
+
+Every scenario runs on a fresh temporary workspace, spawning the release
+binaries found next to this executable. Targets are printed as PASS/MISS; a
+MISS does not change the exit code.
+
+Exit codes:
+  0  every scenario ran and every daemon and job succeeded (targets may MISS)
+  1  the benchmark could not run (bad arguments, binaries missing, --out not writable)
+  2  results were written, but a daemon exited non-zero, a job failed, or a
+     scenario could not finish (see the Problems section of results.md)
+
+Environment: NRVNA_* variables of the caller are not passed to the daemons;
+each scenario sets its own. NRVNA_BENCH_COMMAND, when set (scripts/bench.sh
+sets it), is the command recorded in results.md.";
+
+/// nrvna-bench: measure nrvna (throughput, prefix reuse, latency, queue) on this machine.
+#[derive(Parser, Debug)]
+#[command(name = "nrvna-bench", version, args_override_self = true, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Directory for results.json, results.md and the daemons' logs (logs/).
+    #[arg(long, default_value = "bench-out")]
+    pub out: PathBuf,
+    /// Scenarios to run, comma-separated (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Scenario>,
+    /// A smaller run for smoke tests (fewer jobs and tokens); its figures
+    /// are not comparable with the targets.
+    #[arg(long)]
+    pub quick: bool,
+    /// The GGUF model the daemons load.
+    #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
+    pub model: PathBuf,
+    /// Internal: run the queue scenario's measurements in this process and
+    /// print them as JSON (re-executed with NRVNA_FSYNC set, because the
+    /// fsync switch is read once per process).
+    #[arg(long, hide = true)]
+    pub queue_child: bool,
+}
+
+/// One benchmark scenario.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    W16,
+    Prefix,
+    Latency,
+    Queue,
+}
+
+impl Scenario {
+    pub const ALL: [Scenario; 4] = [Scenario::W16, Scenario::Prefix, Scenario::Latency, Scenario::Queue];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::W16 => "w16",
+            Scenario::Prefix => "prefix",
+            Scenario::Latency => "latency",
+            Scenario::Queue => "queue",
+        }
+    }
+}

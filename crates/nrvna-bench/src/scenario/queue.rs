@@ -1,0 +1,399 @@
+//! The queue alone, with the echo engine (no model): 10,000 jobs published
+//! in-process with `Submission::publish` from two threads. End to end
+//! (submit + claim + finish on a running daemon), submit alone, and drain
+//! alone, with default durability and with NRVNA_FSYNC=0.
+//!
+//! `fsync_enabled()` reads NRVNA_FSYNC once per process, so each variant
+//! runs in a child process (`nrvna-bench --queue-child`) with its own
+//! environment; the child prints its figures as one JSON line.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nrvna_core::fsio::fsync_enabled;
+use nrvna_core::{State, Submission, Workspace};
+use serde_json::{json, Value};
+
+use super::{args, Ctx};
+use crate::daemon::{kib_to_mb, Daemon, Ready};
+use crate::report::{opt, table, Section, Target};
+use crate::stats::ratio;
+use crate::tools::{command, env, stop_daemon, Env, TempWs};
+
+const PUBLISHERS: usize = 2;
+const POLL: Duration = Duration::from_millis(20);
+const DEADLINE: Duration = Duration::from_secs(600);
+
+/// Counters shared with the publisher threads.
+#[derive(Default)]
+struct Published {
+    ok: AtomicUsize,
+    failed: AtomicUsize,
+    threads_done: AtomicUsize,
+}
+
+/// Publishes `n` echo jobs from [`PUBLISHERS`] threads. Returns the
+/// threads; each yields its finish time and its first error.
+fn publish(
+    ws: &Workspace,
+    n: usize,
+    counters: &Arc<Published>,
+) -> Vec<std::thread::JoinHandle<(Instant, Option<String>)>> {
+    (0..PUBLISHERS)
+        .map(|t| {
+            let ws = ws.clone();
+            let c = counters.clone();
+            std::thread::spawn(move || {
+                let mut first_err = None;
+                for i in (t..n).step_by(PUBLISHERS) {
+                    match Submission::text(format!("queue job {i}")).publish(&ws) {
+                        Ok(_) => c.ok.fetch_add(1, Ordering::SeqCst),
+                        Err(e) => {
+                            first_err.get_or_insert_with(|| e.to_string());
+                            c.failed.fetch_add(1, Ordering::SeqCst)
+                        }
+                    };
+                }
+                c.threads_done.fetch_add(1, Ordering::SeqCst);
+                (Instant::now(), first_err)
+            })
+        })
+        .collect()
+}
+
+fn count(dir: &Path) -> usize {
+    std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0)
+}
+
+fn join(
+    handles: Vec<std::thread::JoinHandle<(Instant, Option<String>)>>,
+    problems: &mut Vec<String>,
+) -> Option<Instant> {
+    let mut last = None;
+    for h in handles {
+        match h.join() {
+            Ok((t, err)) => {
+                last = last.max(Some(t));
+                if let Some(e) = err {
+                    problems.push(format!("publishing: {e}"));
+                }
+            }
+            Err(_) => problems.push("a publisher thread panicked".into()),
+        }
+    }
+    last
+}
+
+fn echo_argv(ws: &Path, drain: bool) -> Vec<std::ffi::OsString> {
+    let mut a = args([
+        "echo".as_ref(),
+        ws.as_os_str(),
+        "--engine".as_ref(),
+        "echo".as_ref(),
+        "--workers".as_ref(),
+        "4".as_ref(),
+    ]);
+    if drain {
+        a.push("--drain".into());
+    }
+    a
+}
+
+/// Submit + claim + finish on a running daemon: from the first publish
+/// until all jobs are in output/ (polled every 20 ms).
+fn end_to_end(ctx: &Ctx, n: usize, denv: &Env, tag: &str, problems: &mut Vec<String>) -> Result<Value> {
+    let tmp = TempWs::new(&format!("queue-{tag}-e2e"))?;
+    let ws = Workspace::create(tmp.path())?;
+    let label = format!("queue-{tag}-end-to-end");
+    let mut d = Daemon::spawn(
+        &ctx.bins,
+        &label,
+        &echo_argv(tmp.path(), false),
+        denv,
+        tmp.path(),
+        &ctx.logs,
+    )?;
+    if !matches!(d.wait_ready(Duration::from_secs(60)), Ready::Yes(_)) {
+        d.wait_exit(Duration::from_secs(10));
+        bail!(
+            "{label}: the daemon never became ready: {}",
+            d.problem().unwrap_or_default()
+        );
+    }
+    let counters = Arc::new(Published::default());
+    let t0 = Instant::now();
+    let handles = publish(&ws, n, &counters);
+    let (done_dir, failed_dir) = (ws.dir(State::Done), ws.dir(State::Failed));
+    let mut done;
+    let mut failed;
+    let t_end = loop {
+        std::thread::sleep(POLL);
+        done = count(&done_dir);
+        failed = count(&failed_dir);
+        let all_published = counters.threads_done.load(Ordering::SeqCst) == PUBLISHERS;
+        if all_published && done + failed >= counters.ok.load(Ordering::SeqCst) {
+            break Instant::now();
+        }
+        if !d.running() {
+            problems.push(format!("{label}: the daemon exited with {done} of {n} jobs done"));
+            break Instant::now();
+        }
+        if t0.elapsed() > DEADLINE {
+            problems.push(format!("{label}: only {done} of {n} jobs done after {DEADLINE:?}"));
+            break Instant::now();
+        }
+    };
+    let submit_end = join(handles, problems);
+    if let Err(e) = stop_daemon(&ctx.bins, tmp.path()) {
+        problems.push(format!("{e:#}"));
+    }
+    d.wait_exit(Duration::from_secs(60));
+    if let Some(p) = d.problem() {
+        problems.push(p);
+    }
+    if failed > 0 {
+        problems.push(format!("{label}: {failed} jobs failed"));
+    }
+    let secs = (t_end - t0).as_secs_f64();
+    let submit_secs = submit_end.map(|t| (t - t0).as_secs_f64());
+    Ok(json!({
+        "daemon": d.record(),
+        "published": counters.ok.load(Ordering::SeqCst),
+        "publish_errors": counters.failed.load(Ordering::SeqCst),
+        "done": done,
+        "failed": failed,
+        "seconds": secs,
+        "jobs_per_s": ratio(Some(done as f64), Some(secs)),
+        "submit_seconds_under_load": submit_secs,
+        "submit_jobs_per_s_under_load": ratio(Some(n as f64), submit_secs),
+        "peak_rss_mb": d.exit().map(|e| kib_to_mb(e.maxrss_kib)),
+    }))
+}
+
+/// Submit alone into a fresh workspace, then drain it alone with `--drain`.
+fn submit_then_drain(ctx: &Ctx, n: usize, denv: &Env, tag: &str, problems: &mut Vec<String>) -> Result<(Value, Value)> {
+    let tmp = TempWs::new(&format!("queue-{tag}-drain"))?;
+    let ws = Workspace::create(tmp.path())?;
+    let counters = Arc::new(Published::default());
+    let t0 = Instant::now();
+    let submit_end = join(publish(&ws, n, &counters), problems).unwrap_or_else(Instant::now);
+    let submit_secs = (submit_end - t0).as_secs_f64();
+    let published = counters.ok.load(Ordering::SeqCst);
+    let submit = json!({
+        "published": published,
+        "publish_errors": counters.failed.load(Ordering::SeqCst),
+        "seconds": submit_secs,
+        "jobs_per_s": ratio(Some(published as f64), Some(submit_secs)),
+    });
+
+    let label = format!("queue-{tag}-drain");
+    let mut d = Daemon::spawn(
+        &ctx.bins,
+        &label,
+        &echo_argv(tmp.path(), true),
+        denv,
+        tmp.path(),
+        &ctx.logs,
+    )?;
+    let t_spawn = Instant::now();
+    d.wait_ready(DEADLINE);
+    let (done_dir, failed_dir) = (ws.dir(State::Done), ws.dir(State::Failed));
+    let mut done;
+    let mut failed;
+    let mut all_done = None;
+    loop {
+        done = count(&done_dir);
+        failed = count(&failed_dir);
+        if done + failed >= published {
+            all_done = Some(t_spawn.elapsed().as_secs_f64());
+            break;
+        }
+        if !d.running() || t_spawn.elapsed() > DEADLINE {
+            break;
+        }
+        std::thread::sleep(POLL);
+    }
+    let exit = d.wait_exit(DEADLINE);
+    if all_done.is_none() {
+        done = count(&done_dir);
+        failed = count(&failed_dir);
+        problems.push(format!(
+            "{label}: {done} of {published} jobs done when the daemon exited"
+        ));
+    }
+    if let Some(p) = d.problem() {
+        problems.push(p);
+    }
+    if failed > 0 {
+        problems.push(format!("{label}: {failed} jobs failed"));
+    }
+    let wall = exit.wall.as_secs_f64();
+    let load = d.load().map(|l| l.as_secs_f64());
+    let drain = json!({
+        "daemon": d.record(),
+        "done": done,
+        "failed": failed,
+        "all_done_s": all_done,
+        "wall_s": wall,
+        "load_s": load,
+        "jobs_per_s": ratio(Some(done as f64), all_done),
+        "jobs_per_s_wall": ratio(Some(done as f64), Some(wall)),
+        "peak_rss_mb": kib_to_mb(exit.maxrss_kib),
+    });
+    Ok((submit, drain))
+}
+
+/// `nrvna-bench --queue-child`: one durability variant, as JSON.
+pub fn child(ctx: &Ctx) -> Result<Value> {
+    let fsync = fsync_enabled();
+    let tag = if fsync { "fsync" } else { "nofsync" };
+    let n = if ctx.quick { 500 } else { 10_000 };
+    let denv = if fsync { env(&[]) } else { env(&[("NRVNA_FSYNC", "0")]) };
+    let mut problems = Vec::new();
+    eprintln!("queue ({tag}): end to end, {n} jobs");
+    let e2e = end_to_end(ctx, n, &denv, tag, &mut problems).unwrap_or_else(|e| {
+        problems.push(format!("queue {tag} end to end: {e:#}"));
+        json!({ "error": format!("{e:#}") })
+    });
+    eprintln!("queue ({tag}): submit alone, then drain alone");
+    let (submit, drain) = submit_then_drain(ctx, n, &denv, tag, &mut problems).unwrap_or_else(|e| {
+        problems.push(format!("queue {tag} submit/drain: {e:#}"));
+        (
+            json!({ "error": format!("{e:#}") }),
+            json!({ "error": format!("{e:#}") }),
+        )
+    });
+    Ok(json!({
+        "fsync": fsync,
+        "jobs": n,
+        "publisher_threads": PUBLISHERS,
+        "end_to_end": e2e,
+        "submit": submit,
+        "drain": drain,
+        "problems": problems,
+    }))
+}
+
+/// Runs one variant as a child process and reads its JSON.
+fn variant(ctx: &Ctx, fsync: bool) -> Result<Value> {
+    let e = if fsync {
+        Env::new()
+    } else {
+        env(&[("NRVNA_FSYNC", "0")])
+    };
+    let mut c = command(&ctx.bins.me, &e);
+    c.arg("--queue-child")
+        .arg("--out")
+        .arg(&ctx.out)
+        .arg("--model")
+        .arg(&ctx.model)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    if ctx.quick {
+        c.arg("--quick");
+    }
+    let out = c.output().context("running nrvna-bench --queue-child")?;
+    if !out.status.success() {
+        bail!(
+            "nrvna-bench --queue-child exited with {} (its messages are above)",
+            out.status
+        );
+    }
+    serde_json::from_slice(&out.stdout).context("parsing the output of nrvna-bench --queue-child")
+}
+
+pub fn run(ctx: &Ctx) -> Result<Section> {
+    let mut sec = Section::new("queue");
+    let mut variants = Vec::new();
+    for (name, fsync) in [("default (fsync)", true), ("NRVNA_FSYNC=0", false)] {
+        let v = variant(ctx, fsync).unwrap_or_else(|e| json!({ "error": format!("{e:#}") }));
+        if let Some(e) = v["error"].as_str() {
+            sec.problems.push(format!("queue {name}: {e}"));
+        }
+        for p in v["problems"].as_array().into_iter().flatten() {
+            sec.problems
+                .push(format!("queue {name}: {}", p.as_str().unwrap_or_default()));
+        }
+        variants.push((name, v));
+    }
+    let f = |v: &Value, path: &[&str]| {
+        let mut x = v;
+        for p in path {
+            x = &x[*p];
+        }
+        x.as_f64()
+    };
+    let rate_paths: [(&str, &[&str]); 4] = [
+        ("end to end", &["end_to_end", "jobs_per_s"]),
+        ("submit under load", &["end_to_end", "submit_jobs_per_s_under_load"]),
+        ("submit alone", &["submit", "jobs_per_s"]),
+        ("drain alone", &["drain", "jobs_per_s"]),
+    ];
+    let mut rows = Vec::new();
+    for (name, v) in &variants {
+        let mut r = vec![(*name).to_owned()];
+        for (_, p) in &rate_paths {
+            r.push(opt(f(v, p), 0));
+        }
+        r.push(opt(f(v, &["drain", "wall_s"]), 2));
+        r.push(opt(f(v, &["end_to_end", "peak_rss_mb"]), 1));
+        r.push(opt(f(v, &["drain", "peak_rss_mb"]), 1));
+        rows.push(r);
+    }
+    let (on, off) = (&variants[0].1, &variants[1].1);
+    let mut cost = serde_json::Map::new();
+    let mut cost_row = vec!["fsync cost (off / on)".to_owned()];
+    for (name, p) in &rate_paths {
+        let c = ratio(f(off, p), f(on, p));
+        cost.insert((*name).to_owned(), json!(c));
+        cost_row.push(c.map_or("–".into(), |x| format!("{x:.2}x")));
+    }
+    cost_row.extend(["".to_owned(), "".to_owned(), "".to_owned()]);
+    rows.push(cost_row);
+    let n = on["jobs"].as_u64().or(off["jobs"].as_u64()).unwrap_or(0);
+    sec.json = json!({
+        "default": on,
+        "nofsync": off,
+        "fsync_cost_ratio": cost,
+    });
+    sec.md = format!(
+        "## Queue alone: {n} jobs, echo engine\n\n\
+         `nrvnad echo WS --engine echo --workers 4`; jobs published in-process with \
+         `Submission::publish` from {PUBLISHERS} threads. End to end: from the first publish until all \
+         jobs are in output/ (counted every 20 ms) on a running daemon. Submit alone: publishing into \
+         a workspace with no daemon. Drain alone: `--drain` on that pre-filled workspace, from spawn \
+         until all jobs are in output/ (the drain wall also includes the idle check and exit). \
+         Each variant runs in its own process; NRVNA_FSYNC=0 applies to the publisher and the daemon.\n\n{}",
+        table(
+            &[
+                "durability",
+                "end to end jobs/s",
+                "submit under load jobs/s",
+                "submit alone jobs/s",
+                "drain alone jobs/s",
+                "drain wall s",
+                "peak RSS MB (end to end)",
+                "peak RSS MB (drain)",
+            ],
+            &rows,
+        )
+    );
+    sec.targets.push(Target::at_least(
+        "Queue end to end, default durability",
+        f(on, &["end_to_end", "jobs_per_s"]),
+        2000.0,
+        " jobs/s",
+    ));
+    sec.targets.push(Target::at_least(
+        "Queue end to end, NRVNA_FSYNC=0",
+        f(off, &["end_to_end", "jobs_per_s"]),
+        2000.0,
+        " jobs/s",
+    ));
+    Ok(sec)
+}

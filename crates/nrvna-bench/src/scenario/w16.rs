@@ -1,0 +1,216 @@
+//! W16: 16 short-paragraph jobs pre-submitted with `wrk`, drained by the
+//! per-job engine at 1, 2 and 4 workers and by the batched engine at 4, 8
+//! and 16, greedy (NRVNA_TEMP=0) so that outputs can be compared.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::{json, Value};
+
+use super::{submit_and_drain, Ctx, Drained};
+use crate::report::{opt, table, Section, Target};
+use crate::stats::ratio;
+use crate::tools::env;
+
+pub const TOPICS: [&str; 16] = [
+    "the ocean",
+    "mountains",
+    "coffee",
+    "bicycles",
+    "libraries",
+    "volcanoes",
+    "honeybees",
+    "the moon",
+    "trains",
+    "gardens",
+    "chess",
+    "rain",
+    "deserts",
+    "music",
+    "bridges",
+    "winter",
+];
+
+const CONFIGS: [(&str, u32); 6] = [
+    ("per-job", 1),
+    ("per-job", 2),
+    ("per-job", 4),
+    ("batched", 4),
+    ("batched", 8),
+    ("batched", 16),
+];
+
+/// A daemon run killed after this long is reported as timed out.
+const DEADLINE: Duration = Duration::from_secs(900);
+
+struct Run {
+    engine: &'static str,
+    workers: u32,
+    d: Drained,
+    at_max: usize,
+}
+
+impl Run {
+    fn wall(&self) -> Option<f64> {
+        self.d.wall
+    }
+}
+
+pub fn run(ctx: &Ctx) -> Result<Section> {
+    ctx.require_model()?;
+    let (n, predict): (usize, u32) = if ctx.quick { (4, 16) } else { (16, 64) };
+    let topics = &TOPICS[..n];
+    let prompts: Vec<String> = topics
+        .iter()
+        .map(|t| format!("Write a short paragraph about {t}."))
+        .collect();
+    let predict_s = predict.to_string();
+    let denv = env(&[
+        ("NRVNA_TEMP", "0"),
+        ("NRVNA_PREDICT", &predict_s),
+        ("NRVNA_MAX_CTX", "2048"),
+    ]);
+    let mut runs = Vec::new();
+    for (engine, workers) in CONFIGS {
+        let label = format!("w16-{engine}-x{workers}");
+        eprintln!("{label}: {n} jobs, {predict} tokens each");
+        let w = workers.to_string();
+        let d = submit_and_drain(
+            ctx,
+            &label,
+            &prompts,
+            &["--engine", engine, "--workers", &w],
+            &denv,
+            DEADLINE,
+        );
+        let at_max = d
+            .jobs
+            .iter()
+            .filter(|j| j.done() && j.num("generated_tokens") >= u64::from(predict))
+            .count();
+        runs.push(Run {
+            engine,
+            workers,
+            d,
+            at_max,
+        });
+    }
+
+    let best_of = |engine: &str| {
+        runs.iter()
+            .filter(|r| r.engine == engine && r.d.complete(n))
+            .min_by(|a, b| a.wall().unwrap_or(f64::MAX).total_cmp(&b.wall().unwrap_or(f64::MAX)))
+    };
+    let best_pj = best_of("per-job");
+    let best_b = best_of("batched");
+
+    let mut sec = Section::new("w16");
+    let mut rows = Vec::new();
+    let mut jruns = Vec::new();
+    for r in &runs {
+        let speedup = ratio(best_pj.and_then(Run::wall), r.wall());
+        let tok_ratio = ratio(r.d.tok_s(), best_pj.and_then(|b| b.d.tok_s()));
+        let identical = match (r.engine, best_pj) {
+            ("batched", Some(b)) => Some(
+                r.d.jobs
+                    .iter()
+                    .zip(&b.d.jobs)
+                    .filter(|(x, y)| x.result.is_some() && x.result == y.result)
+                    .count(),
+            ),
+            _ => None,
+        };
+        let (problems, status) = r.d.problems(n);
+        sec.problems.extend(problems);
+        rows.push(vec![
+            r.engine.to_owned(),
+            r.workers.to_string(),
+            opt(r.wall(), 2),
+            opt(r.d.load, 2),
+            opt(r.d.last_done, 2),
+            opt(ratio(Some(r.d.totals.done as f64), r.wall()), 2),
+            opt(r.d.tok_s(), 1),
+            opt(r.d.tok_s_wall(), 1),
+            format!("{}/{n}", r.at_max),
+            opt(r.d.peak_rss_mb(), 1),
+            speedup.map_or("–".into(), |x| format!("{x:.2}x")),
+            tok_ratio.map_or("–".into(), |x| format!("{x:.2}x")),
+            identical.map_or("–".into(), |x| format!("{x}/{n}")),
+            status,
+        ]);
+        let results: serde_json::Map<String, Value> = topics
+            .iter()
+            .zip(&r.d.jobs)
+            .map(|(t, j)| ((*t).to_owned(), json!(j.result)))
+            .collect();
+        let mut v = r.d.to_json();
+        v["engine"] = json!(r.engine);
+        v["workers"] = json!(r.workers);
+        v["jobs_at_max_tokens"] = json!(r.at_max);
+        v["wall_speedup_vs_perjob_best"] = json!(speedup);
+        v["tokens_per_s_ratio_vs_perjob_best"] = json!(tok_ratio);
+        v["identical_results_vs_perjob_best"] = json!(identical);
+        v["results"] = Value::Object(results);
+        jruns.push(v);
+    }
+    let headline = ratio(best_pj.and_then(Run::wall), best_b.and_then(Run::wall));
+    sec.json = json!({
+        "jobs": n,
+        "max_tokens": predict,
+        "env": {"NRVNA_TEMP": "0", "NRVNA_PREDICT": predict_s, "NRVNA_MAX_CTX": "2048"},
+        "perjob_best_workers": best_pj.map(|r| r.workers),
+        "batched_best_workers": best_b.map(|r| r.workers),
+        "batched_best_vs_perjob_best_wall": headline,
+        "runs": jruns,
+    });
+    sec.md = format!(
+        "## W16: {n} jobs, {predict} tokens each\n\n\
+         Jobs \"Write a short paragraph about {{topic}}.\" pre-submitted with `wrk`, then \
+         `nrvnad MODEL WS --drain --engine E --workers N` with NRVNA_TEMP=0 NRVNA_PREDICT={predict} \
+         NRVNA_MAX_CTX=2048. Wall is spawn to exit (load included); load is spawn until \
+         `.nrvnad.ready`; last job done is spawn until the latest meta.json `completed_at` \
+         (the rest of the wall is the drain's idle check and shutdown); tok/s is the sum of meta.json `generated_tokens` over wall minus load \
+         (and over wall). Speed-up (best per-job wall / this wall) and tok/s ratio are against \
+         the per-job engine at its best worker count (x{}); \"identical\" counts the topics \
+         whose result.txt equals that run's.\n\n{}",
+        best_pj.map_or("–".into(), |r| r.workers.to_string()),
+        table(
+            &[
+                "engine",
+                "workers",
+                "wall s",
+                "load s",
+                "last job done s",
+                "jobs/s",
+                "tok/s",
+                "tok/s (wall)",
+                "at max tokens",
+                "peak RSS MB",
+                "speed-up (wall)",
+                "tok/s ratio",
+                "identical",
+                "status",
+            ],
+            &rows,
+        )
+    );
+    sec.targets.push(Target::at_least(
+        "W16 batched best vs per-job best (wall, same run)",
+        headline,
+        2.5,
+        "x",
+    ));
+    sec.targets.push(Target::at_most(
+        "W16 batched best wall, load included",
+        best_b.and_then(Run::wall),
+        6.0,
+        " s",
+    ));
+    let b8 = runs
+        .iter()
+        .find(|r| r.engine == "batched" && r.workers == 8)
+        .and_then(|r| r.d.peak_rss_mb());
+    sec.targets
+        .push(Target::at_most("Peak RSS, W16 batched 8 workers", b8, 220.0, " MB"));
+    Ok(sec)
+}

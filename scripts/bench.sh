@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The benchmark of issue #3 in one command: builds every binary, fetches the
+# default model, then runs nrvna-bench, which writes bench-out/results.md
+# (a table with the machine and this command) and bench-out/results.json.
+# Arguments go to nrvna-bench:
+#
+#   scripts/bench.sh                      # the full run (a few minutes)
+#   scripts/bench.sh --quick              # a smaller smoke run
+#   scripts/bench.sh --only w16,latency   # some scenarios (w16, prefix, latency, queue)
+#
+# Run it on an otherwise idle machine: the figures are CPU timings.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --workspace
+scripts/fetch-model.sh
+cmd="scripts/bench.sh"
+for a in "$@"; do cmd+=" $(printf '%q' "$a")"; done
+NRVNA_BENCH_COMMAND="$cmd" exec target/release/nrvna-bench --out bench-out "$@"
