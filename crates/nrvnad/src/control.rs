@@ -97,7 +97,9 @@ pub fn stop(ws_path: &Path, timeout: f64) -> Result<ExitCode> {
     let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
     let mut signalled = false;
     loop {
-        if !lock_held(&ws) {
+        // Stopped once the daemon we signalled lets go of the lock: a
+        // waiting `--drain` daemon may take it over at once.
+        if !lock_held(&ws) || (signalled && !is_lock_holder(&ws, pid)) {
             eprintln!("nrvnad: stopped (pid {pid})");
             return Ok(ExitCode::SUCCESS);
         }

@@ -49,7 +49,8 @@ pub fn filter_for(level: &str) -> EnvFilter {
     } else {
         "error"
     };
-    EnvFilter::new(format!("{level},llama-cpp-2={llama}"))
+    // `llama-cpp-2` carries llama.cpp's lines; `llama_cpp_2` the bridge's own notes.
+    EnvFilter::new(format!("{level},llama-cpp-2={llama},llama_cpp_2={llama}"))
 }
 
 /// Installs the logger (idempotent).

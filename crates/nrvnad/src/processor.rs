@@ -41,6 +41,9 @@ pub enum Outcome {
     /// Left in `processing/` (shutdown, or the workspace refused the finish):
     /// recovered by the next start.
     LeftInProcessing(String),
+    /// Put back into `input/ready/` because the disk is full: it runs again
+    /// once there is space, without a restart.
+    Requeued(String),
 }
 
 impl Outcome {
@@ -288,6 +291,7 @@ impl Processor {
             meta.set("finish_reason", f.as_str());
         }
         let written = (|| -> std::io::Result<()> {
+            clear_the_way(dir, &[artifact, "meta.json"])?;
             write_atomic(dir, artifact, &bytes)?;
             write_atomic(dir, "meta.json", &meta.to_bytes())?;
             for scratch in [PARTIAL_FILE, PROGRESS_FILE] {
@@ -296,6 +300,9 @@ impl Processor {
             sync_dir(dir)
         })();
         if let Err(e) = written {
+            if out_of_space(&e) {
+                return self.requeue(id, dir, format!("no space left on device writing {artifact}"));
+            }
             let f = Failure::new(format!("could not write {artifact}: {e}"));
             return self.fail(id, dir, meta, f, claimed, Some(used));
         }
@@ -322,6 +329,33 @@ impl Processor {
                     self.shared.ws.dir(State::Done).display()
                 );
                 tracing::error!("{why}");
+                Outcome::LeftInProcessing(why)
+            }
+        }
+    }
+
+    /// Puts a job back into `input/ready/` (the disk is full: neither its
+    /// result nor its error could be written). Nothing half-written stays.
+    fn requeue(&self, id: &JobId, dir: &Path, why: String) -> Outcome {
+        for f in [
+            PARTIAL_FILE,
+            PROGRESS_FILE,
+            "result.txt",
+            "embedding.json",
+            "response.txt",
+            "error.txt",
+        ] {
+            let _ = fs::remove_file(dir.join(f));
+        }
+        match self.shared.ws.transition(id, State::Processing, State::Ready) {
+            Ok(Moved::Yes) => {
+                tracing::warn!("{id}: {why}; put back in input/ready/ to run again when there is space");
+                // Do not spin on a full disk.
+                std::thread::sleep(std::time::Duration::from_secs(1));
+                Outcome::Requeued(why)
+            }
+            other => {
+                tracing::error!("{id}: {why}; putting it back failed ({other:?}); it stays in processing/");
                 Outcome::LeftInProcessing(why)
             }
         }
@@ -374,6 +408,7 @@ impl Processor {
             meta.set("cancelled", true);
         }
         let written = (|| -> std::io::Result<()> {
+            clear_the_way(dir, &["response.txt", "error.txt", "meta.json"])?;
             if let Some(p) = &f.partial {
                 write_atomic(dir, "response.txt", p.as_bytes())?;
             }
@@ -385,7 +420,10 @@ impl Processor {
             sync_dir(dir)
         })();
         if let Err(e) = written {
-            tracing::error!("writing error.txt for {id}: {e}; moving it to failed/ anyway");
+            if out_of_space(&e) {
+                return self.requeue(id, dir, format!("no space left on device writing error.txt ({reason})"));
+            }
+            tracing::error!("writing error.txt and meta.json of {id}: {e}; moving it to failed/ anyway");
         }
         self.shared.failures.fetch_add(1, Ordering::SeqCst);
         match self.finish_into(id, State::Failed) {
@@ -418,6 +456,25 @@ impl Processor {
         ));
         self.fail(id, dir, meta, f, claimed, None)
     }
+}
+
+/// Moves aside anything that is not a regular file where the daemon must
+/// write one (a hostile job may hold a directory named meta.json).
+fn clear_the_way(dir: &Path, names: &[&str]) -> std::io::Result<()> {
+    for name in names {
+        let p = dir.join(name);
+        if fs::symlink_metadata(&p).is_ok_and(|m| !m.file_type().is_file() && !m.file_type().is_symlink()) {
+            let aside = dir.join(format!("{name}.invalid"));
+            let _ = fs::remove_dir_all(&aside).or_else(|_| fs::remove_file(&aside));
+            fs::rename(&p, &aside)?;
+        }
+    }
+    Ok(())
+}
+
+/// ENOSPC or EDQUOT: the disk (or quota) is full.
+fn out_of_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
 /// An f32 as the JSON number a person typed (0.8, not 0.800000011920929).

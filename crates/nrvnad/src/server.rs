@@ -117,7 +117,8 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         inference,
         running: AtomicBool::new(false),
         shutdown: AtomicBool::new(false),
-        failures: AtomicU64::new(0),
+        // Jobs failed by recovery (at the attempt ceiling) count for --drain's exit code.
+        failures: AtomicU64::new(rec.failed as u64),
         scans: AtomicU64::new(0),
     });
 

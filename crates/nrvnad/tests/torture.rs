@@ -19,7 +19,11 @@ const STATES: [&str; 4] = ["input/ready", "processing", "output", "failed"];
 
 fn bin(name: &str) -> PathBuf {
     let p = Path::new(env!("CARGO_BIN_EXE_nrvnad")).with_file_name(name);
-    assert!(p.exists(), "{} is missing: run `cargo build --release --workspace` (scripts/test.sh does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --release --workspace` (scripts/test.sh does)",
+        p.display()
+    );
     p
 }
 
@@ -83,7 +87,10 @@ fn snapshot(ws: &Path) -> BTreeMap<String, Vec<&'static str>> {
 }
 
 fn duplicates(snap: &BTreeMap<String, Vec<&'static str>>) -> Vec<String> {
-    snap.iter().filter(|(_, v)| v.len() > 1).map(|(k, v)| format!("{k} in {v:?}")).collect()
+    snap.iter()
+        .filter(|(_, v)| v.len() > 1)
+        .map(|(k, v)| format!("{k} in {v:?}"))
+        .collect()
 }
 
 #[test]
@@ -106,9 +113,20 @@ fn sigkill_the_daemon_at_random_moments_while_submitting() {
             std::thread::spawn(move || {
                 let mut n = 0;
                 while !stop.load(Ordering::SeqCst) {
-                    let out = Command::new(&wrk).arg(&ws).arg(format!("Say the number {t}{n}.")).output().unwrap();
-                    assert!(out.status.success(), "wrk failed: {}", String::from_utf8_lossy(&out.stderr));
-                    printed.lock().unwrap().push(String::from_utf8(out.stdout).unwrap().trim().to_owned());
+                    let out = Command::new(&wrk)
+                        .arg(&ws)
+                        .arg(format!("Say the number {t}{n}."))
+                        .output()
+                        .unwrap();
+                    assert!(
+                        out.status.success(),
+                        "wrk failed: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    printed
+                        .lock()
+                        .unwrap()
+                        .push(String::from_utf8(out.stdout).unwrap().trim().to_owned());
                     n += 1;
                     std::thread::sleep(Duration::from_millis(30));
                 }
@@ -167,11 +185,18 @@ fn sigkill_the_daemon_at_random_moments_while_submitting() {
     let (mut done, mut failed, mut recovered_jobs, mut recoveries, mut at_ceiling) = (0, 0, 0, 0, 0);
     for id in &printed {
         let states = snap.get(id).cloned().unwrap_or_default();
-        assert_eq!(states.len(), 1, "job {id} is in {states:?}, expected exactly one terminal state");
+        assert_eq!(
+            states.len(),
+            1,
+            "job {id} is in {states:?}, expected exactly one terminal state"
+        );
         let dir = ws.join(states[0]).join(id);
         let meta: serde_json::Value = serde_json::from_slice(&fs::read(dir.join("meta.json")).unwrap()).unwrap();
         let attempts = meta["recovery_attempts"].as_u64().unwrap_or(0);
-        assert!(attempts <= ceiling, "{id}: recovery_attempts {attempts} exceeds the ceiling");
+        assert!(
+            attempts <= ceiling,
+            "{id}: recovery_attempts {attempts} exceeds the ceiling"
+        );
         if attempts > 0 {
             recovered_jobs += 1;
             recoveries += attempts;
@@ -181,14 +206,20 @@ fn sigkill_the_daemon_at_random_moments_while_submitting() {
                 done += 1;
                 assert_eq!(meta["status"], "done", "{id}");
                 let r = fs::read_to_string(dir.join("result.txt")).expect("result.txt");
-                assert!(meta["generated_tokens"].as_u64().is_some(), "{id}: meta without generated_tokens");
+                assert!(
+                    meta["generated_tokens"].as_u64().is_some(),
+                    "{id}: meta without generated_tokens"
+                );
                 let _ = r;
             }
             "failed" => {
                 failed += 1;
                 assert_eq!(meta["status"], "failed", "{id}");
                 let e = fs::read_to_string(dir.join("error.txt")).expect("error.txt");
-                assert!(e.contains("NRVNA_MAX_RECOVERY_ATTEMPTS"), "{id} failed for another reason: {e}");
+                assert!(
+                    e.contains("NRVNA_MAX_RECOVERY_ATTEMPTS"),
+                    "{id} failed for another reason: {e}"
+                );
                 at_ceiling += 1;
             }
             other => panic!("job {id} ended in {other}/ after the drain"),
@@ -202,12 +233,19 @@ fn sigkill_the_daemon_at_random_moments_while_submitting() {
         for e in fs::read_dir(ws.join(s)).unwrap().flatten() {
             for f in fs::read_dir(e.path()).unwrap().flatten() {
                 let name = f.file_name().to_string_lossy().into_owned();
-                assert!(!name.ends_with(".tmp"), "temp file {} visible in {s}/", f.path().display());
+                assert!(
+                    !name.ends_with(".tmp"),
+                    "temp file {} visible in {s}/",
+                    f.path().display()
+                );
             }
         }
     }
     let sampled = sampler_dups.lock().unwrap().clone();
-    assert!(static_dups.is_empty(), "ids in two states while the daemon was down: {static_dups:?}");
+    assert!(
+        static_dups.is_empty(),
+        "ids in two states while the daemon was down: {static_dups:?}"
+    );
     assert!(sampled.is_empty(), "ids in two states while running: {sampled:?}");
     eprintln!(
         "torture summary (seed {seed}): {} jobs, {kills} kills, {done} done, {failed} failed at the ceiling ({at_ceiling}), \
@@ -216,7 +254,11 @@ fn sigkill_the_daemon_at_random_moments_while_submitting() {
         printed.len(),
         start.elapsed().as_secs_f64()
     );
-    assert!(printed.len() >= 20, "too few jobs submitted ({}) for the test to mean much", printed.len());
+    assert!(
+        printed.len() >= 20,
+        "too few jobs submitted ({}) for the test to mean much",
+        printed.len()
+    );
 }
 
 #[test]
@@ -260,22 +302,40 @@ fn sigkill_wrk_mid_submit_never_publishes_a_partial_job() {
             for e in rd.flatten() {
                 let dir = e.path();
                 let got = fs::read_to_string(dir.join("prompt.txt")).expect("published job without prompt.txt");
-                assert_eq!(got.len(), prompt.len(), "half-written prompt.txt published in {}", dir.display());
+                assert_eq!(
+                    got.len(),
+                    prompt.len(),
+                    "half-written prompt.txt published in {}",
+                    dir.display()
+                );
                 let m = fs::read(dir.join("meta.json")).expect("published job without meta.json");
                 serde_json::from_slice::<serde_json::Value>(&m).expect("published meta.json is not valid JSON");
                 for f in fs::read_dir(&dir).unwrap().flatten() {
-                    assert!(!f.file_name().to_string_lossy().ends_with(".tmp"), "temp file in {}", dir.display());
+                    assert!(
+                        !f.file_name().to_string_lossy().ends_with(".tmp"),
+                        "temp file in {}",
+                        dir.display()
+                    );
                 }
             }
         }
     }
     let ready: BTreeSet<String> = fs::read_dir(ws.join("input/ready"))
-        .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     for id in &printed {
         assert!(ready.contains(id), "wrk printed {id} but it is not in input/ready/");
     }
     let staging = fs::read_dir(ws.join("input/writing")).map(|rd| rd.count()).unwrap_or(0);
-    eprintln!("wrk kills: {killed} killed, {completed} completed, {staging} staging leftovers, 0 partial jobs published");
-    assert!(killed >= 20, "only {killed} of 150 wrk runs were killed mid-way; the test did not exercise kills");
+    eprintln!(
+        "wrk kills: {killed} killed, {completed} completed, {staging} staging leftovers, 0 partial jobs published"
+    );
+    assert!(
+        killed >= 20,
+        "only {killed} of 150 wrk runs were killed mid-way; the test did not exercise kills"
+    );
 }
