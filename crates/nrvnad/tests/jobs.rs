@@ -42,6 +42,19 @@ fn wrk_job_drained_into_output_with_complete_meta_and_flw_prints_it() {
         "finish_reason: {m}"
     );
     assert_eq!(m["engine"], "batched", "the default engine");
+    let at = |k: &str| parse_iso8601(m[k].as_str().unwrap_or_else(|| panic!("{k}: {m}")));
+    let (submitted, claimed, completed) = (at("submitted_at"), at("claimed_at"), at("completed_at"));
+    assert!(
+        submitted <= claimed && claimed <= completed,
+        "timestamps out of order: {m}"
+    );
+    let age = std::time::SystemTime::now()
+        .duration_since(completed)
+        .expect("completed_at in the future");
+    assert!(
+        age < std::time::Duration::from_secs(600),
+        "completed_at is {age:?} old: {m}"
+    );
     assert!(m["duration_s"].as_f64().is_some_and(|s| s >= 0.0));
     assert_eq!(m["model"], "SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(m["prompt_tokens"].as_u64().is_some_and(|n| n > 0));
@@ -157,6 +170,16 @@ fn bad_jobs_fail_with_a_one_line_reason_and_the_daemon_goes_on() {
             what: "meta.json that is not JSON",
             needles: &["meta.json", "not valid JSON"],
         },
+        Bad {
+            id: "1_10",
+            what: "params.json out of range",
+            needles: &["params.json", "temp"],
+        },
+        Bad {
+            id: "1_11",
+            what: "params.json that is not JSON",
+            needles: &["params.json", "not valid JSON"],
+        },
     ];
     let p = |id| ws.job(READY, id);
     ws.make_job(READY, "1_1", &[("meta.json", b"{\"mode\":\"text\"}")]);
@@ -175,6 +198,12 @@ fn bad_jobs_fail_with_a_one_line_reason_and_the_daemon_goes_on() {
         &[("prompt.txt", b"Say hi."), ("meta.json", br#"{"tags":"x"}"#)],
     );
     ws.make_job(READY, "1_9", &[("prompt.txt", b"Say hi."), ("meta.json", b"not json")]);
+    ws.make_job(
+        READY,
+        "1_10",
+        &[("prompt.txt", b"Say hi."), ("params.json", br#"{"temp":-1}"#)],
+    );
+    ws.make_job(READY, "1_11", &[("prompt.txt", b"Say hi."), ("params.json", b"{temp")]);
     // Not jobs: left alone, never processed, never stop the daemon.
     for name in ["not-an-id", "not an id"] {
         ws.make_job(READY, name, &[("prompt.txt", b"I am not a job.")]);

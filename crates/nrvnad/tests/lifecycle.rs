@@ -62,6 +62,38 @@ fn persistent_daemon_serves_a_wrk_flw_pipe_and_status_and_stop_work() {
     ws.ctl("stop", &[]).expect_code(0, "stop when already stopped");
 }
 
+#[test]
+fn status_says_starting_until_the_model_is_loaded() {
+    let ws = TestWs::new();
+    let mut d = ws.daemon(&[], &[]);
+    // Freeze the daemon as soon as it owns the workspace: the model takes
+    // far longer than one poll to load, so it cannot be ready yet.
+    assert!(
+        wait_for(STARTUP, || ws.path().join(".nrvnad.pid").exists()),
+        "no .nrvnad.pid"
+    );
+    d.signal(libc::SIGSTOP);
+    let frozen_before_ready = !ws.path().join(".nrvnad.ready").exists();
+    let st = ws.ctl("status", &[]);
+    let js = ws.ctl("status", &["--json"]);
+    d.signal(libc::SIGCONT);
+    assert!(
+        frozen_before_ready,
+        "the model loaded before the daemon could be frozen"
+    );
+    st.expect_code(2, "status while the model loads");
+    assert!(st.stdout.starts_with("starting"), "{}", st.stdout);
+    js.expect_code(2, "status --json while the model loads");
+    let v: Value = serde_json::from_str(js.stdout.trim()).expect("JSON");
+    assert_eq!(v["status"], "starting", "{v}");
+    assert_eq!(v["pid"], d.pid(), "{v}");
+    d.wait_ready();
+    ws.ctl("status", &[]).expect_code(0, "status once ready");
+    d.signal(libc::SIGTERM);
+    d.wait_exit(STARTUP);
+    assert_eq!(d.code(), 0);
+}
+
 /// Every id is in exactly one state directory.
 #[track_caller]
 fn assert_none_lost(ws: &TestWs, ids: &[String]) {

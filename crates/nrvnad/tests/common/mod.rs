@@ -14,7 +14,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 
@@ -188,12 +188,19 @@ pub fn finish(mut child: Child, timeout: Duration, what: &str) -> Ran {
         let _ = child.kill();
         status = child.wait().ok();
     }
+    let exited = t0.elapsed();
     let ran = Ran {
         code: status.and_then(|s| s.code()),
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
         elapsed: t0.elapsed(),
     };
+    if ran.elapsed > exited + Duration::from_millis(500) {
+        eprintln!(
+            "note: {what} exited after {exited:?} but its output closed only after {:?}",
+            ran.elapsed
+        );
+    }
     assert!(
         !timed_out,
         "{what} did not finish within {timeout:?}\nstdout: {}\nstderr: {}",
@@ -344,7 +351,18 @@ impl TestWs {
 
     /// `flw WS ARGS...`
     pub fn flw(&self, args: &[&str], timeout: Duration) -> Ran {
-        run(clean_command(flw_bin()).arg(&self.ws).args(args), timeout)
+        self.flw_env(args, &[], timeout)
+    }
+
+    /// `flw WS ARGS...` with extra environment variables.
+    pub fn flw_env(&self, args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Ran {
+        run(
+            clean_command(flw_bin())
+                .arg(&self.ws)
+                .args(args)
+                .envs(env.iter().copied()),
+            timeout,
+        )
     }
 
     /// `nrvnad SUBCOMMAND WS ARGS...` (status, stop).
@@ -514,6 +532,32 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
+}
+
+/// Parses the contract's timestamps (`2026-11-26T17:45:28.940123Z`, UTC).
+#[track_caller]
+pub fn parse_iso8601(s: &str) -> SystemTime {
+    let bad = || panic!("not an ISO-8601 UTC timestamp: {s:?}");
+    let num = |r: std::ops::Range<usize>| -> i64 { s.get(r).and_then(|t| t.parse().ok()).unwrap_or_else(bad) };
+    if s.len() < 20 || !s.ends_with('Z') || &s[10..11] != "T" {
+        bad();
+    }
+    let (y, m, d) = (num(0..4), num(5..7), num(8..10));
+    let (hh, mm, ss) = (num(11..13), num(14..16), num(17..19));
+    let micros = match s.get(19..s.len() - 1) {
+        Some("") => 0,
+        Some(f) if f.starts_with('.') => format!("{:0<6}", &f[1..])[..6].parse::<i64>().unwrap_or_else(|_| bad()),
+        _ => bad(),
+    };
+    // Days from civil (H. Hinnant).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    std::time::UNIX_EPOCH + Duration::from_secs(secs as u64) + Duration::from_micros(micros as u64)
 }
 
 /// Quotes a path for `sh -c`.
