@@ -43,9 +43,22 @@ pub fn recover(ws: &Workspace, max: u64) -> Recovered {
             }
             continue;
         }
-        let mut meta = match read_optional(&dir.join("meta.json"), MAX_META_BYTES) {
-            Ok(Some(b)) => Meta::parse(&b).unwrap_or_default(),
-            _ => Meta::new(),
+        let meta = match read_optional(&dir.join("meta.json"), MAX_META_BYTES) {
+            Ok(Some(b)) => Meta::parse(&b).map_err(|e| e.to_string()),
+            Ok(None) => Ok(Meta::new()),
+            Err(e) => Err(e.to_string()),
+        };
+        let mut meta = match meta {
+            Ok(m) => m,
+            // Not rewritten (that would lose it): the processor fails the
+            // job at once and keeps the original as meta.json.invalid.
+            Err(why) => {
+                tracing::warn!("{id}: meta.json {why}; back to input/ready/ unchanged, where it fails");
+                if ws.transition(&id, State::Processing, State::Ready).is_ok() {
+                    r.requeued += 1;
+                }
+                continue;
+            }
         };
         for scratch in [PARTIAL_FILE, PROGRESS_FILE] {
             let _ = fs::remove_file(dir.join(scratch));

@@ -186,3 +186,25 @@ fn a_job_cancelled_while_no_daemon_ran_fails_at_recovery() {
         "a cancelled job is not run"
     );
 }
+
+/// Regression: recovery replaced an invalid meta.json with a fresh one
+/// (losing custom_id, submitted_at, tags...), so the job then ran as if it
+/// had none, while the same job in input/ready/ fails and keeps the
+/// original bytes as meta.json.invalid.
+#[test]
+fn recovery_keeps_an_invalid_meta_json_and_the_job_fails_like_a_queued_one() {
+    let ws = TestWs::new();
+    ws.create_dirs();
+    let meta = br#"{"tags":"x","custom_id":"req-1"}"#;
+    ws.make_job(PROCESSING, STUCK, &[("prompt.txt", b"Say hello."), ("meta.json", meta)]);
+    let mut d = ws.drain(&[], &[]);
+    assert_eq!(ws.states_of(STUCK), [FAILED]);
+    assert_eq!(d.code(), 1, "a job failed during the drain");
+    let err = ws.read(FAILED, STUCK, "error.txt");
+    assert!(err.contains("meta.json") && err.contains("tags"), "{err:?}");
+    assert_eq!(
+        fs::read(ws.job(FAILED, STUCK).join("meta.json.invalid")).expect("meta.json.invalid"),
+        meta,
+        "the original meta.json is kept"
+    );
+}
