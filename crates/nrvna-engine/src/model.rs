@@ -120,6 +120,61 @@ pub fn with_captured_llama_errors<T>(f: impl FnOnce() -> T) -> Result<(T, Vec<St
     Ok((out, lines))
 }
 
+/// Runs `f` with file descriptor 2 redirected to a temporary file and
+/// returns what was written there. llama.cpp's grammar parser reports its
+/// errors with `fprintf(stderr, ...)`, not through its logger; this is how
+/// its reason reaches the job's error.txt. The window is the length of one
+/// grammar parse; anything else written meanwhile is passed on to the real
+/// stderr afterwards, so nothing is lost.
+pub fn capture_stderr<T>(f: impl FnOnce() -> T) -> (T, String) {
+    use std::io::{Read, Seek, Write};
+    use std::os::fd::AsRawFd;
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let Ok(mut tmp) = tempfile_in_tmp() else {
+        return (f(), String::new());
+    };
+    let _ = std::io::stderr().flush();
+    let saved = unsafe { libc::dup(2) };
+    if saved < 0 || unsafe { libc::dup2(tmp.as_raw_fd(), 2) } < 0 {
+        if saved >= 0 {
+            unsafe { libc::close(saved) };
+        }
+        return (f(), String::new());
+    }
+    let out = f();
+    unsafe {
+        libc::fflush(std::ptr::null_mut());
+        libc::dup2(saved, 2);
+        libc::close(saved);
+    }
+    let mut text = String::new();
+    if tmp.rewind().is_ok() {
+        let _ = tmp.read_to_string(&mut text);
+    }
+    if !text.is_empty() {
+        let _ = std::io::stderr().write_all(text.as_bytes());
+    }
+    (out, text)
+}
+
+/// An anonymous temporary file (unlinked at once).
+fn tempfile_in_tmp() -> std::io::Result<std::fs::File> {
+    let dir = std::env::temp_dir();
+    let path = dir.join(format!(
+        ".nrvna-stderr-{}-{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    let _ = std::fs::remove_file(&path);
+    Ok(f)
+}
+
 mod capture {
     use std::sync::{Arc, Mutex};
     use tracing::field::{Field, Visit};

@@ -221,7 +221,11 @@ fn embed_group(
             .collect()
     };
     let n: usize = group.iter().map(|(_, t)| t.len()).sum();
-    let n_ctx = (n as u32).div_ceil(64) * 64;
+    // llama.cpp reserves the pooling graph with n_ubatch split evenly across
+    // the sequences; a size that is not a multiple of their count trips an
+    // assertion, so round to a multiple of it.
+    let k = group.len() as u32;
+    let n_ctx = ((n as u32).div_ceil(64) * 64).div_ceil(k) * k;
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(n_ctx))
         .with_n_batch(n_ctx)

@@ -71,14 +71,22 @@ impl Sampling {
 }
 
 fn grammar_sampler(model: &LlamaModel, g: &str) -> Result<LlamaSampler, String> {
-    crate::model::with_captured_llama_errors(|| LlamaSampler::grammar(model, g, "root")).and_then(|(res, logs)| {
-        res.map_err(|e| {
-            if logs.is_empty() {
-                format!("llama.cpp rejected the grammar: {e}")
-            } else {
-                format!("llama.cpp rejected the grammar: {}", logs.join("; "))
-            }
-        })
+    let ((res, logs), stderr) = crate::model::capture_stderr(|| {
+        crate::model::with_captured_llama_errors(|| LlamaSampler::grammar(model, g, "root"))
+            .unwrap_or_else(|e| (Err(llama_cpp_2::GrammarError::NullGrammar), vec![e]))
+    });
+    res.map_err(|e| {
+        let mut why: Vec<String> = stderr
+            .lines()
+            .filter(|l| l.contains("error") || l.contains("Undefined") || l.contains("expecting"))
+            .map(|l| l.trim().to_owned())
+            .collect();
+        why.extend(logs);
+        if why.is_empty() {
+            format!("llama.cpp rejected the grammar: {e}")
+        } else {
+            format!("llama.cpp rejected the grammar: {}", why.join("; "))
+        }
     })
 }
 
