@@ -34,6 +34,28 @@ pub struct Exit {
     pub maxrss_kib: i64,
     /// The benchmark killed it after its deadline.
     pub timed_out: bool,
+    /// CPU seconds the daemon used (user + system).
+    pub cpu_s: f64,
+    /// CPU seconds the whole machine was busy while the daemon ran, minus
+    /// the daemon's own: how much else competed for the cores.
+    pub others_cpu_s: Option<f64>,
+}
+
+impl Exit {
+    /// Average cores busy with other work during the run.
+    pub fn others_cores(&self) -> Option<f64> {
+        let w = self.wall.as_secs_f64();
+        self.others_cpu_s.filter(|_| w > 0.0).map(|o| (o / w).max(0.0))
+    }
+}
+
+/// What the reaper thread reports.
+struct Reaped {
+    status: Status,
+    maxrss_kib: i64,
+    cpu_s: f64,
+    at: Instant,
+    busy_s: Option<f64>,
 }
 
 /// What waiting for `.nrvnad.ready` found.
@@ -53,7 +75,9 @@ pub struct Daemon {
     pub spawned_at: SystemTime,
     ready_file: PathBuf,
     ready_after: Option<Duration>,
-    reaped: Receiver<(Status, i64, Instant)>,
+    reaped: Receiver<Reaped>,
+    /// The machine's busy CPU seconds at spawn.
+    busy0: Option<f64>,
     exit: Option<Exit>,
     killed: bool,
     pub label: String,
@@ -71,6 +95,7 @@ impl Daemon {
         let mut shown: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         shown.push("nrvnad".into());
         shown.extend(args.iter().map(|a| quote(a)));
+        let busy0 = busy_cpu_s();
         let spawned_at = SystemTime::now();
         let spawned = Instant::now();
         let child = command(&bins.nrvnad, env)
@@ -87,8 +112,15 @@ impl Daemon {
         std::thread::Builder::new()
             .name(format!("reap-{pid}"))
             .spawn(move || {
-                let r = reap(pid);
-                let _ = tx.send((r.0, r.1, Instant::now()));
+                let (status, maxrss_kib, cpu_s) = reap(pid);
+                let at = Instant::now();
+                let _ = tx.send(Reaped {
+                    status,
+                    maxrss_kib,
+                    cpu_s,
+                    at,
+                    busy_s: busy_cpu_s(),
+                });
             })
             .context("starting the reaper thread")?;
         Ok(Daemon {
@@ -98,6 +130,7 @@ impl Daemon {
             ready_file: ws.join(READY_FILE),
             ready_after: None,
             reaped: rx,
+            busy0,
             exit: None,
             killed: false,
             label: label.to_owned(),
@@ -106,12 +139,18 @@ impl Daemon {
         })
     }
 
-    fn record_exit(&mut self, (status, rss, at): (Status, i64, Instant)) {
+    fn record_exit(&mut self, r: Reaped) {
+        let others = match (self.busy0, r.busy_s) {
+            (Some(a), Some(b)) => Some((b - a - r.cpu_s).max(0.0)),
+            _ => None,
+        };
         self.exit = Some(Exit {
-            status,
-            wall: at.duration_since(self.spawned),
-            maxrss_kib: rss,
+            status: r.status,
+            wall: r.at.duration_since(self.spawned),
+            maxrss_kib: r.maxrss_kib,
             timed_out: self.killed,
+            cpu_s: r.cpu_s,
+            others_cpu_s: others,
         });
     }
 
@@ -184,7 +223,20 @@ impl Daemon {
             wall: self.spawned.elapsed(),
             maxrss_kib: 0,
             timed_out: self.killed,
+            cpu_s: 0.0,
+            others_cpu_s: None,
         });
+    }
+
+    /// CPU seconds the running daemon has used so far (/proc/PID/stat).
+    pub fn cpu_now(&self) -> Option<f64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).ok()?;
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // Fields 14 and 15 (utime, stime) are 11 and 12 after the command.
+        let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        (tck > 0).then(|| ticks as f64 / tck as f64)
     }
 
     /// The exit, once reaped.
@@ -231,6 +283,9 @@ impl Daemon {
             v["peak_rss_kib"] = json!(e.maxrss_kib);
             v["peak_rss_mb"] = json!(kib_to_mb(e.maxrss_kib));
             v["timed_out"] = json!(e.timed_out);
+            v["cpu_s"] = json!(e.cpu_s);
+            v["others_cpu_s"] = json!(e.others_cpu_s);
+            v["others_cores"] = json!(e.others_cores());
             match e.status {
                 Status::Code(c) => v["exit_code"] = json!(c),
                 Status::Signal(s) => v["signal"] = json!(s),
@@ -258,8 +313,28 @@ pub fn kib_to_mb(kib: i64) -> f64 {
     kib as f64 * 1024.0 / 1e6
 }
 
-/// Blocks in wait4(2) until `pid` exits; returns its status and ru_maxrss.
-fn reap(pid: libc::pid_t) -> (Status, i64) {
+/// Seconds the machine's CPUs have spent busy since boot (/proc/stat:
+/// everything but idle and iowait, summed over all CPUs).
+pub fn busy_cpu_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+    if v.len() < 8 {
+        return None;
+    }
+    // user nice system idle iowait irq softirq steal (guest is inside user)
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (tck > 0).then(|| busy as f64 / tck as f64)
+}
+
+fn timeval_s(t: libc::timeval) -> f64 {
+    t.tv_sec as f64 + t.tv_usec as f64 / 1e6
+}
+
+/// Blocks in wait4(2) until `pid` exits; returns its status, ru_maxrss and
+/// CPU seconds.
+fn reap(pid: libc::pid_t) -> (Status, i64, f64) {
     let mut status: libc::c_int = 0;
     // SAFETY: rusage is plain data; wait4 fills it.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
@@ -272,7 +347,7 @@ fn reap(pid: libc::pid_t) -> (Status, i64) {
         if r < 0 && e.raw_os_error() == Some(libc::EINTR) {
             continue;
         }
-        return (Status::Unknown, 0);
+        return (Status::Unknown, 0, 0.0);
     }
     let st = if libc::WIFEXITED(status) {
         Status::Code(libc::WEXITSTATUS(status))
@@ -281,5 +356,5 @@ fn reap(pid: libc::pid_t) -> (Status, i64) {
     } else {
         Status::Unknown
     };
-    (st, ru.ru_maxrss)
+    (st, ru.ru_maxrss, timeval_s(ru.ru_utime) + timeval_s(ru.ru_stime))
 }

@@ -115,7 +115,14 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
     let mut pickup = Vec::new();
     let mut e2e = Vec::new();
     let mut errors = Vec::new();
+    let mut idle_cores = None;
     if matches!(ready, Ready::Yes(_)) {
+        // An idle daemon should use next to no CPU: measure it before the samples.
+        let window = Duration::from_secs(if ctx.quick { 1 } else { 3 });
+        if let Some(c0) = d.cpu_now() {
+            std::thread::sleep(window);
+            idle_cores = d.cpu_now().map(|c1| (c1 - c0) / window.as_secs_f64());
+        }
         eprintln!(
             "latency: daemon ready in {} s; {n} samples of each",
             opt(d.load().map(|l| l.as_secs_f64()), 2)
@@ -153,6 +160,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
     sec.json = json!({
         "samples": n,
         "daemon": rec,
+        "idle_cpu_cores": idle_cores,
         "publish_to_claim": summary_ms(&pickup),
         "wrk_pipe_flw_wait": summary_ms(&e2e),
         "publish_to_claim_samples_ms": pickup,
@@ -172,14 +180,18 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
     };
     sec.md = format!(
         "## Latency on an idle daemon\n\n\
-         `nrvnad MODEL WS --engine batched --workers 4` with NRVNA_PREDICT=1 (load {} s, peak RSS {} MB, {}), \
-         then {n} sequential samples of each. Publish to claim is meta.json `claimed_at` − `submitted_at` \
+         `nrvnad MODEL WS --engine batched --workers 4` with NRVNA_PREDICT=1 (load {} s, peak RSS {} MB, \
+         {} CPU s over {} s of wall, {}). Idle, before the samples, the daemon used {} cores of CPU. \
+         Then {n} sequential samples of each. Publish to claim is meta.json `claimed_at` − `submitted_at` \
          (`submitted_at` is stamped while staging, before the publishing rename). The pipe is spawned \
          without a shell, wrk's stdout feeding flw's stdin, and timed from before spawning wrk until flw \
          exits (`flw` also gets `--timeout 60` as a safety net). Percentiles are by nearest rank \
          (with {n} samples, p99 is the largest).\n\n{}",
         opt(d.load().map(|l| l.as_secs_f64()), 2),
         opt(rss, 1),
+        opt(d.exit().map(|e| e.cpu_s), 1),
+        opt(d.exit().map(|e| e.wall.as_secs_f64()), 1),
+        opt(idle_cores, 3),
         if d.ok() {
             "stopped with `nrvnad stop WS`, exit 0".to_owned()
         } else {

@@ -79,6 +79,8 @@ pub struct Drained {
     pub wall: Option<f64>,
     pub load: Option<f64>,
     pub rss_kib: Option<i64>,
+    /// Average cores busy with other processes during the run.
+    pub others_cores: Option<f64>,
     /// From spawn until the last job's meta.json `completed_at`.
     pub last_done: Option<f64>,
     pub jobs: Vec<JobResult>,
@@ -152,6 +154,7 @@ impl Drained {
             "generated_tokens_per_s": self.tok_s(),
             "generated_tokens_per_s_wall": self.tok_s_wall(),
             "peak_rss_mb": self.peak_rss_mb(),
+            "others_cores": self.others_cores,
             "jobs": self.totals.to_json(),
         })
     }
@@ -174,6 +177,7 @@ pub fn submit_and_drain(
         wall: None,
         load: None,
         rss_kib: None,
+        others_cores: None,
         last_done: None,
         jobs: Vec::new(),
         totals: Totals::default(),
@@ -194,6 +198,7 @@ pub fn submit_and_drain(
         d.wall = exit.as_ref().map(|e| e.wall.as_secs_f64());
         d.load = daemon.load().map(|l| l.as_secs_f64());
         d.rss_kib = exit.as_ref().map(|e| e.maxrss_kib);
+        d.others_cores = exit.as_ref().and_then(|e| e.others_cores());
         d.daemon = Some(daemon.record());
         d.jobs = collect(ws.path(), &ids);
         d.totals = totals(&d.jobs);
@@ -214,9 +219,10 @@ pub fn submit_and_drain(
         d.error = Some(format!("{e:#}"));
     }
     eprintln!(
-        "{label}: wall {} s, load {} s, {} done, {} failed{}",
+        "{label}: wall {} s, load {} s, other load {} cores, {} done, {} failed{}",
         opt(d.wall, 2),
         opt(d.load, 2),
+        opt(d.others_cores, 2),
         d.totals.done,
         d.totals.failed,
         d.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()

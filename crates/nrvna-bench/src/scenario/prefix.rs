@@ -93,6 +93,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             d.totals.reused_prompt_tokens.to_string(),
             opt(mean_prompt, 0),
             opt(d.peak_rss_mb(), 1),
+            opt(d.others_cores, 2),
             status,
         ]);
         let mut v = d.to_json();
@@ -129,6 +130,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
                 "reused prompt tokens",
                 "prompt tokens/job",
                 "peak RSS MB",
+                "other load (cores)",
                 "status",
             ],
             &rows,

@@ -136,6 +136,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             speedup.map_or("–".into(), |x| format!("{x:.2}x")),
             tok_ratio.map_or("–".into(), |x| format!("{x:.2}x")),
             identical.map_or("–".into(), |x| format!("{x}/{n}")),
+            opt(r.d.others_cores, 2),
             status,
         ]);
         let results: serde_json::Map<String, Value> = topics
@@ -147,6 +148,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         v["engine"] = json!(r.engine);
         v["workers"] = json!(r.workers);
         v["jobs_at_max_tokens"] = json!(r.at_max);
+        v["wall_ratio_vs_perjob_best"] = json!(ratio(r.wall(), best_pj.and_then(Run::wall)));
         v["wall_speedup_vs_perjob_best"] = json!(speedup);
         v["tokens_per_s_ratio_vs_perjob_best"] = json!(tok_ratio);
         v["identical_results_vs_perjob_best"] = json!(identical);
@@ -172,7 +174,8 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
          (the rest of the wall is the drain's idle check and shutdown); tok/s is the sum of meta.json `generated_tokens` over wall minus load \
          (and over wall). Speed-up (best per-job wall / this wall) and tok/s ratio are against \
          the per-job engine at its best worker count (x{}); \"identical\" counts the topics \
-         whose result.txt equals that run's.\n\n{}",
+         whose result.txt equals that run's. Other load is the CPU time the rest of the machine \
+         used during the run (/proc/stat busy time minus the daemon's rusage), in cores.\n\n{}",
         best_pj.map_or("–".into(), |r| r.workers.to_string()),
         table(
             &[
@@ -189,6 +192,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
                 "speed-up (wall)",
                 "tok/s ratio",
                 "identical",
+                "other load (cores)",
                 "status",
             ],
             &rows,
