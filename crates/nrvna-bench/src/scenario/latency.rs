@@ -191,12 +191,12 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         opt(rss, 1),
         opt(d.exit().map(|e| e.cpu_s), 1),
         opt(d.exit().map(|e| e.wall.as_secs_f64()), 1),
-        opt(idle_cores, 3),
         if d.ok() {
             "stopped with `nrvnad stop WS`, exit 0".to_owned()
         } else {
             d.problem().unwrap_or_default()
         },
+        opt(idle_cores, 3),
         table(
             &["measure", "n", "p50 ms", "p99 ms", "mean ms", "min ms", "max ms"],
             &[

@@ -343,6 +343,11 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         r.push(opt(f(v, &["drain", "wall_s"]), 2));
         r.push(opt(f(v, &["end_to_end", "peak_rss_mb"]), 1));
         r.push(opt(f(v, &["drain", "peak_rss_mb"]), 1));
+        r.push(format!(
+            "{} / {}",
+            opt(f(v, &["end_to_end", "daemon", "cpu_s"]), 1),
+            opt(f(v, &["drain", "daemon", "cpu_s"]), 1)
+        ));
         rows.push(r);
     }
     let (on, off) = (&variants[0].1, &variants[1].1);
@@ -353,7 +358,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         cost.insert((*name).to_owned(), json!(c));
         cost_row.push(c.map_or("–".into(), |x| format!("{x:.2}x")));
     }
-    cost_row.extend(["".to_owned(), "".to_owned(), "".to_owned()]);
+    cost_row.extend(["".to_owned(), "".to_owned(), "".to_owned(), "".to_owned()]);
     rows.push(cost_row);
     let n = on["jobs"].as_u64().or(off["jobs"].as_u64()).unwrap_or(0);
     sec.json = json!({
@@ -379,6 +384,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
                 "drain wall s",
                 "peak RSS MB (end to end)",
                 "peak RSS MB (drain)",
+                "daemon CPU s (end to end / drain)",
             ],
             &rows,
         )
