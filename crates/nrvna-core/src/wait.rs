@@ -25,7 +25,10 @@ impl DirWaker {
         let (tx, rx) = channel();
         let poke = tx.clone();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if res.is_ok() {
+            // Opening or listing a watched directory raises access events;
+            // waking on those would make a waiter that lists the directory
+            // wake itself forever. Only changes to the entries matter.
+            if res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
                 let _ = tx.send(());
             }
         })
@@ -89,6 +92,24 @@ pub fn wait_for<T>(dirs: &[&Path], deadline: Option<Instant>, mut check: impl Fn
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn listing_a_watched_directory_does_not_wake_the_waiter() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("a")).unwrap();
+        let waker = DirWaker::new(&[d.path()], Duration::from_millis(300));
+        // Regression: the Scanner woke itself forever on its own readdir.
+        for _ in 0..3 {
+            let _ = std::fs::read_dir(d.path()).unwrap().count();
+        }
+        let start = Instant::now();
+        waker.wait(None);
+        assert!(
+            start.elapsed() >= Duration::from_millis(250),
+            "woke after {:?}",
+            start.elapsed()
+        );
+    }
 
     #[test]
     fn wakes_on_a_new_entry_long_before_the_poll_interval() {

@@ -76,7 +76,8 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     signals::install();
     let lock = acquire(&ws, args.drain)?;
     let Some(lock) = lock else {
-        return Ok(ExitCode::from(130));
+        tracing::info!("signal received while waiting for the workspace; exiting");
+        return Ok(ExitCode::SUCCESS);
     };
     lock.write_pid(&ws)
         .with_context(|| format!("writing {}", ws.file(".nrvnad.pid").display()))?;
