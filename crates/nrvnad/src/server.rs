@@ -153,7 +153,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
     );
 
     // The main thread waits for a signal, or for an idle queue with --drain.
-    let mut idle_since_scan: Option<u64> = None;
+    let mut idle_since_scan: Option<(u64, bool)> = None;
     let mut progress = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(DrainProgress::default);
     loop {
         std::thread::sleep(Duration::from_millis(10));
@@ -169,13 +169,18 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
             if shared.pool.idle() {
                 match idle_since_scan {
                     None => {
-                        idle_since_scan = Some(scans);
+                        idle_since_scan = Some((scans, false));
                         let _ = poke.send(());
                     }
                     // A full scan began after the pool went idle and found nothing new.
-                    Some(s) if scans >= s + 2 => {
+                    Some((s, _)) if scans >= s + 2 => {
                         tracing::info!("drain: the queue is idle");
                         break;
+                    }
+                    // Ask for the second scan now rather than at the next tick.
+                    Some((s, false)) if scans == s + 1 => {
+                        idle_since_scan = Some((s, true));
+                        let _ = poke.send(());
                     }
                     Some(_) => {}
                 }
