@@ -29,8 +29,7 @@ pub const CANCELLED_BEFORE_START: &str = "cancelled by user before it started";
 
 /// error.txt of a running job that a restarting daemon put back in the
 /// queue before it saw the cancel request.
-const CANCELLED_IN_QUEUE: &str =
-    "cancelled by user (it was back in the queue after a daemon restart)";
+const CANCELLED_IN_QUEUE: &str = "cancelled by user (it was back in the queue after a daemon restart)";
 
 pub fn cancel(ws: &Workspace, id: &JobId, timeout: Option<Duration>) -> Result<Outcome> {
     match ws.locate(id) {
@@ -39,10 +38,7 @@ pub fn cancel(ws: &Workspace, id: &JobId, timeout: Option<Duration>) -> Result<O
             return Ok(Outcome::Failed);
         }
         Some(s) if s.is_terminal() => {
-            eprintln!(
-                "job {id} already finished ({}); nothing to cancel",
-                s.label()
-            );
+            eprintln!("job {id} already finished ({}); nothing to cancel", s.label());
             return Ok(Outcome::Done);
         }
         Some(State::Writing) => {
@@ -103,8 +99,7 @@ fn cancel_running(ws: &Workspace, id: &JobId, timeout: Duration) -> Result<Outco
     if let Err(e) = request_cancel(&dir) {
         // The job left processing/ in the meantime; see below where it went.
         if e.kind() != io::ErrorKind::NotFound {
-            return Err(e)
-                .with_context(|| format!("writing the cancel request into {}", dir.display()));
+            return Err(e).with_context(|| format!("writing the cancel request into {}", dir.display()));
         }
     }
     let dirs = state_dirs(ws);
@@ -162,9 +157,9 @@ fn cancel_running(ws: &Workspace, id: &JobId, timeout: Duration) -> Result<Outco
                 return print_cancelled();
             }
             match state {
-                State::Done => eprintln!(
-                    "job {id} finished (done) before the cancel took effect; nothing was cancelled"
-                ),
+                State::Done => {
+                    eprintln!("job {id} finished (done) before the cancel took effect; nothing was cancelled")
+                }
                 _ => eprintln!(
                     "job {id} failed before the cancel took effect: {}",
                     job.error().unwrap_or_else(|| "(no error.txt)".into())

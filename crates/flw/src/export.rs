@@ -38,11 +38,7 @@ pub fn export(ws: &Workspace, tag: &str, errors_only: bool) -> Result<Outcome> {
         })
         .collect();
     rows.sort_by(|(a, am), (b, bm)| {
-        let line = |m: &Meta| {
-            m.get("batch_line")
-                .and_then(Value::as_u64)
-                .unwrap_or(u64::MAX)
-        };
+        let line = |m: &Meta| m.get("batch_line").and_then(Value::as_u64).unwrap_or(u64::MAX);
         line(am).cmp(&line(bm)).then_with(|| a.id.cmp(&b.id))
     });
 
@@ -112,12 +108,11 @@ fn done_body(job: &JobView, meta: &Meta) -> Result<Value, String> {
     let name = job
         .primary_artifact()
         .ok_or_else(|| "the job is done but holds no artifact".to_string())?;
-    let bytes =
-        read_limited(&job.dir.join(name), MAX_ARTIFACT_BYTES).map_err(|e| format!("{name} {e}"))?;
+    let bytes = read_limited(&job.dir.join(name), MAX_ARTIFACT_BYTES).map_err(|e| format!("{name} {e}"))?;
     match name {
         "embedding.json" => {
-            let v: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| format!("embedding.json is not valid JSON: {e}"))?;
+            let v: Value =
+                serde_json::from_slice(&bytes).map_err(|e| format!("embedding.json is not valid JSON: {e}"))?;
             let vector = v
                 .get("vector")
                 .filter(|x| x.is_array())

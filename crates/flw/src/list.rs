@@ -20,11 +20,7 @@ pub fn list(ws: &Workspace, scope: &Scope, json: bool) -> Result<Outcome> {
         }
     } else if !jobs.is_empty() {
         let w = jobs.iter().map(|j| j.id.as_str().len()).max().unwrap_or(2);
-        writeln!(
-            out,
-            "{:<w$}  {:<8}  {:>9}  DETAIL",
-            "ID", "STATUS", "DURATION"
-        )?;
+        writeln!(out, "{:<w$}  {:<8}  {:>9}  DETAIL", "ID", "STATUS", "DURATION")?;
         for j in &jobs {
             let (duration, detail) = row(j);
             let line = format!(

@@ -76,11 +76,7 @@ pub fn status(ws: &Workspace, json: bool) -> Result<Outcome> {
     let recent = &jobs[jobs.len().saturating_sub(RECENT)..];
     if !recent.is_empty() {
         writeln!(out, "recent:")?;
-        let w = recent
-            .iter()
-            .map(|j| j.id.as_str().len())
-            .max()
-            .unwrap_or(2);
+        let w = recent.iter().map(|j| j.id.as_str().len()).max().unwrap_or(2);
         for j in recent {
             let (duration, detail) = row(j);
             let line = format!(

@@ -30,12 +30,7 @@ fn deadline(timeout: Option<Duration>) -> Option<Instant> {
 /// Waits for one job to finish, then prints it as `flw WS ID` does.
 /// A job that no state directory holds (not even input/writing/) is
 /// missing at once: waiting for it would never end.
-pub fn wait_one(
-    ws: &Workspace,
-    id: &JobId,
-    timeout: Option<Duration>,
-    json: bool,
-) -> Result<Outcome> {
+pub fn wait_one(ws: &Workspace, id: &JobId, timeout: Option<Duration>, json: bool) -> Result<Outcome> {
     let dirs = state_dirs(ws);
     let dirs: Vec<&std::path::Path> = dirs.iter().map(|d| d.as_path()).collect();
     let mut ticker = Ticker::new();
@@ -114,11 +109,7 @@ pub fn wait_all(ws: &Workspace, scope: &Scope, timeout: Option<Duration>) -> Res
             let hint = if scope.is_all() {
                 format!("see: flw {}", ws.root().display())
             } else {
-                format!(
-                    "list them with: flw {} {}",
-                    ws.root().display(),
-                    scope_flags(scope)
-                )
+                format!("list them with: flw {} {}", ws.root().display(), scope_flags(scope))
             };
             eprintln!(
                 "flw: {} of {} jobs {} failed ({hint})",

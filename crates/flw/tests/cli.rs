@@ -42,11 +42,7 @@ impl Ws {
         for (k, v) in meta.as_object().unwrap() {
             m[k] = v.clone();
         }
-        fs::write(
-            dir.join("meta.json"),
-            serde_json::to_vec_pretty(&m).unwrap(),
-        )
-        .unwrap();
+        fs::write(dir.join("meta.json"), serde_json::to_vec_pretty(&m).unwrap()).unwrap();
         fs::write(dir.join("prompt.txt"), "prompt").unwrap();
         for (name, body) in files {
             fs::write(dir.join(name), body).unwrap();
@@ -100,9 +96,7 @@ fn wait_for(within: Duration, what: &str, mut cond: impl FnMut() -> bool) {
 
 /// Waits for a child to exit (with a deadline) and returns its output.
 fn finish(mut child: Child, within: Duration) -> Output {
-    wait_for(within, "flw to exit", || {
-        child.try_wait().unwrap().is_some()
-    });
+    wait_for(within, "flw to exit", || child.try_wait().unwrap().is_some());
     child.wait_with_output().unwrap()
 }
 
@@ -141,12 +135,7 @@ fn status_counts_states_staging_and_shows_progress() {
             br#"{"tokens":45,"tokens_per_s":12.5,"updated_at":"2026-01-01T00:00:01.000000Z"}"#,
         )],
     );
-    ws.job(
-        DONE,
-        "4",
-        json!({"duration_s": 1.25}),
-        &[("result.txt", b"ok")],
-    );
+    ws.job(DONE, "4", json!({"duration_s": 1.25}), &[("result.txt", b"ok")]);
     ws.job(FAILED, "5", json!({}), &[("error.txt", b"boom\n")]);
     fs::create_dir(ws.root.join(WRITING).join("6")).unwrap();
     fs::create_dir(ws.root.join(READY).join("not-a-job")).unwrap();
@@ -155,10 +144,7 @@ fn status_counts_states_staging_and_shows_progress() {
     assert_eq!(code(&o), 0, "{}", stderr(&o));
     let text = stdout(&o);
     assert!(text.starts_with("daemon: not running"), "{text}");
-    assert!(
-        text.contains("2 queued, 1 running, 1 done, 1 failed"),
-        "{text}"
-    );
+    assert!(text.contains("2 queued, 1 running, 1 done, 1 failed"), "{text}");
     assert!(text.contains("staging: 1"), "{text}");
     assert!(text.contains("45 tokens, 12.5 tok/s"), "{text}");
     assert!(text.contains("1.25s"), "{text}");
@@ -207,28 +193,17 @@ fn show_prints_artifacts_and_exits_0_1_2() {
         &[("embedding.json", br#"{"dim":2,"vector":[0.6,0.8]}"#)],
     );
     let audio = ws.job(DONE, "3", json!({"mode": "tts"}), &[("audio.wav", b"RIFF")]);
-    ws.job(
-        FAILED,
-        "4",
-        json!({}),
-        &[("error.txt", b"model exploded\n")],
-    );
+    ws.job(FAILED, "4", json!({}), &[("error.txt", b"model exploded\n")]);
     ws.job(READY, "5", json!({}), &[]);
     ws.job(RUNNING, "6", json!({}), &[]);
 
     let o = flw(&ws, &["1"]);
     assert_eq!((code(&o), stdout(&o).as_str()), (0, "no newline added"));
     let o = flw(&ws, &["2"]);
-    assert_eq!(
-        (code(&o), stdout(&o).as_str()),
-        (0, r#"{"dim":2,"vector":[0.6,0.8]}"#)
-    );
+    assert_eq!((code(&o), stdout(&o).as_str()), (0, r#"{"dim":2,"vector":[0.6,0.8]}"#));
     let o = flw(&ws, &["3"]);
     assert_eq!(code(&o), 0);
-    assert_eq!(
-        stdout(&o).trim_end(),
-        audio.join("audio.wav").to_str().unwrap()
-    );
+    assert_eq!(stdout(&o).trim_end(), audio.join("audio.wav").to_str().unwrap());
     let o = flw(&ws, &["4"]);
     assert_eq!((code(&o), stdout(&o).as_str()), (1, ""));
     assert!(stderr(&o).contains("model exploded"));
@@ -298,12 +273,7 @@ fn wait_returns_right_after_the_job_finishes() {
     let exited = Instant::now();
     let moved = daemon.join().unwrap();
     let o = child.wait_with_output().unwrap();
-    assert_eq!(
-        (code(&o), stdout(&o).as_str()),
-        (0, "answer"),
-        "{}",
-        stderr(&o)
-    );
+    assert_eq!((code(&o), stdout(&o).as_str()), (0, "answer"), "{}", stderr(&o));
     let lag = exited.saturating_duration_since(moved);
     assert!(
         lag < Duration::from_millis(1000),
@@ -316,12 +286,7 @@ fn wait_reads_the_id_from_stdin() {
     let ws = Ws::new();
     ws.job(DONE, "7_1_000001", json!({}), &[("result.txt", b"piped")]);
     let o = flw_stdin(&ws, &["-w"], b"7_1_000001\n");
-    assert_eq!(
-        (code(&o), stdout(&o).as_str()),
-        (0, "piped"),
-        "{}",
-        stderr(&o)
-    );
+    assert_eq!((code(&o), stdout(&o).as_str()), (0, "piped"), "{}", stderr(&o));
     ws.job(FAILED, "8", json!({}), &[("error.txt", b"nope")]);
     let o = flw_stdin(&ws, &["-w", "--json"], b"  8  ");
     assert_eq!(code(&o), 1);
@@ -359,9 +324,7 @@ fn barrier_waits_for_the_tagged_jobs_only() {
     let root = ws.root.clone();
     let daemon = thread::spawn(move || {
         thread::sleep(Duration::from_millis(200));
-        let mv = |id: &str, from: &str, to: &str| {
-            fs::rename(root.join(from).join(id), root.join(to).join(id)).unwrap()
-        };
+        let mv = |id: &str, from: &str, to: &str| fs::rename(root.join(from).join(id), root.join(to).join(id)).unwrap();
         mv("1", READY, RUNNING);
         fs::write(root.join(RUNNING).join("2").join("result.txt"), "ok").unwrap();
         mv("2", RUNNING, DONE);
@@ -401,10 +364,7 @@ fn barrier_over_children() {
     ws.job(READY, "12", json!({"parent": "99"}), &[]);
     assert_eq!(code(&flw(&ws, &["-W", "--children", "10"])), 0);
     ws.job(READY, "13", json!({"parent": "10"}), &[]);
-    assert_eq!(
-        code(&flw(&ws, &["-W", "--children", "10", "--timeout", "0.2"])),
-        2
-    );
+    assert_eq!(code(&flw(&ws, &["-W", "--children", "10", "--timeout", "0.2"])), 2);
 }
 
 // ---- --tag / --children -----------------------------------------------
@@ -413,12 +373,7 @@ fn barrier_over_children() {
 fn listing_is_ndjson_by_id_and_exits_1_on_a_failure() {
     let ws = Ws::new();
     // Created out of order, in different states.
-    ws.job(
-        FAILED,
-        "30",
-        json!({"tags": ["t"]}),
-        &[("error.txt", b"bad")],
-    );
+    ws.job(FAILED, "30", json!({"tags": ["t"]}), &[("error.txt", b"bad")]);
     ws.job(
         DONE,
         "10",
@@ -464,18 +419,11 @@ fn cancel_a_queued_job_fails_it_as_cancelled() {
     let ws = Ws::new();
     ws.job(READY, "5", json!({"tags": ["keep"]}), &[]);
     let o = flw(&ws, &["--cancel", "5"]);
-    assert_eq!(
-        (code(&o), stdout(&o).as_str()),
-        (0, "cancelled\n"),
-        "{}",
-        stderr(&o)
-    );
+    assert_eq!((code(&o), stdout(&o).as_str()), (0, "cancelled\n"), "{}", stderr(&o));
     let dir = ws.dir(FAILED, "5");
     assert!(!ws.dir(READY, "5").exists());
     assert_eq!(
-        fs::read_to_string(dir.join("error.txt"))
-            .unwrap()
-            .trim_end(),
+        fs::read_to_string(dir.join("error.txt")).unwrap().trim_end(),
         "cancelled by user before it started"
     );
     let m: Value = serde_json::from_slice(&fs::read(dir.join("meta.json")).unwrap()).unwrap();
@@ -491,12 +439,7 @@ fn cancel_a_queued_job_fails_it_as_cancelled() {
 #[test]
 fn cancel_of_a_finished_job_changes_nothing() {
     let ws = Ws::new();
-    let dir = ws.job(
-        DONE,
-        "6",
-        json!({"status": "done"}),
-        &[("result.txt", b"kept")],
-    );
+    let dir = ws.job(DONE, "6", json!({"status": "done"}), &[("result.txt", b"kept")]);
     let before = fs::read(dir.join("meta.json")).unwrap();
     let o = flw(&ws, &["--cancel", "6"]);
     assert_eq!((code(&o), stdout(&o).as_str()), (0, ""));
@@ -518,9 +461,7 @@ fn cancel_a_running_job_asks_the_daemon_and_waits() {
     let child = spawn(&ws, &["--cancel", "9", "--timeout", "20"]);
     // Play the daemon: see the cancel file, keep the partial output, fail the job.
     let cancel_file = ws.dir(RUNNING, "9").join("cancel");
-    wait_for(Duration::from_secs(20), "the cancel request", || {
-        cancel_file.exists()
-    });
+    wait_for(Duration::from_secs(20), "the cancel request", || cancel_file.exists());
     assert_eq!(fs::read(&cancel_file).unwrap(), b"");
     let dir = ws.dir(RUNNING, "9");
     fs::write(dir.join("response.txt"), "half an ans").unwrap();
@@ -529,12 +470,7 @@ fn cancel_a_running_job_asks_the_daemon_and_waits() {
     fs::write(dir.join("meta.json"), meta.to_string()).unwrap();
     ws.mv("9", RUNNING, FAILED);
     let o = finish(child, Duration::from_secs(20));
-    assert_eq!(
-        (code(&o), stdout(&o).as_str()),
-        (0, "cancelled\n"),
-        "{}",
-        stderr(&o)
-    );
+    assert_eq!((code(&o), stdout(&o).as_str()), (0, "cancelled\n"), "{}", stderr(&o));
 
     // A daemon that never answers: exit 2 at the timeout.
     ws.job(RUNNING, "10", json!({}), &[]);
@@ -564,11 +500,7 @@ fn collect_stdout(child: &mut Child) -> (Arc<Mutex<Vec<u8>>>, thread::JoinHandle
 
 fn append(path: &Path, s: &str) {
     use std::io::Write;
-    let mut f = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
+    let mut f = fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
     f.write_all(s.as_bytes()).unwrap();
 }
 
@@ -590,17 +522,9 @@ fn follow_streams_partial_text_then_completes_from_the_result() {
     append(&partial, "Hello");
     wait_for(Duration::from_secs(20), "the first chunk", printed("Hello"));
     append(&partial, ", wörld");
-    wait_for(
-        Duration::from_secs(20),
-        "the second chunk",
-        printed("Hello, wörld"),
-    );
+    wait_for(Duration::from_secs(20), "the second chunk", printed("Hello, wörld"));
     // The daemon finishes: result.txt holds more than the last partial.
-    fs::write(
-        ws.dir(RUNNING, "77").join("result.txt"),
-        "Hello, wörld! Bye.",
-    )
-    .unwrap();
+    fs::write(ws.dir(RUNNING, "77").join("result.txt"), "Hello, wörld! Bye.").unwrap();
     ws.mv("77", RUNNING, DONE);
     let o = finish(child, Duration::from_secs(20));
     reader.join().unwrap();
@@ -694,10 +618,7 @@ fn export_writes_openai_batch_output_in_batch_order() {
     let o = flw(&ws, &["--export", tag]);
     assert_eq!(code(&o), 1, "a request failed: {}", stderr(&o));
     let rows = ndjson(&o);
-    let order: Vec<&str> = rows
-        .iter()
-        .map(|r| r["custom_id"].as_str().unwrap())
-        .collect();
+    let order: Vec<&str> = rows.iter().map(|r| r["custom_id"].as_str().unwrap()).collect();
     assert_eq!(order, ["c-1", "c-2", "c-3"]);
 
     assert_eq!(

@@ -22,13 +22,32 @@ impl DirWaker {
     /// Watches `dirs` (non-recursively). When watching is impossible the
     /// waker still works, by polling every `poll`.
     pub fn new(dirs: &[&Path], poll: Duration) -> DirWaker {
+        DirWaker::watching_for(dirs, poll, false)
+    }
+
+    /// Like [`DirWaker::new`], but wakes only when an entry arrives (is
+    /// created or moved in), not when one leaves. The Scanner uses this: a
+    /// claim moves a job out of `input/ready/`, and rescanning a backlog of
+    /// thousands for every claim would make draining it quadratic.
+    pub fn arrivals(dirs: &[&Path], poll: Duration) -> DirWaker {
+        DirWaker::watching_for(dirs, poll, true)
+    }
+
+    fn watching_for(dirs: &[&Path], poll: Duration, arrivals_only: bool) -> DirWaker {
+        use notify::event::{ModifyKind, RenameMode};
+        use notify::EventKind;
         let (tx, rx) = channel();
         let poke = tx.clone();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             // Opening or listing a watched directory raises access events;
             // waking on those would make a waiter that lists the directory
             // wake itself forever. Only changes to the entries matter.
-            if res.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
+            let wake = res.is_ok_and(|e| match e.kind {
+                EventKind::Access(_) => false,
+                EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(RenameMode::From)) => !arrivals_only,
+                _ => true,
+            });
+            if wake {
                 let _ = tx.send(());
             }
         })
@@ -108,6 +127,25 @@ mod tests {
             start.elapsed() >= Duration::from_millis(250),
             "woke after {:?}",
             start.elapsed()
+        );
+    }
+
+    #[test]
+    fn an_arrivals_waker_ignores_entries_moving_out() {
+        let d = tempfile::tempdir().unwrap();
+        let other = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("1")).unwrap();
+        let waker = DirWaker::arrivals(&[d.path()], Duration::from_millis(300));
+        std::fs::rename(d.path().join("1"), other.path().join("1")).unwrap();
+        let start = Instant::now();
+        waker.wait(None);
+        assert!(start.elapsed() >= Duration::from_millis(250), "a departure woke it");
+        std::fs::rename(other.path().join("1"), d.path().join("1")).unwrap();
+        let start = Instant::now();
+        waker.wait(None);
+        assert!(
+            start.elapsed() < Duration::from_millis(250),
+            "an arrival did not wake it"
         );
     }
 

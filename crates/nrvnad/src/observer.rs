@@ -86,12 +86,6 @@ impl JobObserver {
         cancel_requested(&self.dir)
     }
 
-    /// Writes what is buffered (at the end of a job, and periodically).
-    pub fn flush(&self) {
-        let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
-        self.flush_locked(&mut p);
-    }
-
     fn flush_locked(&self, p: &mut Progress) {
         p.unflushed = 0;
         p.last_flush = Instant::now();

@@ -158,8 +158,9 @@ impl Processor {
             };
             return self.fail(id, &dir, meta, f, claimed, Some(&used));
         }
+        // No final flush of partial.txt/progress.json: result.txt (or
+        // response.txt) follows at once, and each file is a new inode.
         let result = self.runner.run(req, obs.clone());
-        obs.flush();
         match result {
             Ok(out) => self.finish_done(id, &dir, spec, out, &used, claimed),
             Err(RunError::Stopped { reason, partial, .. }) => match obs.stop_kind() {

@@ -134,7 +134,7 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
         workers.push(h);
     }
     let ready_dir = ws.dir(State::Ready);
-    let waker = DirWaker::new(&[&ready_dir], scanner::SCAN_INTERVAL);
+    let waker = DirWaker::arrivals(&[&ready_dir], scanner::SCAN_INTERVAL);
     let poke = waker.poker();
     let sh = shared.clone();
     let scanner = std::thread::Builder::new()

@@ -40,9 +40,7 @@ pub fn new_batch_tag() -> String {
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
     let shown = path.display();
     let f = File::open(path).with_context(|| format!("opening batch file {shown}"))?;
-    let md = f
-        .metadata()
-        .with_context(|| format!("reading batch file {shown}"))?;
+    let md = f.metadata().with_context(|| format!("reading batch file {shown}"))?;
     if !md.is_file() {
         bail!("batch file {shown} is not a regular file");
     }
@@ -67,8 +65,7 @@ pub fn parse(bytes: &[u8], defaults: &Defaults, tag: &str) -> Result<Vec<Submiss
         if raw.iter().all(u8::is_ascii_whitespace) {
             continue;
         }
-        let sub =
-            parse_line(raw, line_no, defaults, tag).with_context(|| format!("line {line_no}"))?;
+        let sub = parse_line(raw, line_no, defaults, tag).with_context(|| format!("line {line_no}"))?;
         let custom_id = sub.extra_meta["custom_id"].as_str().unwrap_or_default();
         if let Some(first) = seen.insert(custom_id.to_owned(), line_no) {
             bail!("line {line_no}: custom_id {custom_id:?} is already used on line {first}; custom_ids must be unique");
@@ -87,11 +84,7 @@ pub fn parse(bytes: &[u8], defaults: &Defaults, tag: &str) -> Result<Vec<Submiss
 pub fn publish_all(ws: &Workspace, subs: &[Submission]) -> Result<Vec<JobId>> {
     let mut staged = Vec::with_capacity(subs.len());
     for (n, s) in subs.iter().enumerate() {
-        let line = s
-            .extra_meta
-            .get("batch_line")
-            .cloned()
-            .unwrap_or(Value::Null);
+        let line = s.extra_meta.get("batch_line").cloned().unwrap_or(Value::Null);
         staged.push(
             s.stage(ws)
                 .with_context(|| format!("staging request {} (line {line})", n + 1))?,
@@ -109,15 +102,10 @@ pub fn publish_all(ws: &Workspace, subs: &[Submission]) -> Result<Vec<JobId>> {
                     format!(
                         "{} job(s) were already claimed by a worker and stay published: {}",
                         kept.len(),
-                        kept.iter()
-                            .map(JobId::as_str)
-                            .collect::<Vec<_>>()
-                            .join(", ")
+                        kept.iter().map(JobId::as_str).collect::<Vec<_>>().join(", ")
                     )
                 };
-                return Err(
-                    anyhow::Error::new(e).context(format!("publishing the batch failed; {note}"))
-                );
+                return Err(anyhow::Error::new(e).context(format!("publishing the batch failed; {note}")));
             }
         }
     }
@@ -174,8 +162,7 @@ fn parse_line(raw: &[u8], line_no: usize, defaults: &Defaults, tag: &str) -> Res
         .chain(defaults.tags.iter().cloned())
         .collect();
     sub.parent = defaults.parent.clone();
-    sub.extra_meta
-        .insert("custom_id".into(), Value::String(custom_id));
+    sub.extra_meta.insert("custom_id".into(), Value::String(custom_id));
     sub.extra_meta.insert("batch_line".into(), line_no.into());
     sub.validate()?;
     Ok(sub)
@@ -197,8 +184,7 @@ fn chat_request(body: &Map<String, Value>, defaults: &Defaults) -> Result<Submis
             .get("role")
             .and_then(Value::as_str)
             .ok_or_else(|| anyhow!("body.messages[{i}].role is missing or not a string"))?;
-        let content = message_text(m.get("content"))
-            .map_err(|e| anyhow!("body.messages[{i}].content {e}"))?;
+        let content = message_text(m.get("content")).map_err(|e| anyhow!("body.messages[{i}].content {e}"))?;
         match role {
             "system" | "developer" => system.push(content),
             "user" | "assistant" | "tool" => turns.push((role.to_owned(), content)),
@@ -277,9 +263,7 @@ fn chat_request(body: &Map<String, Value>, defaults: &Defaults) -> Result<Submis
 fn embed_request(body: &Map<String, Value>, defaults: &Defaults) -> Result<Submission> {
     let input = match body.get("input") {
         Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => {
-            a[0].as_str().unwrap_or_default().to_owned()
-        }
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap_or_default().to_owned(),
         Some(Value::Array(_)) => {
             bail!("body.input must be one string; put each text to embed on its own line")
         }
@@ -334,9 +318,7 @@ fn response_format(rf: Option<&Value>) -> Result<Option<OutputFormat>> {
     };
     match rf.get("type").and_then(Value::as_str) {
         Some("text") => Ok(None),
-        Some("json_object") => Ok(Some(OutputFormat::JsonSchema(
-            "{\"type\": \"object\"}\n".into(),
-        ))),
+        Some("json_object") => Ok(Some(OutputFormat::JsonSchema("{\"type\": \"object\"}\n".into()))),
         Some("json_schema") => {
             let schema = rf
                 .get("json_schema")
@@ -347,9 +329,7 @@ fn response_format(rf: Option<&Value>) -> Result<Option<OutputFormat>> {
             text.push('\n');
             Ok(Some(OutputFormat::JsonSchema(text)))
         }
-        Some(other) => bail!(
-            "body.response_format.type {other:?} is not one of text, json_object, json_schema"
-        ),
+        Some(other) => bail!("body.response_format.type {other:?} is not one of text, json_object, json_schema"),
         None => bail!("body.response_format.type is missing"),
     }
 }
@@ -388,7 +368,8 @@ mod tests {
 
     #[test]
     fn embeddings_and_response_format() {
-        let e = one(r#"{"custom_id":"e","method":"POST","url":"/v1/embeddings","body":{"input":"text","model":"m"}}"#).unwrap();
+        let e = one(r#"{"custom_id":"e","method":"POST","url":"/v1/embeddings","body":{"input":"text","model":"m"}}"#)
+            .unwrap();
         assert_eq!(e.job_type, JobType::Embed);
         assert_eq!(e.prompt, "text");
         let j = one(r#"{"custom_id":"j","method":"POST","url":"/v1/chat/completions","body":{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"n","schema":{"type":"object"}}}}}"#).unwrap();
@@ -397,8 +378,7 @@ mod tests {
 
     #[test]
     fn bad_lines_name_their_line_number() {
-        let good =
-            r#"{"custom_id":"a","method":"POST","url":"/v1/embeddings","body":{"input":"x"}}"#;
+        let good = r#"{"custom_id":"a","method":"POST","url":"/v1/embeddings","body":{"input":"x"}}"#;
         for (bad, want) in [
             (
                 r#"{"custom_id":"b","method":"GET","url":"/v1/embeddings","body":{"input":"x"}}"#,

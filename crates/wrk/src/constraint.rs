@@ -18,8 +18,8 @@ pub const MAX_CONSTRAINT_BYTES: u64 = 256 * 1024;
 /// Reads and checks a `--json-schema` file.
 pub fn json_schema_file(path: &Path) -> Result<OutputFormat> {
     let text = read_constraint_file(path, "--json-schema")?;
-    let v: Value = serde_json::from_str(&text)
-        .map_err(|e| anyhow!("--json-schema {} is not valid JSON: {e}", path.display()))?;
+    let v: Value =
+        serde_json::from_str(&text).map_err(|e| anyhow!("--json-schema {} is not valid JSON: {e}", path.display()))?;
     check_schema(&v).with_context(|| format!("--json-schema {}", path.display()))?;
     Ok(OutputFormat::JsonSchema(text))
 }
@@ -60,8 +60,7 @@ fn read_constraint_file(path: &Path, flag: &str) -> Result<String> {
         }
         ReadError::Io(e) => anyhow!("{flag} {shown}: reading it failed: {e}"),
     })?;
-    let text =
-        String::from_utf8(bytes).map_err(|_| anyhow!("{flag} {shown} is not valid UTF-8"))?;
+    let text = String::from_utf8(bytes).map_err(|_| anyhow!("{flag} {shown} is not valid UTF-8"))?;
     if text.trim().is_empty() {
         bail!("{flag} {shown} is empty");
     }

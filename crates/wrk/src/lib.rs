@@ -38,16 +38,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .map_err(|e| anyhow!("invalid parameters: {e}"))?;
         let tag = batch::new_batch_tag();
         let bytes = batch::read_file(file)?;
-        let subs = batch::parse(&bytes, &defaults, &tag)
-            .with_context(|| format!("refusing batch file {}", file.display()))?;
+        let subs =
+            batch::parse(&bytes, &defaults, &tag).with_context(|| format!("refusing batch file {}", file.display()))?;
         let ws = open_or_create(&args)?;
-        batch::publish_all(&ws, &subs).with_context(|| {
-            format!(
-                "submitting batch file {} to {}",
-                file.display(),
-                ws.root().display()
-            )
-        })?;
+        batch::publish_all(&ws, &subs)
+            .with_context(|| format!("submitting batch file {} to {}", file.display(), ws.root().display()))?;
         tag
     } else {
         let mut sub = Submission::text(String::new());
@@ -58,11 +53,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             sub.job_type = JobType::Embed;
         }
         sub.output = match (&args.json_schema, &args.grammar) {
-            (Some(_), Some(_)) => {
-                return Err(anyhow!(
-                    "--json-schema and --grammar cannot be used together; give one"
-                ))
-            }
+            (Some(_), Some(_)) => return Err(anyhow!("--json-schema and --grammar cannot be used together; give one")),
             (Some(f), None) => Some(constraint::json_schema_file(f)?),
             (None, Some(f)) => Some(constraint::grammar_file(f)?),
             (None, None) => None,

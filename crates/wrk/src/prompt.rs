@@ -38,9 +38,7 @@ pub fn read_stdin(limit: u64) -> Result<String> {
         .context("reading the prompt from stdin")?;
     strip_one_newline(&mut buf);
     if buf.len() as u64 > limit {
-        bail!(
-            "the prompt on stdin is over the limit of {limit} bytes (raise NRVNA_MAX_PROMPT_SIZE to allow it)"
-        );
+        bail!("the prompt on stdin is over the limit of {limit} bytes (raise NRVNA_MAX_PROMPT_SIZE to allow it)");
     }
     String::from_utf8(buf).map_err(|e| {
         anyhow::anyhow!(

@@ -29,13 +29,9 @@ fn wrk(ws: &Path, args: &[&str], stdin: Option<&[u8]>, env: &[(&str, &str)]) -> 
     for (k, v) in env {
         cmd.env(k, v);
     }
-    cmd.stdin(if stdin.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
-    })
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn wrk");
     if let Some(bytes) = stdin {
         let mut si = child.stdin.take().unwrap();
@@ -63,10 +59,7 @@ fn published(ws: &Path, out: &Output) -> PathBuf {
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        stdout.ends_with('\n') && stdout.lines().count() == 1,
-        "{stdout:?}"
-    );
+    assert!(stdout.ends_with('\n') && stdout.lines().count() == 1, "{stdout:?}");
     let id = JobId::parse(stdout.trim_end()).expect("stdout is a job id");
     let dir = ws.join("input/ready").join(id.as_str());
     assert!(dir.is_dir(), "{} is not queued", id);
@@ -83,14 +76,8 @@ fn assert_refused(ws: &Path, out: &Output, needle: &str) {
         stderr.to_lowercase().contains(&needle.to_lowercase()),
         "stderr {stderr:?} should mention {needle:?}"
     );
-    assert!(
-        entries(&ws.join("input/ready")).is_empty(),
-        "something was published"
-    );
-    assert!(
-        entries(&ws.join("input/writing")).is_empty(),
-        "staging left behind"
-    );
+    assert!(entries(&ws.join("input/ready")).is_empty(), "something was published");
+    assert!(entries(&ws.join("input/writing")).is_empty(), "staging left behind");
 }
 
 fn meta(dir: &Path) -> Meta {
@@ -110,10 +97,7 @@ fn prints_a_valid_id_and_queues_prompt_and_meta() {
     let m = meta(&dir);
     assert_eq!(m.str("mode"), Some("text"));
     assert!(m.str("submitted_at").unwrap().ends_with('Z'));
-    assert!(
-        !dir.join("params.json").exists(),
-        "no flags, no params.json"
-    );
+    assert!(!dir.join("params.json").exists(), "no flags, no params.json");
     assert!(out.stderr.is_empty());
 }
 
@@ -197,8 +181,7 @@ fn embed_schema_and_grammar_jobs() {
 
     let files = tempfile::tempdir().unwrap();
     let schema = files.path().join("s.json");
-    let schema_text =
-        r#"{"type":"object","properties":{"name":{"type":"string"}},"required":["name"]}"#;
+    let schema_text = r#"{"type":"object","properties":{"name":{"type":"string"}},"required":["name"]}"#;
     fs::write(&schema, schema_text).unwrap();
     let out = wrk(
         &w.root,
@@ -224,12 +207,7 @@ fn embed_schema_and_grammar_jobs() {
 }
 
 /// Arguments, stdin, environment, and a word the error message must contain.
-type Case<'a> = (
-    Vec<&'a str>,
-    Option<&'a [u8]>,
-    Vec<(&'a str, &'a str)>,
-    &'a str,
-);
+type Case<'a> = (Vec<&'a str>, Option<&'a [u8]>, Vec<(&'a str, &'a str)>, &'a str);
 
 #[test]
 fn every_refusal_exits_1_and_publishes_nothing() {
@@ -282,18 +260,8 @@ fn every_refusal_exits_1_and_publishes_nothing() {
         ),
         (vec!["-"], Some(b"bad \xff utf8"), vec![], "UTF-8"),
         (vec!["-"], Some(b"a\0b"), vec![], "NUL"),
-        (
-            vec!["--json-schema", &not_json, "x"],
-            None,
-            vec![],
-            "not valid JSON",
-        ),
-        (
-            vec!["--json-schema", &not_schema, "x"],
-            None,
-            vec![],
-            "JSON Schema",
-        ),
+        (vec!["--json-schema", &not_json, "x"], None, vec![], "not valid JSON"),
+        (vec!["--json-schema", &not_schema, "x"], None, vec![], "JSON Schema"),
         (vec!["--json-schema", &empty, "x"], None, vec![], "empty"),
         (vec!["--json-schema", &link, "x"], None, vec![], "symlink"),
         (
@@ -320,12 +288,7 @@ fn every_refusal_exits_1_and_publishes_nothing() {
         (vec!["--max-tokens", "0", "x"], None, vec![], "max_tokens"),
         (vec!["--timeout", "0", "x"], None, vec![], "timeout"),
         (vec!["--batch", &bad_batch], None, vec![], "line 2"),
-        (
-            vec!["--batch", "/no/such.jsonl"],
-            None,
-            vec![],
-            "batch file",
-        ),
+        (vec!["--batch", "/no/such.jsonl"], None, vec![], "batch file"),
     ];
     for (args, stdin, env, needle) in cases {
         let w = ws();
@@ -359,18 +322,10 @@ fn batch_publishes_every_line_with_custom_ids_and_prints_the_tag() {
         None,
         &[],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8(out.stdout).unwrap();
     let tag = stdout.trim_end();
-    assert!(
-        tag.starts_with("batch_") && stdout.lines().count() == 1,
-        "{stdout:?}"
-    );
+    assert!(tag.starts_with("batch_") && stdout.lines().count() == 1, "{stdout:?}");
 
     let ready = w.root.join("input/ready");
     let mut ids = entries(&ready);
@@ -388,10 +343,7 @@ fn batch_publishes_every_line_with_custom_ids_and_prints_the_tag() {
                 assert_eq!(line, 1);
                 assert_eq!(read(&dir, "prompt.txt"), "Hi");
                 let p: Value = serde_json::from_str(&read(&dir, "params.json")).unwrap();
-                assert_eq!(
-                    p,
-                    json!({"system": "Be brief.", "temp": 0.0, "max_tokens": 10})
-                );
+                assert_eq!(p, json!({"system": "Be brief.", "temp": 0.0, "max_tokens": 10}));
             }
             "req-2" => {
                 assert_eq!(line, 3);
@@ -422,11 +374,7 @@ fn batch_with_a_duplicate_custom_id_publishes_nothing() {
                       "body": {"input": "x"}});
     fs::write(&path, format!("{line}\n{line}\n")).unwrap();
     let out = wrk(&w.root, &["--batch", path.to_str().unwrap()], None, &[]);
-    assert_refused(
-        &w.root,
-        &out,
-        "line 2: custom_id \"same\" is already used on line 1",
-    );
+    assert_refused(&w.root, &out, "line 2: custom_id \"same\" is already used on line 1");
 }
 
 #[test]
@@ -443,10 +391,5 @@ fn broken_stdout_pipe_still_exits_0() {
         .unwrap();
     drop(child.stdout.take());
     let out = child.wait_with_output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
