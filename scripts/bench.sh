@@ -15,4 +15,4 @@ cargo build --release --workspace
 scripts/fetch-model.sh
 cmd="scripts/bench.sh"
 for a in "$@"; do cmd+=" $(printf '%q' "$a")"; done
-NRVNA_BENCH_COMMAND="$cmd" exec target/release/nrvna-bench --out bench-out "$@"
+NRVNA_BENCH_COMMAND="$cmd" exec "${CARGO_TARGET_DIR:-target}/release/nrvna-bench" --out bench-out "$@"

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 cargo build --release --workspace --quiet
 scripts/fetch-model.sh
-bin=target/release
+bin=${CARGO_TARGET_DIR:-target}/release
 ws=${1:-$(mktemp -d -t nrvna-demo.XXXXXX)}
 model=models/SmolLM2-135M-Instruct.Q4_1.gguf
 
