@@ -43,6 +43,7 @@ pub fn recover(ws: &Workspace, max: u64) -> Recovered {
             }
             continue;
         }
+        remove_temp_files(&dir);
         let meta = match read_optional(&dir.join("meta.json"), MAX_META_BYTES) {
             Ok(Some(b)) => Meta::parse(&b).map_err(|e| e.to_string()),
             Ok(None) => Ok(Meta::new()),
@@ -101,6 +102,20 @@ pub fn recover(ws: &Workspace, max: u64) -> Recovered {
     }
     r.staging_removed = clean_staging(ws, STAGING_MAX_AGE);
     r
+}
+
+/// Removes `NAME.tmp` files that a daemon killed mid-write left in a job
+/// directory, so that they never travel into `output/` or `failed/`.
+fn remove_temp_files(dir: &std::path::Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let is_tmp = e.file_name().to_str().is_some_and(|n| n.ends_with(".tmp"));
+        if is_tmp && e.file_type().is_ok_and(|t| t.is_file() || t.is_symlink()) {
+            let _ = fs::remove_file(e.path());
+        }
+    }
 }
 
 /// Removes staging directories older than `age`; returns how many.

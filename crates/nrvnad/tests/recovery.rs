@@ -208,3 +208,28 @@ fn recovery_keeps_an_invalid_meta_json_and_the_job_fails_like_a_queued_one() {
         "the original meta.json is kept"
     );
 }
+
+/// Regression (found by the torture test): a daemon killed while writing
+/// result.txt.tmp left it in the job, and recovery at the attempt ceiling
+/// moved it into failed/ with the job.
+#[test]
+fn recovery_removes_temp_files_a_killed_daemon_left_behind() {
+    let ws = TestWs::new();
+    ws.create_dirs();
+    let files: [(&str, &[u8]); 3] = [
+        ("prompt.txt", b"Say hi."),
+        ("meta.json", br#"{"mode":"text","recovery_attempts":3}"#),
+        ("result.txt.tmp", b"half a resu"),
+    ];
+    ws.make_job(PROCESSING, "42", &files);
+    let mut d = ws.drain(&[], &[]);
+    assert_eq!(d.code(), 1, "the job fails at the ceiling");
+    assert!(ws.is_in(FAILED, "42"));
+    for f in fs::read_dir(ws.job(FAILED, "42")).unwrap().flatten() {
+        assert!(
+            !f.file_name().to_string_lossy().ends_with(".tmp"),
+            "{} left in failed/",
+            f.path().display()
+        );
+    }
+}
