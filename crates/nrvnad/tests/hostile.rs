@@ -315,3 +315,36 @@ fn a_full_disk_keeps_jobs_recoverable_and_they_run_once_space_is_freed() {
     d.signal(libc::SIGTERM);
     d.wait_exit(JOB);
 }
+
+#[test]
+fn stop_never_signals_a_process_that_does_not_hold_the_lock() {
+    let ws = TestWs::new();
+    ws.create_dirs();
+    // Someone (this test) holds the lock, and the pid file names an innocent process.
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(ws.path().join(".nrvnad.lock"))
+        .unwrap();
+    use std::os::fd::AsRawFd;
+    assert_eq!(
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
+        0
+    );
+    let mut innocent = Command::new("sleep").arg("30").spawn().unwrap();
+    fs::write(ws.path().join(".nrvnad.pid"), format!("{}\n", innocent.id())).unwrap();
+    let r = ws.ctl("stop", &["--timeout", "1"]);
+    r.expect_code(1, "stop with a stale pid file");
+    assert!(r.stderr.contains("refusing to signal"), "{}", r.stderr);
+    assert!(
+        innocent.try_wait().unwrap().is_none(),
+        "the innocent process was signalled"
+    );
+    // Our own pid is a live process holding the lock, but not an nrvnad.
+    fs::write(ws.path().join(".nrvnad.pid"), format!("{}\n", std::process::id())).unwrap();
+    ws.ctl("stop", &["--timeout", "1"])
+        .expect_code(1, "stop with a pid that is not nrvnad");
+    let _ = innocent.kill();
+    let _ = innocent.wait();
+}
