@@ -7,14 +7,12 @@
 //! the job is claimed or after it finished. Wakes on inotify events in the
 //! state directories and in the job's directory, with a slow poll behind.
 
-use std::fs::OpenOptions;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use nrvna_core::fsio::{read_optional, ReadError};
+use nrvna_core::fsio::{open_regular, read_optional, ReadError};
 use nrvna_core::live::PARTIAL_FILE;
 use nrvna_core::wait::DirWaker;
 use nrvna_core::{JobId, State, Workspace};
@@ -140,18 +138,11 @@ fn finish(
 /// The bytes of a file from `offset` on; empty when it does not exist yet
 /// (or vanished because the job just moved on).
 fn read_from(path: &std::path::Path, offset: u64) -> io::Result<Vec<u8>> {
-    let f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path);
-    let mut f = match f {
+    let mut f = match open_regular(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e),
+        Err(ReadError::Missing) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
     };
-    if !f.metadata()?.is_file() {
-        return Err(io::Error::other("is not a regular file"));
-    }
     f.seek(SeekFrom::Start(offset))?;
     let mut buf = Vec::new();
     f.read_to_end(&mut buf)?;

@@ -3,9 +3,7 @@
 //! on stderr, queued/running print the state on stderr; `--json` prints
 //! the job's one-line summary instead.
 
-use std::fs::OpenOptions;
 use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -102,12 +100,6 @@ pub fn print_artifact(job: &JobView) -> Result<()> {
 
 /// Copies a regular file to `out` without following a symlink.
 pub fn copy_file(path: &Path, out: &mut impl Write) -> io::Result<u64> {
-    let mut f = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
-    if !f.metadata()?.is_file() {
-        return Err(io::Error::other("not a regular file"));
-    }
+    let mut f = nrvna_core::fsio::open_regular(path)?;
     io::copy(&mut f, out)
 }

@@ -98,27 +98,45 @@ pub enum ReadError {
     Io(io::Error),
 }
 
-/// Reads a regular file without following a symlink (O_NOFOLLOW) and without
-/// blocking on a FIFO (O_NONBLOCK), refusing anything over `limit` bytes.
-pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+impl From<ReadError> for io::Error {
+    fn from(e: ReadError) -> io::Error {
+        match e {
+            ReadError::Io(e) => e,
+            ReadError::Missing => io::Error::new(io::ErrorKind::NotFound, "is missing"),
+            other => io::Error::other(other.to_string()),
+        }
+    }
+}
+
+/// Opens a regular file for reading without following a symlink
+/// (O_NOFOLLOW) and without blocking on a FIFO (O_NONBLOCK). Every reader of
+/// job files goes through here.
+pub fn open_regular(path: &Path) -> Result<File, ReadError> {
     let f = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
         .open(path);
-    let mut f = match f {
+    let f = match f {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(ReadError::Missing),
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Err(ReadError::Symlink),
         Err(e) => return Err(ReadError::Io(e)),
     };
-    let md = f.metadata().map_err(ReadError::Io)?;
-    if !md.file_type().is_file() {
+    if !f.metadata().map_err(ReadError::Io)?.file_type().is_file() {
         return Err(ReadError::NotRegular);
     }
-    if md.len() > limit {
+    Ok(f)
+}
+
+/// Reads a regular file through [`open_regular`], refusing anything over
+/// `limit` bytes.
+pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    let mut f = open_regular(path)?;
+    let len = f.metadata().map_err(ReadError::Io)?.len();
+    if len > limit {
         return Err(ReadError::TooLarge { limit });
     }
-    let mut buf = Vec::with_capacity(md.len() as usize);
+    let mut buf = Vec::with_capacity(len as usize);
     // Read at most limit+1 so a file that grows under us is still caught.
     (&mut f).take(limit + 1).read_to_end(&mut buf).map_err(ReadError::Io)?;
     if buf.len() as u64 > limit {

@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -94,7 +95,7 @@ impl JobObserver {
                 p.file = OpenOptions::new()
                     .create(true)
                     .append(true)
-                    .custom_flags_nofollow()
+                    .custom_flags(libc::O_NOFOLLOW)
                     .open(self.dir.join(PARTIAL_FILE))
                     .ok();
             }
@@ -112,16 +113,6 @@ impl JobObserver {
             updated_at: iso8601_utc(SystemTime::now()),
         };
         let _ = rec.write(&self.dir);
-    }
-}
-
-trait NoFollow {
-    fn custom_flags_nofollow(&mut self) -> &mut Self;
-}
-impl NoFollow for OpenOptions {
-    fn custom_flags_nofollow(&mut self) -> &mut Self {
-        use std::os::unix::fs::OpenOptionsExt;
-        self.custom_flags(libc::O_NOFOLLOW)
     }
 }
 
