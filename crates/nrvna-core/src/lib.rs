@@ -3,6 +3,7 @@
 //! and the daemon's lifecycle files. `wrk` and `flw` need nothing else, so
 //! this crate never links llama.cpp.
 
+pub mod config;
 pub mod fsio;
 pub mod id;
 pub mod job;
