@@ -1,6 +1,7 @@
 //! Process-wide settings of the contract library, built once: whether
-//! transitions fsync (`NRVNA_FSYNC`) and the largest prompt accepted
-//! (`NRVNA_MAX_PROMPT_SIZE`). The daemon installs them from its flags; the
+//! transitions fsync (`NRVNA_FSYNC`), the largest prompt accepted
+//! (`NRVNA_MAX_PROMPT_SIZE`), and how often a waiter polls when no
+//! filesystem event comes (`NRVNA_WAIT_POLL_MS`). The daemon installs them from its flags; the
 //! light tools read them from the environment at start, where a bad value is
 //! an error that names the variable.
 
@@ -8,6 +9,8 @@ use std::sync::OnceLock;
 
 /// Default largest prompt, in bytes.
 pub const DEFAULT_MAX_PROMPT_BYTES: u64 = 1 << 20;
+/// Default fallback poll of waiters (`flw -w`, `-W`, `-f`), in milliseconds.
+pub const DEFAULT_WAIT_POLL_MS: u64 = 500;
 
 /// The contract library's settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,6 +19,9 @@ pub struct Settings {
     pub fsync: bool,
     /// The largest `prompt.txt`, in bytes.
     pub max_prompt_bytes: u64,
+    /// How often waiters look again without a filesystem event (inotify
+    /// wakes them at once; this is the fallback for filesystems without).
+    pub wait_poll: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -23,6 +29,7 @@ impl Default for Settings {
         Settings {
             fsync: true,
             max_prompt_bytes: DEFAULT_MAX_PROMPT_BYTES,
+            wait_poll: std::time::Duration::from_millis(DEFAULT_WAIT_POLL_MS),
         }
     }
 }
@@ -54,6 +61,15 @@ impl Settings {
             s.max_prompt_bytes = v.trim().parse().ok().filter(|&n| n > 0).ok_or_else(|| {
                 format!("NRVNA_MAX_PROMPT_SIZE={v:?} is not a positive number of bytes; fix or unset it")
             })?;
+        }
+        if let Some(v) = std::env::var("NRVNA_WAIT_POLL_MS")
+            .ok()
+            .filter(|v| !v.trim().is_empty())
+        {
+            let ms: u64 = v.trim().parse().ok().filter(|&n| n >= 10).ok_or_else(|| {
+                format!("NRVNA_WAIT_POLL_MS={v:?} is not a number of milliseconds (10 or more); fix or unset it")
+            })?;
+            s.wait_poll = std::time::Duration::from_millis(ms);
         }
         Ok(s)
     }

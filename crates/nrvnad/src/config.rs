@@ -37,6 +37,7 @@ impl Config {
         nrvna_core::config::install(nrvna_core::config::Settings {
             fsync: a.fsync,
             max_prompt_bytes: a.max_prompt_size,
+            ..nrvna_core::config::Settings::default()
         })
         .map_err(anyhow::Error::msg)?;
         let engine_cfg = EngineConfig {
