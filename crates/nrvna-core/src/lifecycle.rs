@@ -108,9 +108,15 @@ pub fn lock_held(ws: &Workspace) -> bool {
     }
 }
 
-/// The pid in `.nrvnad.pid`, if readable.
+fn pid_in(ws: &Workspace, file: &str) -> Option<u32> {
+    let b = crate::fsio::read_limited(&ws.file(file), 64).ok()?;
+    String::from_utf8(b).ok()?.trim().parse().ok().filter(|&p| p > 0)
+}
+
+/// The daemon's pid: from `.nrvnad.lock`, where the lock holder of either
+/// implementation writes it, else from `.nrvnad.pid`.
 pub fn read_pid(ws: &Workspace) -> Option<u32> {
-    fs::read_to_string(ws.file(PID_FILE)).ok()?.trim().parse().ok()
+    pid_in(ws, LOCK_FILE).or_else(|| pid_in(ws, PID_FILE))
 }
 
 /// Whether `pid` is a running (not zombie) process called `nrvnad`
@@ -132,7 +138,7 @@ pub fn is_nrvnad(pid: u32) -> bool {
 /// daemon takes no flock). A stale pid file (process gone, or the pid reused
 /// by another program) names nobody.
 pub fn unlocked_owner(ws: &Workspace) -> Option<u32> {
-    let pid = read_pid(ws)?;
+    let pid = pid_in(ws, PID_FILE)?;
     (pid != std::process::id() && is_nrvnad(pid)).then_some(pid)
 }
 

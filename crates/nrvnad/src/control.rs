@@ -37,14 +37,20 @@ pub fn status(ws_path: &Path, json: bool) -> Result<ExitCode> {
         println!("{v}");
     } else {
         match (code, read_info(&ws)) {
-            (0, Some(i)) => println!(
-                "ready (pid {}, model {}, {} workers, {} engine, since {})",
-                pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
-                i["model"].as_str().unwrap_or("?"),
-                i["workers"],
-                i["engine"].as_str().unwrap_or("?"),
-                i["started_at"].as_str().unwrap_or("?")
-            ),
+            (0, Some(i)) => {
+                // The C++ daemon's info has no engine.
+                let engine = i["engine"]
+                    .as_str()
+                    .map(|e| format!(", {e} engine"))
+                    .unwrap_or_default();
+                println!(
+                    "ready (pid {}, model {}, {} workers{engine}, since {})",
+                    pid.map(|p| p.to_string()).unwrap_or_else(|| "?".into()),
+                    i["model"].as_str().unwrap_or("?"),
+                    i["workers"],
+                    i["started_at"].as_str().unwrap_or("?")
+                )
+            }
             (1, _) => println!("not running"),
             _ => println!(
                 "{word} (pid {})",
