@@ -186,8 +186,9 @@ pub fn explain_grammar_main(model: &std::path::Path) -> anyhow::Result<std::proc
 ///
 /// For fault-injection tests, a prompt that is exactly one of these makes
 /// it misbehave: `nrvna-test:panic` panics in the worker,
-/// `nrvna-test:fault` reports an engine fault, `nrvna-test:hang` ignores
-/// every stop request for an hour (a stuck job).
+/// `nrvna-test:fault` reports an engine fault, `nrvna-test:hang` writes
+/// "hanging" to partial.txt, then ignores every stop request for an hour
+/// (a stuck job).
 pub struct EchoRunner;
 
 impl Runner for EchoRunner {
@@ -205,7 +206,14 @@ impl Runner for EchoRunner {
                 match t.prompt.as_str() {
                     "nrvna-test:panic" => panic!("echo engine: injected panic"),
                     "nrvna-test:fault" => return Err(RunError::Fault("echo engine: injected fault".into())),
-                    "nrvna-test:hang" => std::thread::sleep(Duration::from_secs(3600)),
+                    "nrvna-test:hang" => {
+                        // Show that it is running (partial.txt), then stop
+                        // listening to anything.
+                        obs.on_text("hanging", 1);
+                        std::thread::sleep(crate::observer::FLUSH_INTERVAL + Duration::from_millis(20));
+                        obs.poll();
+                        std::thread::sleep(Duration::from_secs(3600));
+                    }
                     _ => {}
                 }
                 obs.on_text(&t.prompt, 1);
