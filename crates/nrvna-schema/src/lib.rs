@@ -532,25 +532,28 @@ impl<'a> Converter<'a> {
             t.end = true;
         }
         fn walk(t: &Trie, ch: &str) -> String {
+            if t.children.is_empty() {
+                // After a whole listed name: at least one more character.
+                return format!("{ch}+");
+            }
             let mut alts = Vec::new();
-            let mut excluded: Vec<(char, char)> = vec![('"', '"'), ('\\', '\\'), ('\x7f', '\x7f'), ('\0', '\x1f')];
+            // Any other first character, then any characters. As in
+            // llama.cpp, that first character is only kept from being a
+            // quote or a listed continuation.
+            let mut excluded: Vec<(char, char)> = vec![('"', '"')];
             for (c, sub) in &t.children {
                 alts.push(format!("{} ( {} )", class(&[(*c, *c)], false), walk(sub, ch)));
                 excluded.push((*c, *c));
             }
-            // Any other first character: an unescaped one not listed, or an escape.
-            alts.push(format!(
-                "( {} | \"\\\\\" ( [\"\\\\bfnrt] | \"u\" [0-9a-fA-F]{{4}} ) ) {ch}*",
-                class(&excluded, true)
-            ));
-            let body = alts.join(" | ");
-            if t.end {
-                body
-            } else {
-                format!("( {body} )?")
-            }
+            alts.push(format!("{} {ch}*", class(&excluded, true)));
+            alts.join(" | ")
         }
-        format!("\"\\\"\" ( {} ) \"\\\"\"", walk(&trie, &ch))
+        // The empty key is allowed unless it is listed. Like llama.cpp's
+        // rule (whose language this keeps), a key that stops inside a
+        // listed name (`a` beside `ab`) is refused too: stricter than the
+        // schema, never looser.
+        let empty = if trie.end { "" } else { "?" };
+        format!("\"\\\"\" ( {} ){empty} \"\\\"\"", walk(&trie, &ch))
     }
 
     fn all_of(&mut self, obj: &'a Map<String, Value>, at: &str, name: &str) -> Result<String, SchemaError> {
