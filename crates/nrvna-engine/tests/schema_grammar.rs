@@ -123,12 +123,19 @@ impl Gen<'_> {
                     Some(r) => self.root.pointer(&r[1..]).expect("ref"),
                     None => p,
                 };
-                let req: Vec<&str> = p["required"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(Value::as_str).collect())
-                    .unwrap_or_default();
-                for (k, v) in p["properties"].as_object().expect("allOf of objects") {
-                    props.push((k.clone(), v.clone(), req.contains(&k.as_str())));
+                // An anyOf part: its alternatives' properties are optional.
+                let (objs, required): (Vec<&Value>, bool) = match p.get("anyOf").and_then(Value::as_array) {
+                    Some(alts) => (alts.iter().collect(), false),
+                    None => (vec![p], true),
+                };
+                for o in objs {
+                    let req: Vec<&str> = o["required"]
+                        .as_array()
+                        .map(|a| a.iter().filter_map(Value::as_str).collect())
+                        .unwrap_or_default();
+                    for (k, v) in o["properties"].as_object().expect("allOf of objects") {
+                        props.push((k.clone(), v.clone(), required && req.contains(&k.as_str())));
+                    }
                 }
             }
             return self.object(&props, None, depth);
@@ -445,6 +452,28 @@ fn schemas() -> Vec<(Value, Vec<&'static str>)> {
             json!({"allOf": [{"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
                               {"$ref": "#/$defs/b"}], "$defs": {"b": {"type": "object", "properties": {"b": {"type": "integer"}}, "required": ["b"]}}}),
             vec!["{\"a\":\"x\"}", "{\"a\":\"x\",\"b\":1}", "{\"b\":1}"],
+        ),
+        (
+            json!({"allOf": [{"type": "object", "properties": {"k": {"enum": ["x", "y"]}}, "required": ["k"]},
+                              {"anyOf": [{"type": "object", "properties": {"p": {"type": "integer"}}},
+                                         {"type": "object", "properties": {"q": {"type": "boolean"}}}]}]}),
+            vec![
+                "{\"k\":\"x\"}",
+                "{\"k\":\"y\",\"p\":1,\"q\":true}",
+                "{\"k\":\"x\",\"q\":false}",
+                "{\"p\":1}",
+            ],
+        ),
+        (
+            json!({"type": "array", "items": [{"const": "v1"}, {"type": "array", "items": {"type": "number"}, "maxItems": 2}]}),
+            vec!["[\"v1\",[]]", "[\"v1\",[1,2,3]]", "[\"v1\"]"],
+        ),
+        (
+            json!({"type": "object", "properties": {"when": {"type": ["string", "null"], "format": "date-time"}, "id": {"type": "string", "format": "uuid"}}, "required": ["id", "when"], "additionalProperties": false}),
+            vec![
+                "{\"when\":null,\"id\":\"123e4567-e89b-12d3-a456-426614174000\"}",
+                "{\"id\":\"123e4567-e89b-12d3-a456-426614174000\",\"when\":null}",
+            ],
         ),
         (
             json!({"type": "string", "minLength": 2, "maxLength": 3}),

@@ -940,6 +940,18 @@ mod tests {
     }
 
     #[test]
+    fn all_of_keeps_each_parts_required_list() {
+        // llama.cpp's converter makes every property of an allOf part
+        // required; the schema says only `a` is.
+        let text = g(json!({"allOf": [
+            {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
+            {"type": "object", "properties": {"b": {"type": "integer"}}}
+        ]}));
+        let root = text.lines().next().unwrap();
+        assert!(root.contains("root-a-kv ( \",\" space ( root-b-kv ) )?"), "{text}");
+    }
+
+    #[test]
     fn recursive_refs_end() {
         let text = g(
             json!({"$ref": "#/$defs/node", "$defs": {"node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/node"}}}}}),

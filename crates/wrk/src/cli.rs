@@ -97,7 +97,10 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["json_schema", "grammar"])]
     pub embed: bool,
 
-    /// Constrain the output to this JSON Schema (stored as schema.json).
+    /// Constrain the output to this JSON Schema (stored as schema.json, and
+    /// turned into the grammar stored as grammar.gbnf; a schema with a
+    /// constraint no grammar can enforce, such as a number's bounds, is
+    /// refused with the reason).
     #[arg(long, value_name = "FILE", conflicts_with = "grammar")]
     pub json_schema: Option<PathBuf>,
 
