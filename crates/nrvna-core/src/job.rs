@@ -146,6 +146,12 @@ impl JobView {
                 o.insert("meta_error".into(), e.into());
             }
         }
+        // A batch job finished by a C++ daemon lost the meta.json extra.
+        if !o.contains_key("custom_id") {
+            if let Ok(Some(b)) = self.batch_request() {
+                o.insert("custom_id".into(), b.custom_id.into());
+            }
+        }
         match self.state {
             State::Done => {
                 if let Some(a) = self.primary_artifact() {

@@ -66,6 +66,7 @@ fn jobs_finished_by_a_cpp_daemon_give_the_contract_object() {
             "duration_s": 2.5, "output_format": "json_schema", "tags": ["batch_01764164852000000_77_000001"],
             "artifacts": ["result.txt"], "artifact": "result.txt", "artifact_kind": "result",
             "artifact_path": path.to_str().unwrap(), "result": "{\"name\": \"Ada\"}",
+            "custom_id": "person-1",
         })
     );
     assert_eq!(
