@@ -49,28 +49,6 @@ pub fn json_schema_to_gbnf(schema: &Value) -> Result<String, SchemaError> {
     Ok(c.rules.render())
 }
 
-/// Keywords that describe and never constrain: skipped.
-const ANNOTATIONS: &[&str] = &[
-    "$schema",
-    "$id",
-    "$comment",
-    "$anchor",
-    "$dynamicAnchor",
-    "$vocabulary",
-    "$defs",
-    "definitions",
-    "title",
-    "description",
-    "default",
-    "examples",
-    "deprecated",
-    "readOnly",
-    "writeOnly",
-    "contentMediaType",
-    "contentEncoding",
-    "contentSchema",
-];
-
 /// Keywords that constrain values in ways a grammar of this converter
 /// cannot enforce.
 const UNSUPPORTED: &[&str] = &[
@@ -768,13 +746,37 @@ impl<'a> Converter<'a> {
     }
 }
 
+/// The keywords this converter applies.
+const APPLIED: &[&str] = &[
+    "$ref",
+    "anyOf",
+    "oneOf",
+    "allOf",
+    "type",
+    "const",
+    "enum",
+    "properties",
+    "required",
+    "additionalProperties",
+    "items",
+    "prefixItems",
+    "minItems",
+    "maxItems",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "format",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+];
+
 /// Refuses constraints beside a keyword that replaces the whole schema
-/// (`$ref`, `anyOf`, `oneOf`): they would not be applied.
+/// (`$ref`, `anyOf`, `oneOf`): they would not be applied. Annotations and
+/// keywords that are not JSON Schema's (`discriminator`, `x-...`) may stay.
 fn only_annotations_beside(obj: &Map<String, Value>, key: &str, at: &str) -> Result<(), SchemaError> {
-    match obj
-        .keys()
-        .find(|k| *k != key && !ANNOTATIONS.contains(&k.as_str()) && !k.starts_with("x-"))
-    {
+    match obj.keys().find(|k| *k != key && APPLIED.contains(&k.as_str())) {
         Some(k) => Err(err(
             at,
             format!("{k:?} beside {key:?} is not supported: it would not be applied; move it into the {key} target(s)"),
@@ -949,6 +951,14 @@ mod tests {
         ]}));
         let root = text.lines().next().unwrap();
         assert!(root.contains("root-a-kv ( \",\" space ( root-b-kv ) )?"), "{text}");
+    }
+
+    #[test]
+    fn annotations_and_foreign_keywords_beside_ref_and_one_of_are_skipped() {
+        g(json!({"$ref": "#/$defs/a", "description": "d", "nullable": true, "$defs": {"a": {"type": "string"}}}));
+        g(
+            json!({"oneOf": [{"type": "object", "properties": {"kind": {"const": "a"}}}], "discriminator": {"propertyName": "kind"}, "title": "T"}),
+        );
     }
 
     #[test]
