@@ -48,9 +48,8 @@ pub fn check_schema(v: &Value) -> Result<String> {
         }
     })?;
     jsonschema::validator_for(v).map_err(|e| anyhow!("is not a usable JSON Schema: {e}"))?;
-    nrvna_schema::json_schema_to_gbnf(v).map_err(|e| {
-        anyhow!("cannot be turned into a grammar for constrained generation: {e}; simplify the schema (nrvna-schema's docs list what is supported)")
-    })
+    nrvna_schema::json_schema_to_gbnf(v)
+        .map_err(|e| anyhow!("cannot be turned into a grammar for constrained generation: {e}"))
 }
 
 fn read_constraint_file(path: &Path, flag: &str) -> Result<String> {
