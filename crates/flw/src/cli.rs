@@ -101,7 +101,8 @@ pub struct Args {
 
     /// Print the OpenAI Batch API output (JSONL) of the jobs with this tag,
     /// in the order of the batch file. Jobs not finished yet are skipped
-    /// (exit 2).
+    /// (exit 2); a job that names no request of the batch file (no
+    /// batch.json, no custom_id) is left out and named on stderr (exit 1).
     #[arg(long, value_name = "TAG", group = "mode", conflicts_with_all = ["tag", "children", "json"])]
     pub export: Option<String>,
 
