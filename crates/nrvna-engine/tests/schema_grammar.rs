@@ -623,3 +623,96 @@ fn generated_instances_are_accepted() {
         }
     }
 }
+
+/// A number's whole bounds, which llama.cpp's converter ignores: ours
+/// enforces them. Each text's verdict is checked against arithmetic: a
+/// decimal (no exponent, no `-0`) within the bounds.
+#[test]
+fn number_bounds_hold_exactly() {
+    /// A bound and whether it is allowed itself.
+    type Bound = Option<(f64, bool)>;
+    let cases: Vec<(Value, Bound, Bound)> = vec![
+        (
+            json!({"type": "number", "minimum": 0, "maximum": 1}),
+            Some((0.0, true)),
+            Some((1.0, true)),
+        ),
+        (
+            json!({"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}),
+            Some((0.0, false)),
+            Some((1.0, false)),
+        ),
+        (
+            json!({"type": "number", "minimum": -3, "maximum": 12}),
+            Some((-3.0, true)),
+            Some((12.0, true)),
+        ),
+        (
+            json!({"type": "number", "exclusiveMinimum": -1}),
+            Some((-1.0, false)),
+            None,
+        ),
+        (json!({"type": "number", "maximum": -2}), None, Some((-2.0, true))),
+        (
+            json!({"type": "number", "minimum": 5, "exclusiveMaximum": 100}),
+            Some((5.0, true)),
+            Some((100.0, false)),
+        ),
+        (
+            json!({"type": "number", "minimum": 7, "maximum": 7}),
+            Some((7.0, true)),
+            Some((7.0, true)),
+        ),
+        (
+            json!({"type": "number", "minimum": -10.0, "exclusiveMaximum": -9}),
+            Some((-10.0, true)),
+            Some((-9.0, false)),
+        ),
+    ];
+    let mut rng = Rng(0x5EED);
+    let (mut yes, mut no) = (0, 0);
+    for (schema, min, max) in cases {
+        let g = nrvna_schema::json_schema_to_gbnf(&schema).unwrap();
+        let mut texts: Vec<String> = [
+            "0", "-0", "0.0", "-0.0", "1", "1.0", "1.5", "0.5", "-0.5", "-1", "-1.0", "-1.25", "7", "7.00", "7.01",
+            "6.99", "100", "99.999", "-2", "-2.0", "-2.5", "-3", "-3.01", "12", "12.000", "12.5", "-10", "-9.5", "-9",
+            "-9.0", "-10.5", "5", "4.9", "1e2", "01", "1.", ".5", "--1", "0.05",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        for _ in 0..150 {
+            let int = rng.below(130) as i64 - 15;
+            let frac = match rng.below(4) {
+                0 => String::new(),
+                1 => ".0".into(),
+                2 => format!(".{}", rng.below(10)),
+                _ => format!(".{:03}", rng.below(1000)),
+            };
+            texts.push(format!("{int}{frac}"));
+        }
+        for t in texts {
+            let syntax = {
+                let body = t.strip_prefix('-').unwrap_or(&t);
+                let (i, f) = body.split_once('.').unwrap_or((body, "0"));
+                !i.is_empty()
+                    && i.bytes().all(|b| b.is_ascii_digit())
+                    && (i == "0" || !i.starts_with('0'))
+                    && !f.is_empty()
+                    && f.bytes().all(|b| b.is_ascii_digit())
+            };
+            let v: f64 = t.parse().unwrap_or(f64::NAN);
+            let negative_zero = t.starts_with('-') && v == 0.0;
+            let in_range = min.is_none_or(|(m, incl)| if incl { v >= m } else { v > m })
+                && max.is_none_or(|(m, incl)| if incl { v <= m } else { v < m });
+            let want = syntax && !negative_zero && in_range;
+            assert_eq!(accepts(&g, &t), want, "{schema}: {t:?}\n{g}");
+            if want {
+                yes += 1;
+            } else {
+                no += 1;
+            }
+        }
+    }
+    assert!(yes > 300 && no > 300, "{yes} accepted, {no} refused");
+}

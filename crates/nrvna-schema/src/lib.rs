@@ -9,7 +9,8 @@
 //! string lengths, the formats `date`, `time`, `date-time`, `uuid`, and
 //! anchored patterns), and writes grammars that accept the same JSON
 //! texts, whitespace included. Where llama.cpp would quietly ignore a
-//! constraint (a number's bounds, `uniqueItems`, an unanchored pattern),
+//! constraint (`uniqueItems`, an unanchored pattern, a number's fractional
+//! bounds; whole bounds it enforces, which llama.cpp's does not),
 //! this converter refuses the schema and says why: a job is never
 //! published with a grammar that lets through output its schema forbids.
 
@@ -278,19 +279,7 @@ impl<'a> Converter<'a> {
                 self.string(obj, at, name)
             }
             Some("integer") => self.integer(obj, at, name),
-            Some("number") => {
-                if let Some(k) = ["minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"]
-                    .iter()
-                    .find(|k| obj.contains_key(**k))
-                {
-                    return Err(err(
-                        at,
-                        format!("{k:?} on a \"number\" is not supported: a grammar can bound integers only (use \"type\": \"integer\", or drop the bound)"),
-                    ));
-                }
-                let n = self.builtin("json-number");
-                Ok(self.rules.add(name, n))
-            }
+            Some("number") => self.number(obj, at, name),
             Some("boolean") => {
                 let n = self.builtin("json-boolean");
                 Ok(self.rules.add(name, n))
@@ -701,6 +690,49 @@ impl<'a> Converter<'a> {
         Ok(self.rules.add(name, s))
     }
 
+    /// A number; with bounds (whole numbers only), a decimal without an
+    /// exponent inside them. llama.cpp's converter ignores a number's
+    /// bounds; a grammar that let them through would fail the job later.
+    fn number(&mut self, obj: &'a Map<String, Value>, at: &str, name: &str) -> Result<String, SchemaError> {
+        let bound = |k: &str| -> Result<Option<i64>, SchemaError> {
+            match obj.get(k) {
+                None => Ok(None),
+                Some(Value::Number(n)) => match n.as_i64() {
+                    Some(i) => Ok(Some(i)),
+                    None => match n.as_f64() {
+                        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+                        _ => Err(err(
+                            at,
+                            format!(
+                                "{k:?} of a \"number\" must be a whole number for a grammar to enforce it (it is {n})"
+                            ),
+                        )),
+                    },
+                },
+                Some(_) => Err(err(at, format!("{k:?} must be a number"))),
+            }
+        };
+        let min = match bound("minimum")? {
+            Some(m) => Some((m, true)),
+            None => bound("exclusiveMinimum")?.map(|m| (m, false)),
+        };
+        let max = match bound("maximum")? {
+            Some(m) => Some((m, true)),
+            None => bound("exclusiveMaximum")?.map(|m| (m, false)),
+        };
+        if min.is_none() && max.is_none() {
+            let n = self.builtin("json-number");
+            return Ok(self.rules.add(name, n));
+        }
+        let body = range::number_range(min, max).ok_or_else(|| {
+            err(
+                at,
+                "the number bounds leave no value (the minimum is above the maximum)",
+            )
+        })?;
+        Ok(self.rules.add(name, body))
+    }
+
     fn integer(&mut self, obj: &'a Map<String, Value>, at: &str, name: &str) -> Result<String, SchemaError> {
         let bound = |k: &str, up: bool| -> Result<Option<i64>, SchemaError> {
             match obj.get(k) {
@@ -906,7 +938,12 @@ mod tests {
     #[test]
     fn refuses_what_it_cannot_enforce_and_says_where() {
         for (s, at, why) in [
-            (json!({"type": "number", "minimum": 0}), "#", "number"),
+            (json!({"type": "number", "minimum": 0.5}), "#", "whole number"),
+            (
+                json!({"type": "number", "minimum": 2, "exclusiveMaximum": 2}),
+                "#",
+                "no value",
+            ),
             (json!({"type": "array", "uniqueItems": true}), "#", "uniqueItems"),
             (
                 json!({"type": "object", "properties": {"a": {"type": "string", "pattern": "[a-z]"}}}),

@@ -1,6 +1,9 @@
 //! Integers between bounds as GBNF: the decimal spellings (no leading
 //! zeros) of every integer in `[min, max]`.
 //!
+//! Numbers with whole bounds are written the same way, with a fraction
+//! and no exponent.
+//!
 //! An open side stops at 16 digits, as llama.cpp's integer rule does. Like
 //! llama.cpp's converter, a range that reaches below zero from 0 or above
 //! also takes `-0` (a JSON spelling of zero).
@@ -36,6 +39,81 @@ pub fn integer_range(min: Option<i64>, max: Option<i64>) -> Option<String> {
         }
     }
     Some(alts.join(" | "))
+}
+
+/// Any fraction, or none.
+const FRAC_ANY: &str = "( \".\" [0-9]{1,16} )?";
+/// A fraction of zeros, or none: the number is the integer.
+const FRAC_ZERO: &str = "( \".\" [0]{1,16} )?";
+/// A fraction with a digit other than zero: the number is above the integer.
+const FRAC_NONZERO: &str = "\".\" [0-9]{0,15} [1-9] [0-9]{0,15}";
+
+/// A bound of a number: whole, and whether the bound itself is allowed.
+pub type Bound = (i64, bool);
+
+/// GBNF for decimal numbers (no exponent) from `min` to `max`, whose
+/// bounds are whole numbers. `None` for an empty range. Zero is never
+/// written `-0`.
+pub fn number_range(min: Option<Bound>, max: Option<Bound>) -> Option<String> {
+    let mut alts = Vec::new();
+    // Zero and above, written without a sign.
+    let pos_lo = match min {
+        Some((l, incl)) if l >= 0 => Some((l as u64, incl)),
+        _ => Some((0, true)),
+    };
+    let pos_hi = match max {
+        None => Some(None),
+        Some((h, incl)) if h >= 0 => Some(Some((h as u64, incl))),
+        Some(_) => None,
+    };
+    if let (Some(lo), Some(hi)) = (pos_lo, pos_hi) {
+        if let Some(s) = side(lo, hi) {
+            alts.push(s);
+        }
+    }
+    // Below zero: "-" and a magnitude above zero.
+    if min.is_none_or(|(l, _)| l < 0) {
+        let lo = match max {
+            Some((h, incl)) if h < 0 => (h.unsigned_abs(), incl),
+            _ => (0, false),
+        };
+        let hi = min.map(|(l, incl)| (l.unsigned_abs(), incl));
+        if let Some(s) = side(lo, hi) {
+            alts.push(format!("\"-\" ( {s} )"));
+        }
+    }
+    (!alts.is_empty()).then(|| alts.join(" | "))
+}
+
+/// Magnitudes `w` with `lo <= w` (or `<`) and `w <= hi` (or `<`), `hi`
+/// open when `None`, as an integer part and a fraction.
+fn side((a, a_incl): (u64, bool), hi: Option<(u64, bool)>) -> Option<String> {
+    let mut alts = Vec::new();
+    let at_a = if a_incl { FRAC_ANY } else { FRAC_NONZERO };
+    match hi {
+        Some((b, b_incl)) if b == a => {
+            if a_incl && b_incl {
+                alts.push(format!("\"{a}\" {FRAC_ZERO}"));
+            }
+        }
+        Some((b, _)) if b < a => return None,
+        Some((b, b_incl)) => {
+            alts.push(format!("\"{a}\" {at_a}"));
+            if a + 1 < b {
+                alts.push(format!("( {} ) {FRAC_ANY}", magnitudes(a + 1, b - 1)));
+            }
+            if b_incl {
+                alts.push(format!("\"{b}\" {FRAC_ZERO}"));
+            }
+        }
+        None => {
+            alts.push(format!("\"{a}\" {at_a}"));
+            if a < OPEN_LIMIT {
+                alts.push(format!("( {} ) {FRAC_ANY}", magnitudes(a + 1, OPEN_LIMIT)));
+            }
+        }
+    }
+    (!alts.is_empty()).then(|| alts.join(" | "))
 }
 
 /// The spellings of the numbers from `lo` to `hi` (both >= 0, lo <= hi).

@@ -99,7 +99,7 @@ pub struct Args {
 
     /// Constrain the output to this JSON Schema (stored as schema.json, and
     /// turned into the grammar stored as grammar.gbnf; a schema with a
-    /// constraint no grammar can enforce, such as a number's bounds, is
+    /// constraint no grammar can enforce, such as uniqueItems, is
     /// refused with the reason).
     #[arg(long, value_name = "FILE", conflicts_with = "grammar")]
     pub json_schema: Option<PathBuf>,
