@@ -9,10 +9,10 @@
 //! string lengths, the formats `date`, `time`, `date-time`, `uuid`, and
 //! anchored patterns), and writes grammars that accept the same JSON
 //! texts, whitespace included. Where llama.cpp would quietly ignore a
-//! constraint (`uniqueItems`, an unanchored pattern, a number's fractional
-//! bounds; whole bounds it enforces, which llama.cpp's does not),
-//! this converter refuses the schema and says why: a job is never
-//! published with a grammar that lets through output its schema forbids.
+//! constraint, this converter enforces it (a number's whole bounds) or
+//! refuses the schema and says why (`uniqueItems`, an unanchored pattern,
+//! a fractional bound, ...): a job is never published with a grammar that
+//! lets through output its schema forbids.
 
 pub mod gbnf;
 pub mod pattern;
