@@ -14,7 +14,8 @@ Modes:
   flw WS -W [--tag T | --children ID]
                                 wait until no job in scope is queued or running
   flw WS --tag T | --children ID
-                                list the jobs in scope (--json: NDJSON by id)
+                                the ids of the jobs in scope, one per line
+                                (--json: NDJSON by id; -l: a table)
   flw WS -f [ID]                print a job's text as it is generated
   flw WS --cancel ID            cancel a queued or running job
   flw WS --export TAG           OpenAI Batch output (JSONL) for a wrk --batch tag
@@ -23,7 +24,8 @@ Modes:
   wrk WS 'prompt' | flw WS -w
 
 Exit codes:
-  0  done: the job (every job in scope) finished; for --cancel: the job is
+  0  done: the job (every job in scope) finished; a listing of ids or a
+     table (--tag/--children without --json); for --cancel: the job is
      no longer queued or running (stdout says `cancelled` when flw stopped it)
   1  failed or missing: the job (a job in scope) failed, the id is unknown,
      or flw itself failed (the reason is on stderr)
@@ -39,6 +41,7 @@ goes to stderr. When stderr is a terminal, -w and -W show what they wait for.";
 #[command(
     name = "flw",
     version,
+    disable_version_flag = true,
     after_long_help = AFTER_HELP,
     after_help = "Exit codes: 0 done, 1 failed or missing (or an error), 2 queued or running (or timed out). See --help for more."
 )]
@@ -46,6 +49,10 @@ pub struct Args {
     /// The workspace directory.
     #[arg(value_name = "WS")]
     pub workspace: PathBuf,
+
+    /// Print the version and exit (-V also works).
+    #[arg(short = 'v', short_alias = 'V', long = "version", action = clap::ArgAction::Version)]
+    pub version: Option<bool>,
 
     /// A job id. With -w or -f it may instead come on stdin.
     #[arg(value_name = "ID", conflicts_with_all = ["tag", "children", "wait_all", "export"])]
@@ -62,8 +69,13 @@ pub struct Args {
 
     /// Wait until no job in scope (all, --tag or --children) is queued or
     /// running; exit 1 when one of them failed.
-    #[arg(short = 'W', long = "wait-all", group = "mode")]
+    #[arg(short = 'W', long = "wait-all", visible_alias = "wait-idle", group = "mode")]
     pub wait_all: bool,
+
+    /// With --tag/--children: a table (id, state, duration, detail) for a
+    /// person instead of the ids.
+    #[arg(short = 'l', long, conflicts_with_all = ["json", "id", "export"])]
+    pub long: bool,
 
     /// Select the jobs with this tag in their meta.json.
     #[arg(long, value_name = "T")]
@@ -89,7 +101,8 @@ pub struct Args {
 
     /// Print the OpenAI Batch API output (JSONL) of the jobs with this tag,
     /// in the order of the batch file. Jobs not finished yet are skipped
-    /// (exit 2).
+    /// (exit 2); a job that names no request of the batch file (no
+    /// batch.json, no custom_id) is left out and named on stderr (exit 1).
     #[arg(long, value_name = "TAG", group = "mode", conflicts_with_all = ["tag", "children", "json"])]
     pub export: Option<String>,
 

@@ -1,15 +1,20 @@
 //! `flw WS --export TAG`: the OpenAI Batch API output format (JSONL) for
-//! the jobs of a `wrk --batch` tag, in the order of the batch file
-//! (meta.json `batch_line`, then id). Done jobs become chat.completion or
-//! embedding-list responses, failed jobs error lines; unfinished jobs are
-//! skipped with a note on stderr (exit 2) so a rerun later completes it.
+//! the jobs of a `wrk --batch` tag, in the order of the batch file. Each
+//! job's request (`custom_id`, line) comes from its `batch.json`, which a
+//! C++ daemon leaves alone, or else from the meta.json extras that older
+//! submissions carry. Done jobs become chat.completion or embedding-list
+//! responses, failed jobs error lines; unfinished jobs are skipped with a
+//! note on stderr (exit 2) so a rerun later completes it. A job whose
+//! request is unknown cannot be attributed: it is named on stderr, no line
+//! is printed for it, and the export exits 1.
 
 use std::io::{self, Write};
 
 use anyhow::{bail, Result};
 use nrvna_core::fsio::read_limited;
 use nrvna_core::meta::valid_tag;
-use nrvna_core::{JobView, Meta, State, Workspace};
+use nrvna_core::submit::BATCH_FILE;
+use nrvna_core::{BatchRequest, JobView, Meta, State, Workspace};
 use serde_json::{json, Value};
 
 use crate::scope::{Scope, ScopeCache};
@@ -30,22 +35,33 @@ pub fn export(ws: &Workspace, tag: &str, errors_only: bool) -> Result<Outcome> {
             ws.root().display()
         );
     }
-    let mut rows: Vec<(JobView, Meta)> = jobs
+    let mut rows: Vec<(JobView, Meta, Result<BatchRequest, String>)> = jobs
         .into_iter()
         .map(|j| {
             let m = j.meta().ok().flatten().unwrap_or_default();
-            (j, m)
+            let req = request_of(&j, &m);
+            (j, m, req)
         })
         .collect();
-    rows.sort_by(|(a, am), (b, bm)| {
-        let line = |m: &Meta| m.get("batch_line").and_then(Value::as_u64).unwrap_or(u64::MAX);
-        line(am).cmp(&line(bm)).then_with(|| a.id.cmp(&b.id))
+    rows.sort_by(|(a, _, ar), (b, _, br)| {
+        let line = |r: &Result<BatchRequest, String>| r.as_ref().map_or(u64::MAX, |r| r.line);
+        line(ar).cmp(&line(br)).then_with(|| a.id.cmp(&b.id))
     });
 
     let mut out = io::BufWriter::new(io::stdout().lock());
-    let (mut pending, mut failed) = (0usize, 0usize);
-    for (job, meta) in &rows {
-        let custom_id = meta.get("custom_id").cloned().unwrap_or(Value::Null);
+    let (mut pending, mut failed, mut unattributed) = (0usize, 0usize, 0usize);
+    for (job, meta, req) in &rows {
+        let custom_id = match req {
+            Ok(r) => Value::String(r.custom_id.clone()),
+            Err(why) => {
+                unattributed += 1;
+                eprintln!(
+                    "flw: cannot attribute job {} of tag {tag} to a request of the batch file: {why}; it is left out",
+                    job.id
+                );
+                continue;
+            }
+        };
         let line = match job.state {
             State::Ready | State::Processing | State::Writing => {
                 pending += 1;
@@ -78,7 +94,12 @@ pub fn export(ws: &Workspace, tag: &str, errors_only: bool) -> Result<Outcome> {
         writeln!(out, "{line}")?;
     }
     out.flush()?;
-    Ok(if pending > 0 {
+    Ok(if unattributed > 0 {
+        eprintln!(
+            "flw: {unattributed} job(s) with tag {tag} have no custom_id, so the export is incomplete; were they submitted by wrk --batch?"
+        );
+        Outcome::Failed
+    } else if pending > 0 {
         eprintln!(
             "flw: {pending} job(s) with tag {tag} have not finished; export again later (flw {} -W --tag {tag} waits for them)",
             ws.root().display()
@@ -89,6 +110,26 @@ pub fn export(ws: &Workspace, tag: &str, errors_only: bool) -> Result<Outcome> {
     } else {
         Outcome::Done
     })
+}
+
+/// The batch-file request a job answers: its batch.json, or else the
+/// `custom_id`/`batch_line` extras of its meta.json (jobs submitted before
+/// batch.json, finished by a daemon that keeps unknown keys).
+fn request_of(job: &JobView, meta: &Meta) -> Result<BatchRequest, String> {
+    match job.batch_request() {
+        Ok(Some(r)) => return Ok(r),
+        Ok(None) => {}
+        Err(e) => return Err(e),
+    }
+    match (meta.str("custom_id"), meta.get("batch_line").and_then(Value::as_u64)) {
+        (Some(c), line) if !c.is_empty() => Ok(BatchRequest {
+            custom_id: c.to_owned(),
+            line: line.unwrap_or(u64::MAX),
+        }),
+        _ => Err(format!(
+            "it has no {BATCH_FILE} and its meta.json has no custom_id (a C++ daemon drops unknown meta.json keys at finish)"
+        )),
+    }
 }
 
 fn error_line(job: &JobView, custom_id: Value, code: &str, message: &str) -> Value {

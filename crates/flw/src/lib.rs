@@ -61,6 +61,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
 pub fn run_outcome(args: Args) -> Result<Outcome> {
     let ws = open_workspace(&args)?;
     let scope = Scope::from_args(args.tag.as_deref(), args.children.as_deref())?;
+    if args.long && (scope.is_all() || args.wait_all) {
+        bail!("-l/--long is a table of the jobs of --tag T or --children ID (without -W); give one of them");
+    }
     if let Some(tag) = &args.export {
         return export::export(&ws, tag, args.errors);
     }
@@ -83,7 +86,12 @@ pub fn run_outcome(args: Args) -> Result<Outcome> {
         return show::show(&ws, &parse_id(id)?, args.json);
     }
     if !scope.is_all() {
-        return list::list(&ws, &scope, args.json);
+        let how = match (args.json, args.long) {
+            (true, _) => list::Listing::Json,
+            (false, true) => list::Listing::Table,
+            (false, false) => list::Listing::Ids,
+        };
+        return list::list(&ws, &scope, how);
     }
     status::status(&ws, args.json)
 }

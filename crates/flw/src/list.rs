@@ -1,6 +1,9 @@
 //! `flw WS --tag T` / `flw WS --children ID`: the jobs in a scope, ordered
-//! by id, as NDJSON (`--json`, one summary per line) or as a table.
-//! Exits 1 when one of them failed, so `&&` chains stop on failures.
+//! by id: their ids, one per line (what scripts pipe on, as with the C++
+//! `flw`), NDJSON with `--json` (one `flw WS ID --json` object per line),
+//! or a table for a person with `--long`. With `--json` it exits 1 when
+//! one of them failed, so `&&` chains stop on failures; a plain listing
+//! exits 0, like the C++ `flw`.
 
 use std::io::{self, Write};
 
@@ -11,36 +14,55 @@ use nrvna_core::{JobView, State, Workspace};
 use crate::scope::{Scope, ScopeCache};
 use crate::Outcome;
 
-pub fn list(ws: &Workspace, scope: &Scope, json: bool) -> Result<Outcome> {
+/// How `flw WS --tag T` prints its jobs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Listing {
+    Ids,
+    Json,
+    Table,
+}
+
+pub fn list(ws: &Workspace, scope: &Scope, how: Listing) -> Result<Outcome> {
     let jobs = ScopeCache::default().jobs(ws, scope);
     let mut out = io::BufWriter::new(io::stdout().lock());
-    if json {
-        for j in &jobs {
-            writeln!(out, "{}", j.summary())?;
+    match how {
+        Listing::Ids => {
+            for j in &jobs {
+                writeln!(out, "{}", j.id)?;
+            }
         }
-    } else if !jobs.is_empty() {
-        let w = jobs.iter().map(|j| j.id.as_str().len()).max().unwrap_or(2);
-        writeln!(out, "{:<w$}  {:<8}  {:>9}  DETAIL", "ID", "STATUS", "DURATION")?;
-        for j in &jobs {
-            let (duration, detail) = row(j);
-            let line = format!(
-                "{:<w$}  {:<8}  {:>9}  {detail}",
-                j.id.as_str(),
-                j.state.label(),
-                duration
-            );
-            writeln!(out, "{}", line.trim_end())?;
+        Listing::Json => {
+            for j in &jobs {
+                writeln!(out, "{}", j.summary())?;
+            }
         }
+        Listing::Table if !jobs.is_empty() => {
+            let w = jobs.iter().map(|j| j.id.as_str().len()).max().unwrap_or(2);
+            writeln!(out, "{:<w$}  {:<8}  {:>9}  DETAIL", "ID", "STATUS", "DURATION")?;
+            for j in &jobs {
+                let (duration, detail) = row(j);
+                let line = format!(
+                    "{:<w$}  {:<8}  {:>9}  {detail}",
+                    j.id.as_str(),
+                    j.state.label(),
+                    duration
+                );
+                writeln!(out, "{}", line.trim_end())?;
+            }
+        }
+        Listing::Table => {}
     }
     out.flush()?;
     if jobs.is_empty() {
         eprintln!("flw: no jobs {}", scope.describe());
     }
-    Ok(if jobs.iter().any(|j| j.state == State::Failed) {
-        Outcome::Failed
-    } else {
-        Outcome::Done
-    })
+    Ok(
+        if how == Listing::Json && jobs.iter().any(|j| j.state == State::Failed) {
+            Outcome::Failed
+        } else {
+            Outcome::Done
+        },
+    )
 }
 
 /// A job's duration (when finished) and one line of detail for tables.

@@ -402,14 +402,172 @@ fn listing_is_ndjson_by_id_and_exits_1_on_a_failure() {
         .collect();
     assert_eq!(ids, ["10", "20", "25"]);
 
-    let o = flw(&ws, &["--tag", "t"]);
-    assert_eq!(code(&o), 1);
+    let o = flw(&ws, &["--tag", "t", "-l"]);
     let table = stdout(&o);
     assert!(table.starts_with("ID "), "{table}");
     assert_eq!(table.lines().count(), 4, "{table}");
 
     let o = flw(&ws, &["--tag", "bad tag"]);
     assert_eq!(code(&o), 1);
+}
+
+/// Regression (issue 9): a plain `--tag`/`--children` listing printed a
+/// table; the contract (and the C++ `flw`) print the ids, one per line,
+/// which scripts pipe on, and exit 0.
+#[test]
+fn plain_listing_prints_the_ids_one_per_line_like_the_cpp_flw() {
+    let ws = Ws::new();
+    ws.job(FAILED, "30", json!({"tags": ["t"]}), &[("error.txt", b"bad")]);
+    ws.job(
+        DONE,
+        "10",
+        json!({"tags": ["t"], "parent": "1"}),
+        &[("result.txt", b"x")],
+    );
+    ws.job(READY, "20", json!({"tags": ["t"], "parent": "1"}), &[]);
+    ws.job(DONE, "5", json!({"tags": ["u"]}), &[("result.txt", b"x")]);
+
+    let o = flw(&ws, &["--tag", "t"]);
+    assert_eq!((code(&o), stdout(&o).as_str()), (0, "10\n20\n30\n"), "{}", stderr(&o));
+    let o = flw(&ws, &["--children", "1"]);
+    assert_eq!((code(&o), stdout(&o).as_str()), (0, "10\n20\n"));
+    let o = flw(&ws, &["--tag", "none"]);
+    assert_eq!((code(&o), stdout(&o).as_str()), (0, ""));
+    assert!(stderr(&o).contains("no jobs"), "{}", stderr(&o));
+    // The table is for a person, and only for a scope.
+    let o = flw(&ws, &["-l"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("--tag"), "{}", stderr(&o));
+}
+
+// ---- the contract's JSON object ----------------------------------------
+
+/// meta.json as the C++ daemon (956064f) writes it at finish: nlohmann
+/// `dump(2)`, keys sorted, only the keys it knows.
+fn cpp_finished_meta(extra: &str) -> String {
+    format!(
+        "{{\n  \"artifacts\": [\n    \"result.txt\"\n  ],\n  \"completed_at\": \"2026-11-26T10:00:01.250000Z\",\n  \"duration_s\": 1.25,\n  \"mode\": \"text\",\n  \"output_format\": \"json_schema\",\n  \"status\": \"done\",\n  \"submitted_at\": \"2026-11-26T10:00:00.000000Z\",\n  \"tags\": [\n    \"t\"\n  ]{extra}\n}}\n"
+    )
+}
+
+/// Regression (issue 9): `flw WS ID --json` lacked the contract's fields
+/// (inline result, artifact_path, artifacts, output_format) and said
+/// `artifact_kind: text` where the contract says `result`.
+#[test]
+fn json_of_a_done_job_is_the_contract_object_plus_our_extras() {
+    let ws = Ws::new();
+    let dir = ws.dir(DONE, "1");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("meta.json"), cpp_finished_meta(",\n  \"parent\": \"7\"")).unwrap();
+    fs::write(dir.join("result.txt"), "{\"a\": 1}\n").unwrap();
+    ws.job(
+        DONE,
+        "2",
+        json!({"mode": "embed", "model": "m.gguf", "prompt_tokens": 3, "artifacts": ["embedding.json"]}),
+        &[("embedding.json", b"{\n  \"dim\": 2,\n  \"vector\": [0.6, 0.8]\n}\n")],
+    );
+    ws.job(DONE, "3", json!({"mode": "stt"}), &[("transcript.txt", b"hello there")]);
+    ws.job(DONE, "4", json!({"mode": "tts"}), &[("audio.wav", b"RIFF")]);
+
+    let o = flw(&ws, &["1", "--json"]);
+    assert_eq!(code(&o), 0);
+    let out = stdout(&o);
+    assert_eq!(out.lines().count(), 1, "one line: {out}");
+    let r = &ndjson(&o)[0];
+    let path = dir.join("result.txt");
+    assert_eq!(
+        *r,
+        json!({
+            "id": "1", "status": "done", "mode": "text",
+            "submitted_at": "2026-11-26T10:00:00.000000Z", "completed_at": "2026-11-26T10:00:01.250000Z",
+            "duration_s": 1.25, "parent": "7", "output_format": "json_schema", "tags": ["t"],
+            "artifacts": ["result.txt"], "artifact": "result.txt", "artifact_kind": "result",
+            "artifact_path": path.to_str().unwrap(), "result": "{\"a\": 1}\n",
+        })
+    );
+
+    let r = &ndjson(&flw(&ws, &["2", "--json"]))[0];
+    assert_eq!(r["artifact_kind"], "embedding");
+    assert_eq!(r["embedding"], json!({"dim": 2, "vector": [0.6, 0.8]}));
+    assert_eq!(
+        (r["model"].as_str(), r["prompt_tokens"].as_u64()),
+        (Some("m.gguf"), Some(3)),
+        "extras stay"
+    );
+    let r = &ndjson(&flw(&ws, &["3", "--json"]))[0];
+    assert_eq!(
+        (r["artifact_kind"].as_str(), r["transcript"].as_str()),
+        (Some("transcript"), Some("hello there"))
+    );
+    let r = &ndjson(&flw(&ws, &["4", "--json"]))[0];
+    let audio = ws.dir(DONE, "4").join("audio.wav");
+    assert_eq!(r["artifact_kind"], "audio");
+    assert_eq!(r["audio_path"], audio.to_str().unwrap());
+    assert_eq!(r["artifact_path"], audio.to_str().unwrap());
+
+    // The same objects as NDJSON rows.
+    let o = flw(&ws, &["--tag", "t", "--json"]);
+    assert_eq!(ndjson(&o)[0]["result"], "{\"a\": 1}\n");
+}
+
+/// Regression (issue 9): a failed job's response.txt was not shown by
+/// `flw --json`; the contract (and the C++ `flw`) name it `partial`.
+#[test]
+fn json_of_a_failed_job_shows_its_partial_output() {
+    let ws = Ws::new();
+    ws.job(
+        FAILED,
+        "1",
+        json!({"tags": ["t"]}),
+        &[("error.txt", b"timed out\n"), ("response.txt", b"Once upon a")],
+    );
+    ws.job(FAILED, "2", json!({"tags": ["t"]}), &[("error.txt", b"bad prompt\n")]);
+    // A C++ daemon writes duration_s -1 for a job it failed without running; its flw leaves it out.
+    ws.job(
+        FAILED,
+        "3",
+        json!({"tags": ["t"], "duration_s": -1.0}),
+        &[("error.txt", b"x")],
+    );
+    let o = flw(&ws, &["1", "--json"]);
+    assert_eq!(code(&o), 1);
+    let r = &ndjson(&o)[0];
+    assert_eq!(
+        (r["error"].as_str(), r["partial"].as_str()),
+        (Some("timed out"), Some("Once upon a"))
+    );
+    let rows = ndjson(&flw(&ws, &["--tag", "t", "--json"]));
+    assert_eq!(rows[0]["partial"], "Once upon a");
+    assert!(
+        rows[1].get("partial").is_none(),
+        "no response.txt, no partial: {}",
+        rows[1]
+    );
+    assert!(rows[2].get("duration_s").is_none(), "{}", rows[2]);
+}
+
+/// Regression (issue 9): `flw -v` was refused and `--wait-idle` (the C++
+/// spelling of -W) was unknown.
+#[test]
+fn dash_v_prints_the_version_and_wait_idle_is_w() {
+    let ws = Ws::new();
+    for flag in ["-v", "--version", "-V"] {
+        let o = flw(&ws, &[flag]);
+        assert_eq!(code(&o), 0, "{flag}");
+        assert_eq!(
+            stdout(&o).trim_end(),
+            concat!("flw ", env!("CARGO_PKG_VERSION")),
+            "{flag}"
+        );
+    }
+    let o = Command::new(env!("CARGO_BIN_EXE_flw")).arg("-v").output().unwrap();
+    assert_eq!(code(&o), 0, "no workspace needed for -v");
+    ws.job(DONE, "1", json!({"tags": ["t"]}), &[("result.txt", b"x")]);
+    let o = flw(&ws, &["--wait-idle", "--tag", "t", "--timeout", "5"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    ws.job(READY, "2", json!({"tags": ["t"]}), &[]);
+    let o = flw(&ws, &["--wait-idle", "--tag", "t", "--timeout", "0.2"]);
+    assert_eq!(code(&o), 2, "still queued: {}", stderr(&o));
 }
 
 // ---- --cancel ---------------------------------------------------------
@@ -670,4 +828,74 @@ fn export_writes_openai_batch_output_in_batch_order() {
 
     let o = flw(&ws, &["--export", "batch_none"]);
     assert_eq!(code(&o), 1);
+}
+
+/// Regression (issue 9): a `wrk --batch` job finished by a C++ daemon lost
+/// its `custom_id` (the daemon rewrites meta.json with the keys it knows),
+/// and the export printed `"custom_id": null` and exited 0. The request
+/// now lives in the job's own batch.json, which the C++ daemon leaves alone.
+#[test]
+fn export_attributes_jobs_finished_by_a_cpp_daemon_by_their_batch_json() {
+    let ws = Ws::new();
+    let tag = "batch_9_9_9";
+    for (id, custom_id, line) in [("100", "second", 2), ("200", "first", 1)] {
+        let dir = ws.dir(DONE, id);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(
+            dir.join("meta.json"),
+            cpp_finished_meta("").replace("\"t\"", &format!("\"{tag}\"")),
+        )
+        .unwrap();
+        fs::write(dir.join("result.txt"), format!("answer {id}")).unwrap();
+        fs::write(
+            dir.join("batch.json"),
+            format!("{{\"custom_id\":\"{custom_id}\",\"line\":{line}}}\n"),
+        )
+        .unwrap();
+    }
+    let o = flw(&ws, &["--export", tag]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let rows = ndjson(&o);
+    let ids: Vec<&str> = rows.iter().map(|r| r["custom_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["first", "second"], "in the order of the batch file");
+    assert_eq!(
+        rows[0]["response"]["body"]["choices"][0]["message"]["content"],
+        "answer 200"
+    );
+}
+
+/// Regression (issue 9): a tagged job with no custom_id anywhere printed
+/// `"custom_id": null` and exited 0; it cannot be attributed, so the
+/// export says which job and exits 1.
+#[test]
+fn export_exits_1_naming_a_job_it_cannot_attribute() {
+    let ws = Ws::new();
+    let tag = "batch_8_8_8";
+    ws.job(
+        DONE,
+        "100",
+        json!({"tags": [tag], "custom_id": "ok", "batch_line": 1}),
+        &[("result.txt", b"a")],
+    );
+    let lost = ws.dir(DONE, "200");
+    fs::create_dir_all(&lost).unwrap();
+    fs::write(
+        lost.join("meta.json"),
+        cpp_finished_meta("").replace("\"t\"", &format!("\"{tag}\"")),
+    )
+    .unwrap();
+    fs::write(lost.join("result.txt"), "b").unwrap();
+    let o = flw(&ws, &["--export", tag]);
+    assert_eq!(code(&o), 1);
+    let rows = ndjson(&o);
+    assert_eq!(rows.len(), 1, "only the attributable line");
+    assert_eq!(rows[0]["custom_id"], "ok");
+    assert!(!stdout(&o).contains("null,\"response\""), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(err.contains("200") && err.contains("custom_id"), "{err}");
+    // A broken batch.json is named too.
+    fs::write(lost.join("batch.json"), "{").unwrap();
+    let o = flw(&ws, &["--export", tag]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("batch.json"), "{}", stderr(&o));
 }

@@ -1,5 +1,6 @@
 //! Reading a job as a user sees it: state, meta.json, its primary artifact,
-//! its error, and a one-line JSON summary (the NDJSON rows of `flw --json`).
+//! its error and partial output, its batch request, and the one-line JSON
+//! object of `flw --json` (the contract's fields, then nrvna's extras).
 
 use std::path::PathBuf;
 
@@ -9,10 +10,14 @@ use crate::fsio::{read_optional, ReadError};
 use crate::id::JobId;
 use crate::meta::{Meta, MAX_META_BYTES};
 use crate::state::{artifact_kind, State, ARTIFACTS};
+use crate::submit::{BatchRequest, BATCH_FILE};
 use crate::workspace::Workspace;
 
 /// The largest error.txt shown to a user.
 const MAX_ERROR_BYTES: u64 = 64 * 1024;
+
+/// The largest artifact or response.txt put inline into `flw --json`.
+const MAX_TEXT_BYTES: u64 = 256 * 1024 * 1024;
 
 /// A job found in a workspace at one moment.
 #[derive(Clone, Debug)]
@@ -97,28 +102,42 @@ impl JobView {
         }
     }
 
-    /// One JSON object describing the job (an NDJSON row).
+    /// response.txt of a failed job (its partial output), if present.
+    pub fn partial(&self) -> Option<String> {
+        match read_optional(&self.dir.join("response.txt"), MAX_TEXT_BYTES) {
+            Ok(Some(b)) => Some(String::from_utf8_lossy(&b).into_owned()),
+            Ok(None) => None,
+            Err(e) => Some(format!("(response.txt unreadable: {e})")),
+        }
+    }
+
+    /// batch.json: the batch-file request this job answers. `Ok(None)`
+    /// when the job has none.
+    pub fn batch_request(&self) -> Result<Option<BatchRequest>, String> {
+        match read_optional(&self.dir.join(BATCH_FILE), MAX_META_BYTES) {
+            Ok(Some(b)) => BatchRequest::parse(&b)
+                .map(Some)
+                .map_err(|e| format!("{BATCH_FILE} {e}")),
+            Ok(None) => Ok(None),
+            Err(e) => Err(format!("{BATCH_FILE} {e}")),
+        }
+    }
+
+    /// The job as one JSON object: the contract's `flw WS ID --json` (and
+    /// NDJSON row), plus nrvna's extras (model, token counts, ...).
     pub fn summary(&self) -> Value {
         let mut v = json!({ "id": self.id.as_str(), "status": self.state.label() });
         let o = v.as_object_mut().expect("object");
         match self.meta() {
             Ok(Some(m)) => {
-                for k in [
-                    "mode",
-                    "tags",
-                    "parent",
-                    "submitted_at",
-                    "completed_at",
-                    "duration_s",
-                    "custom_id",
-                    "model",
-                    "prompt_tokens",
-                    "generated_tokens",
-                    "recovery_attempts",
-                    "cancelled",
-                ] {
-                    if let Some(x) = m.get(k) {
-                        o.insert(k.into(), x.clone());
+                for k in CONTRACT_META_KEYS.iter().chain(EXTRA_META_KEYS) {
+                    match m.get(k) {
+                        // A C++ daemon writes -1 for "no duration"; its flw leaves it out.
+                        Some(x) if *k == "duration_s" && x.as_f64().is_some_and(|d| d < 0.0) => {}
+                        Some(x) => {
+                            o.insert((*k).into(), x.clone());
+                        }
+                        None => {}
                     }
                 }
             }
@@ -127,17 +146,86 @@ impl JobView {
                 o.insert("meta_error".into(), e.into());
             }
         }
-        if self.state == State::Done {
-            if let Some(a) = self.primary_artifact() {
-                o.insert("artifact".into(), a.into());
-                o.insert("artifact_kind".into(), artifact_kind(a).into());
+        // A batch job finished by a C++ daemon lost the meta.json extra.
+        if !o.contains_key("custom_id") {
+            if let Ok(Some(b)) = self.batch_request() {
+                o.insert("custom_id".into(), b.custom_id.into());
             }
         }
-        if self.state == State::Failed {
-            if let Some(e) = self.error() {
-                o.insert("error".into(), e.into());
+        match self.state {
+            State::Done => {
+                if let Some(a) = self.primary_artifact() {
+                    self.add_artifact(o, a);
+                }
             }
+            State::Failed => {
+                if let Some(e) = self.error() {
+                    o.insert("error".into(), e.into());
+                }
+                if let Some(p) = self.partial() {
+                    o.insert("partial".into(), p.into());
+                }
+            }
+            _ => {}
         }
         v
     }
+
+    /// `artifact_kind`, `artifact_path` and the artifact's content inline.
+    fn add_artifact(&self, o: &mut serde_json::Map<String, Value>, name: &str) {
+        let path = self.dir.join(name);
+        let abs = std::path::absolute(&path).unwrap_or(path.clone());
+        let kind = artifact_kind(name);
+        o.insert("artifact".into(), name.into());
+        o.insert("artifact_kind".into(), kind.into());
+        o.insert("artifact_path".into(), abs.display().to_string().into());
+        if kind == "audio" {
+            o.insert("audio_path".into(), abs.display().to_string().into());
+            return;
+        }
+        let bytes = match read_optional(&path, MAX_TEXT_BYTES) {
+            Ok(Some(b)) => b,
+            Ok(None) => return,
+            Err(e) => {
+                o.insert("artifact_error".into(), format!("{name} {e}").into());
+                return;
+            }
+        };
+        match kind {
+            "embedding" => match serde_json::from_slice::<Value>(&bytes) {
+                Ok(e) => {
+                    o.insert("embedding".into(), e);
+                }
+                Err(e) => {
+                    o.insert("artifact_error".into(), format!("{name} is not valid JSON: {e}").into());
+                }
+            },
+            k => {
+                o.insert(k.into(), String::from_utf8_lossy(&bytes).into_owned().into());
+            }
+        }
+    }
 }
+
+/// The meta.json keys the contract puts into `flw --json`.
+const CONTRACT_META_KEYS: &[&str] = &[
+    "mode",
+    "submitted_at",
+    "completed_at",
+    "duration_s",
+    "parent",
+    "output_format",
+    "tags",
+    "artifacts",
+];
+
+/// nrvna's extra meta.json keys shown by `flw --json` (other readers skip them).
+const EXTRA_META_KEYS: &[&str] = &[
+    "custom_id",
+    "model",
+    "prompt_tokens",
+    "generated_tokens",
+    "finish_reason",
+    "recovery_attempts",
+    "cancelled",
+];

@@ -21,5 +21,5 @@ pub use job::JobView;
 pub use meta::Meta;
 pub use params::Params;
 pub use state::{JobType, State};
-pub use submit::{OutputFormat, Staged, Submission, SubmitError};
+pub use submit::{BatchRequest, OutputFormat, Staged, Submission, SubmitError};
 pub use workspace::{Moved, Workspace};

@@ -93,10 +93,11 @@ impl JobType {
 /// artifact is the first one present.
 pub const ARTIFACTS: [&str; 4] = ["result.txt", "transcript.txt", "audio.wav", "embedding.json"];
 
-/// What kind of artifact a file name is (`artifact_kind` in `flw --json`).
+/// What kind of artifact a file name is (`artifact_kind` in `flw --json`;
+/// the contract's words, which are also the C++ `flw`'s).
 pub fn artifact_kind(name: &str) -> &'static str {
     match name {
-        "result.txt" => "text",
+        "result.txt" => "result",
         "transcript.txt" => "transcript",
         "audio.wav" => "audio",
         "embedding.json" => "embedding",
@@ -138,6 +139,7 @@ mod tests {
             ARTIFACTS,
             ["result.txt", "transcript.txt", "audio.wav", "embedding.json"]
         );
-        assert_eq!(artifact_kind("embedding.json"), "embedding");
+        let kinds = ARTIFACTS.map(artifact_kind);
+        assert_eq!(kinds, ["result", "transcript", "audio", "embedding"]);
     }
 }

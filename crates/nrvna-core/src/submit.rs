@@ -28,8 +28,10 @@ pub fn max_prompt_bytes() -> u64 {
 /// The structured-output constraint of a job.
 #[derive(Clone, Debug, PartialEq)]
 pub enum OutputFormat {
-    /// A JSON Schema (kept as `schema.json`; the daemon derives the grammar).
-    JsonSchema(String),
+    /// A JSON Schema, kept as `schema.json`, and the GBNF grammar derived
+    /// from it, kept as `grammar.gbnf` (the contract's effective grammar:
+    /// a C++ daemon fails a structured job without it).
+    JsonSchema { schema: String, grammar: String },
     /// A GBNF grammar (kept as `grammar.gbnf`).
     Gbnf(String),
 }
@@ -45,6 +47,46 @@ pub struct Submission {
     pub output: Option<OutputFormat>,
     /// Extra meta.json keys (e.g. `custom_id` from a batch file).
     pub extra_meta: serde_json::Map<String, Value>,
+    /// The batch-file request this job answers (`batch.json`).
+    pub batch: Option<BatchRequest>,
+}
+
+/// The request of an OpenAI batch file that a job answers, kept in the
+/// job's own `batch.json` (`{"custom_id": "...", "line": N}`). A file of
+/// its own, because the C++ daemon rewrites meta.json at finish and drops
+/// the keys it does not know; it leaves other files alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchRequest {
+    pub custom_id: String,
+    /// The line of the batch file (from 1).
+    pub line: u64,
+}
+
+/// The name of the file that holds a job's [`BatchRequest`].
+pub const BATCH_FILE: &str = "batch.json";
+
+impl BatchRequest {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = serde_json::to_vec(&serde_json::json!({"custom_id": self.custom_id, "line": self.line}))
+            .unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+
+    /// Parses `batch.json`; the error says what is wrong with it.
+    pub fn parse(bytes: &[u8]) -> Result<BatchRequest, String> {
+        let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("is not valid JSON: {e}"))?;
+        let custom_id = v
+            .get("custom_id")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .ok_or("has no \"custom_id\" string")?;
+        let line = v.get("line").and_then(Value::as_u64).ok_or("has no \"line\" number")?;
+        Ok(BatchRequest {
+            custom_id: custom_id.to_owned(),
+            line,
+        })
+    }
 }
 
 /// Why a submission was refused. Nothing is published when this is returned.
@@ -74,6 +116,7 @@ impl Submission {
             params: Params::default(),
             output: None,
             extra_meta: serde_json::Map::new(),
+            batch: None,
         }
     }
 
@@ -114,7 +157,7 @@ impl Submission {
             m.set("tags", self.tags.clone());
         }
         match &self.output {
-            Some(OutputFormat::JsonSchema(_)) => m.set("output_format", "json_schema"),
+            Some(OutputFormat::JsonSchema { .. }) => m.set("output_format", "json_schema"),
             Some(OutputFormat::Gbnf(_)) => m.set("output_format", "gbnf"),
             None => {}
         }
@@ -144,9 +187,15 @@ impl Submission {
                 write_atomic(dir, "params.json", &self.params.to_bytes())?;
             }
             match &self.output {
-                Some(OutputFormat::JsonSchema(s)) => write_atomic(dir, "schema.json", s.as_bytes())?,
+                Some(OutputFormat::JsonSchema { schema, grammar }) => {
+                    write_atomic(dir, "schema.json", schema.as_bytes())?;
+                    write_atomic(dir, "grammar.gbnf", grammar.as_bytes())?;
+                }
                 Some(OutputFormat::Gbnf(g)) => write_atomic(dir, "grammar.gbnf", g.as_bytes())?,
                 None => {}
+            }
+            if let Some(b) = &self.batch {
+                write_atomic(dir, BATCH_FILE, &b.to_bytes())?;
             }
             write_atomic(dir, "meta.json", &self.meta().to_bytes())?;
             sync_dir(dir)?;
@@ -238,6 +287,33 @@ mod tests {
         assert!(m.str("submitted_at").unwrap().ends_with('Z'));
         assert!(!dir.join("type.txt").exists(), "text is the default type");
         assert_eq!(ws.list(State::Writing).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_schema_job_carries_its_grammar_and_a_batch_job_its_batch_json() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::create(d.path()).unwrap();
+        let mut s = Submission::text("   ");
+        s.output = Some(OutputFormat::JsonSchema {
+            schema: "{}".into(),
+            grammar: "root ::= \"x\"\n".into(),
+        });
+        s.batch = Some(BatchRequest {
+            custom_id: "req \"1\"".into(),
+            line: 7,
+        });
+        let id = s.publish(&ws).expect("a whitespace-only prompt is a valid text prompt");
+        let dir = ws.job_dir(State::Ready, &id);
+        assert_eq!(fs::read_to_string(dir.join("prompt.txt")).unwrap(), "   ");
+        assert_eq!(fs::read_to_string(dir.join("schema.json")).unwrap(), "{}");
+        assert_eq!(
+            fs::read_to_string(dir.join("grammar.gbnf")).unwrap(),
+            "root ::= \"x\"\n"
+        );
+        let b = BatchRequest::parse(&fs::read(dir.join(BATCH_FILE)).unwrap()).unwrap();
+        assert_eq!(b, s.batch.clone().unwrap());
+        assert!(BatchRequest::parse(b"{\"line\": 1}").unwrap_err().contains("custom_id"));
+        assert!(BatchRequest::parse(b"[").unwrap_err().contains("JSON"));
     }
 
     #[test]

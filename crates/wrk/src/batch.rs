@@ -3,7 +3,9 @@
 //! Every line is checked before anything is written (a bad line refuses the
 //! whole file, naming the line), then every job is staged, and only then
 //! published, so a batch lands whole or not at all. Each job carries the
-//! line's `custom_id` and `batch_line` in meta.json and a fresh
+//! line's `custom_id` and line number in its own `batch.json` (which a C++
+//! daemon leaves alone; it drops unknown meta.json keys at finish), the
+//! same as `custom_id`/`batch_line` meta.json extras, and a fresh
 //! `batch_...` tag, which is what `wrk` prints and `flw --export` reads.
 
 use std::collections::HashMap;
@@ -162,8 +164,13 @@ fn parse_line(raw: &[u8], line_no: usize, defaults: &Defaults, tag: &str) -> Res
         .chain(defaults.tags.iter().cloned())
         .collect();
     sub.parent = defaults.parent.clone();
-    sub.extra_meta.insert("custom_id".into(), Value::String(custom_id));
+    sub.extra_meta
+        .insert("custom_id".into(), Value::String(custom_id.clone()));
     sub.extra_meta.insert("batch_line".into(), line_no.into());
+    sub.batch = Some(nrvna_core::BatchRequest {
+        custom_id,
+        line: line_no as u64,
+    });
     sub.validate()?;
     Ok(sub)
 }
@@ -318,16 +325,23 @@ fn response_format(rf: Option<&Value>) -> Result<Option<OutputFormat>> {
     };
     match rf.get("type").and_then(Value::as_str) {
         Some("text") => Ok(None),
-        Some("json_object") => Ok(Some(OutputFormat::JsonSchema("{\"type\": \"object\"}\n".into()))),
+        Some("json_object") => {
+            let schema = serde_json::json!({"type": "object"});
+            let grammar = check_schema(&schema)?;
+            Ok(Some(OutputFormat::JsonSchema {
+                schema: format!("{schema}\n"),
+                grammar,
+            }))
+        }
         Some("json_schema") => {
             let schema = rf
                 .get("json_schema")
                 .and_then(|j| j.get("schema"))
                 .ok_or_else(|| anyhow!("body.response_format.json_schema.schema is missing"))?;
-            check_schema(schema).context("body.response_format.json_schema.schema")?;
+            let grammar = check_schema(schema).context("body.response_format.json_schema.schema")?;
             let mut text = serde_json::to_string_pretty(schema)?;
             text.push('\n');
-            Ok(Some(OutputFormat::JsonSchema(text)))
+            Ok(Some(OutputFormat::JsonSchema { schema: text, grammar }))
         }
         Some(other) => bail!("body.response_format.type {other:?} is not one of text, json_object, json_schema"),
         None => bail!("body.response_format.type is missing"),
@@ -373,7 +387,7 @@ mod tests {
         assert_eq!(e.job_type, JobType::Embed);
         assert_eq!(e.prompt, "text");
         let j = one(r#"{"custom_id":"j","method":"POST","url":"/v1/chat/completions","body":{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"n","schema":{"type":"object"}}}}}"#).unwrap();
-        assert!(matches!(j.output, Some(OutputFormat::JsonSchema(_))));
+        assert!(matches!(j.output, Some(OutputFormat::JsonSchema { .. })));
     }
 
     #[test]

@@ -31,11 +31,15 @@ Examples:
 /// into WS/input/ready/, where a daemon (nrvnad) picks it up. The workspace
 /// is created when it does not exist.
 #[derive(Debug, Parser)]
-#[command(name = "wrk", version, after_long_help = AFTER_HELP, after_help = "Exit codes: 0 published (id on stdout), 1 refused or failed (reason on stderr). See --help for more.")]
+#[command(name = "wrk", version, disable_version_flag = true, after_long_help = AFTER_HELP, after_help = "Exit codes: 0 published (id on stdout), 1 refused or failed (reason on stderr). See --help for more.")]
 pub struct Args {
     /// The workspace directory (created when missing).
     #[arg(value_name = "WS")]
     pub workspace: PathBuf,
+
+    /// Print the version and exit (-V also works).
+    #[arg(short = 'v', short_alias = 'V', long = "version", action = clap::ArgAction::Version)]
+    pub version: Option<bool>,
 
     /// The prompt, as words joined by single spaces; `-` reads it from stdin.
     #[arg(value_name = "PROMPT")]
@@ -93,7 +97,10 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["json_schema", "grammar"])]
     pub embed: bool,
 
-    /// Constrain the output to this JSON Schema (stored as schema.json).
+    /// Constrain the output to this JSON Schema (stored as schema.json, and
+    /// turned into the grammar stored as grammar.gbnf; a schema with a
+    /// constraint no grammar can enforce, such as uniqueItems, is
+    /// refused with the reason).
     #[arg(long, value_name = "FILE", conflicts_with = "grammar")]
     pub json_schema: Option<PathBuf>,
 

@@ -3,7 +3,10 @@
 //! The file is read without following a symlink, must be a non-empty
 //! regular UTF-8 file of at most 256 KiB, and a schema must be valid JSON
 //! and a valid JSON Schema (checked against its meta-schema), so a job is
-//! never published with a constraint the daemon would choke on.
+//! never published with a constraint the daemon would choke on. A schema
+//! also gets its GBNF grammar (`grammar.gbnf`, which the contract requires
+//! beside `schema.json`); a schema no grammar can express is refused with
+//! the reason.
 
 use std::path::Path;
 
@@ -15,13 +18,13 @@ use serde_json::Value;
 /// The largest schema or grammar file accepted.
 pub const MAX_CONSTRAINT_BYTES: u64 = 256 * 1024;
 
-/// Reads and checks a `--json-schema` file.
+/// Reads and checks a `--json-schema` file, and derives its grammar.
 pub fn json_schema_file(path: &Path) -> Result<OutputFormat> {
     let text = read_constraint_file(path, "--json-schema")?;
     let v: Value =
         serde_json::from_str(&text).map_err(|e| anyhow!("--json-schema {} is not valid JSON: {e}", path.display()))?;
-    check_schema(&v).with_context(|| format!("--json-schema {}", path.display()))?;
-    Ok(OutputFormat::JsonSchema(text))
+    let grammar = check_schema(&v).with_context(|| format!("--json-schema {}", path.display()))?;
+    Ok(OutputFormat::JsonSchema { schema: text, grammar })
 }
 
 /// Reads and checks a `--grammar` file (GBNF text; the daemon parses it).
@@ -30,8 +33,9 @@ pub fn grammar_file(path: &Path) -> Result<OutputFormat> {
 }
 
 /// Checks that `v` is a JSON Schema: valid against its meta-schema and
-/// compilable (patterns are valid regexes, local `$ref`s resolve).
-pub fn check_schema(v: &Value) -> Result<()> {
+/// compilable (patterns are valid regexes, local `$ref`s resolve), and
+/// that a grammar can express it. Returns that grammar (GBNF).
+pub fn check_schema(v: &Value) -> Result<String> {
     if !v.is_object() {
         bail!("is not a JSON Schema: a schema must be a JSON object such as {{\"type\": \"object\", ...}}");
     }
@@ -44,7 +48,8 @@ pub fn check_schema(v: &Value) -> Result<()> {
         }
     })?;
     jsonschema::validator_for(v).map_err(|e| anyhow!("is not a usable JSON Schema: {e}"))?;
-    Ok(())
+    nrvna_schema::json_schema_to_gbnf(v)
+        .map_err(|e| anyhow!("cannot be turned into a grammar for constrained generation: {e}"))
 }
 
 fn read_constraint_file(path: &Path, flag: &str) -> Result<String> {
@@ -82,7 +87,8 @@ mod tests {
             json!({"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "array", "items": {"type": "integer"}}),
             json!({"$defs": {"a": {"type": "string"}}, "$ref": "#/$defs/a"}),
         ] {
-            check_schema(&s).unwrap_or_else(|e| panic!("{s}: {e:#}"));
+            let g = check_schema(&s).unwrap_or_else(|e| panic!("{s}: {e:#}"));
+            assert!(g.starts_with("root ::= "), "{g}");
         }
     }
 
@@ -99,5 +105,13 @@ mod tests {
         ] {
             assert!(check_schema(&s).is_err(), "{s} must be refused");
         }
+    }
+
+    #[test]
+    fn refuses_a_valid_schema_that_no_grammar_can_enforce_with_the_reason() {
+        let e = check_schema(&json!({"type": "object", "properties": {"n": {"type": "number", "maximum": 1.5}}}))
+            .expect_err("a fractional number bound cannot be enforced");
+        let msg = format!("{e:#}");
+        assert!(msg.contains("#/properties/n") && msg.contains("maximum"), "{msg}");
     }
 }

@@ -192,6 +192,11 @@ fn embed_schema_and_grammar_jobs() {
     let dir = published(&w.root, &out);
     assert_eq!(read(&dir, "schema.json"), schema_text);
     assert_eq!(meta(&dir).str("output_format"), Some("json_schema"));
+    assert_eq!(
+        read(&dir, "grammar.gbnf"),
+        nrvna_schema::json_schema_to_gbnf(&serde_json::from_str(schema_text).unwrap()).unwrap(),
+        "the effective grammar beside the schema"
+    );
 
     let grammar = files.path().join("g.gbnf");
     fs::write(&grammar, "root ::= \"yes\" | \"no\"\n").unwrap();
@@ -204,6 +209,73 @@ fn embed_schema_and_grammar_jobs() {
     let dir = published(&w.root, &out);
     assert_eq!(read(&dir, "grammar.gbnf"), "root ::= \"yes\" | \"no\"\n");
     assert_eq!(meta(&dir).str("output_format"), Some("gbnf"));
+}
+
+/// Regression (issue 9): `wrk --json-schema` wrote schema.json without
+/// grammar.gbnf, and the C++ daemon fails every such job. The grammar is
+/// written beside the schema; a schema no grammar can express is refused
+/// with the place and the reason, and nothing is published.
+#[test]
+fn json_schema_jobs_carry_their_grammar_or_are_refused_with_the_reason() {
+    let w = ws();
+    let files = tempfile::tempdir().unwrap();
+    let schema = files.path().join("s.json");
+    fs::write(
+        &schema,
+        r##"{"type":"object","properties":{"when":{"type":"string","format":"date"},"n":{"type":"integer","minimum":1,"maximum":9},"tags":{"type":"array","items":{"$ref":"#/$defs/tag"},"maxItems":3}},"required":["when"],"$defs":{"tag":{"enum":["a","b"]}}}"##,
+    )
+    .unwrap();
+    let dir = published(
+        &w.root,
+        &wrk(&w.root, &["--json-schema", schema.to_str().unwrap(), "x"], None, &[]),
+    );
+    let g = read(&dir, "grammar.gbnf");
+    assert!(g.starts_with("root ::= "), "{g}");
+    assert!(g.contains("\"\\\"when\\\"\""), "the property is in the grammar: {g}");
+
+    let w = ws();
+    for (body, needle) in [
+        (r#"{"type":"number","maximum":2.5}"#, "whole number"),
+        (r#"{"type":"string","pattern":"[a-z]+"}"#, "anchored"),
+        (
+            r#"{"type":"array","items":{"type":"string"},"uniqueItems":true}"#,
+            "uniqueItems",
+        ),
+        (
+            r#"{"type":"object","properties":{"a":{"not":{"type":"null"}}}}"#,
+            "#/properties/a",
+        ),
+    ] {
+        fs::write(&schema, body).unwrap();
+        let out = wrk(&w.root, &["--json-schema", schema.to_str().unwrap(), "x"], None, &[]);
+        assert_refused(&w.root, &out, needle);
+        assert_refused(&w.root, &out, "grammar");
+    }
+}
+
+/// Regression (issue 9): a whitespace-only prompt is a valid text prompt
+/// (the contract; the C++ wrk accepts it); it is published as given.
+#[test]
+fn a_whitespace_only_prompt_is_published_verbatim() {
+    let w = ws();
+    let dir = published(&w.root, &wrk(&w.root, &["   "], None, &[]));
+    assert_eq!(read(&dir, "prompt.txt"), "   ");
+    let dir = published(&w.root, &wrk(&w.root, &["-"], Some(b" \t \n"), &[]));
+    assert_eq!(read(&dir, "prompt.txt"), " \t ");
+}
+
+/// Regression (issue 9): `wrk -v` was refused; the C++ tools print their
+/// version with -v and --version.
+#[test]
+fn dash_v_prints_the_version() {
+    for flag in ["-v", "--version", "-V"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_wrk")).arg(flag).output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{flag}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim_end(),
+            concat!("wrk ", env!("CARGO_PKG_VERSION"))
+        );
+    }
 }
 
 /// Arguments, stdin, environment, and a word the error message must contain.
@@ -338,6 +410,12 @@ fn batch_publishes_every_line_with_custom_ids_and_prints_the_tag() {
         assert_eq!(m.tags(), [tag, "mine"]);
         let cid = m.str("custom_id").unwrap().to_owned();
         let line = m.get("batch_line").unwrap().as_u64().unwrap();
+        let b: Value = serde_json::from_str(&read(&dir, "batch.json")).unwrap();
+        assert_eq!(
+            b,
+            json!({"custom_id": cid, "line": line}),
+            "batch.json, which a C++ daemon leaves alone"
+        );
         match cid.as_str() {
             "req-1" => {
                 assert_eq!(line, 1);
@@ -355,6 +433,7 @@ fn batch_publishes_every_line_with_custom_ids_and_prints_the_tag() {
                 assert_eq!(m.str("output_format"), Some("json_schema"));
                 let s: Value = serde_json::from_str(&read(&dir, "schema.json")).unwrap();
                 assert_eq!(s, json!({"type": "object"}));
+                assert!(read(&dir, "grammar.gbnf").starts_with("root ::= "));
             }
             other => panic!("unexpected custom_id {other}"),
         }
