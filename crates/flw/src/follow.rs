@@ -22,9 +22,6 @@ use crate::ticker::Ticker;
 use crate::wait::state_dirs;
 use crate::Outcome;
 
-/// How often to look when no filesystem events arrive.
-const SLOW_POLL: Duration = Duration::from_millis(500);
-
 /// The largest final artifact compared with the streamed text.
 const MAX_FINAL_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -45,7 +42,8 @@ pub fn follow(ws: &Workspace, id: &JobId, timeout: Option<Duration>) -> Result<O
                 dirs.push(ws.job_dir(State::Processing, id));
             }
             let refs: Vec<&std::path::Path> = dirs.iter().map(|d| d.as_path()).collect();
-            waker = Some(DirWaker::new(&refs, SLOW_POLL));
+            // How often to look when no filesystem events arrive.
+            waker = Some(DirWaker::new(&refs, nrvna_core::config::settings().wait_poll));
             watched = Some(state);
             // Look again now that the watch is up, so no change is lost.
             continue;

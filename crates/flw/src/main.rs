@@ -22,6 +22,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // NRVNA_FSYNC, NRVNA_MAX_PROMPT_SIZE, NRVNA_WAIT_POLL_MS: checked once.
+    if let Err(e) = nrvna_core::config::init_from_env() {
+        let _ = writeln!(std::io::stderr(), "flw: {e}");
+        return ExitCode::FAILURE;
+    }
     match flw::run(args) {
         Ok(code) => code,
         Err(e) if flw::is_broken_pipe(&e) => ExitCode::SUCCESS,

@@ -65,6 +65,9 @@ fn cmd(ws: &Ws, args: &[&str]) -> Command {
     c.arg(&ws.root)
         .args(args)
         .env("NRVNA_FSYNC", "0")
+        // The fallback poll would take a minute: a waiting flw that returns
+        // in time was woken by a filesystem event.
+        .env("NRVNA_WAIT_POLL_MS", "60000")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     c

@@ -29,7 +29,7 @@ fn model() -> &'static Model {
             "model {} is missing; fetch it with: scripts/fetch-model.sh",
             p.display()
         );
-        Model::load(&p, 0).expect("load the test model")
+        Model::load(&p, 0, None).expect("load the test model")
     })
 }
 

@@ -21,6 +21,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // NRVNA_FSYNC, NRVNA_MAX_PROMPT_SIZE, NRVNA_WAIT_POLL_MS: checked once.
+    if let Err(e) = nrvna_core::config::init_from_env() {
+        let _ = writeln!(std::io::stderr(), "wrk: {e}");
+        return ExitCode::FAILURE;
+    }
     match wrk::run(args) {
         Ok(code) => code,
         Err(e) if wrk::is_broken_pipe(&e) => ExitCode::SUCCESS,
