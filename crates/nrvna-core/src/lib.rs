@@ -3,12 +3,14 @@
 //! and the daemon's lifecycle files. `wrk` and `flw` need nothing else, so
 //! this crate never links llama.cpp.
 
+pub mod cancel;
 pub mod fsio;
 pub mod id;
 pub mod job;
 pub mod lifecycle;
 pub mod live;
 pub mod meta;
+pub mod openai;
 pub mod params;
 pub mod state;
 pub mod submit;
@@ -18,7 +20,7 @@ pub mod workspace;
 pub use id::JobId;
 pub use job::JobView;
 pub use meta::Meta;
-pub use params::Params;
+pub use params::{Params, Priority};
 pub use state::{JobType, State};
 pub use submit::{OutputFormat, Staged, Submission, SubmitError};
 pub use workspace::{Moved, Workspace};
