@@ -575,3 +575,52 @@ pub async fn cancel(AxState(app): AxState<Arc<App>>, AxPath(id): AxPath<String>)
     drop(_w);
     Ok(Json(describe(&app, rec).await?))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_batch_left_half_published_is_completed_once_at_start() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::create(d.path()).unwrap();
+        let store = Store::open(&ws).unwrap();
+        let line = |c: &str| {
+            format!(
+                r#"{{"custom_id":"{c}","method":"POST","url":"/v1/chat/completions","body":{{"messages":[{{"role":"user","content":"hi {c}"}}]}}}}"#
+            )
+        };
+        let input = format!("{}\n{}\n{}\n", line("a"), line("b"), line("c"));
+        std::fs::write(store.files.join("file-1_1_000001.data"), &input).unwrap();
+        let id = "batch_1_1_000002";
+        let rec =
+            json!({"id": id, "input_file_id": "file-1_1_000001", "created_at": 1, "total": 3, "published": false});
+        Store::write_json(&store.batches, &format!("{id}.json"), &rec).unwrap();
+        // The killed gateway had published the first request only.
+        let subs = wrk::batch::parse(input.as_bytes(), &batch_defaults(), id).unwrap();
+        wrk::batch::publish_all(&ws, &subs[..1]).unwrap();
+
+        store.recover().await.unwrap();
+        store.recover().await.unwrap();
+        let jobs = tagged_jobs(&ws, id);
+        let ids: Vec<_> = jobs
+            .iter()
+            .map(|(_, m)| m.str("custom_id").unwrap().to_owned())
+            .collect();
+        assert_eq!(ids, ["a", "b", "c"]);
+        assert_eq!(store.batch(id).unwrap()["published"], true);
+        let p = std::fs::read_to_string(jobs[1].0.dir.join("params.json")).unwrap();
+        assert!(p.contains(r#""priority": "low""#), "{p}");
+    }
+
+    #[test]
+    fn ids_are_checked_before_any_path_is_made() {
+        assert!(upload_job_id("file-../../etc").is_none());
+        assert!(batch_job_id("batch_1_2_000003").is_some());
+        assert_eq!(
+            result_file("file-batch_1_2_000003-errors"),
+            Some(("batch_1_2_000003".into(), true))
+        );
+        assert!(result_file("file-batch_../x-output").is_none());
+    }
+}
