@@ -89,7 +89,6 @@ fn python() -> PathBuf {
 /// A child process killed when dropped.
 struct Proc {
     child: Child,
-    what: &'static str,
 }
 
 impl Drop for Proc {
@@ -128,7 +127,7 @@ fn start_daemon(ws: &Path) -> Proc {
         .stdout(Stdio::null())
         .spawn()
         .expect("spawning nrvnad");
-    let p = Proc { child, what: "nrvnad" };
+    let p = Proc { child };
     assert!(
         wait_for(Duration::from_secs(60), || ws.join(".nrvnad.ready").exists()),
         "nrvnad did not become ready within 60 s"
@@ -152,13 +151,7 @@ fn start_api(ws: &Path) -> (Proc, String) {
         .expect("reading the address nrvna-api prints");
     let url = line.trim().to_owned();
     assert!(url.starts_with("http://127.0.0.1:"), "nrvna-api printed {url:?}");
-    (
-        Proc {
-            child,
-            what: "nrvna-api",
-        },
-        url,
-    )
+    (Proc { child }, url)
 }
 
 /// Runs a Python scenario; panics with its output when it fails.
@@ -214,6 +207,14 @@ fn official_openai_and_mcp_clients_against_a_real_daemon() {
     // again: the batch completes and reports every request.
     let batch = py(&python, &base, &ws, &["openai_client.py", "batch-start"]);
     let batch = batch.trim().to_owned();
+    let unfinished = ["input/ready", "processing"]
+        .iter()
+        .map(|d| std::fs::read_dir(ws.join(d)).map(|r| r.count()).unwrap_or(0))
+        .sum::<usize>();
+    assert!(
+        unfinished > 0,
+        "the batch finished before the gateway was killed; give it more requests"
+    );
     drop(api);
     let (_api, base) = start_api(&ws);
     py(&python, &base, &ws, &["openai_client.py", "batch-finish", &batch]);
@@ -237,5 +238,4 @@ fn official_openai_and_mcp_clients_against_a_real_daemon() {
         &ws,
         &["mcp_client.py", "stdio", bin.to_str().unwrap(), ws.to_str().unwrap()],
     );
-    let _ = _daemon.what;
 }

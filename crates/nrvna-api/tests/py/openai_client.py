@@ -207,17 +207,17 @@ def batch_cancel():
 
 
 def batch_start():
-    b = upload_batch(12, 12, "restart")
+    b = upload_batch(24, 16, "restart")
     print(b.id)
 
 
 def batch_finish(batch_id):
     b = wait_batch(batch_id, ("completed",))
-    check_output(b, 12, "restart")
+    check_output(b, 24, "restart")
     print(f"batch after restart ok: {b.request_counts}")
 
 
-def concurrent():
+def concurrent_chats():
     def one(i):
         r = client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": f"Say the number {i}."}], max_tokens=4, temperature=0
@@ -281,5 +281,5 @@ if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     fn = {"chat": chat, "stream": stream, "embeddings": embeddings, "schema": schema, "batch": batch,
           "batch-cancel": batch_cancel, "batch-start": batch_start, "batch-finish": batch_finish,
-          "concurrent": concurrent, "bad": bad}[cmd]
+          "concurrent": concurrent_chats, "bad": bad}[cmd]
     fn(*args)
