@@ -67,7 +67,7 @@ fn python() -> PathBuf {
         return py;
     }
     let setup = format!(
-        "python3 -m venv {v} && {v}/bin/pip install openai mcp",
+        "python3 -m venv {v} && {v}/bin/pip install openai==3.57.0 mcp==2.3.0",
         v = venv.display()
     );
     let ok = Command::new("python3")
@@ -76,7 +76,7 @@ fn python() -> PathBuf {
         .status()
         .is_ok_and(|s| s.success())
         && Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "openai", "mcp"])
+            .args(["install", "--quiet", "openai==3.57.0", "mcp==2.3.0"])
             .status()
             .is_ok_and(|s| s.success());
     assert!(
@@ -193,6 +193,7 @@ fn official_openai_and_mcp_clients_against_a_real_daemon() {
     for scenario in [
         "chat",
         "stream",
+        "disconnect",
         "embeddings",
         "schema",
         "bad",

@@ -101,6 +101,47 @@ def stream():
     print(f"stream ok: {len(deltas)} deltas, {text!r}")
 
 
+def wait_cancelled(job_id, what):
+    path = os.path.join(WS, "failed", job_id, "meta.json")
+    t0 = time.time()
+    while not os.path.exists(path):
+        check(time.time() - t0 < 30, f"{what}: job {job_id} was not cancelled within 30 s")
+        time.sleep(0.05)
+    meta = json.loads(open(path, encoding="utf-8").read())
+    check(meta.get("cancelled") is True, f"{what}: job {job_id} failed without being cancelled: {meta}")
+
+
+def disconnect():
+    long = [{"role": "user", "content": "Write a very long story about a dragon and a knight."}]
+    # A streaming client that goes away after the first words.
+    stream = client.chat.completions.create(model=MODEL, messages=long, max_tokens=2000, temperature=0.8,
+                                            seed=1, stream=True)
+    for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            break
+    stream.close()
+    wait_cancelled(chunk.id.removeprefix("chatcmpl-"), "closed stream")
+    # A client that gives up waiting for a whole answer.
+    before = set(os.listdir(os.path.join(WS, "processing"))) | set(os.listdir(os.path.join(WS, "input", "ready")))
+    impatient = openai.OpenAI(base_url=BASE, api_key=KEY, max_retries=0, timeout=1.0)
+    try:
+        impatient.chat.completions.create(model=MODEL, messages=long, max_tokens=2000, temperature=0.8, seed=1)
+        raise AssertionError("a 2000-token answer came back within 1 s")
+    except openai.APITimeoutError:
+        pass
+    t0 = time.time()
+    while True:
+        jobs = (set(os.listdir(os.path.join(WS, "processing"))) | set(os.listdir(os.path.join(WS, "input", "ready")))
+                | set(os.listdir(os.path.join(WS, "failed"))))
+        new = [j for j in jobs - before if os.path.exists(os.path.join(WS, "failed", j))
+               and json.load(open(os.path.join(WS, "failed", j, "meta.json"))).get("cancelled")]
+        if new:
+            break
+        check(time.time() - t0 < 30, "the impatient client's job was not cancelled within 30 s")
+        time.sleep(0.05)
+    print("disconnect ok: both jobs cancelled")
+
+
 def embeddings():
     texts = ["a cat sat on the mat", "a dog sat on the rug", "stock prices fell"]
     r = client.embeddings.create(model=MODEL, input=texts)  # base64 on the wire
@@ -281,5 +322,5 @@ if __name__ == "__main__":
     cmd, args = sys.argv[1], sys.argv[2:]
     fn = {"chat": chat, "stream": stream, "embeddings": embeddings, "schema": schema, "batch": batch,
           "batch-cancel": batch_cancel, "batch-start": batch_start, "batch-finish": batch_finish,
-          "concurrent": concurrent_chats, "bad": bad}[cmd]
+          "concurrent": concurrent_chats, "disconnect": disconnect, "bad": bad}[cmd]
     fn(*args)
