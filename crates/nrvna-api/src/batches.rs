@@ -148,15 +148,27 @@ fn result_file(id: &str) -> Option<(String, bool)> {
     Some((batch.to_owned(), errors))
 }
 
-fn tagged_jobs(ws: &Workspace, tag: &str) -> Vec<(JobView, Meta)> {
-    let mut rows: Vec<(JobView, Meta)> = flw::scope::ScopeCache::default()
-        .jobs(ws, &flw::scope::Scope::tagged(tag))
-        .into_iter()
-        .map(|j| {
-            let m = j.meta().ok().flatten().unwrap_or_default();
-            (j, m)
-        })
-        .collect();
+/// Every job with a tag and its meta.json, in batch-file order. A job that
+/// moves between listing and reading (claimed, finished, cancelled) is
+/// looked up again rather than dropped.
+pub fn tagged_jobs(ws: &Workspace, tag: &str) -> Vec<(JobView, Meta)> {
+    let mut rows = Vec::new();
+    for mut job in ws.all_jobs() {
+        let mut meta = None;
+        for _ in 0..3 {
+            if let Ok(Some(m)) = job.meta() {
+                meta = Some(m);
+                break;
+            }
+            match ws.job(&job.id) {
+                Some(moved) => job = moved,
+                None => break,
+            }
+        }
+        if let Some(m) = meta.filter(|m| m.tags().iter().any(|t| t == tag)) {
+            rows.push((job, m));
+        }
+    }
     let line = |m: &Meta| m.get("batch_line").and_then(Value::as_u64).unwrap_or(u64::MAX);
     rows.sort_by(|(a, am), (b, bm)| line(am).cmp(&line(bm)).then_with(|| a.id.cmp(&b.id)));
     rows
@@ -167,7 +179,16 @@ fn not_found(what: &str, id: &str) -> ApiError {
 }
 
 /// `POST /v1/files` (multipart: `file`, `purpose=batch`).
-pub async fn upload(AxState(app): AxState<Arc<App>>, mut form: Multipart) -> Result<Json<Value>, ApiError> {
+pub async fn upload(
+    AxState(app): AxState<Arc<App>>,
+    form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let mut form = form.map_err(|e| {
+        ApiError::invalid(format!(
+            "{}; upload the file as multipart/form-data with the fields `file` and `purpose=batch`",
+            e.body_text()
+        ))
+    })?;
     let (mut purpose, mut file) = (None, None);
     loop {
         let field = match form.next_field().await {

@@ -109,7 +109,14 @@ mod tests {
 
     #[test]
     fn beyond_loopback_needs_a_key() {
-        let parse = |args: &[&str]| Args::try_parse_from(args).unwrap().into_config();
+        // The key comes from the flag only here, whatever NRVNA_API_KEY says.
+        let parse = |args: &[&str]| {
+            let mut a = Args::try_parse_from(args).unwrap();
+            if !args.contains(&"--api-key") {
+                a.api_key = None;
+            }
+            a.into_config()
+        };
         assert!(parse(&["nrvna-api", "ws"]).is_ok());
         let e = parse(&["nrvna-api", "ws", "--listen", "0.0.0.0:8080"]).unwrap_err();
         assert!(e.to_string().contains("NRVNA_API_KEY"), "{e}");

@@ -173,11 +173,9 @@ impl NrvnaMcp {
         }
         let ws = self.app.jobs.ws.clone();
         let rows = tokio::task::spawn_blocking(move || {
-            flw::scope::ScopeCache::default()
-                .jobs(&ws, &flw::scope::Scope::tagged(&a.tag))
-                .iter()
-                .map(|j| j.summary())
-                .collect::<Vec<_>>()
+            let mut rows = crate::batches::tagged_jobs(&ws, &a.tag);
+            rows.sort_by(|(a, _), (b, _)| a.id.cmp(&b.id));
+            rows.iter().map(|(j, _)| j.summary()).collect::<Vec<_>>()
         })
         .await
         .map_err(|e| e.to_string())?;

@@ -297,6 +297,22 @@ def bad():
     except urllib.error.HTTPError as e:
         body = e.read().decode()
         check(e.code == 400 and json.loads(body)["error"]["type"] == "invalid_request_error", body)
+    for path, data, headers, status in [
+        ("/files", b'{"purpose": "batch"}', {"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"}, 400),
+        ("/models", None, {}, 401),
+        ("/nowhere", None, {"Authorization": f"Bearer {KEY}"}, 404),
+    ]:
+        try:
+            urllib.request.urlopen(urllib.request.Request(BASE + path, data=data, headers=headers))
+            raise AssertionError(f"{path} answered 200")
+        except urllib.error.HTTPError as e:
+            body = json.loads(e.read().decode())
+            check(e.code == status and body["error"]["message"], f"{path}: {e.code} {body}")
+    try:
+        urllib.request.urlopen(urllib.request.Request(BASE.removesuffix("/v1") + "/mcp", data=b"{}"))
+        raise AssertionError("/mcp answered without a token")
+    except urllib.error.HTTPError as e:
+        check(e.code == 401, f"/mcp without a token: {e.code}")
     expect_error(400, lambda: client.chat.completions.create(model=MODEL, messages="hi"), param="messages")
     expect_error(400, lambda: client.chat.completions.create(model=MODEL, messages=msgs, temperature="hot"),
                  param="temperature")
