@@ -146,9 +146,11 @@ pub async fn run(cfg: Config) -> Result<()> {
     })?;
     let addr = listener.local_addr()?;
     {
+        // Whoever started us may not read stdout (a closed pipe): serve anyway.
         let mut out = std::io::stdout().lock();
-        writeln!(out, "http://{addr}")?;
-        out.flush()?;
+        if let Err(e) = writeln!(out, "http://{addr}").and_then(|()| out.flush()) {
+            tracing::debug!("could not print the address on stdout: {e}");
+        }
     }
     tracing::info!("serving {} on http://{addr}", app.jobs.ws.root().display());
     let router = router(app);
