@@ -320,20 +320,12 @@ fn stream_job(
             };
             if job.state == State::Processing {
                 if let Ok(b) = read_limited(&job.dir.join(PARTIAL_FILE), crate::jobs::MAX_ARTIFACT_BYTES) {
-                    let valid = match std::str::from_utf8(&b) {
-                        Ok(s) => s,
-                        Err(e) => std::str::from_utf8(&b[..e.valid_up_to()]).unwrap_or_default(),
-                    };
-                    let mut upto = valid.len().saturating_sub(holdback);
-                    while !valid.is_char_boundary(upto) {
-                        upto -= 1;
-                    }
-                    if upto > sent.len() && valid.starts_with(sent.as_str()) {
-                        let delta = &valid[sent.len()..upto];
-                        if !send(chunk(Some(delta), None, false)).await {
+                    if let Some(delta) = next_delta(&b, &sent, holdback) {
+                        let delta = delta.to_owned();
+                        if !send(chunk(Some(&delta), None, false)).await {
                             return;
                         }
-                        sent.push_str(delta);
+                        sent.push_str(&delta);
                     }
                 }
             } else if job.state.is_terminal() {
@@ -399,6 +391,21 @@ fn stream_job(
     Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response()
+}
+
+/// The text of `partial` (the bytes of partial.txt) not yet sent, less the
+/// last `holdback` bytes (which a stop string may still cut) and any
+/// incomplete character; `None` when there is nothing new to send.
+fn next_delta<'a>(partial: &'a [u8], sent: &str, holdback: usize) -> Option<&'a str> {
+    let valid = match std::str::from_utf8(partial) {
+        Ok(s) => s,
+        Err(e) => std::str::from_utf8(&partial[..e.valid_up_to()]).unwrap_or_default(),
+    };
+    let mut upto = valid.len().saturating_sub(holdback);
+    while !valid.is_char_boundary(upto) {
+        upto -= 1;
+    }
+    (upto > sent.len() && valid.starts_with(sent)).then(|| &valid[sent.len()..upto])
 }
 
 /// `POST /v1/embeddings`: one embedding job per input, answered together.
@@ -471,4 +478,42 @@ pub async fn embeddings(
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     }))
     .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deltas_hold_back_what_a_stop_string_may_cut_and_half_characters() {
+        assert_eq!(next_delta(b"Hello wor", "", 0), Some("Hello wor"));
+        assert_eq!(next_delta(b"Hello wor", "Hello", 0), Some(" wor"));
+        // With stop "END", the last two bytes might begin it.
+        assert_eq!(next_delta(b"Hello EN", "", 2), Some("Hello "));
+        assert_eq!(next_delta(b"Hello EN", "Hello ", 2), None);
+        // "é" is two bytes; the first one alone is not sent.
+        assert_eq!(next_delta(&"café".as_bytes()[..4], "", 0), Some("caf"));
+        assert_eq!(next_delta("café!".as_bytes(), "caf", 1), Some("é"));
+        // A partial.txt that does not continue what was sent sends nothing.
+        assert_eq!(next_delta(b"other text", "Hello", 0), None);
+    }
+
+    #[test]
+    fn model_ids_are_file_names_without_gguf() {
+        assert_eq!(
+            model_id("/m/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            "SmolLM2-135M-Instruct.Q4_1"
+        );
+        assert_eq!(model_id("SmolLM2-135M-Instruct.Q4_1"), "SmolLM2-135M-Instruct.Q4_1");
+    }
+
+    #[test]
+    fn bodies_must_be_json_objects() {
+        assert!(json_body(Ok(Bytes::from_static(br#"{"a":1}"#))).is_ok());
+        for bad in [&b"[1]"[..], b"{", b"", b"null"] {
+            let e = json_body(Ok(Bytes::copy_from_slice(bad))).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert_eq!(e.body()["error"]["type"], "invalid_request_error");
+        }
+    }
 }
