@@ -7,6 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+scripts/setup.sh
 cargo build --release --workspace --quiet
 scripts/fetch-model.sh
 bin=${CARGO_TARGET_DIR:-target}/release

@@ -1,8 +1,10 @@
 //! `flw WS --cancel ID`: stop a job that has not finished.
 //!
-//! A queued job is moved straight to failed/ (one rename, so it cannot race
-//! a worker's claim: exactly one of the two renames wins) and marked
-//! `cancelled`. A running one gets a `cancel` file in its directory; the
+//! A queued job gets its reason (error.txt) and a `cancelled` meta.json
+//! while still in input/ready/, then moves to failed/ in one rename, so
+//! readers see it queued or failed with its reason, never in between; that
+//! rename races a worker's claim, and exactly one of the two wins (a daemon
+//! that wins clears error.txt at claim). A running one gets a `cancel` file in its directory; the
 //! daemon stops it, keeps the partial output, and moves it to failed/ with
 //! `cancelled: true`, which we wait for.
 
@@ -44,14 +46,8 @@ pub fn cancel(ws: &Workspace, id: &JobId, timeout: Option<Duration>) -> Result<O
         Some(State::Writing) => {
             bail!("job {id} is still being written by its submitter; try again in a moment")
         }
-        Some(State::Ready) => match ws
-            .transition(id, State::Ready, State::Failed)
-            .with_context(|| format!("moving job {id} from queued to failed"))?
-        {
-            Moved::Yes => {
-                mark_cancelled(ws, id, CANCELLED_BEFORE_START)?;
-                return print_cancelled();
-            }
+        Some(State::Ready) => match cancel_queued(ws, id, CANCELLED_BEFORE_START)? {
+            Moved::Yes => return print_cancelled(),
             // A worker claimed it first: cancel it as a running job.
             Moved::SourceGone => {}
             Moved::DestinationExists => bail!(
@@ -64,14 +60,16 @@ pub fn cancel(ws: &Workspace, id: &JobId, timeout: Option<Duration>) -> Result<O
     cancel_running(ws, id, timeout.unwrap_or(DEFAULT_TIMEOUT))
 }
 
-/// Completes a queued job moved to failed/: error.txt and meta.json.
-fn mark_cancelled(ws: &Workspace, id: &JobId, reason: &str) -> Result<()> {
-    let dir = ws.job_dir(State::Failed, id);
-    let what = || format!("marking cancelled job {id} in {}", dir.display());
-    write_atomic(&dir, "error.txt", format!("{reason}\n").as_bytes()).with_context(what)?;
+/// Cancels a queued job: error.txt and meta.json are written while it is
+/// still in input/ready/, then one rename makes it failed. `SourceGone`:
+/// a worker claimed it first (what was written travels with it and the
+/// daemon clears it).
+fn cancel_queued(ws: &Workspace, id: &JobId, reason: &str) -> Result<Moved> {
+    let dir = ws.job_dir(State::Ready, id);
+    let what = || format!("marking queued job {id} cancelled in {}", dir.display());
     let job = JobView {
         id: id.clone(),
-        state: State::Failed,
+        state: State::Ready,
         dir: dir.clone(),
     };
     // An invalid meta.json is replaced rather than left unfinished.
@@ -80,10 +78,17 @@ fn mark_cancelled(ws: &Workspace, id: &JobId, reason: &str) -> Result<()> {
     meta.set("cancelled", true);
     meta.set("completed_at", iso8601_utc(SystemTime::now()));
     meta.set("duration_s", two_decimals(0.0));
-    meta.set("artifacts", Vec::<String>::new());
-    write_atomic(&dir, "meta.json", &meta.to_bytes()).with_context(what)?;
-    sync_dir(&dir).with_context(what)?;
-    Ok(())
+    meta.set("artifacts", vec!["error.txt"]);
+    let written = write_atomic(&dir, "error.txt", format!("{reason}\n").as_bytes())
+        .and_then(|()| write_atomic(&dir, "meta.json", &meta.to_bytes()))
+        .and_then(|()| sync_dir(&dir));
+    match written {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Moved::SourceGone),
+        Err(e) => return Err(e).with_context(what),
+    }
+    ws.transition(id, State::Ready, State::Failed)
+        .with_context(|| format!("moving job {id} from queued to failed"))
 }
 
 fn print_cancelled() -> Result<Outcome> {
@@ -109,11 +114,8 @@ fn cancel_running(ws: &Workspace, id: &JobId, timeout: Duration) -> Result<Outco
         Some(s) if s.is_terminal() => Some(Some(s)),
         None => Some(None),
         // Recovered to the queue by a restarting daemon: cancel it there.
-        Some(State::Ready) => match ws.transition(id, State::Ready, State::Failed) {
-            Ok(Moved::Yes) => {
-                let _ = mark_cancelled(ws, id, CANCELLED_IN_QUEUE);
-                Some(Some(State::Failed))
-            }
+        Some(State::Ready) => match cancel_queued(ws, id, CANCELLED_IN_QUEUE) {
+            Ok(Moved::Yes) => Some(Some(State::Failed)),
             _ => None,
         },
         Some(_) => None,

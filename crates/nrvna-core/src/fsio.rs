@@ -13,14 +13,7 @@ use std::path::Path;
 /// On by default; `NRVNA_FSYNC=0` turns it off (for measuring its cost, or
 /// on scratch workspaces where durability does not matter).
 pub fn fsync_enabled() -> bool {
-    use std::sync::OnceLock;
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        !matches!(
-            std::env::var("NRVNA_FSYNC").as_deref(),
-            Ok("0") | Ok("off") | Ok("false")
-        )
-    })
+    crate::config::settings().fsync
 }
 
 /// fsyncs a directory so that renames and creations inside it are durable.
@@ -61,18 +54,14 @@ pub fn write_atomic_volatile(dir: &Path, name: &str, data: &[u8]) -> io::Result<
 fn replace_file(dir: &Path, name: &str, data: &[u8], durable: bool) -> io::Result<()> {
     let tmp = dir.join(format!("{name}.tmp"));
     let dst = dir.join(name);
-    // A leftover from a crashed writer is ours to replace.
-    let _ = fs::remove_file(&tmp);
+    // A leftover from a crashed writer (or anything planted under that
+    // name: a FIFO, a directory) is ours to replace.
+    let _ = clear_entry(dir, &format!("{name}.tmp"));
     let mut guard = TmpGuard {
         path: &tmp,
         armed: true,
     };
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&tmp)?;
+    let mut f = create_new(dir, &format!("{name}.tmp"))?;
     f.write_all(data)?;
     if durable && fsync_enabled() {
         f.sync_all()?;
@@ -81,6 +70,31 @@ fn replace_file(dir: &Path, name: &str, data: &[u8], durable: bool) -> io::Resul
     fs::rename(&tmp, &dst)?;
     guard.armed = false;
     Ok(())
+}
+
+/// Removes whatever is at `dir/name` without following it: a file, a
+/// symlink, a FIFO or a whole directory. For names the caller owns in a job
+/// directory (a job may arrive holding anything under them).
+pub fn clear_entry(dir: &Path, name: &str) -> io::Result<()> {
+    let p = dir.join(name);
+    match fs::symlink_metadata(&p) {
+        Ok(m) if m.file_type().is_dir() => fs::remove_dir_all(&p),
+        Ok(_) => fs::remove_file(&p),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates `dir/name` for writing, never opening anything already there
+/// (O_CREAT|O_EXCL|O_NOFOLLOW|O_NONBLOCK): a FIFO, symlink or file planted
+/// under that name makes this fail instead of blocking or following it.
+pub fn create_new(dir: &Path, name: &str) -> io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(dir.join(name))
 }
 
 /// Why a job file could not be read.
@@ -154,42 +168,26 @@ pub fn read_optional(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, ReadErr
     }
 }
 
-/// Seconds and microseconds since the epoch as ISO-8601 UTC with
-/// microseconds and `Z`, e.g. `2026-11-26T16:54:26.123456Z`.
+/// ISO-8601 UTC with microseconds and `Z`, e.g. `2026-11-26T16:54:26.123456Z`
+/// (the contract's time format).
 pub fn iso8601_utc(t: std::time::SystemTime) -> String {
-    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let (y, mo, da, h, mi, s) = civil(d.as_secs() as i64);
-    format!("{y:04}-{mo:02}-{da:02}T{h:02}:{mi:02}:{s:02}.{:06}Z", d.subsec_micros())
+    utc(t).strftime("%Y-%m-%dT%H:%M:%S.%6fZ").to_string()
 }
 
 /// `YYYY-MM-DD HH:MM:SS.mmm` in UTC, for log lines.
 pub fn log_timestamp(t: std::time::SystemTime) -> String {
-    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    let (y, mo, da, h, mi, s) = civil(d.as_secs() as i64);
-    format!("{y:04}-{mo:02}-{da:02} {h:02}:{mi:02}:{s:02}.{:03}", d.subsec_millis())
+    utc(t).strftime("%Y-%m-%d %H:%M:%S.%3f").to_string()
 }
 
-/// Days-from-civil inverse (H. Hinnant's algorithm) for a Unix timestamp.
-fn civil(secs: i64) -> (i64, u32, u32, u32, u32, u32) {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (
-        y,
-        m,
-        d,
-        (rem / 3600) as u32,
-        (rem % 3600 / 60) as u32,
-        (rem % 60) as u32,
-    )
+/// Parses an ISO-8601 timestamp with an offset (the contract's `Z` form
+/// included) into microseconds since the epoch.
+pub fn parse_iso8601_micros(s: &str) -> Option<i64> {
+    s.trim().parse::<jiff::Timestamp>().ok().map(|t| t.as_microsecond())
+}
+
+/// The instant as a jiff timestamp (formats in UTC).
+fn utc(t: std::time::SystemTime) -> jiff::Timestamp {
+    jiff::Timestamp::try_from(t).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
 }
 
 #[cfg(test)]
@@ -204,6 +202,33 @@ mod tests {
         assert_eq!(iso8601_utc(UNIX_EPOCH), "1970-01-01T00:00:00.000000Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(&iso8601_utc(leap)[..10], "2000-02-29");
+        assert_eq!(log_timestamp(t), "2025-11-26 13:47:32.123");
+        assert_eq!(
+            parse_iso8601_micros("2025-11-26T13:47:32.123456Z"),
+            Some(1_764_164_852_123_456)
+        );
+        assert_eq!(parse_iso8601_micros("yesterday"), None);
+    }
+
+    #[test]
+    fn write_atomic_never_opens_what_was_planted_under_its_names() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        let fifo = std::ffi::CString::new(p.join("a.txt.tmp").to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        fs::create_dir_all(p.join("b.txt.tmp/deep")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", p.join("c.txt")).unwrap();
+        write_atomic(p, "a.txt", b"a").unwrap();
+        write_atomic(p, "b.txt", b"b").unwrap();
+        write_atomic(p, "c.txt", b"c").unwrap();
+        assert_eq!(fs::read(p.join("a.txt")).unwrap(), b"a");
+        assert_eq!(fs::read(p.join("b.txt")).unwrap(), b"b");
+        assert!(fs::symlink_metadata(p.join("c.txt")).unwrap().file_type().is_file());
+        // A FIFO planted under a name create_new would open: refused, not blocked on.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        assert!(create_new(p, "a.txt.tmp").is_err());
+        clear_entry(p, "a.txt.tmp").unwrap();
+        assert!(create_new(p, "a.txt.tmp").is_ok());
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! this crate never links llama.cpp.
 
 pub mod cancel;
+pub mod config;
 pub mod fsio;
 pub mod id;
 pub mod job;

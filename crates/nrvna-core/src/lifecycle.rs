@@ -1,9 +1,11 @@
-//! The daemon's lifecycle files: `.nrvnad.lock` (flock), `.nrvnad.pid`,
-//! `.nrvnad.ready` and `.nrvnad.info`, and reading a daemon's status from them.
+//! The daemon's lifecycle files: `.nrvnad.lock` (flock, holding the pid),
+//! `.nrvnad.pid`, `.nrvnad.ready` and `.nrvnad.info`, and reading a daemon's
+//! status from them. Older C++ daemons take no flock and leave only
+//! `.nrvnad.pid`, so a live nrvnad named there counts as an owner too.
 
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::io::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
 use crate::fsio::write_atomic;
@@ -36,16 +38,13 @@ fn open_lock_file(ws: &Workspace) -> io::Result<File> {
         .open(ws.file(LOCK_FILE))
 }
 
-fn flock(f: &File, op: libc::c_int) -> io::Result<bool> {
+fn flock(f: &File, op: rustix::fs::FlockOperation) -> io::Result<bool> {
     loop {
-        if unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
-            return Ok(true);
-        }
-        let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EWOULDBLOCK) => return Ok(false),
-            Some(libc::EINTR) => continue,
-            _ => return Err(e),
+        match rustix::fs::flock(f, op) {
+            Ok(()) => return Ok(true),
+            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(false),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -57,7 +56,7 @@ impl DaemonLock {
         let f = open_lock_file(ws)?;
         let deadline = Instant::now() + patience;
         loop {
-            if flock(&f, libc::LOCK_EX)? {
+            if flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)? {
                 return Ok(Some(DaemonLock { _file: f }));
             }
             if Instant::now() >= deadline {
@@ -67,9 +66,22 @@ impl DaemonLock {
         }
     }
 
-    /// Writes `.nrvnad.pid` (right after locking, as the contract says).
+    /// Writes the pid into the locked file itself (the C++ `nrvnad stop`
+    /// reads it there) and into `.nrvnad.pid`, right after locking.
     pub fn write_pid(&self, ws: &Workspace) -> io::Result<()> {
-        write_atomic(ws.root(), PID_FILE, format!("{}\n", std::process::id()).as_bytes())
+        let pid = format!("{}\n", std::process::id());
+        // In place: the lock belongs to this inode, so it cannot be replaced.
+        self._file.set_len(0)?;
+        self._file.write_all_at(pid.as_bytes(), 0)?;
+        write_atomic(ws.root(), PID_FILE, pid.as_bytes())
+    }
+
+    /// Writes `.nrvnad.info` as one line of compact JSON (C++ readers find
+    /// keys by the literal `"key":"`).
+    pub fn write_info(&self, ws: &Workspace, info: &serde_json::Value) -> io::Result<()> {
+        let mut line = serde_json::to_vec(info).map_err(io::Error::other)?;
+        line.push(b'\n');
+        write_atomic(ws.root(), INFO_FILE, &line)
     }
 
     /// Removes the files that describe a live daemon (on clean exit).
@@ -86,9 +98,9 @@ pub fn lock_held(ws: &Workspace) -> bool {
     let Ok(f) = OpenOptions::new().read(true).open(ws.file(LOCK_FILE)) else {
         return false;
     };
-    match flock(&f, libc::LOCK_SH) {
+    match flock(&f, rustix::fs::FlockOperation::NonBlockingLockShared) {
         Ok(true) => {
-            unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_UN) };
+            let _ = rustix::fs::flock(&f, rustix::fs::FlockOperation::Unlock);
             false
         }
         Ok(false) => true,
@@ -101,9 +113,33 @@ pub fn read_pid(ws: &Workspace) -> Option<u32> {
     fs::read_to_string(ws.file(PID_FILE)).ok()?.trim().parse().ok()
 }
 
-/// The daemon's status from the lock and the ready file.
+/// Whether `pid` is a running (not zombie) process called `nrvnad`
+/// (either implementation).
+pub fn is_nrvnad(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "PID (COMM) STATE ...": the name may hold spaces and parentheses.
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return false;
+    };
+    let state = stat[close + 1..].split_whitespace().next().unwrap_or("");
+    &stat[open + 1..close] == "nrvnad" && !matches!(state, "Z" | "X" | "x")
+}
+
+/// A live daemon that owns the workspace without the flock: the pid in
+/// `.nrvnad.pid` is a running nrvnad other than this process (an older C++
+/// daemon takes no flock). A stale pid file (process gone, or the pid reused
+/// by another program) names nobody.
+pub fn unlocked_owner(ws: &Workspace) -> Option<u32> {
+    let pid = read_pid(ws)?;
+    (pid != std::process::id() && is_nrvnad(pid)).then_some(pid)
+}
+
+/// The daemon's status from the lock (or a live C++ daemon's pid file) and
+/// the ready file.
 pub fn daemon_status(ws: &Workspace) -> DaemonStatus {
-    if !lock_held(ws) {
+    if !lock_held(ws) && unlocked_owner(ws).is_none() {
         return DaemonStatus::NotRunning;
     }
     let pid = read_pid(ws);
@@ -132,6 +168,13 @@ mod tests {
         let lock = DaemonLock::acquire(&ws, Duration::ZERO).unwrap().expect("free lock");
         lock.write_pid(&ws).unwrap();
         assert!(lock_held(&ws));
+        let pid = format!("{}\n", std::process::id());
+        assert_eq!(
+            fs::read_to_string(ws.file(LOCK_FILE)).unwrap(),
+            pid,
+            "the lock file holds the pid"
+        );
+        assert_eq!(fs::read_to_string(ws.file(PID_FILE)).unwrap(), pid);
         assert_eq!(
             daemon_status(&ws),
             DaemonStatus::Starting {
@@ -141,8 +184,27 @@ mod tests {
         assert!(DaemonLock::acquire(&ws, Duration::from_millis(50)).unwrap().is_none());
         fs::write(ws.file(READY_FILE), "x").unwrap();
         assert!(matches!(daemon_status(&ws), DaemonStatus::Ready { .. }));
+        lock.write_info(
+            &ws,
+            &serde_json::json!({"pid": 1, "model": "/m/a b.gguf", "workers": 2}),
+        )
+        .unwrap();
+        let info = fs::read_to_string(ws.file(INFO_FILE)).unwrap();
+        assert_eq!(info, "{\"model\":\"/m/a b.gguf\",\"pid\":1,\"workers\":2}\n");
         lock.clear_files(&ws);
         drop(lock);
         assert_eq!(daemon_status(&ws), DaemonStatus::NotRunning);
+    }
+
+    #[test]
+    fn a_pid_file_naming_a_live_process_that_is_not_nrvnad_is_stale() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::create(d.path()).unwrap();
+        // pid 1 lives but is no nrvnad; this process is excluded by name.
+        fs::write(ws.file(PID_FILE), "1\n").unwrap();
+        assert_eq!(unlocked_owner(&ws), None);
+        assert_eq!(daemon_status(&ws), DaemonStatus::NotRunning);
+        fs::write(ws.file(PID_FILE), format!("{}\n", std::process::id())).unwrap();
+        assert_eq!(unlocked_owner(&ws), None);
     }
 }

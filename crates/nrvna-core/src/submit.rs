@@ -18,16 +18,11 @@ use crate::params::Params;
 use crate::state::{JobType, State};
 use crate::workspace::{Moved, Workspace};
 
-/// Default largest prompt, in bytes (`NRVNA_MAX_PROMPT_SIZE` overrides).
-pub const DEFAULT_MAX_PROMPT_BYTES: u64 = 1 << 20;
+pub use crate::config::DEFAULT_MAX_PROMPT_BYTES;
 
-/// The prompt size limit from `NRVNA_MAX_PROMPT_SIZE`, or the default.
+/// The prompt size limit (`NRVNA_MAX_PROMPT_SIZE`, or the default).
 pub fn max_prompt_bytes() -> u64 {
-    std::env::var("NRVNA_MAX_PROMPT_SIZE")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .filter(|&n| n > 0)
-        .unwrap_or(DEFAULT_MAX_PROMPT_BYTES)
+    crate::config::settings().max_prompt_bytes
 }
 
 /// The structured-output constraint of a job.

@@ -96,7 +96,7 @@ impl DirWaker {
 /// Returns `None` at the deadline.
 pub fn wait_for<T>(dirs: &[&Path], deadline: Option<Instant>, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     // Watch first, then check: an event between the two is not lost.
-    let waker = DirWaker::new(dirs, Duration::from_millis(500));
+    let waker = DirWaker::new(dirs, crate::config::settings().wait_poll);
     loop {
         if let Some(v) = check() {
             return Some(v);

@@ -2,7 +2,6 @@
 //! and the transitions, each one `renameat2(RENAME_NOREPLACE)` of a job
 //! directory followed by an fsync of both parent directories.
 
-use std::ffi::CString;
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -171,29 +170,18 @@ impl Workspace {
 /// `rename(2)` that fails with EEXIST instead of replacing the destination
 /// (an empty directory would otherwise be replaced silently).
 pub fn rename_noreplace(src: &Path, dst: &Path) -> io::Result<()> {
-    let s = CString::new(src.as_os_str().as_bytes())?;
-    let d = CString::new(dst.as_os_str().as_bytes())?;
-    let rc = unsafe {
-        libc::renameat2(
-            libc::AT_FDCWD,
-            s.as_ptr(),
-            libc::AT_FDCWD,
-            d.as_ptr(),
-            libc::RENAME_NOREPLACE,
-        )
-    };
-    if rc == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    // Filesystems without RENAME_NOREPLACE: check, then plain rename.
-    if e.raw_os_error() == Some(libc::EINVAL) || e.raw_os_error() == Some(libc::ENOSYS) {
-        if fs::symlink_metadata(dst).is_ok() {
-            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    match renameat_with(CWD, src, CWD, dst, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        // Filesystems without RENAME_NOREPLACE: check, then plain rename.
+        Err(rustix::io::Errno::INVAL) | Err(rustix::io::Errno::NOSYS) => {
+            if fs::symlink_metadata(dst).is_ok() {
+                return Err(io::Error::from_raw_os_error(libc::EEXIST));
+            }
+            fs::rename(src, dst)
         }
-        return fs::rename(src, dst);
+        Err(e) => Err(e.into()),
     }
-    Err(e)
 }
 
 #[cfg(test)]

@@ -7,7 +7,15 @@
 //! Jobs whose prompts share a prefix (a chat template's preamble, a common
 //! instruction) reuse its KV cells instead of recomputing them: the new
 //! sequence is attached to the cells of an active sequence, or of the
-//! prefix-cache sequence that keeps the last finished prompt.
+//! prefix-cache sequence that keeps the last finished prompt. The decisions
+//! (admission, prefix matching, preemption, cell accounting) live in
+//! [`crate::sched`]; this file applies them to the llama.cpp context.
+//!
+//! Faults: a decode that fails for a reason no single job's input explains
+//! ends the engine thread; every job it held gets [`RunError::Fault`], and
+//! so does every later request. A decode refused as invalid input while
+//! several jobs shared the batch is retried one job at a time, so that only
+//! the job whose input it was fails.
 
 use std::collections::VecDeque;
 use std::num::NonZeroU32;
@@ -24,8 +32,9 @@ use llama_cpp_2::token::LlamaToken;
 use crate::config::EngineConfig;
 use crate::model::Model;
 use crate::perjob::{embed_many, new_context, plan};
+use crate::sched::{Sched, SeqState};
 use crate::text::Generation;
-use crate::{Observer, Output, Request, RunError, Runner};
+use crate::{Observer, Output, Request, RunError, Runner, POLL_INTERVAL};
 
 type Reply = SyncSender<Result<Output, RunError>>;
 
@@ -74,80 +83,87 @@ impl BatchedEngine {
         BatchedRunner { tx: self.tx.clone() }
     }
 
-    /// Stops the thread after it fails whatever it still holds.
-    pub fn shutdown(&self) {
+    /// Asks the thread to stop (jobs it holds end as stopped) and waits at
+    /// most `within` for it; false if it is still running (stuck in a
+    /// decode), in which case it is left to the process's exit.
+    pub fn shutdown_within(&self, within: std::time::Duration) -> bool {
         let _ = self.tx.send(Msg::Quit);
-        if let Some(t) = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = t.join();
+        let mut slot = self.thread.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(t) = slot.take() else {
+            return true;
+        };
+        let deadline = Instant::now() + within;
+        while !t.is_finished() {
+            if Instant::now() >= deadline {
+                *slot = Some(t);
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        let _ = t.join();
+        true
     }
 }
 
 impl Drop for BatchedEngine {
     fn drop(&mut self) {
-        self.shutdown();
+        let _ = self.shutdown_within(std::time::Duration::from_secs(5));
     }
 }
 
 impl Runner for BatchedRunner {
+    /// Hands the job to the engine thread and waits for it, calling the
+    /// observer's `poll` on this (the worker's) thread meanwhile.
     fn run(&mut self, req: Request, obs: Arc<dyn Observer>) -> Result<Output, RunError> {
         let (reply, rx) = mpsc::sync_channel(1);
         self.tx
-            .send(Msg::Job { req, obs, reply })
-            .map_err(|_| RunError::Engine("the batched engine has stopped".into()))?;
-        rx.recv()
-            .map_err(|_| RunError::Engine("the batched engine stopped before finishing the job".into()))?
+            .send(Msg::Job {
+                req,
+                obs: obs.clone(),
+                reply,
+            })
+            .map_err(|_| RunError::Fault("the batched engine has stopped".into()))?;
+        loop {
+            match rx.recv_timeout(POLL_INTERVAL) {
+                Ok(r) => return r,
+                Err(mpsc::RecvTimeoutError::Timeout) => obs.poll(),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(RunError::Fault(
+                        "the batched engine stopped before finishing the job".into(),
+                    ))
+                }
+            }
+        }
     }
 }
 
 /// One job, waiting or in the batch.
 struct Seq {
-    /// KV sequence id while admitted.
-    slot: Option<i32>,
-    /// Prompt tokens, then every generated token that goes back in.
-    toks: Vec<LlamaToken>,
-    n_prompt: usize,
-    /// Positions of `toks` already in the KV cache.
-    n_past: usize,
+    st: SeqState<LlamaToken>,
     /// Tokens of this sequence in the batch being decoded.
     fed: usize,
     /// Index of this sequence's logits in the current batch.
     i_batch: Option<i32>,
     gen: Generation,
-    reused: usize,
     reply: Reply,
     started: Instant,
 }
-
-impl Seq {
-    /// The prompt part (and generated part) still to be decoded.
-    fn todo(&self) -> usize {
-        self.toks.len() - self.n_past
-    }
-}
-
-fn common_prefix(a: &[LlamaToken], b: &[LlamaToken]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
-/// Cells kept free per running sequence when admitting another, so that
-/// running jobs can grow for a while before anyone must be preempted.
-const GROWTH_MARGIN: usize = 32;
 
 struct Engine<'m> {
     model: &'m Model,
     cfg: EngineConfig,
     ctx: LlamaContext<'m>,
-    n_ctx: usize,
-    n_batch: usize,
-    free_slots: Vec<i32>,
-    cache_seq: i32,
-    /// Tokens held by the prefix-cache sequence.
-    cache: Vec<LlamaToken>,
+    sched: Sched<LlamaToken>,
     active: Vec<Seq>,
     waiting: VecDeque<Seq>,
     /// Embedding jobs received since the last step, computed together.
     embeds: Vec<(String, Reply)>,
+    /// Slots to decode one at a time after a batch was refused as invalid input.
+    isolate: VecDeque<i32>,
+    /// Decode calls so far (for the test fault hook).
+    decodes: u64,
+    /// Set when the engine can no longer run anything.
+    fault: Option<String>,
 }
 
 fn engine_main(
@@ -179,21 +195,21 @@ fn engine_main(
         "batched engine: {slots} slots, {n_ctx} shared KV cells, {n_batch} tokens per decode, {} threads",
         cfg.threads
     );
+    let min_reuse = cfg.prefix_reuse_min as usize;
     let mut e = Engine {
         model: &model,
         cfg,
         ctx,
-        n_ctx: n_ctx as usize,
-        n_batch: n_batch as usize,
-        free_slots: (0..slots as i32).rev().collect(),
-        cache_seq: slots as i32,
-        cache: Vec::new(),
+        sched: Sched::new(n_ctx as usize, n_batch as usize, slots, min_reuse),
         active: Vec::new(),
         waiting: VecDeque::new(),
         embeds: Vec::new(),
+        isolate: VecDeque::new(),
+        decodes: 0,
+        fault: None,
     };
     let mut quit = false;
-    while !quit {
+    while !quit && e.fault.is_none() {
         // Block only when there is nothing to do.
         if e.active.is_empty() && e.waiting.is_empty() {
             match rx.recv() {
@@ -230,6 +246,13 @@ fn engine_main(
             e.step();
         }
     }
+    if let Some(why) = e.fault.clone() {
+        tracing::error!("batched engine fault: {why}; the engine has stopped");
+        e.fail_all(&why);
+        // Later requests find the channel closed and get a fault too.
+        drop(rx);
+        return;
+    }
     e.abort_all("the daemon is shutting down");
 }
 
@@ -251,20 +274,16 @@ impl<'m> Engine<'m> {
                 obs,
                 reply,
             } => {
-                let prepared = plan(self.model, self.n_ctx as u32, &req).and_then(|(toks, max_gen)| {
+                let prepared = plan(self.model, self.sched.n_ctx as u32, &req).and_then(|(toks, max_gen)| {
                     let sampler = req
                         .sampling
                         .chain(&self.model.llama, req.grammar.as_deref())
                         .map_err(RunError::Rejected)?;
                     Ok(Seq {
-                        slot: None,
-                        n_prompt: toks.len(),
-                        toks,
-                        n_past: 0,
+                        st: SeqState::new(toks),
                         fed: 0,
                         i_batch: None,
                         gen: Generation::new(sampler, max_gen, req.stop, obs),
-                        reused: 0,
                         reply: reply.clone(),
                         started: Instant::now(),
                     })
@@ -280,9 +299,8 @@ impl<'m> Engine<'m> {
         }
     }
 
-    /// An upper bound of the cells in use (shared cells counted per sequence).
-    fn cells_used(&self) -> usize {
-        self.active.iter().map(|s| s.n_past + s.todo()).sum::<usize>() + self.cache.len()
+    fn active_states(&self) -> Vec<&SeqState<LlamaToken>> {
+        self.active.iter().map(|s| &s.st).collect()
     }
 
     /// Stops sequences whose observers ask for it (cancel, timeout, shutdown).
@@ -315,61 +333,22 @@ impl<'m> Engine<'m> {
         self.release(s, Err(err));
     }
 
-    /// The best KV source for `toks`: (sequence id, usable prefix length),
-    /// and whether a better prefix is still being computed.
-    fn best_prefix(&self, toks: &[LlamaToken]) -> (Option<(i32, usize)>, bool) {
-        let min_reuse = self.cfg.prefix_reuse_min as usize;
-        if min_reuse == 0 {
-            return (None, false);
-        }
-        let cap = toks.len() - 1; // the last token must be decoded for logits
-        let mut best: Option<(i32, usize)> = None;
-        let mut pending = false;
-        let mut consider = |seq: i32, lcp: usize, in_kv: usize| {
-            let usable = lcp.min(in_kv).min(cap);
-            if lcp.min(cap) > usable && lcp.min(cap) >= min_reuse {
-                pending = true;
-            }
-            if usable >= min_reuse && best.is_none_or(|(_, b)| usable > b) {
-                best = Some((seq, usable));
-            }
-        };
-        for s in &self.active {
-            if let Some(slot) = s.slot {
-                consider(slot, common_prefix(toks, &s.toks[..s.n_prompt]), s.n_past);
-            }
-        }
-        consider(self.cache_seq, common_prefix(toks, &self.cache), self.cache.len());
-        let pending = pending && best.is_none_or(|(_, b)| b < cap);
-        (best, pending)
-    }
-
     /// Moves waiting jobs into free slots while their cells fit.
     fn admit(&mut self) {
-        let mut idx = 0;
-        while idx < self.waiting.len() && !self.free_slots.is_empty() {
-            let (mut best, pending) = self.best_prefix(&self.waiting[idx].toks);
-            if pending && self.waiting[idx].n_past == 0 {
-                // The shared part is still being computed by a running job: wait for it.
-                idx += 1;
-                continue;
-            }
-            let need = self.waiting[idx].toks.len() + GROWTH_MARGIN * (self.active.len() + 1);
-            if self.cells_used() + need > self.n_ctx && !self.cache.is_empty() {
+        loop {
+            let adm = {
+                let active = self.active_states();
+                let waiting: VecDeque<&SeqState<LlamaToken>> = self.waiting.iter().map(|s| &s.st).collect();
+                self.sched.next_admission(&active, &waiting)
+            };
+            let Some(adm) = adm else { return };
+            if adm.drop_cache {
                 self.drop_cache();
-                best = best.filter(|(s, _)| *s != self.cache_seq);
             }
-            if self.cells_used() + need > self.n_ctx && !self.active.is_empty() {
-                break; // FIFO: wait for running jobs to free their cells
-            }
-            let mut s = self.waiting.remove(idx).expect("index checked");
-            let slot = self.free_slots.pop().expect("checked non-empty");
-            s.slot = Some(slot);
-            s.n_past = 0;
-            if let Some((src, n)) = best {
+            let mut s = self.waiting.remove(adm.idx).expect("index from next_admission");
+            let slot = self.sched.admit(&mut s.st, adm.reuse);
+            if let Some((src, n)) = adm.reuse {
                 let _ = self.ctx.kv_cache_seq_cp(src, slot, Some(0), Some(n as u32));
-                s.n_past = n;
-                s.reused = s.reused.max(n.min(s.n_prompt));
             }
             self.active.push(s);
         }
@@ -389,26 +368,21 @@ impl<'m> Engine<'m> {
     }
 
     fn drop_cache(&mut self) {
-        let _ = self.ctx.kv_cache_seq_rm(self.cache_seq, None, None);
-        self.cache.clear();
+        let _ = self.ctx.kv_cache_seq_rm(self.sched.cache_seq, None, None);
+        self.sched.cache.clear();
     }
 
     /// Puts the most recently admitted sequence back in the queue (its KV is
     /// dropped; it resumes by re-decoding its prompt and what it generated).
     fn preempt_youngest(&mut self) -> bool {
-        if self.active.len() < 2 {
+        let Some(youngest) = self.sched.youngest(&self.active_states()) else {
             return false;
-        }
-        let youngest = (0..self.active.len())
-            .max_by_key(|&i| self.active[i].started)
-            .expect("non-empty");
+        };
         let mut s = self.active.swap_remove(youngest);
-        if let Some(slot) = s.slot.take() {
+        if let Some(slot) = self.sched.free(&mut s.st) {
             let _ = self.ctx.kv_cache_seq_rm(slot, None, None);
-            self.free_slots.push(slot);
         }
-        s.n_past = 0;
-        tracing::debug!("KV cache full: preempted a sequence of {} tokens", s.toks.len());
+        tracing::debug!("KV cache full: preempted a sequence of {} tokens", s.st.toks.len());
         self.waiting.push_front(s);
         true
     }
@@ -417,42 +391,74 @@ impl<'m> Engine<'m> {
     /// prompt chunks up to the batch size.
     fn step(&mut self) {
         loop {
-            let mut batch = LlamaBatch::new(self.n_batch, 1);
-            // Generating sequences first (one token each), then prefills.
-            let mut order: Vec<usize> = (0..self.active.len()).collect();
-            order.sort_by_key(|&i| self.active[i].todo() > 1);
-            let mut budget = self.n_batch;
-            for i in order {
-                let s = &mut self.active[i];
+            // After an invalid-input refusal, one sequence at a time.
+            let only = loop {
+                match self.isolate.front() {
+                    None => break None,
+                    Some(&slot) => match self.active.iter().position(|s| s.st.slot == Some(slot)) {
+                        Some(i) => break Some(i),
+                        None => {
+                            self.isolate.pop_front();
+                        }
+                    },
+                }
+            };
+            let feeds = self.sched.plan_batch(&self.active_states(), only);
+            let mut batch = LlamaBatch::new(self.sched.n_batch, 1);
+            for s in &mut self.active {
                 s.fed = 0;
                 s.i_batch = None;
-                let slot = s.slot.expect("active sequences have a slot");
-                let take = budget.min(s.todo());
-                for p in s.n_past..s.n_past + take {
-                    let is_last = p == s.toks.len() - 1;
-                    if is_last {
+            }
+            for f in &feeds {
+                let s = &mut self.active[f.seq];
+                let slot = s.st.slot.expect("active sequences have a slot");
+                for p in f.from..f.from + f.take {
+                    let logits = f.wants_logits && p == f.from + f.take - 1;
+                    if logits {
                         s.i_batch = Some(batch.n_tokens());
                     }
-                    let _ = batch.add(s.toks[p], p as i32, &[slot], is_last);
+                    let _ = batch.add(s.st.toks[p], p as i32, &[slot], logits);
                 }
-                s.fed = take;
-                budget -= take;
+                s.fed = f.take;
             }
             if batch.n_tokens() == 0 {
                 return;
             }
-            match self.ctx.decode(&mut batch) {
-                Ok(()) => return self.after_decode(),
-                Err(llama_cpp_2::DecodeError::NoKvCacheSlot) if !self.cache.is_empty() => self.drop_cache(),
-                Err(llama_cpp_2::DecodeError::NoKvCacheSlot) if self.preempt_youngest() => {}
-                Err(err) => {
-                    tracing::error!(
-                        "decode failed ({err}); failing the {} jobs in this batch",
-                        self.active.len()
-                    );
-                    for s in std::mem::take(&mut self.active) {
-                        self.release(s, Err(RunError::Engine(format!("llama.cpp decode failed: {err}"))));
+            self.decodes += 1;
+            let res = if self.cfg.test_decode_fault == Some(self.decodes) {
+                Err(llama_cpp_2::DecodeError::Unknown(-3))
+            } else {
+                self.ctx.decode(&mut batch)
+            };
+            match res {
+                Ok(()) => {
+                    if only.is_some() {
+                        self.isolate.pop_front();
                     }
+                    return self.after_decode();
+                }
+                Err(llama_cpp_2::DecodeError::NoKvCacheSlot) if !self.sched.cache.is_empty() => self.drop_cache(),
+                Err(llama_cpp_2::DecodeError::NoKvCacheSlot) if self.preempt_youngest() => {}
+                Err(err @ llama_cpp_2::DecodeError::NTokensZero) if feeds.len() > 1 => {
+                    tracing::warn!(
+                        "decode refused a batch of {} jobs as invalid input ({err}); retrying them one at a time",
+                        feeds.len()
+                    );
+                    self.isolate = feeds.iter().filter_map(|f| self.active[f.seq].st.slot).collect();
+                    return;
+                }
+                Err(err) if feeds.len() == 1 && matches!(err, llama_cpp_2::DecodeError::NTokensZero) => {
+                    self.isolate.pop_front();
+                    let s = self.active.swap_remove(feeds[0].seq);
+                    let e = RunError::from_decode(err, true, "decoding");
+                    self.release(s, Err(e));
+                    return;
+                }
+                Err(err) => {
+                    self.fault = Some(format!(
+                        "llama.cpp decode failed ({err}) with {} jobs in the batch",
+                        feeds.len()
+                    ));
                     return;
                 }
             }
@@ -464,7 +470,7 @@ impl<'m> Engine<'m> {
         let mut i = 0;
         while i < self.active.len() {
             let s = &mut self.active[i];
-            s.n_past += s.fed;
+            s.st.n_past += s.fed;
             s.fed = 0;
             let Some(ib) = s.i_batch.take() else {
                 i += 1;
@@ -472,14 +478,14 @@ impl<'m> Engine<'m> {
             };
             let t = s.gen.sampler.sample(&self.ctx, ib);
             if s.gen.push(model, t) {
-                s.toks.push(t);
+                s.st.toks.push(t);
                 i += 1;
             } else {
                 let s = self.active.swap_remove(i);
                 let out = Output {
-                    prompt_tokens: s.n_prompt as u32,
+                    prompt_tokens: s.st.n_prompt as u32,
                     generated_tokens: s.gen.generated,
-                    reused_tokens: s.reused as u32,
+                    reused_tokens: s.st.reused as u32,
                     gen_secs: s.started.elapsed().as_secs_f64(),
                     finish: s.gen.finish,
                     text: String::new(),
@@ -491,29 +497,40 @@ impl<'m> Engine<'m> {
     }
 
     /// Frees a sequence's cells (keeping its prompt as the prefix cache when
-    /// reuse is on) and answers its worker.
+    /// worth it) and answers its worker.
     fn release(&mut self, mut s: Seq, result: Result<Output, RunError>) {
-        if let Some(slot) = s.slot.take() {
-            let min_reuse = self.cfg.prefix_reuse_min as usize;
-            let prompt_in_kv = s.n_past.min(s.n_prompt);
-            if min_reuse > 0 && prompt_in_kv >= min_reuse && result.is_ok() {
-                let fits = self.cells_used() - self.cache.len() + prompt_in_kv <= self.n_ctx;
-                if fits && common_prefix(&self.cache, &s.toks[..prompt_in_kv]) < prompt_in_kv {
+        if let Some(slot) = s.st.slot {
+            if result.is_ok() {
+                let others = self.sched.cells_used(self.active.iter().map(|a| &a.st)) - self.sched.cache.len();
+                if let Some(n) = self.sched.keep_as_cache(&s.st, others) {
                     self.drop_cache();
                     let _ = self
                         .ctx
-                        .kv_cache_seq_cp(slot, self.cache_seq, Some(0), Some(prompt_in_kv as u32));
-                    self.cache = s.toks[..prompt_in_kv].to_vec();
+                        .kv_cache_seq_cp(slot, self.sched.cache_seq, Some(0), Some(n as u32));
+                    self.sched.cache = s.st.toks[..n].to_vec();
                 }
             }
             let _ = self.ctx.kv_cache_seq_rm(slot, None, None);
-            self.free_slots.push(slot);
+            self.sched.free(&mut s.st);
         }
         let result = result.map(|mut o| {
             o.text = std::mem::take(&mut s.gen.text);
             o
         });
         let _ = s.reply.send(result);
+    }
+
+    /// Answers every job the engine holds with a fault.
+    fn fail_all(&mut self, why: &str) {
+        for (_, reply) in self.embeds.drain(..) {
+            let _ = reply.send(Err(RunError::Fault(why.into())));
+        }
+        for s in std::mem::take(&mut self.active)
+            .into_iter()
+            .chain(std::mem::take(&mut self.waiting))
+        {
+            let _ = s.reply.send(Err(RunError::Fault(why.into())));
+        }
     }
 
     fn abort_all(&mut self, why: &str) {

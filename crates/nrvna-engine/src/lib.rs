@@ -11,6 +11,7 @@ pub mod embed;
 pub mod model;
 pub mod perjob;
 pub mod sampling;
+pub mod sched;
 pub mod template;
 pub mod text;
 
@@ -88,20 +89,46 @@ pub enum RunError {
         partial: String,
         generated_tokens: u32,
     },
-    /// The engine failed (decode error, engine gone).
-    #[error("inference failed: {0}")]
-    Engine(String),
+    /// The engine itself failed (its thread is gone, a decode failed for a
+    /// reason no single job's input explains, memory ran out). Not the
+    /// job's fault: the daemon stops claiming and leaves the job recoverable.
+    #[error("engine fault: {0}")]
+    Fault(String),
 }
 
-/// Receives a job's progress and may stop it. Called from the engine's thread.
+impl RunError {
+    /// Classifies a failed decode. `sole`: the batch held only this job's
+    /// tokens, so an invalid-input error (-1) is the job's own.
+    pub fn from_decode(e: llama_cpp_2::DecodeError, sole: bool, what: &str) -> RunError {
+        match e {
+            llama_cpp_2::DecodeError::NTokensZero if sole => {
+                RunError::Rejected(format!("llama.cpp refused this job's input while {what} ({e})"))
+            }
+            _ => RunError::Fault(format!("llama.cpp decode failed while {what}: {e}")),
+        }
+    }
+}
+
+/// Receives a job's progress and may stop it.
+///
+/// `on_text` and `should_stop` are called from the thread that decodes (the
+/// batched engine's own thread), between tokens: they must be cheap and do
+/// no I/O. `poll` is called from the worker's thread that waits for the job,
+/// at least every [`POLL_INTERVAL`] while it runs: slow work (writing partial
+/// output, looking for a cancel request) belongs there.
 pub trait Observer: Send + Sync {
     /// New generated text (whole UTF-8 characters); `tokens` is the total so far.
     fn on_text(&self, _text: &str, _tokens: u32) {}
-    /// Polled between tokens; `Some(reason)` stops the job.
+    /// Checked between tokens; `Some(reason)` stops the job.
     fn should_stop(&self) -> Option<String> {
         None
     }
+    /// Periodic work on the waiting worker's thread.
+    fn poll(&self) {}
 }
+
+/// How often a waiting worker calls [`Observer::poll`].
+pub const POLL_INTERVAL: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// An observer that watches nothing.
 pub struct NoObserver;

@@ -45,7 +45,7 @@ pub(crate) static CONTEXT_LOCK: Mutex<()> = Mutex::new(());
 
 impl Model {
     /// Loads a GGUF file. Errors say which file and what to do.
-    pub fn load(path: &Path, gpu_layers: u32) -> Result<Model, String> {
+    pub fn load(path: &Path, gpu_layers: u32, template_file: Option<&Path>) -> Result<Model, String> {
         let backend = backend()?;
         let meta = std::fs::metadata(path)
             .map_err(|e| format!("model file {}: {e}; pass the path of a .gguf file", path.display()))?;
@@ -60,7 +60,7 @@ impl Model {
             format!("llama.cpp could not load {} as a GGUF model ({e}); check that the file is complete (its sha256) and is a GGUF model", path.display())
         })?;
         let raw = llama.meta_val_str("tokenizer.chat_template").ok();
-        let template = ChatTemplate::new(raw, &llama)?;
+        let template = ChatTemplate::new(raw, template_file, &llama)?;
         let n_ctx_train = llama.n_ctx_train();
         Ok(Model {
             llama,
@@ -68,6 +68,14 @@ impl Model {
             template,
             n_ctx_train,
         })
+    }
+
+    /// Loads only the vocabulary of a GGUF file (no weights): enough to
+    /// parse grammars against it.
+    pub fn load_vocab(path: &Path) -> Result<LlamaModel, String> {
+        let params = LlamaModelParams::default().with_vocab_only(true);
+        LlamaModel::load_from_file(backend()?, path, &params)
+            .map_err(|e| format!("llama.cpp could not load the vocabulary of {}: {e}", path.display()))
     }
 
     /// The model's file name (recorded in meta.json).
@@ -118,61 +126,6 @@ pub fn with_captured_llama_errors<T>(f: impl FnOnce() -> T) -> Result<(T, Vec<St
     let out = tracing::subscriber::with_default(capture, f);
     let lines = lines.lock().map(|l| l.clone()).unwrap_or_default();
     Ok((out, lines))
-}
-
-/// Runs `f` with file descriptor 2 redirected to a temporary file and
-/// returns what was written there. llama.cpp's grammar parser reports its
-/// errors with `fprintf(stderr, ...)`, not through its logger; this is how
-/// its reason reaches the job's error.txt. The window is the length of one
-/// grammar parse; anything else written meanwhile is passed on to the real
-/// stderr afterwards, so nothing is lost.
-pub fn capture_stderr<T>(f: impl FnOnce() -> T) -> (T, String) {
-    use std::io::{Read, Seek, Write};
-    use std::os::fd::AsRawFd;
-    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-    let _g = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let Ok(mut tmp) = tempfile_in_tmp() else {
-        return (f(), String::new());
-    };
-    let _ = std::io::stderr().flush();
-    let saved = unsafe { libc::dup(2) };
-    if saved < 0 || unsafe { libc::dup2(tmp.as_raw_fd(), 2) } < 0 {
-        if saved >= 0 {
-            unsafe { libc::close(saved) };
-        }
-        return (f(), String::new());
-    }
-    let out = f();
-    unsafe {
-        libc::fflush(std::ptr::null_mut());
-        libc::dup2(saved, 2);
-        libc::close(saved);
-    }
-    let mut text = String::new();
-    if tmp.rewind().is_ok() {
-        let _ = tmp.read_to_string(&mut text);
-    }
-    if !text.is_empty() {
-        let _ = std::io::stderr().write_all(text.as_bytes());
-    }
-    (out, text)
-}
-
-/// An anonymous temporary file (unlinked at once).
-fn tempfile_in_tmp() -> std::io::Result<std::fs::File> {
-    let dir = std::env::temp_dir();
-    let path = dir.join(format!(
-        ".nrvna-stderr-{}-{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
-    let _ = std::fs::remove_file(&path);
-    Ok(f)
 }
 
 mod capture {

@@ -41,10 +41,10 @@ impl Runner for PerJobRunner {
 }
 
 pub(crate) fn new_context(model: &Model, params: LlamaContextParams) -> Result<LlamaContext<'_>, RunError> {
-    let backend = backend().map_err(RunError::Engine)?;
+    let backend = backend().map_err(RunError::Fault)?;
     let _g = CONTEXT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     model.llama.new_context(backend, params).map_err(|e| {
-        RunError::Engine(format!(
+        RunError::Fault(format!(
             "creating a llama.cpp context: {e} (lower NRVNA_MAX_CTX if memory is short)"
         ))
     })
@@ -105,6 +105,7 @@ fn run_text(
     let mut batch = LlamaBatch::new(n_batch as usize, 1);
     let last = toks.len() - 1;
     for (c, chunk) in toks.chunks(n_batch as usize).enumerate() {
+        obs.poll();
         if let Some(r) = obs.should_stop() {
             return Err(stopped(&gen, r));
         }
@@ -113,14 +114,19 @@ fn run_text(
             let pos = c * n_batch as usize + j;
             batch
                 .add(*t, pos as i32, &[0], pos == last)
-                .map_err(|e| RunError::Engine(e.to_string()))?;
+                .map_err(|e| RunError::Fault(e.to_string()))?;
         }
         ctx.decode(&mut batch)
-            .map_err(|e| RunError::Engine(format!("decoding the prompt: {e}")))?;
+            .map_err(|e| RunError::from_decode(e, true, "decoding the prompt"))?;
     }
     let mut n_past = n_prompt;
     let mut idx = batch.n_tokens() - 1;
+    let mut last_poll = Instant::now();
     loop {
+        if last_poll.elapsed() >= crate::POLL_INTERVAL {
+            obs.poll();
+            last_poll = Instant::now();
+        }
         if let Some(r) = obs.should_stop() {
             return Err(stopped(&gen, r));
         }
@@ -135,9 +141,9 @@ fn run_text(
         batch.clear();
         batch
             .add(t, n_past as i32, &[0], true)
-            .map_err(|e| RunError::Engine(e.to_string()))?;
+            .map_err(|e| RunError::Fault(e.to_string()))?;
         ctx.decode(&mut batch)
-            .map_err(|e| RunError::Engine(format!("decoding: {e}")))?;
+            .map_err(|e| RunError::from_decode(e, true, "generating"))?;
         n_past += 1;
         idx = 0;
     }
@@ -156,7 +162,7 @@ fn run_text(
 pub(crate) fn run_embed(model: &Model, threads: u32, text: &str) -> Result<Output, RunError> {
     embed_many(model, threads, &[text])
         .pop()
-        .unwrap_or_else(|| Err(RunError::Engine("no embedding".into())))
+        .unwrap_or_else(|| Err(RunError::Fault("no embedding came back".into())))
 }
 
 /// Embeds several texts with one decode call (one sequence each): the way
@@ -204,7 +210,7 @@ pub(crate) fn embed_many(model: &Model, threads: u32, texts: &[&str]) -> Vec<Res
     }
     results
         .into_iter()
-        .map(|r| r.unwrap_or_else(|| Err(RunError::Engine("embedding skipped".into()))))
+        .map(|r| r.unwrap_or_else(|| Err(RunError::Fault("embedding skipped".into()))))
         .collect()
 }
 
@@ -214,10 +220,17 @@ fn embed_group(
     group: &[(usize, Vec<llama_cpp_2::token::LlamaToken>)],
     start: Instant,
 ) -> Vec<(usize, Result<Output, RunError>)> {
-    let fail = |e: String| {
+    let fail = |e: RunError| {
+        let why = e.to_string();
         group
             .iter()
-            .map(|(i, _)| (*i, Err(RunError::Engine(e.clone()))))
+            .map(|(i, _)| {
+                let err = match &e {
+                    RunError::Rejected(_) => RunError::Rejected(why.clone()),
+                    _ => RunError::Fault(why.clone()),
+                };
+                (*i, Err(err))
+            })
             .collect()
     };
     let n: usize = group.iter().map(|(_, t)| t.len()).sum();
@@ -238,17 +251,17 @@ fn embed_group(
         .with_n_threads_batch(threads as i32);
     let mut ctx = match new_context(model, params) {
         Ok(c) => c,
-        Err(e) => return fail(e.to_string()),
+        Err(e) => return fail(e),
     };
     let mut batch = LlamaBatch::new(n, group.len() as i32);
     for (seq, (_, toks)) in group.iter().enumerate() {
         // Pooling reads every token's output.
         if let Err(e) = batch.add_sequence(toks, seq as i32, true) {
-            return fail(e.to_string());
+            return fail(RunError::Fault(e.to_string()));
         }
     }
     if let Err(e) = ctx.decode(&mut batch) {
-        return fail(format!("decoding for embedding: {e}"));
+        return fail(RunError::from_decode(e, group.len() == 1, "decoding for embedding"));
     }
     group
         .iter()
@@ -256,8 +269,8 @@ fn embed_group(
         .map(|(seq, (i, toks))| {
             let r = ctx
                 .embeddings_seq_ith(seq as i32)
-                .map_err(|e| RunError::Engine(format!("reading the embedding: {e}")))
-                .and_then(|v| normalize(v).map_err(RunError::Engine))
+                .map_err(|e| RunError::Fault(format!("reading the embedding: {e}")))
+                .and_then(|v| normalize(v).map_err(RunError::Rejected))
                 .map(|v| Output {
                     embedding: Some(v),
                     prompt_tokens: toks.len() as u32,

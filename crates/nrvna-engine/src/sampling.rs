@@ -40,7 +40,7 @@ impl Sampling {
     pub fn chain(&self, model: &LlamaModel, grammar: Option<&str>) -> Result<LlamaSampler, String> {
         let mut parts = Vec::new();
         if let Some(g) = grammar {
-            parts.push(grammar_sampler(model, g)?);
+            parts.push(grammar_sampler(model, g).map_err(|e| e.to_string())?);
         }
         if self.repeat_penalty != 1.0 && self.repeat_last_n != 0 {
             parts.push(LlamaSampler::penalties(
@@ -70,33 +70,79 @@ impl Sampling {
     }
 }
 
-fn grammar_sampler(model: &LlamaModel, g: &str) -> Result<LlamaSampler, String> {
-    let ((res, logs), stderr) = crate::model::capture_stderr(|| {
-        crate::model::with_captured_llama_errors(|| LlamaSampler::grammar(model, g, "root"))
-            .unwrap_or_else(|e| (Err(llama_cpp_2::GrammarError::NullGrammar), vec![e]))
-    });
-    res.map_err(|e| {
-        let mut why: Vec<String> = stderr
-            .lines()
-            .filter(|l| l.contains("error") || l.contains("Undefined") || l.contains("expecting"))
-            .map(|l| l.trim().to_owned())
-            .collect();
-        why.extend(logs);
-        if why.is_empty() {
-            format!("llama.cpp rejected the grammar: {e}")
-        } else {
-            format!("llama.cpp rejected the grammar: {}", why.join("; "))
-        }
-    })
+fn grammar_sampler(model: &LlamaModel, g: &str) -> Result<LlamaSampler, GrammarRejected> {
+    // llama.cpp's logger lines (through the log callback, on this thread)
+    // say that and where it failed; the parser's own reason goes to stderr,
+    // which is never redirected here: see `GrammarRejected`.
+    match crate::model::with_captured_llama_errors(|| LlamaSampler::grammar(model, g, "root")) {
+        Ok((Ok(s), _)) => Ok(s),
+        Ok((Err(e), logs)) => Err(GrammarRejected {
+            error: e.to_string(),
+            logs,
+        }),
+        Err(e) => Err(GrammarRejected {
+            error: e,
+            logs: Vec::new(),
+        }),
+    }
 }
 
-/// Checks that llama.cpp accepts a GBNF grammar; the error carries llama.cpp's reason.
-pub fn check_grammar(model: &LlamaModel, g: &str) -> Result<(), String> {
+/// llama.cpp refused a grammar. `logs` are the lines its logger emitted
+/// while parsing; the parser's detailed reason (`expecting ... at ...`,
+/// `Undefined rule identifier ...`) is printed on stderr by llama.cpp
+/// itself, so the daemon obtains it from a child process
+/// (`nrvnad explain-grammar`) whose stderr it reads.
+#[derive(Debug, Clone)]
+pub struct GrammarRejected {
+    pub error: String,
+    pub logs: Vec<String>,
+}
+
+impl std::fmt::Display for GrammarRejected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.logs.is_empty() {
+            write!(f, "llama.cpp rejected the grammar: {}", self.error)
+        } else {
+            write!(f, "llama.cpp rejected the grammar: {}", self.logs.join("; "))
+        }
+    }
+}
+
+/// Checks that llama.cpp accepts a GBNF grammar.
+pub fn check_grammar(model: &LlamaModel, g: &str) -> Result<(), GrammarRejected> {
     grammar_sampler(model, g).map(drop)
+}
+
+/// The lines of llama.cpp's stderr output that explain why it rejected a
+/// grammar (its parser prints them there, with the grammar text after).
+pub fn grammar_reason(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .filter(|l| {
+            l.contains("error parsing grammar")
+                || l.contains("Undefined rule")
+                || l.contains("expecting")
+                || l.contains("invalid grammar")
+                || l.contains("left recursion")
+        })
+        .map(|l| l.trim().to_owned())
+        .collect()
 }
 
 /// Converts a JSON Schema to a GBNF grammar with llama.cpp's converter.
 pub fn schema_to_grammar(schema: &str) -> Result<String, String> {
     llama_cpp_2::json_schema_to_grammar(schema)
         .map_err(|e| format!("llama.cpp could not convert schema.json to a grammar: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn grammar_reason_keeps_the_parser_lines_only() {
+        let err = "parse: error parsing grammar: expecting ::= at x\n\nroot ::= x\nllama_grammar_init_impl: failed to parse grammar\n";
+        assert_eq!(
+            super::grammar_reason(err),
+            vec!["parse: error parsing grammar: expecting ::= at x".to_owned()]
+        );
+    }
 }

@@ -20,19 +20,26 @@ fn raise_exception(msg: String) -> Result<String, Error> {
 }
 
 impl ChatTemplate {
-    /// Builds the template from `NRVNA_CHAT_TEMPLATE_FILE`, else the model's.
-    pub fn new(model_template: Option<String>, llama: &llama_cpp_2::model::LlamaModel) -> Result<ChatTemplate, String> {
+    /// Builds the template from `override_file` (`NRVNA_CHAT_TEMPLATE_FILE`), else the model's.
+    pub fn new(
+        model_template: Option<String>,
+        override_file: Option<&std::path::Path>,
+        llama: &llama_cpp_2::model::LlamaModel,
+    ) -> Result<ChatTemplate, String> {
         let vocab = llama.vocab();
         let piece = |t| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
         let (bos, eos) = (piece(vocab.bos()), piece(vocab.eos()));
-        let (src, origin) = match std::env::var("NRVNA_CHAT_TEMPLATE_FILE") {
-            Ok(f) if !f.is_empty() => {
-                let s = std::fs::read_to_string(&f).map_err(|e| {
-                    format!("NRVNA_CHAT_TEMPLATE_FILE={f}: {e}; point it at a readable Jinja file or unset it")
+        let (src, origin) = match override_file {
+            Some(f) => {
+                let s = std::fs::read_to_string(f).map_err(|e| {
+                    format!(
+                        "chat template file {} (NRVNA_CHAT_TEMPLATE_FILE): {e}; point it at a readable Jinja file or unset it",
+                        f.display()
+                    )
                 })?;
-                (Some(s), format!("file {f}"))
+                (Some(s), format!("file {}", f.display()))
             }
-            _ => (model_template, "the model's GGUF metadata".to_owned()),
+            None => (model_template, "the model's GGUF metadata".to_owned()),
         };
         ChatTemplate::compile(src, bos, eos, origin)
     }

@@ -1,30 +1,38 @@
-//! Command-line interface of `nrvnad` (clap derive; each doc comment is the help).
+//! Command-line interface of `nrvnad` (clap derive; each doc comment is the
+//! help). Every setting is a flag with an `NRVNA_*` variable behind it: a
+//! flag wins over its variable, a variable over the default, and a bad value
+//! is an error that names where it came from.
 
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 const AFTER_HELP: &str = "\
 Exit codes:
-  nrvnad MODEL WS      0 after a clean shutdown (SIGINT/SIGTERM) or a --drain with no new failures,
-                       1 on an error or when --drain saw jobs fail
+  nrvnad MODEL WS      0 after a clean shutdown (SIGINT/SIGTERM) or a --drain with no new failures;
+                       1 on an error, when --drain saw jobs fail, or when jobs were still running
+                       at the end of --stop-grace (they stay in processing/ for the next start);
+                       3 on an engine fault (claiming stopped; claimed jobs stay recoverable);
+                       130 on a second signal
   nrvnad status WS     0 ready, 2 starting (model loading), 1 not running
   nrvnad stop WS       0 stopped or already absent, 1 still running after --timeout
 
-Environment (a flag wins over its variable, a variable over the default):
-  NRVNA_MODELS_DIR     where model names are looked up (default ./models)
-  NRVNA_LOG_LEVEL      error, warn, info (default), debug, trace
-  NRVNA_TEMP 0.8  NRVNA_TOP_K 40  NRVNA_TOP_P 0.9  NRVNA_MIN_P 0.05
-  NRVNA_REPEAT_PENALTY 1.1  NRVNA_REPEAT_LAST_N 64  NRVNA_SEED (random per job)
-  NRVNA_PREDICT 2048   default max tokens per job
-  NRVNA_MAX_CTX 8192   context tokens (capped by the model); the batched engine shares them
-  NRVNA_GPU_LAYERS 0   NRVNA_THREADS (cores)  NRVNA_MAX_PROMPT_SIZE (bytes, 1 MiB)
-  NRVNA_MAX_RECOVERY_ATTEMPTS 3   NRVNA_CHAT_TEMPLATE_FILE (Jinja override)";
+Every flag below can also be set by the environment variable shown with it
+(a flag wins over its variable, a variable over the default).";
 
 /// nrvnad: load a GGUF model once and process the jobs of a workspace.
 #[derive(Parser, Debug)]
-#[command(name = "nrvnad", version, args_conflicts_with_subcommands = true, after_help = AFTER_HELP)]
+#[command(
+    name = "nrvnad",
+    version,
+    disable_version_flag = true,
+    args_conflicts_with_subcommands = true,
+    after_help = AFTER_HELP
+)]
 pub struct Cli {
+    /// Print the version.
+    #[arg(short = 'v', short_alias = 'V', long, action = clap::ArgAction::Version, global = true)]
+    pub version: Option<bool>,
     #[command(subcommand)]
     pub command: Option<Command>,
     #[command(flatten)]
@@ -47,6 +55,11 @@ pub enum Command {
         #[arg(long, default_value_t = 30.0)]
         timeout: f64,
     },
+    /// Internal: parse the GBNF grammar on stdin with llama.cpp and print its
+    /// reason for rejecting it on stderr (run by the daemon in a child
+    /// process, so that llama.cpp's stderr never needs redirecting).
+    #[command(hide = true)]
+    ExplainGrammar { model: PathBuf },
 }
 
 /// Which engine runs inference.
@@ -61,14 +74,37 @@ pub enum EngineKind {
     Echo,
 }
 
-#[derive(Args, Debug)]
+impl EngineKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Batched => "batched",
+            EngineKind::PerJob => "perjob",
+            EngineKind::Echo => "echo",
+        }
+    }
+}
+
+fn switch(v: &str) -> Result<bool, String> {
+    nrvna_core::config::parse_switch(v).ok_or_else(|| format!("{v:?} is not a switch: use 1 or 0"))
+}
+
+fn positive_secs(v: &str) -> Result<f64, String> {
+    match v.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && s >= 0.0 => Ok(s),
+        _ => Err(format!("{v:?} is not a number of seconds (0 or more)")),
+    }
+}
+
+/// `nrvnad MODEL WS [flags]`: every setting of a serving daemon.
+#[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
-    /// GGUF model: a path, or a name looked up in ./models or $NRVNA_MODELS_DIR (".gguf" optional).
+    /// GGUF model: a path, or a name looked up in --models-dir (".gguf" optional).
     pub model: Option<String>,
     /// Workspace directory (created if missing).
     pub workspace: Option<PathBuf>,
-    /// Worker threads (= concurrent jobs).
-    #[arg(short, long, env = "NRVNA_WORKERS", default_value_t = 4)]
+    /// Worker threads (= jobs in flight), 1 to 256.
+    #[arg(short, long, env = "NRVNA_WORKERS", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=256))]
     pub workers: u32,
     /// Process until the queue is idle, then exit (0 if no job failed, else 1).
     /// If another daemon owns the workspace, wait for it to exit first.
@@ -77,4 +113,146 @@ pub struct ServeArgs {
     /// Inference engine.
     #[arg(long, value_enum, env = "NRVNA_ENGINE", default_value = "batched")]
     pub engine: EngineKind,
+    /// Where model names are looked up.
+    #[arg(long, env = "NRVNA_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long, env = "NRVNA_LOG_LEVEL", default_value = "info",
+          value_parser = ["error", "warn", "info", "debug", "trace"])]
+    pub log_level: String,
+    /// Seconds to wait after SIGINT/SIGTERM for running jobs to stop; after
+    /// that the daemon exits anyway and they stay in processing/.
+    #[arg(long, env = "NRVNA_STOP_GRACE", default_value = "10", value_parser = positive_secs)]
+    pub stop_grace: f64,
+    /// Times a job abandoned in processing/ is retried before it fails.
+    #[arg(long, env = "NRVNA_MAX_RECOVERY_ATTEMPTS", default_value_t = 3)]
+    pub max_recovery_attempts: u64,
+    /// Claim nothing while the workspace's filesystem has less free space
+    /// than this (MiB); a job whose result hit a full disk waits for space.
+    #[arg(long, env = "NRVNA_MIN_FREE_MB", default_value = "16", value_parser = positive_secs)]
+    pub min_free_mb: f64,
+    /// Milliseconds between full scans of input/ready/ when no filesystem
+    /// event arrives (inotify wakes the Scanner at once on local filesystems).
+    #[arg(long, env = "NRVNA_SCAN_INTERVAL_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
+    pub scan_interval_ms: u64,
+    /// fsync files and directories at every transition (0 for scratch workspaces).
+    #[arg(long, env = "NRVNA_FSYNC", default_value = "1", value_parser = switch)]
+    pub fsync: bool,
+    /// Largest prompt.txt, in bytes.
+    #[arg(long, env = "NRVNA_MAX_PROMPT_SIZE", default_value_t = nrvna_core::config::DEFAULT_MAX_PROMPT_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_prompt_size: u64,
+    /// A Jinja chat template that replaces the model's.
+    #[arg(long, env = "NRVNA_CHAT_TEMPLATE_FILE")]
+    pub chat_template_file: Option<PathBuf>,
+
+    /// Default sampling temperature (0: greedy).
+    #[arg(long, env = "NRVNA_TEMP", default_value_t = 0.8)]
+    pub temp: f32,
+    /// Default top-k (0: off).
+    #[arg(long, env = "NRVNA_TOP_K", default_value_t = 40)]
+    pub top_k: i32,
+    /// Default top-p.
+    #[arg(long, env = "NRVNA_TOP_P", default_value_t = 0.9)]
+    pub top_p: f32,
+    /// Default min-p.
+    #[arg(long, env = "NRVNA_MIN_P", default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Default repetition penalty (1: off).
+    #[arg(long, env = "NRVNA_REPEAT_PENALTY", default_value_t = 1.1)]
+    pub repeat_penalty: f32,
+    /// Tokens the repetition penalty looks back over.
+    #[arg(long, env = "NRVNA_REPEAT_LAST_N", default_value_t = 64)]
+    pub repeat_last_n: i32,
+    /// Default seed (random per job when unset; the seed used is recorded).
+    #[arg(long, env = "NRVNA_SEED")]
+    pub seed: Option<u32>,
+    /// Default max tokens per job.
+    #[arg(long, env = "NRVNA_PREDICT", default_value_t = 2048)]
+    pub predict: u32,
+    /// Context tokens (capped by the model); the batched engine shares them.
+    #[arg(long, env = "NRVNA_MAX_CTX", default_value_t = 8192,
+          value_parser = clap::value_parser!(u32).range(64..))]
+    pub max_ctx: u32,
+    /// Model layers offloaded to the GPU (needs a GPU build).
+    #[arg(long, env = "NRVNA_GPU_LAYERS", default_value_t = 0)]
+    pub gpu_layers: u32,
+    /// llama.cpp threads for the whole process (default: the cores available).
+    #[arg(long, env = "NRVNA_THREADS", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub threads: Option<u32>,
+    /// Tokens per decode call (prompt chunk size).
+    #[arg(long, env = "NRVNA_BATCH", default_value_t = 512,
+          value_parser = clap::value_parser!(u32).range(16..))]
+    pub batch: u32,
+    /// Shortest shared prompt prefix, in tokens, worth reusing (0: no reuse).
+    #[arg(long, env = "NRVNA_PREFIX_REUSE_MIN", default_value_t = 16)]
+    pub prefix_reuse_min: u32,
+
+    /// Test hook: the batched engine reports a failed decode at this decode
+    /// call (counting from 1), to exercise the fault path on the real model.
+    #[arg(long, env = "NRVNA_TEST_DECODE_FAULT", hide = true)]
+    pub test_decode_fault: Option<u64>,
+}
+
+/// Parses the command line and the environment. A bad value from a
+/// variable is reported with the variable's name.
+pub fn parse() -> Cli {
+    match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::{ContextKind, ContextValue, ErrorKind};
+            if matches!(e.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation) {
+                let arg = match e.get(ContextKind::InvalidArg) {
+                    Some(ContextValue::String(s)) => s.clone(),
+                    _ => String::new(),
+                };
+                let cmd = Cli::command();
+                let from_env = cmd.get_arguments().find_map(|a| {
+                    let long = a.get_long()?;
+                    let env = a.get_env()?;
+                    let flag_given =
+                        std::env::args().any(|x| x == format!("--{long}") || x.starts_with(&format!("--{long}=")));
+                    (arg.starts_with(&format!("--{long}")) && !flag_given && std::env::var_os(env).is_some())
+                        .then(|| env.to_string_lossy().into_owned())
+                });
+                if let Some(var) = from_env {
+                    let val = std::env::var(&var).unwrap_or_default();
+                    eprintln!("nrvnad: {var}={val:?} is not a valid value for {arg}; fix or unset {var}");
+                    let _ = e.print();
+                    std::process::exit(2);
+                }
+            }
+            e.exit()
+        }
+    }
+}
+
+/// Prepares the process environment that native libraries read before
+/// `main` (the one place besides clap that reads or writes variables).
+/// On a failed assertion ggml attaches gdb to print a backtrace, which can
+/// hang a daemon for a long time: turn that off unless the user set it.
+pub fn prepare_process_env() {
+    if std::env::var_os("GGML_NO_BACKTRACE").is_none() {
+        std::env::set_var("GGML_NO_BACKTRACE", "1");
+    }
+}
+
+/// llama.cpp's CPU threads are OpenMP threads. By default they spin between
+/// parallel regions, and on a small machine (2 cores, shared with the
+/// daemon's own threads) a spinning thread that holds a core while its
+/// partner is descheduled turns a decode of a few milliseconds into tens or
+/// hundreds. libgomp reads OMP_WAIT_POLICY when it is loaded, before
+/// `main`, so the process re-executes itself once with it set. A value set
+/// by the user is left alone.
+pub fn passive_openmp() {
+    if std::env::var_os("OMP_WAIT_POLICY").is_some() {
+        return;
+    }
+    std::env::set_var("OMP_WAIT_POLICY", "passive");
+    if let Ok(exe) = std::env::current_exe() {
+        use std::os::unix::process::CommandExt;
+        let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).exec();
+        eprintln!("nrvnad: could not re-execute with OMP_WAIT_POLICY=passive ({err}); going on without it");
+    }
 }

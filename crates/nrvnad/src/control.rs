@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use nrvna_core::lifecycle::{daemon_status, lock_held, read_info, read_pid, DaemonStatus};
+use nrvna_core::lifecycle::{daemon_status, is_nrvnad, lock_held, read_info, read_pid, unlocked_owner, DaemonStatus};
 use nrvna_core::Workspace;
 
 /// `nrvnad status WS [--json]`: 0 ready, 2 starting, 1 not running.
@@ -63,8 +63,7 @@ fn lock_inode(ws: &Workspace) -> Option<u64> {
 
 /// Whether `pid` is an nrvnad that holds the FLOCK on the workspace's lock file.
 pub fn is_lock_holder(ws: &Workspace, pid: u32) -> bool {
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    if comm.trim() != "nrvnad" {
+    if !is_nrvnad(pid) {
         return false;
     }
     let Some(ino) = lock_inode(ws) else {
@@ -88,6 +87,10 @@ pub fn stop(ws_path: &Path, timeout: f64) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     };
     if !lock_held(&ws) {
+        // An older C++ daemon takes no lock: its pid file is all there is.
+        if let Some(pid) = unlocked_owner(&ws) {
+            return stop_unlocked(pid, timeout);
+        }
         eprintln!("nrvnad: not running on {}", ws.root().display());
         return Ok(ExitCode::SUCCESS);
     }
@@ -121,4 +124,22 @@ pub fn stop(ws_path: &Path, timeout: f64) -> Result<ExitCode> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Stops a daemon that holds no lock (an older C++ nrvnad named by
+/// `.nrvnad.pid`): SIGTERM while it is still a live nrvnad, then wait.
+fn stop_unlocked(pid: u32, timeout: f64) -> Result<ExitCode> {
+    if unsafe { libc::kill(pid as i32, libc::SIGTERM) } != 0 {
+        anyhow::bail!("signalling pid {pid}: {}", std::io::Error::last_os_error());
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+    while is_nrvnad(pid) {
+        if Instant::now() >= deadline {
+            eprintln!("nrvnad: pid {pid} is still running after {timeout} s; wait longer, or kill -9 {pid}");
+            return Ok(ExitCode::from(1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("nrvnad: stopped (pid {pid})");
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,8 +1,10 @@
 //! The daemon's side of inference: which engine runs (batched, per-job, or
-//! the echo test double), one Runner per worker, prompt rendering, and the
-//! daemon's defaults for job parameters.
+//! the echo test double), one Runner per worker, prompt rendering, grammar
+//! checks, and a bounded engine shutdown.
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use nrvna_engine::batched::BatchedEngine;
 use nrvna_engine::perjob::PerJobRunner;
@@ -15,6 +17,8 @@ pub struct Inference {
     pub kind: EngineKind,
     pub cfg: EngineConfig,
     pub model: Option<Arc<Model>>,
+    model_path: PathBuf,
+    model_name: String,
     batched: Option<BatchedEngine>,
     workers: u32,
 }
@@ -32,11 +36,17 @@ impl Inference {
                 kind,
                 cfg,
                 model: None,
+                model_path: model_path.to_owned(),
+                model_name: "echo".into(),
                 batched: None,
                 workers,
             });
         }
-        let model = Arc::new(Model::load(model_path, cfg.gpu_layers)?);
+        let model = Arc::new(Model::load(
+            model_path,
+            cfg.gpu_layers,
+            cfg.chat_template_file.as_deref(),
+        )?);
         tracing::info!(
             "loaded {} (training context {}, chat template from {})",
             model.file_name(),
@@ -49,8 +59,10 @@ impl Inference {
         };
         Ok(Inference {
             kind,
+            model_name: model.file_name(),
             cfg,
             model: Some(model),
+            model_path: model_path.to_owned(),
             batched,
             workers,
         })
@@ -81,34 +93,106 @@ impl Inference {
         nrvna_engine::sampling::schema_to_grammar(schema)
     }
 
-    /// Checks a GBNF grammar; the error is llama.cpp's reason.
+    /// Checks a GBNF grammar. llama.cpp prints its parser's reason on
+    /// stderr, which this process never redirects: on a rejection, a child
+    /// `nrvnad explain-grammar` parses it again and its stderr is read.
     pub fn check_grammar(&self, g: &str) -> Result<(), String> {
-        match &self.model {
-            Some(m) => nrvna_engine::sampling::check_grammar(&m.llama, g),
-            None => Ok(()),
+        let Some(m) = &self.model else {
+            return Ok(());
+        };
+        match nrvna_engine::sampling::check_grammar(&m.llama, g) {
+            Ok(()) => Ok(()),
+            Err(rejected) => Err(match explain_grammar(&self.model_path, g) {
+                Some(reason) => format!("llama.cpp rejected the grammar: {reason}"),
+                None => rejected.to_string(),
+            }),
         }
     }
 
-    pub fn model_name(&self) -> String {
-        self.model
-            .as_ref()
-            .map(|m| m.file_name())
-            .unwrap_or_else(|| "echo".into())
+    /// The model's file name (recorded in meta.json), or "echo".
+    pub fn model_name(&self) -> &str {
+        &self.model_name
     }
 
-    pub fn shutdown(&self) {
-        if let Some(b) = &self.batched {
-            b.shutdown();
+    /// Stops the engine thread, waiting at most `within`; false if it did
+    /// not stop in time.
+    pub fn shutdown_within(&self, within: Duration) -> bool {
+        match &self.batched {
+            Some(b) => b.shutdown_within(within),
+            None => true,
         }
     }
 }
 
+/// Runs `nrvnad explain-grammar MODEL` with the grammar on stdin and
+/// returns llama.cpp's reason from its stderr (at most 30 s).
+fn explain_grammar(model: &std::path::Path, g: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    let exe = std::env::current_exe().ok()?;
+    let mut child = Command::new(exe)
+        .arg("explain-grammar")
+        .arg(model)
+        .env("NRVNA_LOG_LEVEL", "error")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    let mut stdin = child.stdin.take()?;
+    let text = g.to_owned();
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(text.as_bytes());
+    });
+    let mut stderr = child.stderr.take()?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                break;
+            }
+        }
+    }
+    let _ = writer.join();
+    let out = reader.join().ok()?;
+    let lines = nrvna_engine::sampling::grammar_reason(&out);
+    (!lines.is_empty()).then(|| lines.join("; "))
+}
+
+/// `nrvnad explain-grammar MODEL`: parses stdin as GBNF against the model's
+/// vocabulary; llama.cpp writes its reason to stderr. Exit 0 if accepted.
+pub fn explain_grammar_main(model: &std::path::Path) -> anyhow::Result<std::process::ExitCode> {
+    use std::io::Read;
+    let mut g = String::new();
+    std::io::stdin().read_to_string(&mut g)?;
+    let vocab = Model::load_vocab(model).map_err(anyhow::Error::msg)?;
+    Ok(match nrvna_engine::sampling::check_grammar(&vocab, &g) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(_) => std::process::ExitCode::from(1),
+    })
+}
+
 /// The engine test double: answers with the prompt, embeds to a fixed
 /// 8-dimensional vector. No model is loaded. Honors `should_stop`.
+///
+/// For fault-injection tests, a prompt that is exactly one of these makes
+/// it misbehave: `nrvna-test:panic` panics in the worker,
+/// `nrvna-test:fault` reports an engine fault, `nrvna-test:hang` ignores
+/// every stop request for an hour (a stuck job).
 pub struct EchoRunner;
 
 impl Runner for EchoRunner {
     fn run(&mut self, req: Request, obs: Arc<dyn Observer>) -> Result<Output, RunError> {
+        obs.poll();
         if let Some(reason) = obs.should_stop() {
             return Err(RunError::Stopped {
                 reason,
@@ -118,7 +202,14 @@ impl Runner for EchoRunner {
         }
         match req {
             Request::Text(t) => {
+                match t.prompt.as_str() {
+                    "nrvna-test:panic" => panic!("echo engine: injected panic"),
+                    "nrvna-test:fault" => return Err(RunError::Fault("echo engine: injected fault".into())),
+                    "nrvna-test:hang" => std::thread::sleep(Duration::from_secs(3600)),
+                    _ => {}
+                }
                 obs.on_text(&t.prompt, 1);
+                obs.poll();
                 Ok(Output {
                     generated_tokens: 1,
                     prompt_tokens: 1,
@@ -134,7 +225,7 @@ impl Runner for EchoRunner {
                 }
                 v[0] += 1.0;
                 Ok(Output {
-                    embedding: Some(nrvna_engine::embed::normalize(&v).map_err(RunError::Engine)?),
+                    embedding: Some(nrvna_engine::embed::normalize(&v).map_err(RunError::Rejected)?),
                     prompt_tokens: 1,
                     ..Output::default()
                 })

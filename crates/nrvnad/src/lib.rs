@@ -1,9 +1,12 @@
 //! nrvnad, the nrvna daemon. The tree mirrors the design: the [`server`]
 //! owns the workspace and the threads, the [`scanner`] finds jobs, the
-//! [`pool`] queues them for `Worker-N` threads, the [`processor`] claims and
-//! finishes them, and the engine's Runners do inference.
+//! [`pool`] queues them for the [`worker`] threads (`Worker-N`), the
+//! [`processor`] claims, reads, plans, runs and finishes them, and the
+//! [`engine`]'s Runners do inference. [`config`] is built once from the
+//! command line and the environment ([`cli`]).
 
 pub mod cli;
+pub mod config;
 pub mod control;
 pub mod engine;
 pub mod logging;
@@ -15,6 +18,8 @@ pub mod scanner;
 pub mod schema;
 pub mod server;
 pub mod signals;
+pub mod space;
+pub mod worker;
 
 use std::process::ExitCode;
 
@@ -25,6 +30,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Some(Command::Status { workspace, json }) => control::status(&workspace, json),
         Some(Command::Stop { workspace, timeout }) => control::stop(&workspace, timeout),
-        None => server::serve(cli.serve),
+        Some(Command::ExplainGrammar { model }) => engine::explain_grammar_main(&model),
+        None => server::serve(config::Config::from_args(&cli.serve)?),
     }
 }

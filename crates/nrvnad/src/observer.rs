@@ -1,24 +1,24 @@
 //! A running job's window to the outside: its partial output (`partial.txt`,
 //! appended), a progress record (`progress.json`), and the reasons to stop
 //! it early (a `cancel` file from `flw --cancel`, its timeout, shutdown).
+//!
+//! The engine calls `on_text` and `should_stop` between tokens: they only
+//! touch memory. Every file operation happens in `poll`, on the worker's
+//! thread that waits for the job, so a slow or hostile job directory can
+//! never stall the engine that serves every other job.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use nrvna_core::fsio::iso8601_utc;
+use nrvna_core::fsio::{create_new, iso8601_utc};
 use nrvna_core::live::{cancel_requested, Progress as ProgressRecord, PARTIAL_FILE};
 use nrvna_engine::Observer;
 
-use crate::server::Shared;
-
-/// Partial output is flushed when this many tokens are pending...
-pub const FLUSH_TOKENS: u32 = 16;
-/// ...or when this much time has passed since the last flush.
+/// Partial output is written at least this often while a job generates.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Why a job was stopped before it finished.
@@ -29,41 +29,61 @@ pub enum StopKind {
     Shutdown,
 }
 
-struct Progress {
-    buf: String,
+impl StopKind {
+    fn code(self) -> u8 {
+        match self {
+            StopKind::Cancelled => 1,
+            StopKind::TimedOut => 2,
+            StopKind::Shutdown => 3,
+        }
+    }
+}
+
+/// Text generated since the last flush.
+#[derive(Default)]
+struct Pending {
+    text: String,
     tokens: u32,
-    unflushed: u32,
+}
+
+/// What only the polling thread touches.
+struct Files {
+    partial: Option<File>,
+    /// partial.txt could not be created (something else holds the name):
+    /// no partial output for this job, and no retrying every poll.
+    partial_refused: bool,
     last_flush: Instant,
     last_cancel_check: Instant,
-    file: Option<File>,
+    written_tokens: u32,
 }
 
 /// Observer of one job, handed to the engine.
 pub struct JobObserver {
     dir: PathBuf,
-    shared: Arc<Shared>,
+    shutdown: Arc<AtomicBool>,
     started: Instant,
     timeout: Option<Duration>,
     stop: AtomicU8,
-    progress: Mutex<Progress>,
+    pending: Mutex<Pending>,
+    files: Mutex<Files>,
 }
 
 impl JobObserver {
-    pub fn new(dir: PathBuf, shared: Arc<Shared>, timeout_s: Option<f64>) -> JobObserver {
+    pub fn new(dir: PathBuf, shutdown: Arc<AtomicBool>, timeout_s: Option<f64>) -> JobObserver {
         let now = Instant::now();
         JobObserver {
             dir,
-            shared,
+            shutdown,
             started: now,
             timeout: timeout_s.map(Duration::from_secs_f64),
             stop: AtomicU8::new(0),
-            progress: Mutex::new(Progress {
-                buf: String::new(),
-                tokens: 0,
-                unflushed: 0,
+            pending: Mutex::new(Pending::default()),
+            files: Mutex::new(Files {
+                partial: None,
+                partial_refused: false,
                 last_flush: now,
                 last_cancel_check: now,
-                file: None,
+                written_tokens: 0,
             }),
         }
     }
@@ -78,8 +98,10 @@ impl JobObserver {
         }
     }
 
-    pub fn timeout_secs(&self) -> f64 {
-        self.timeout.map(|t| t.as_secs_f64()).unwrap_or(0.0)
+    fn request_stop(&self, kind: StopKind) {
+        let _ = self
+            .stop
+            .compare_exchange(0, kind.code(), Ordering::SeqCst, Ordering::SeqCst);
     }
 
     /// Whether a cancel was requested (checked once more at claim time).
@@ -87,28 +109,43 @@ impl JobObserver {
         cancel_requested(&self.dir)
     }
 
-    fn flush_locked(&self, p: &mut Progress) {
-        p.unflushed = 0;
-        p.last_flush = Instant::now();
-        if !p.buf.is_empty() {
-            if p.file.is_none() {
-                p.file = OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(self.dir.join(PARTIAL_FILE))
-                    .ok();
+    /// Appends pending text to partial.txt and replaces progress.json.
+    fn flush(&self, f: &mut Files) {
+        f.last_flush = Instant::now();
+        let Pending { text, tokens } = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut *p)
+        };
+        let tokens = tokens.max(f.written_tokens);
+        if !text.is_empty() && !f.partial_refused {
+            if f.partial.is_none() {
+                match create_new(&self.dir, PARTIAL_FILE) {
+                    Ok(file) => f.partial = Some(file),
+                    Err(e) => {
+                        tracing::warn!(
+                            "{}: cannot create {PARTIAL_FILE} ({e}); this job's partial output is not shown",
+                            self.dir.display()
+                        );
+                        f.partial_refused = true;
+                    }
+                }
             }
-            if let Some(f) = p.file.as_mut() {
-                if f.write_all(p.buf.as_bytes()).is_ok() {
-                    p.buf.clear();
+            if let Some(file) = f.partial.as_mut() {
+                if let Err(e) = file.write_all(text.as_bytes()) {
+                    tracing::warn!("{}: writing {PARTIAL_FILE}: {e}", self.dir.display());
+                    f.partial = None;
+                    f.partial_refused = true;
                 }
             }
         }
+        if tokens == f.written_tokens && text.is_empty() {
+            return;
+        }
+        f.written_tokens = tokens;
         let secs = self.started.elapsed().as_secs_f64();
-        let tps = if secs > 0.0 { f64::from(p.tokens) / secs } else { 0.0 };
+        let tps = if secs > 0.0 { f64::from(tokens) / secs } else { 0.0 };
         let rec = ProgressRecord {
-            tokens: u64::from(p.tokens),
+            tokens: u64::from(tokens),
             tokens_per_s: (tps * 10.0).round() / 10.0,
             updated_at: iso8601_utc(SystemTime::now()),
         };
@@ -118,36 +155,43 @@ impl JobObserver {
 
 impl Observer for JobObserver {
     fn on_text(&self, text: &str, tokens: u32) {
-        let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
-        p.buf.push_str(text);
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        p.text.push_str(text);
         p.tokens = tokens;
-        p.unflushed += 1;
-        if p.unflushed >= FLUSH_TOKENS || p.last_flush.elapsed() >= FLUSH_INTERVAL {
-            self.flush_locked(&mut p);
-        }
     }
 
     fn should_stop(&self) -> Option<String> {
-        if self.shared.shutdown.load(Ordering::SeqCst) {
-            self.stop.store(3, Ordering::SeqCst);
-            return Some("the daemon is shutting down".into());
+        if self.shutdown.load(Ordering::SeqCst) {
+            self.request_stop(StopKind::Shutdown);
         }
         if let Some(t) = self.timeout {
             if self.started.elapsed() >= t {
-                self.stop.store(2, Ordering::SeqCst);
-                return Some(format!("timed out after {} s", fmt_secs(t.as_secs_f64())));
+                self.request_stop(StopKind::TimedOut);
             }
         }
-        let mut p = self.progress.lock().unwrap_or_else(|e| e.into_inner());
-        if p.last_cancel_check.elapsed() >= FLUSH_INTERVAL {
-            p.last_cancel_check = Instant::now();
-            drop(p);
+        match self.stop_kind()? {
+            StopKind::Shutdown => Some("the daemon is shutting down".into()),
+            StopKind::TimedOut => Some(format!(
+                "timed out after {} s",
+                fmt_secs(self.timeout.map(|t| t.as_secs_f64()).unwrap_or(0.0))
+            )),
+            StopKind::Cancelled => Some("cancelled by user".into()),
+        }
+    }
+
+    fn poll(&self) {
+        let Ok(mut f) = self.files.try_lock() else {
+            return; // another poll is under way
+        };
+        if f.last_cancel_check.elapsed() >= FLUSH_INTERVAL {
+            f.last_cancel_check = Instant::now();
             if self.cancel_requested() {
-                self.stop.store(1, Ordering::SeqCst);
-                return Some("cancelled by user".into());
+                self.request_stop(StopKind::Cancelled);
             }
         }
-        None
+        if f.last_flush.elapsed() >= FLUSH_INTERVAL {
+            self.flush(&mut f);
+        }
     }
 }
 
@@ -157,5 +201,46 @@ pub fn fmt_secs(s: f64) -> String {
         format!("{s:.0}")
     } else {
         format!("{s}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mkfifo(p: &std::path::Path) {
+        let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    }
+
+    #[test]
+    fn a_fifo_named_partial_txt_never_blocks_and_text_is_dropped_not_hung() {
+        let d = tempfile::tempdir().unwrap();
+        mkfifo(&d.path().join(PARTIAL_FILE));
+        let obs = JobObserver::new(d.path().to_owned(), Arc::new(AtomicBool::new(false)), None);
+        obs.on_text("hello", 1);
+        let mut f = obs.files.lock().unwrap();
+        obs.flush(&mut f); // would block forever if it opened the FIFO
+        assert!(f.partial_refused);
+        assert!(ProgressRecord::read(d.path()).is_some(), "progress still written");
+    }
+
+    #[test]
+    fn text_is_appended_and_stop_reasons_are_sticky() {
+        let d = tempfile::tempdir().unwrap();
+        let shutdown = Arc::new(AtomicBool::new(false));
+        let obs = JobObserver::new(d.path().to_owned(), shutdown.clone(), None);
+        obs.on_text("a", 1);
+        obs.flush(&mut obs.files.lock().unwrap());
+        obs.on_text("b", 2);
+        obs.flush(&mut obs.files.lock().unwrap());
+        assert_eq!(std::fs::read_to_string(d.path().join(PARTIAL_FILE)).unwrap(), "ab");
+        assert_eq!(obs.should_stop(), None);
+        nrvna_core::live::request_cancel(d.path()).unwrap();
+        obs.files.lock().unwrap().last_cancel_check -= FLUSH_INTERVAL;
+        obs.poll();
+        assert_eq!(obs.should_stop().as_deref(), Some("cancelled by user"));
+        shutdown.store(true, Ordering::SeqCst);
+        assert_eq!(obs.stop_kind(), Some(StopKind::Cancelled), "the first reason stays");
     }
 }

@@ -1,11 +1,38 @@
 //! The Pool: one mutex-protected queue of job ids and a condition variable.
-//! The Scanner submits ids; `Worker-0..N-1` take them. An id already queued
+//! The Scanner submits ids; `Worker-0..N-1` take them, higher priorities
+//! first and in submission order within one priority. An id already queued
 //! or in progress is never queued twice.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use nrvna_core::JobId;
+
+/// A job's priority (`params.json` key `priority`; absent means normal).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Priority {
+    High,
+    #[default]
+    Normal,
+    Low,
+}
+
+impl Priority {
+    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
+
+    pub fn parse(s: &str) -> Option<Priority> {
+        match s {
+            "high" => Some(Priority::High),
+            "normal" => Some(Priority::Normal),
+            "low" => Some(Priority::Low),
+            _ => None,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
 
 /// What a worker gets from the queue.
 #[derive(Debug, PartialEq, Eq)]
@@ -16,7 +43,8 @@ pub enum Message {
 
 #[derive(Default)]
 struct Queue {
-    jobs: VecDeque<JobId>,
+    /// One FIFO per priority, highest first.
+    jobs: [VecDeque<JobId>; 3],
     /// Queued or being processed.
     pending: HashSet<JobId>,
     busy: usize,
@@ -42,16 +70,21 @@ impl Pool {
     }
 
     /// Queues an id unless it is already pending; returns whether it was queued.
-    pub fn submit(&self, id: JobId) -> bool {
+    pub fn submit(&self, id: JobId, prio: Priority) -> bool {
         let mut q = self.lock();
         if q.closed || q.pending.contains(&id) {
             return false;
         }
         q.pending.insert(id.clone());
-        q.jobs.push_back(id);
+        q.jobs[prio.index()].push_back(id);
         drop(q);
         self.cv.notify_one();
         true
+    }
+
+    /// Whether `id` is queued or in progress (the Scanner skips reading it).
+    pub fn is_pending(&self, id: &JobId) -> bool {
+        self.lock().pending.contains(id)
     }
 
     /// Blocks until a job is available or the pool closes.
@@ -61,7 +94,7 @@ impl Pool {
             if q.closed {
                 return Message::Quit;
             }
-            if let Some(id) = q.jobs.pop_front() {
+            if let Some(id) = q.jobs.iter_mut().find_map(|fifo| fifo.pop_front()) {
                 q.busy += 1;
                 return Message::Job(id);
             }
@@ -90,13 +123,13 @@ impl Pool {
     /// Nothing queued and nothing in progress.
     pub fn idle(&self) -> bool {
         let q = self.lock();
-        q.jobs.is_empty() && q.busy == 0
+        q.jobs.iter().all(VecDeque::is_empty) && q.busy == 0
     }
 
     /// (queued, in progress)
     pub fn counts(&self) -> (usize, usize) {
         let q = self.lock();
-        (q.jobs.len(), q.busy)
+        (q.jobs.iter().map(VecDeque::len).sum(), q.busy)
     }
 
     /// Wakes every worker with Quit; queued ids are dropped (they are still
@@ -104,7 +137,9 @@ impl Pool {
     pub fn close(&self) {
         let mut q = self.lock();
         q.closed = true;
-        q.jobs.clear();
+        for fifo in &mut q.jobs {
+            fifo.clear();
+        }
         drop(q);
         self.cv.notify_all();
     }
@@ -122,12 +157,17 @@ mod tests {
     #[test]
     fn never_queues_a_pending_id_twice() {
         let p = Pool::new();
-        assert!(p.submit(id("1")));
-        assert!(!p.submit(id("1")), "queued twice");
+        assert!(p.submit(id("1"), Priority::Normal));
+        assert!(!p.submit(id("1"), Priority::High), "queued twice");
+        assert!(p.is_pending(&id("1")));
         assert_eq!(p.next(), Message::Job(id("1")));
-        assert!(!p.submit(id("1")), "queued while in progress");
+        assert!(!p.submit(id("1"), Priority::Normal), "queued while in progress");
         p.done(&id("1"));
-        assert!(p.submit(id("1")), "a finished id may come back (e.g. recovered)");
+        assert!(!p.is_pending(&id("1")));
+        assert!(
+            p.submit(id("1"), Priority::Normal),
+            "a finished id may come back (e.g. recovered)"
+        );
     }
 
     #[test]
@@ -150,7 +190,7 @@ mod tests {
     fn fifo_order_and_idle_accounting() {
         let p = Pool::new();
         for s in ["3", "1", "2"] {
-            p.submit(id(s));
+            p.submit(id(s), Priority::Normal);
         }
         assert!(!p.idle());
         let order: Vec<_> = (0..3)
@@ -165,5 +205,25 @@ mod tests {
             p.done(j);
         }
         assert!(p.idle());
+    }
+
+    #[test]
+    fn higher_priorities_first_and_fifo_within_one() {
+        let p = Pool::new();
+        p.submit(id("1"), Priority::Low);
+        p.submit(id("2"), Priority::Normal);
+        p.submit(id("3"), Priority::Low);
+        p.submit(id("4"), Priority::High);
+        p.submit(id("5"), Priority::Normal);
+        assert_eq!(p.counts(), (5, 0));
+        let order: Vec<_> = (0..5)
+            .map(|_| match p.next() {
+                Message::Job(j) => j,
+                Message::Quit => panic!(),
+            })
+            .collect();
+        assert_eq!(order, [id("4"), id("2"), id("5"), id("1"), id("3")]);
+        assert_eq!(Priority::parse("high"), Some(Priority::High));
+        assert_eq!(Priority::parse("urgent"), None);
     }
 }

@@ -1,18 +1,17 @@
 //! Start-up recovery: jobs left in `processing/` by a daemon that died go
 //! back to `input/ready/` with `recovery_attempts` + 1, or to `failed/` at
-//! the ceiling; staging leftovers older than an hour are removed.
+//! the ceiling; staging leftovers older than an hour are removed. A worker
+//! that panicked on a job recovers that one job the same way.
 
 use std::fs;
 use std::time::{Duration, SystemTime};
 
-use nrvna_core::fsio::{iso8601_utc, read_optional, sync_dir, write_atomic};
+use nrvna_core::fsio::{clear_entry, iso8601_utc, read_optional, sync_dir, write_atomic};
 use nrvna_core::meta::{Meta, MAX_META_BYTES};
-use nrvna_core::{Moved, State, Workspace};
+use nrvna_core::{JobId, Moved, State, Workspace};
 
 use nrvna_core::live::{CANCEL_FILE, PARTIAL_FILE, PROGRESS_FILE};
 
-/// Default `NRVNA_MAX_RECOVERY_ATTEMPTS`.
-pub const DEFAULT_MAX_RECOVERY: u64 = 3;
 /// Staging directories older than this are leftovers of a killed submitter.
 pub const STAGING_MAX_AGE: Duration = Duration::from_secs(3600);
 
@@ -24,84 +23,106 @@ pub struct Recovered {
     pub staging_removed: usize,
 }
 
-pub fn max_attempts() -> u64 {
-    std::env::var("NRVNA_MAX_RECOVERY_ATTEMPTS")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(DEFAULT_MAX_RECOVERY)
+/// What happened to one recovered job.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Recovery {
+    Requeued,
+    Failed,
+    Left,
 }
 
-/// Recovers every job in `processing/`. Only the lock holder may call this.
+/// Recovers every job in `processing/`. Only the lock holder may call this,
+/// before any worker runs.
 pub fn recover(ws: &Workspace, max: u64) -> Recovered {
     let mut r = Recovered::default();
     for id in ws.list(State::Processing).unwrap_or_default() {
-        let dir = ws.job_dir(State::Processing, &id);
-        if !fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_dir()) {
-            // Not a directory: the processor fails it properly once it is ready again.
-            if ws.transition(&id, State::Processing, State::Ready).is_ok() {
-                r.requeued += 1;
-            }
-            continue;
-        }
-        remove_temp_files(&dir);
-        let meta = match read_optional(&dir.join("meta.json"), MAX_META_BYTES) {
-            Ok(Some(b)) => Meta::parse(&b).map_err(|e| e.to_string()),
-            Ok(None) => Ok(Meta::new()),
-            Err(e) => Err(e.to_string()),
-        };
-        let mut meta = match meta {
-            Ok(m) => m,
-            // Not rewritten (that would lose it): the processor fails the
-            // job at once and keeps the original as meta.json.invalid.
-            Err(why) => {
-                tracing::warn!("{id}: meta.json {why}; back to input/ready/ unchanged, where it fails");
-                if ws.transition(&id, State::Processing, State::Ready).is_ok() {
-                    r.requeued += 1;
-                }
-                continue;
-            }
-        };
-        for scratch in [PARTIAL_FILE, PROGRESS_FILE] {
-            let _ = fs::remove_file(dir.join(scratch));
-        }
-        let attempts = meta.recovery_attempts();
-        let cancelled = dir.join(CANCEL_FILE).exists();
-        let to = if attempts >= max || cancelled {
-            let why = if cancelled {
-                "cancelled by user".to_owned()
-            } else {
-                format!(
-                    "abandoned in processing/ {} times (the daemon died while running it); giving up after NRVNA_MAX_RECOVERY_ATTEMPTS={max}",
-                    attempts + 1
-                )
-            };
-            meta.set("status", "failed");
-            meta.set("completed_at", iso8601_utc(SystemTime::now()));
-            meta.set("artifacts", vec!["error.txt"]);
-            if cancelled {
-                meta.set("cancelled", true);
-            }
-            let _ = write_atomic(&dir, "error.txt", format!("{why}\n").as_bytes());
-            tracing::warn!("{id}: {why}");
-            State::Failed
-        } else {
-            meta.set("recovery_attempts", attempts + 1);
-            State::Ready
-        };
-        let _ = write_atomic(&dir, "meta.json", &meta.to_bytes());
-        let _ = sync_dir(&dir);
-        match ws.transition(&id, State::Processing, to) {
-            Ok(Moved::Yes) if to == State::Ready => {
-                tracing::info!("recovered {id} (attempt {})", attempts + 1);
-                r.requeued += 1;
-            }
-            Ok(Moved::Yes) => r.failed += 1,
-            Ok(other) => tracing::error!("recovering {id}: {other:?}; left in processing/"),
-            Err(e) => tracing::error!("recovering {id}: {e}; left in processing/"),
+        match recover_one(ws, &id, max) {
+            Recovery::Requeued => r.requeued += 1,
+            Recovery::Failed => r.failed += 1,
+            Recovery::Left => {}
         }
     }
     r.staging_removed = clean_staging(ws, STAGING_MAX_AGE);
     r
+}
+
+/// Moves one abandoned job from `processing/` back to `input/ready/`
+/// (counting the attempt in meta.json), or to `failed/` at the ceiling or
+/// when it was cancelled.
+pub fn recover_one(ws: &Workspace, id: &JobId, max: u64) -> Recovery {
+    let back = |why: &str| {
+        if let Err(e) = ws.transition(id, State::Processing, State::Ready) {
+            tracing::error!("recovering {id} ({why}): {e}; left in processing/");
+            return Recovery::Left;
+        }
+        Recovery::Requeued
+    };
+    let dir = ws.job_dir(State::Processing, id);
+    if !fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_dir()) {
+        // Not a directory: the processor fails it properly once it is ready again.
+        return back("not a directory");
+    }
+    remove_temp_files(&dir);
+    let meta = match read_optional(&dir.join("meta.json"), MAX_META_BYTES) {
+        Ok(Some(b)) => Meta::parse(&b).map_err(|e| e.to_string()),
+        Ok(None) => Ok(Meta::new()),
+        Err(e) => Err(e.to_string()),
+    };
+    let mut meta = match meta {
+        Ok(m) => m,
+        // Not rewritten (that would lose it): the processor fails the
+        // job at once and keeps the original as meta.json.invalid.
+        Err(why) => {
+            tracing::warn!("{id}: meta.json {why}; back to input/ready/ unchanged, where it fails");
+            return back("invalid meta.json");
+        }
+    };
+    for scratch in [PARTIAL_FILE, PROGRESS_FILE] {
+        let _ = clear_entry(&dir, scratch);
+    }
+    let attempts = meta.recovery_attempts();
+    let cancelled = dir.join(CANCEL_FILE).exists();
+    let to = if attempts >= max || cancelled {
+        let why = if cancelled {
+            "cancelled by user".to_owned()
+        } else {
+            format!(
+                "abandoned in processing/ {} times (the daemon died or faulted while running it); giving up after NRVNA_MAX_RECOVERY_ATTEMPTS={max}",
+                attempts + 1
+            )
+        };
+        meta.set("status", "failed");
+        meta.set("completed_at", iso8601_utc(SystemTime::now()));
+        meta.set("artifacts", vec!["error.txt"]);
+        if cancelled {
+            meta.set("cancelled", true);
+        }
+        let _ = clear_entry(&dir, "error.txt");
+        let _ = write_atomic(&dir, "error.txt", format!("{why}\n").as_bytes());
+        tracing::warn!("{id}: {why}");
+        State::Failed
+    } else {
+        meta.set("recovery_attempts", attempts + 1);
+        State::Ready
+    };
+    let _ = clear_entry(&dir, "meta.json");
+    let _ = write_atomic(&dir, "meta.json", &meta.to_bytes());
+    let _ = sync_dir(&dir);
+    match ws.transition(id, State::Processing, to) {
+        Ok(Moved::Yes) if to == State::Ready => {
+            tracing::info!("recovered {id} (attempt {})", attempts + 1);
+            Recovery::Requeued
+        }
+        Ok(Moved::Yes) => Recovery::Failed,
+        Ok(other) => {
+            tracing::error!("recovering {id}: {other:?}; left in processing/");
+            Recovery::Left
+        }
+        Err(e) => {
+            tracing::error!("recovering {id}: {e}; left in processing/");
+            Recovery::Left
+        }
+    }
 }
 
 /// Removes `NAME.tmp` files that a daemon killed mid-write left in a job

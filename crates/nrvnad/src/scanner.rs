@@ -1,67 +1,108 @@
 //! The Scanner thread: finds jobs in `input/ready/` and submits their ids to
-//! the Pool in id (= submission) order. It wakes on filesystem events
-//! (inotify) and rescans every second anyway, for filesystems that send none.
+//! the Pool, with each job's priority. It wakes on filesystem events
+//! (inotify arrivals) and rescans every scan interval anyway, for
+//! filesystems that send none.
 
 use std::collections::HashSet;
 use std::ffi::OsString;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
 use std::sync::Arc;
-use std::time::Duration;
 
+use nrvna_core::fsio::read_optional;
+use nrvna_core::params::MAX_PARAMS_BYTES;
 use nrvna_core::wait::DirWaker;
-use nrvna_core::State;
+use nrvna_core::{JobId, State, Workspace};
 
-use crate::server::Shared;
+use crate::pool::{Pool, Priority};
+use crate::server::Event;
 
-/// How often the Scanner rescans without an event.
-pub const SCAN_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Runs until shutdown. `waker` is created by the caller so that its poker
-/// can interrupt the wait at shutdown.
-pub fn run(shared: Arc<Shared>, waker: DirWaker) {
-    if !waker.watching() {
-        tracing::warn!(
-            "no filesystem events for {}; scanning every second",
-            shared.ws.dir(State::Ready).display()
-        );
-    }
-    let mut reported: HashSet<OsString> = HashSet::new();
-    while !shared.shutdown.load(Ordering::SeqCst) {
-        scan_once(&shared, &mut reported);
-        shared.scans.fetch_add(1, Ordering::SeqCst);
-        waker.wait(None);
-    }
-    tracing::debug!("scanner stopped");
+/// The Scanner and the handles it uses.
+pub struct Scanner {
+    pub ws: Workspace,
+    pub pool: Arc<Pool>,
+    pub shutdown: Arc<AtomicBool>,
+    /// Told after every pass (the drain's idle check counts them).
+    pub events: Sender<Event>,
+    /// Names already reported as not being job ids.
+    reported: HashSet<OsString>,
 }
 
-/// One pass over `input/ready/`: every valid id goes to the Pool (which
-/// ignores ids already pending). Names that are not ids are logged once.
-pub fn scan_once(shared: &Shared, reported: &mut HashSet<OsString>) {
-    let mut ids = Vec::new();
-    let res = shared.ws.scan(
-        State::Ready,
-        |id| ids.push(id),
-        |bad| {
-            if reported.insert(bad.to_owned()) {
-                tracing::warn!(
-                    "ignoring {:?} in input/ready/: not a valid job id (digits and single underscores); it is left alone",
-                    bad
-                );
-            }
-        },
-    );
-    if let Err(e) = res {
-        tracing::error!("scanning {}: {e}; will retry", shared.ws.dir(State::Ready).display());
-        return;
-    }
-    ids.sort();
-    let mut queued = 0;
-    for id in ids {
-        if shared.pool.submit(id) {
-            queued += 1;
+impl Scanner {
+    pub fn new(ws: Workspace, pool: Arc<Pool>, shutdown: Arc<AtomicBool>, events: Sender<Event>) -> Scanner {
+        Scanner {
+            ws,
+            pool,
+            shutdown,
+            events,
+            reported: HashSet::new(),
         }
     }
-    if queued > 0 {
-        tracing::debug!("queued {queued} new jobs");
+
+    /// Runs until shutdown. `waker` is created by the caller so that its
+    /// poker can interrupt the wait at shutdown.
+    pub fn run(mut self, waker: DirWaker) {
+        if !waker.watching() {
+            tracing::warn!(
+                "no filesystem events for {}; scanning at the scan interval only",
+                self.ws.dir(State::Ready).display()
+            );
+        }
+        while !self.shutdown.load(Ordering::SeqCst) {
+            self.scan_once();
+            let _ = self.events.send(Event::Scanned);
+            waker.wait(None);
+        }
+        tracing::debug!("scanner stopped");
+    }
+
+    /// One pass over `input/ready/`: every valid id not yet pending goes to
+    /// the Pool with its priority. Names that are not ids are logged once.
+    pub fn scan_once(&mut self) {
+        let mut ids = Vec::new();
+        let reported = &mut self.reported;
+        let res = self.ws.scan(
+            State::Ready,
+            |id| ids.push(id),
+            |bad| {
+                if reported.insert(bad.to_owned()) {
+                    tracing::warn!(
+                        "ignoring {:?} in input/ready/: not a valid job id (digits and single underscores); it is left alone",
+                        bad
+                    );
+                }
+            },
+        );
+        if let Err(e) = res {
+            tracing::error!("scanning {}: {e}; will retry", self.ws.dir(State::Ready).display());
+            return;
+        }
+        ids.sort();
+        let mut queued = 0;
+        for id in ids {
+            if self.pool.is_pending(&id) {
+                continue;
+            }
+            let prio = self.priority(&id);
+            if self.pool.submit(id, prio) {
+                queued += 1;
+            }
+        }
+        if queued > 0 {
+            tracing::debug!("queued {queued} new jobs");
+        }
+    }
+
+    /// The job's priority from `params.json`; anything unreadable is normal
+    /// (the processor reports a bad params.json when it reads the job).
+    fn priority(&self, id: &JobId) -> Priority {
+        let path = self.ws.job_dir(State::Ready, id).join("params.json");
+        let Ok(Some(bytes)) = read_optional(&path, MAX_PARAMS_BYTES) else {
+            return Priority::Normal;
+        };
+        serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("priority").and_then(|p| p.as_str()).and_then(Priority::parse))
+            .unwrap_or_default()
     }
 }

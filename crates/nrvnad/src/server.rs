@@ -1,89 +1,68 @@
-//! The Server: owns a workspace (flock), recovers it, loads the model,
-//! starts the Scanner and the workers, and shuts them down on a signal or,
-//! with `--drain`, when the queue is idle.
+//! The Server: owns a workspace (flock, and no live daemon of either
+//! implementation beside it), recovers it, loads the model, starts the
+//! Scanner and the workers, and shuts them down on a signal, an engine
+//! fault, or (with `--drain`) an idle queue. Shutdown is bounded by
+//! `--stop-grace`: what is still running then stays in `processing/`.
 
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
 use nrvna_core::fsio::{iso8601_utc, write_atomic};
-use nrvna_core::lifecycle::{read_pid, DaemonLock};
+use nrvna_core::lifecycle::{read_pid, unlocked_owner, DaemonLock};
 use nrvna_core::wait::DirWaker;
-use nrvna_core::workspace::{INFO_FILE, READY_FILE};
+use nrvna_core::workspace::READY_FILE;
 use nrvna_core::{State, Workspace};
-use nrvna_engine::EngineConfig;
 use serde_json::json;
 
-use crate::cli::{EngineKind, ServeArgs};
+use crate::config::Config;
 use crate::engine::Inference;
-use crate::pool::{Message, Pool};
-use crate::processor::{Outcome, Processor};
-use crate::{recovery, scanner, signals};
+use crate::pool::Pool;
+use crate::processor::Processor;
+use crate::scanner::Scanner;
+use crate::signals::{self, Term};
+use crate::space::SpaceGate;
+use crate::worker::Worker;
+use crate::{logging, recovery};
 
-/// State shared by the Scanner, the workers and the main thread.
-pub struct Shared {
-    pub ws: Workspace,
-    pub pool: Pool,
-    pub inference: Inference,
-    /// Set once everything is started.
-    pub running: AtomicBool,
-    /// Set when shutdown begins: no new claims, running jobs stop.
-    pub shutdown: AtomicBool,
-    pub failures: AtomicU64,
-    pub scans: AtomicU64,
+/// What the main thread waits for.
+#[derive(Debug)]
+pub enum Event {
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// The Scanner finished a pass over `input/ready/`.
+    Scanned,
+    /// A worker finished with a job (whatever the outcome).
+    JobEnded { failed: bool },
+    /// A worker met an engine fault.
+    Fault(String),
+    /// A worker thread ended.
+    WorkerExited,
 }
 
-/// Resolves MODEL: a path, or a name under `$NRVNA_MODELS_DIR` or `./models`.
-pub fn resolve_model(model: &str) -> Result<PathBuf> {
-    let p = Path::new(model);
-    if p.is_file() {
-        return Ok(p.to_owned());
-    }
-    let dir = std::env::var_os("NRVNA_MODELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("models"));
-    for cand in [dir.join(model), dir.join(format!("{model}.gguf"))] {
-        if cand.is_file() {
-            return Ok(cand);
-        }
-    }
-    bail!(
-        "model {model:?} not found: it is not a file, and {} holds neither {model} nor {model}.gguf; \
-         fetch the default model with scripts/fetch-model.sh, or pass the path of a .gguf file",
-        dir.display()
-    )
-}
+/// Exit code of an engine fault (a supervisor should restart the daemon).
+pub const EXIT_FAULT: u8 = 3;
 
 /// `nrvnad MODEL WS`: runs until a signal (or an idle queue with --drain).
-pub fn serve(args: ServeArgs) -> Result<ExitCode> {
-    let (Some(model), Some(ws_path)) = (args.model.as_deref(), args.workspace.as_ref()) else {
-        bail!("usage: nrvnad MODEL WORKSPACE [--workers N] [--drain]; see nrvnad --help");
-    };
-    if args.workers == 0 || args.workers > 256 {
-        bail!("--workers must be between 1 and 256 (got {})", args.workers);
-    }
-    let model_path = if args.engine == EngineKind::Echo {
-        PathBuf::from(model)
-    } else {
-        resolve_model(model)?
-    };
-    let cfg = EngineConfig::from_env().map_err(anyhow::Error::msg)?;
-    let ws = Workspace::create(ws_path).with_context(|| format!("opening workspace {}", ws_path.display()))?;
-
-    signals::install();
-    let lock = acquire(&ws, args.drain)?;
-    let Some(lock) = lock else {
+pub fn serve(cfg: Config) -> Result<ExitCode> {
+    let ws =
+        Workspace::create(&cfg.workspace).with_context(|| format!("opening workspace {}", cfg.workspace.display()))?;
+    let (tx, events) = mpsc::channel::<Event>();
+    let term = Term::install(signals::to_events(tx.clone())).context("installing signal handlers")?;
+    let Some(lock) = acquire(&ws, cfg.drain, &term)? else {
         tracing::info!("signal received while waiting for the workspace; exiting");
         return Ok(ExitCode::SUCCESS);
     };
     lock.write_pid(&ws)
-        .with_context(|| format!("writing {}", ws.file(".nrvnad.pid").display()))?;
+        .with_context(|| format!("writing the pid into {}", ws.file(".nrvnad.lock").display()))?;
     let _ = std::fs::remove_file(ws.file(READY_FILE));
 
-    let rec = recovery::recover(&ws, recovery::max_attempts());
+    let rec = recovery::recover(&ws, cfg.max_recovery_attempts);
     if rec != recovery::Recovered::default() {
         tracing::info!(
             "recovery: {} jobs back to input/ready/, {} failed at the attempt ceiling, {} staging leftovers removed",
@@ -95,159 +74,248 @@ pub fn serve(args: ServeArgs) -> Result<ExitCode> {
 
     let started_at = iso8601_utc(SystemTime::now());
     let t0 = Instant::now();
-    let inference = Inference::start(args.engine, &model_path, cfg.clone(), args.workers)
+    let inference = Inference::start(cfg.engine, &cfg.model, cfg.engine_cfg.clone(), cfg.workers)
         .map_err(anyhow::Error::msg)
         .inspect_err(|_| lock.clear_files(&ws))?;
+    let inference = Arc::new(inference);
     tracing::info!("model ready in {:.2} s", t0.elapsed().as_secs_f64());
     let info = json!({
         "pid": std::process::id(),
-        "model": inference.model_name(),
-        "model_path": model_path.display().to_string(),
-        "workers": args.workers,
-        "engine": format!("{:?}", args.engine).to_lowercase(),
-        "threads": cfg.threads,
-        "max_ctx": cfg.max_ctx,
+        "model": cfg.model.display().to_string(),
+        "mmproj": "",
+        "vocoder": "",
+        "workers": cfg.workers,
         "started_at": started_at,
+        "model_name": inference.model_name(),
+        "engine": cfg.engine.name(),
+        "threads": cfg.engine_cfg.threads,
+        "max_ctx": cfg.engine_cfg.max_ctx,
         "version": env!("CARGO_PKG_VERSION"),
     });
-    write_atomic(ws.root(), INFO_FILE, format!("{info:#}\n").as_bytes())?;
+    lock.write_info(&ws, &info)?;
 
-    let shared = Arc::new(Shared {
-        ws: ws.clone(),
-        pool: Pool::new(),
-        inference,
-        running: AtomicBool::new(false),
-        shutdown: AtomicBool::new(false),
-        // Jobs failed by recovery (at the attempt ceiling) count for --drain's exit code.
-        failures: AtomicU64::new(rec.failed as u64),
-        scans: AtomicU64::new(0),
-    });
-
+    let pool = Arc::new(Pool::new());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let space = Arc::new(SpaceGate::new(ws.root().to_owned(), cfg.min_free_bytes));
     let mut workers = Vec::new();
-    for i in 0..args.workers {
-        let sh = shared.clone();
-        let runner = shared.inference.runner();
+    for i in 0..cfg.workers {
+        let w = Worker {
+            pool: pool.clone(),
+            processor: Processor::new(
+                ws.clone(),
+                inference.clone(),
+                inference.runner(),
+                shutdown.clone(),
+                space.clone(),
+            ),
+            ws: ws.clone(),
+            space: space.clone(),
+            shutdown: shutdown.clone(),
+            events: tx.clone(),
+            max_recovery_attempts: cfg.max_recovery_attempts,
+        };
         let h = std::thread::Builder::new()
             .name(format!("Worker-{i}"))
-            .spawn(move || worker(sh, runner))
+            .spawn(move || w.run())
             .context("starting a worker thread")?;
         workers.push(h);
     }
-    let ready_dir = ws.dir(State::Ready);
-    let waker = DirWaker::arrivals(&[&ready_dir], scanner::SCAN_INTERVAL);
+    let waker = DirWaker::arrivals(&[&ws.dir(State::Ready)], cfg.scan_interval);
     let poke = waker.poker();
-    let sh = shared.clone();
+    let scanner = Scanner::new(ws.clone(), pool.clone(), shutdown.clone(), tx.clone());
     let scanner = std::thread::Builder::new()
         .name("Scanner".into())
-        .spawn(move || scanner::run(sh, waker))
+        .spawn(move || scanner.run(waker))
         .context("starting the scanner thread")?;
+    drop(tx);
 
-    shared.running.store(true, Ordering::SeqCst);
     write_atomic(ws.root(), READY_FILE, format!("{started_at}\n").as_bytes())?;
     tracing::info!(
         "nrvnad ready: {} with {} workers ({} engine) on {}",
-        shared.inference.model_name(),
-        args.workers,
-        format!("{:?}", args.engine).to_lowercase(),
+        inference.model_name(),
+        cfg.workers,
+        cfg.engine.name(),
         ws.root().display()
     );
 
-    // The main thread waits for a signal, or for an idle queue with --drain.
-    let mut idle_since_scan: Option<(u64, bool)> = None;
-    let mut progress = std::io::IsTerminal::is_terminal(&std::io::stderr()).then(DrainProgress::default);
-    loop {
-        std::thread::sleep(Duration::from_millis(10));
-        if signals::received() {
-            tracing::info!("signal received: shutting down (a second signal exits at once)");
-            break;
-        }
-        if args.drain {
-            if let Some(p) = progress.as_mut() {
-                p.tick(&shared);
-            }
-            let scans = shared.scans.load(Ordering::SeqCst);
-            if shared.pool.idle() {
-                match idle_since_scan {
-                    None => {
-                        idle_since_scan = Some((scans, false));
-                        let _ = poke.send(());
-                    }
-                    // A full scan began after the pool went idle and found nothing new.
-                    Some((s, _)) if scans >= s + 2 => {
-                        tracing::info!("drain: the queue is idle");
-                        break;
-                    }
-                    // Ask for the second scan now rather than at the next tick.
-                    Some((s, false)) if scans == s + 1 => {
-                        idle_since_scan = Some((s, true));
-                        let _ = poke.send(());
-                    }
-                    Some(_) => {}
-                }
-            } else {
-                idle_since_scan = None;
-            }
-        }
-    }
+    let ended = wait_for_end(&cfg, &events, &pool, rec.failed as u64, &poke);
+    logging::clear_bar();
 
-    if progress.is_some() {
-        eprint!("\r\x1b[K");
-    }
-    shared.shutdown.store(true, Ordering::SeqCst);
-    shared.running.store(false, Ordering::SeqCst);
-    shared.pool.close();
+    shutdown.store(true, Ordering::SeqCst);
+    pool.close();
     let _ = poke.send(());
-    let _ = scanner.join();
-    for w in workers {
-        let _ = w.join();
-    }
-    shared.inference.shutdown();
-    lock.clear_files(&ws);
-    let failures = shared.failures.load(Ordering::SeqCst);
-    tracing::info!("stopped ({failures} jobs failed during this run)");
-    Ok(if args.drain && failures > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
-}
-
-/// The `--drain` progress line on a terminal (never in pipes).
-#[derive(Default)]
-struct DrainProgress {
-    last: Option<Instant>,
-}
-
-impl DrainProgress {
-    fn tick(&mut self, shared: &Shared) {
-        if self.last.is_some_and(|t| t.elapsed() < Duration::from_millis(250)) {
-            return;
-        }
-        self.last = Some(Instant::now());
-        let (queued, running) = shared.pool.counts();
-        let count = |s| shared.ws.list(s).map(|v| v.len()).unwrap_or(0);
-        eprint!(
-            "\r\x1b[K[drain] {queued} queued, {running} running, {} done, {} failed",
-            count(State::Done),
-            count(State::Failed)
+    let deadline = Instant::now() + cfg.stop_grace;
+    let stopped = join_workers(&events, workers.len(), deadline)
+        && join_by(scanner, deadline)
+        && inference.shutdown_within(deadline.saturating_duration_since(Instant::now()));
+    if !stopped {
+        let left = ws.list(State::Processing).unwrap_or_default();
+        tracing::error!(
+            "still running {:.1} s after shutdown began (--stop-grace); exiting anyway: {} jobs stay in processing/ and are recovered at the next start{}",
+            cfg.stop_grace.as_secs_f64(),
+            left.len(),
+            if left.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", left.iter().map(|i| i.as_str()).collect::<Vec<_>>().join(", "))
+            }
         );
+        lock.clear_files(&ws);
+        // Threads are stuck inside a job or the engine: leave without
+        // running destructors that could wait on them.
+        unsafe { libc::_exit(1) };
+    }
+    lock.clear_files(&ws);
+    let code = match ended {
+        End::Fault(why) => {
+            tracing::error!("stopped after an engine fault ({why}); claimed jobs stay recoverable; restart the daemon");
+            ExitCode::from(EXIT_FAULT)
+        }
+        End::Signal => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        End::Idle { failures } => {
+            tracing::info!("stopped ({failures} jobs failed during this run)");
+            if failures > 0 {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+    };
+    Ok(code)
+}
+
+/// Why the serving loop ended.
+enum End {
+    Signal,
+    Fault(String),
+    Idle { failures: u64 },
+}
+
+/// The main thread's loop: blocks on events until a signal, a fault, or
+/// (with --drain) an idle queue that a full scan confirmed.
+fn wait_for_end(
+    cfg: &Config,
+    events: &Receiver<Event>,
+    pool: &Pool,
+    mut failures: u64,
+    poke: &mpsc::Sender<()>,
+) -> End {
+    let bar = (cfg.drain && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
+        let b = ProgressBar::new_spinner();
+        b.set_style(
+            ProgressStyle::with_template("{spinner} [drain {elapsed}] {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        b.enable_steady_tick(Duration::from_millis(200));
+        logging::set_bar(b.clone());
+        b
+    });
+    let (mut scans, mut done) = (0u64, 0u64);
+    // (scans when the pool was first seen idle, second scan asked for)
+    let mut idle_since: Option<(u64, bool)> = None;
+    loop {
+        let Ok(ev) = events.recv() else {
+            return End::Fault("every thread of the daemon is gone".into());
+        };
+        match ev {
+            Event::Signal => {
+                tracing::info!("signal received: shutting down (a second signal exits at once)");
+                return End::Signal;
+            }
+            Event::Fault(why) => return End::Fault(why),
+            Event::Scanned => scans += 1,
+            Event::JobEnded { failed } => {
+                done += 1;
+                failures += u64::from(failed);
+            }
+            Event::WorkerExited => {}
+        }
+        if let Some(b) = &bar {
+            let (queued, running) = pool.counts();
+            b.set_message(format!(
+                "{queued} queued, {running} running, {} finished, {failures} failed",
+                done
+            ));
+        }
+        if !cfg.drain {
+            continue;
+        }
+        if !pool.idle() {
+            idle_since = None;
+            continue;
+        }
+        match idle_since {
+            None => {
+                idle_since = Some((scans, false));
+                let _ = poke.send(());
+            }
+            // A full scan began after the pool went idle and found nothing new.
+            Some((s, _)) if scans >= s + 2 => {
+                tracing::info!("drain: the queue is idle");
+                return End::Idle { failures };
+            }
+            // Ask for the second scan now rather than at the next tick.
+            Some((s, false)) if scans == s + 1 => {
+                idle_since = Some((s, true));
+                let _ = poke.send(());
+            }
+            Some(_) => {}
+        }
     }
 }
 
-/// Takes the workspace lock; with `drain`, waits for the current owner to
-/// exit. `Ok(None)`: a signal arrived while waiting.
-fn acquire(ws: &Workspace, drain: bool) -> Result<Option<DaemonLock>> {
+/// Waits until `n` workers reported their exit, or the deadline.
+fn join_workers(events: &Receiver<Event>, n: usize, deadline: Instant) -> bool {
+    let mut exited = 0;
+    while exited < n {
+        match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Event::WorkerExited) => exited += 1,
+            Ok(_) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => return false,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return true,
+        }
+    }
+    true
+}
+
+/// Joins a thread if it ends before the deadline.
+fn join_by(h: JoinHandle<()>, deadline: Instant) -> bool {
+    while !h.is_finished() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if h.join().is_err() {
+        tracing::error!("a daemon thread panicked while stopping");
+    }
+    true
+}
+
+/// Takes the workspace: the flock, and no live daemon without one (an
+/// older C++ nrvnad) named in `.nrvnad.pid`. With `drain`, waits for the
+/// current owner to exit. `Ok(None)`: a signal arrived while waiting.
+fn acquire(ws: &Workspace, drain: bool, term: &Term) -> Result<Option<DaemonLock>> {
     let lock_path = ws.file(".nrvnad.lock");
     let mut announced = false;
     loop {
-        if let Some(l) = DaemonLock::acquire(ws, Duration::from_millis(300))
+        let owner = match DaemonLock::acquire(ws, Duration::from_millis(300))
             .with_context(|| format!("locking {}", lock_path.display()))?
         {
-            return Ok(Some(l));
-        }
-        let owner = read_pid(ws)
-            .map(|p| format!("pid {p}"))
-            .unwrap_or_else(|| "unknown pid".into());
+            Some(l) => match unlocked_owner(ws) {
+                None => return Ok(Some(l)),
+                Some(pid) => format!(
+                    "pid {pid}, an nrvnad that holds no workspace lock (an older C++ nrvnad; if that process does not serve this workspace, remove {})",
+                    ws.file(".nrvnad.pid").display()
+                ),
+            },
+            None => read_pid(ws)
+                .map(|p| format!("pid {p}"))
+                .unwrap_or_else(|| "unknown pid".into()),
+        };
         if !drain {
             bail!(
                 "another nrvnad ({owner}) owns {}; stop it with: nrvnad stop {}  (or add --drain to wait for it)",
@@ -259,32 +327,9 @@ fn acquire(ws: &Workspace, drain: bool) -> Result<Option<DaemonLock>> {
             tracing::info!("waiting for the nrvnad that owns the workspace ({owner}) to exit");
             announced = true;
         }
-        if signals::received() {
+        if term.received() {
             return Ok(None);
         }
         std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// A worker: takes ids from the Pool and processes them until Quit.
-fn worker(shared: Arc<Shared>, runner: Box<dyn nrvna_engine::Runner>) {
-    let mut p = Processor::new(shared.clone(), runner);
-    loop {
-        match shared.pool.next() {
-            Message::Quit => break,
-            Message::Job(id) => {
-                if shared.shutdown.load(Ordering::SeqCst) {
-                    shared.pool.done(&id);
-                    break;
-                }
-                let outcome = p.process(&id);
-                if outcome == Outcome::Duplicate {
-                    // Keep the id pending so the Scanner stops offering it.
-                    shared.pool.park(&id);
-                } else {
-                    shared.pool.done(&id);
-                }
-            }
-        }
     }
 }

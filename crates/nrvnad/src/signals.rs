@@ -1,33 +1,62 @@
-//! SIGINT/SIGTERM: the first asks for a graceful shutdown, the second exits
-//! at once. The handler only touches an atomic counter (async-signal-safe).
+//! SIGINT/SIGTERM through signal-hook: the first sets a flag and wakes the
+//! main thread (a blocking wait, no polling); a second, while the flag is
+//! set, exits the process at once with 130.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
 
-static SIGNALS: AtomicUsize = AtomicUsize::new(0);
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::flag;
+use signal_hook::iterator::Signals;
 
-extern "C" fn on_signal(_: libc::c_int) {
-    if SIGNALS.fetch_add(1, Ordering::SeqCst) >= 1 {
-        const MSG: &[u8] = b"nrvnad: second signal, exiting now\n";
-        unsafe {
-            libc::write(2, MSG.as_ptr().cast(), MSG.len());
-            libc::_exit(130);
+/// The process's shutdown signals.
+#[derive(Clone)]
+pub struct Term {
+    flag: Arc<AtomicBool>,
+}
+
+impl Term {
+    /// Installs the handlers. `on_signal` is called (from a small thread of
+    /// its own) for every signal that arrives.
+    pub fn install(on_signal: impl Fn() + Send + 'static) -> std::io::Result<Term> {
+        let term = Arc::new(AtomicBool::new(false));
+        for sig in [SIGINT, SIGTERM] {
+            // Order matters: the exit only fires when the flag is already
+            // set, i.e. on the second signal. Only async-signal-safe calls.
+            let second = term.clone();
+            let exit_now = move || {
+                if second.load(Ordering::SeqCst) {
+                    const MSG: &[u8] = b"nrvnad: second signal, exiting now\n";
+                    unsafe { libc::write(2, MSG.as_ptr().cast(), MSG.len()) };
+                    signal_hook::low_level::exit(130);
+                }
+            };
+            // SAFETY: the action only loads an atomic, write(2)s and _exit(2)s.
+            unsafe { signal_hook::low_level::register(sig, exit_now)? };
+            flag::register(sig, term.clone())?;
         }
+        let mut signals = Signals::new([SIGINT, SIGTERM])?;
+        std::thread::Builder::new().name("Signals".into()).spawn(move || {
+            for _ in signals.forever() {
+                on_signal();
+            }
+        })?;
+        Ok(Term { flag: term })
+    }
+
+    /// Whether a shutdown signal arrived.
+    pub fn received(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
     }
 }
 
-/// Installs the handlers for SIGINT and SIGTERM.
-pub fn install() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
+/// Forwards signals to the server's event channel.
+pub fn to_events(tx: Sender<crate::server::Event>) -> impl Fn() + Send + 'static {
+    let tx = std::sync::Mutex::new(tx);
+    move || {
+        if let Ok(tx) = tx.lock() {
+            let _ = tx.send(crate::server::Event::Signal);
         }
     }
-}
-
-/// Whether a shutdown signal arrived.
-pub fn received() -> bool {
-    SIGNALS.load(Ordering::SeqCst) > 0
 }

@@ -190,47 +190,60 @@ fn an_id_that_already_finished_is_never_overwritten() {
     assert!(d.log_text().contains("already in output/"), "{}", d.log_text());
 }
 
+/// Mounts a tmpfs with `opts` on `dir`; fails the test with the reason
+/// when it cannot (these tests are `#[ignore]`d: they need root, which CI has).
+fn mount_tmpfs(opts: &str, dir: &Path) {
+    let st = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", opts, "tmpfs"])
+        .arg(dir)
+        .status();
+    assert!(
+        st.is_ok_and(|s| s.success()),
+        "cannot mount a tmpfs on {} (this test needs root: run it as root with --include-ignored)",
+        dir.display()
+    );
+}
+
 #[test]
-fn a_read_only_output_dir_keeps_the_job_recoverable_and_a_missing_one_is_recreated() {
+#[ignore = "needs root: mounts a read-only tmpfs on output/ (CI runs it)"]
+fn a_read_only_output_dir_keeps_the_job_recoverable() {
     let ws = TestWs::new();
     ws.create_dirs();
     let out = ws.dir(DONE);
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "ro,size=1m", "tmpfs"])
-        .arg(&out)
-        .status();
-    if !mounted.is_ok_and(|s| s.success()) {
-        eprintln!("SKIPPED read-only part: cannot mount a read-only tmpfs on output/ here (needs root)");
-    } else {
-        let id = ws.submit(&[], "Say hello.");
-        let mut d = ws.daemon(&[], &[]);
-        d.wait_ready();
-        assert!(
-            wait_for(JOB, || d.log_text().contains("stays in processing/")),
-            "no clear error about output/: {}",
-            d.log_text()
-        );
-        assert!(
-            ws.is_in(PROCESSING, &id),
-            "the job must stay recoverable in processing/"
-        );
-        assert!(
-            d.log_text().contains(&out.display().to_string()),
-            "the error should name output/"
-        );
-        d.signal(libc::SIGTERM);
-        d.wait_exit(JOB);
-        assert!(Command::new("umount").arg(&out).status().unwrap().success());
-        // Once output/ works again, the next start finishes it.
-        let mut d = ws.drain(&[], &[]);
-        assert_eq!(d.code(), 0);
-        assert!(ws.is_in(DONE, &id));
-        assert_eq!(ws.meta(DONE, &id)["recovery_attempts"], 1);
-    }
-    // output/ removed while the daemon runs: recreated, job done.
+    mount_tmpfs("ro,size=1m", &out);
+    let id = ws.submit(&[], "Say hello.");
     let mut d = ws.daemon(&[], &[]);
     d.wait_ready();
-    fs::remove_dir_all(&out).unwrap();
+    assert!(
+        wait_for(JOB, || d.log_text().contains("stays in processing/")),
+        "no clear error about output/: {}",
+        d.log_text()
+    );
+    assert!(
+        ws.is_in(PROCESSING, &id),
+        "the job must stay recoverable in processing/"
+    );
+    assert!(
+        d.log_text().contains(&out.display().to_string()),
+        "the error should name output/"
+    );
+    d.signal(libc::SIGTERM);
+    d.wait_exit(JOB);
+    assert!(Command::new("umount").arg(&out).status().unwrap().success());
+    // Once output/ works again, the next start finishes it.
+    let mut d = ws.drain(&[], &[]);
+    assert_eq!(d.code(), 0);
+    assert!(ws.is_in(DONE, &id));
+    assert_eq!(ws.meta(DONE, &id)["recovery_attempts"], 1);
+}
+
+#[test]
+fn a_missing_output_dir_is_recreated() {
+    let ws = TestWs::new();
+    ws.create_dirs();
+    let mut d = ws.daemon(&[], &[]);
+    d.wait_ready();
+    fs::remove_dir_all(ws.dir(DONE)).unwrap();
     let id = ws.submit(&[], "Say hello.");
     assert_eq!(ws.wait_finished(&id, JOB), DONE);
     d.signal(libc::SIGTERM);
@@ -238,18 +251,12 @@ fn a_read_only_output_dir_keeps_the_job_recoverable_and_a_missing_one_is_recreat
 }
 
 #[test]
-fn a_full_disk_keeps_jobs_recoverable_and_they_run_once_space_is_freed() {
+#[ignore = "needs root: mounts a 2 MB tmpfs as the workspace (CI runs it)"]
+fn a_full_disk_backs_off_instead_of_rerunning_and_jobs_run_once_space_is_freed() {
     let ws = TestWs::new();
     let root = ws.path().to_owned();
     fs::create_dir_all(&root).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
-        .arg(&root)
-        .status();
-    if !mounted.is_ok_and(|s| s.success()) {
-        eprintln!("SKIPPED: cannot mount a tmpfs for the workspace here (needs root); the disk-full test did not run");
-        return;
-    }
+    mount_tmpfs("size=2m", &root);
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
@@ -262,7 +269,10 @@ fn a_full_disk_keeps_jobs_recoverable_and_they_run_once_space_is_freed() {
         .map(|i| ws.submit(&[], &format!("Write a sentence about the number {i}.")))
         .collect();
     // Start the daemon, then fill the disk to the last byte while the jobs run.
-    let mut d = ws.daemon(&["--workers", "2"], &[("NRVNA_PREDICT", "48")]);
+    let mut d = ws.daemon(
+        &["--workers", "2"],
+        &[("NRVNA_PREDICT", "48"), ("NRVNA_MIN_FREE_MB", "0.25")],
+    );
     d.wait_ready();
     let filler = root.join("filler");
     {
@@ -302,6 +312,21 @@ fn a_full_disk_keeps_jobs_recoverable_and_they_run_once_space_is_freed() {
             }
         }
     }
+    // While the disk stays full, nothing is claimed (and regenerated) again.
+    let claims = |d: &Daemon| d.log_text().matches("] claimed ").count();
+    let before = claims(&d);
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(
+        claims(&d),
+        before,
+        "jobs were claimed again on a full disk: {}",
+        d.log_text()
+    );
+    assert!(
+        d.log_text().contains("claiming nothing until there is space"),
+        "{}",
+        d.log_text()
+    );
     // Free the space: the remaining jobs finish without a restart.
     fs::remove_file(&filler).unwrap();
     for id in &ids {

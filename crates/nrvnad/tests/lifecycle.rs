@@ -28,7 +28,12 @@ fn persistent_daemon_serves_a_wrk_flw_pipe_and_status_and_stop_work() {
     let info: Value = serde_json::from_str(st.stdout.trim()).expect("status --json is JSON");
     assert_eq!(info["status"], "ready", "{info}");
     assert_eq!(info["pid"], d.pid(), "{info}");
-    assert_eq!(info["model"], "SmolLM2-135M-Instruct.Q4_1.gguf", "{info}");
+    assert_eq!(
+        info["model"],
+        model().display().to_string(),
+        "the path given, as the contract says: {info}"
+    );
+    assert_eq!(info["model_name"], "SmolLM2-135M-Instruct.Q4_1.gguf", "{info}");
     assert_eq!(info["workers"], 2, "{info}");
 
     let pipe = format!(

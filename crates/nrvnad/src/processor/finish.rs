@@ -1,0 +1,297 @@
+//! Finishing a job, for every outcome, in one place: the artifact (or
+//! error.txt and response.txt), meta.json, the scratch files removed, the
+//! directory fsynced, then the one rename into `output/` or `failed/`.
+//! Also the list of names the daemon owns in a job directory, cleared at
+//! claim so that nothing planted under them is ever opened.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::time::{Instant, SystemTime};
+
+use nrvna_core::fsio::{clear_entry, iso8601_utc, sync_dir, write_atomic};
+use nrvna_core::live::{CANCEL_FILE, PARTIAL_FILE, PROGRESS_FILE};
+use nrvna_core::meta::two_decimals;
+use nrvna_core::state::ARTIFACTS;
+use nrvna_core::{JobId, Meta, Moved, State, Workspace};
+use nrvna_engine::Output;
+use serde_json::Value;
+
+use super::Outcome;
+use crate::space::SpaceGate;
+
+/// Files the daemon creates while a job runs; gone once it finishes.
+pub const SCRATCH: [&str; 3] = [PARTIAL_FILE, PROGRESS_FILE, CANCEL_FILE];
+
+/// Every name the daemon writes in a job directory (besides meta.json,
+/// which it rewrites and whose reader never follows or blocks).
+pub const DAEMON_FILES: [&str; 8] = [
+    ARTIFACTS[0],
+    ARTIFACTS[1],
+    ARTIFACTS[2],
+    ARTIFACTS[3],
+    "error.txt",
+    "response.txt",
+    PARTIAL_FILE,
+    PROGRESS_FILE,
+];
+
+/// Removes, at claim, whatever a job holds under the daemon's own names
+/// (and any `NAME.tmp`), whatever it is: a FIFO, a symlink, a directory.
+pub fn clear_daemon_files(dir: &Path) -> io::Result<()> {
+    for name in DAEMON_FILES {
+        clear_entry(dir, name)?;
+    }
+    for e in fs::read_dir(dir)?.flatten() {
+        if let Some(name) = e.file_name().to_str() {
+            if name.ends_with(".tmp") {
+                clear_entry(dir, name)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Why a job failed, with its partial output.
+#[derive(Debug)]
+pub struct Failure {
+    pub reason: String,
+    pub partial: Option<String>,
+    pub cancelled: bool,
+}
+
+impl Failure {
+    pub fn new(reason: impl Into<String>) -> Failure {
+        Failure {
+            reason: reason.into(),
+            partial: None,
+            cancelled: false,
+        }
+    }
+}
+
+/// How a job ends.
+pub enum Ending {
+    Done {
+        artifact: &'static str,
+        bytes: Vec<u8>,
+        out: Output,
+    },
+    Failed(Failure),
+}
+
+/// A claimed job on its way out.
+pub struct Claimed<'a> {
+    pub id: &'a JobId,
+    pub dir: &'a Path,
+    pub claimed: Instant,
+    pub claimed_at: String,
+    pub meta: Meta,
+    /// The parameters used (meta.json `params`), once planned.
+    pub used: Option<Value>,
+}
+
+/// What finishing needs from the daemon.
+pub struct Finisher<'a> {
+    pub ws: &'a Workspace,
+    pub model: &'a str,
+    pub engine: &'a str,
+    pub space: &'a SpaceGate,
+}
+
+/// A file to write into the job: name and bytes.
+type JobFile = (&'static str, Vec<u8>);
+
+/// ENOSPC or EDQUOT: the disk (or quota) is full.
+fn out_of_space(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// Keeps error.txt to one line.
+pub fn one_line(s: &str) -> String {
+    let s: String = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if s.is_empty() {
+        "failed (no reason given)".into()
+    } else {
+        s
+    }
+}
+
+impl Finisher<'_> {
+    /// Writes the job's files and moves it to its final state.
+    pub fn finish(&self, job: Claimed<'_>, ending: Ending) -> Outcome {
+        let Claimed {
+            id,
+            dir,
+            claimed,
+            claimed_at,
+            mut meta,
+            used,
+        } = job;
+        meta.set("claimed_at", claimed_at.clone());
+        meta.set("completed_at", iso8601_utc(SystemTime::now()));
+        meta.set("duration_s", two_decimals(claimed.elapsed().as_secs_f64()));
+        meta.set("model", self.model);
+        meta.set("engine", self.engine);
+        if let Some(u) = &used {
+            meta.set("params", u.clone());
+        }
+        let (files, to, reason): (Vec<JobFile>, State, Option<String>) = match ending {
+            Ending::Done { artifact, bytes, out } => {
+                meta.set("status", "done");
+                meta.remove("cancelled");
+                meta.set("artifacts", vec![artifact]);
+                meta.set("prompt_tokens", out.prompt_tokens);
+                meta.set("generated_tokens", out.generated_tokens);
+                meta.set("reused_prompt_tokens", out.reused_tokens);
+                meta.set("generation_s", two_decimals(out.gen_secs));
+                if out.gen_secs > 0.0 && out.generated_tokens > 0 {
+                    meta.set(
+                        "tokens_per_s",
+                        two_decimals(f64::from(out.generated_tokens) / out.gen_secs),
+                    );
+                }
+                if let Some(f) = out.finish {
+                    meta.set("finish_reason", f.as_str());
+                }
+                (vec![(artifact, bytes)], State::Done, None)
+            }
+            Ending::Failed(f) => {
+                let reason = one_line(&f.reason);
+                meta.set("status", "failed");
+                let mut artifacts = vec!["error.txt"];
+                let mut files = Vec::new();
+                if let Some(p) = f.partial {
+                    artifacts.push("response.txt");
+                    files.push(("response.txt", p.into_bytes()));
+                }
+                files.push(("error.txt", format!("{reason}\n").into_bytes()));
+                meta.set("artifacts", artifacts);
+                if f.cancelled {
+                    meta.set("cancelled", true);
+                } else {
+                    meta.remove("cancelled");
+                }
+                (files, State::Failed, Some(reason))
+            }
+        };
+        let written = (|| -> io::Result<()> {
+            for (name, bytes) in &files {
+                clear_entry(dir, name)?;
+                write_atomic(dir, name, bytes)?;
+            }
+            clear_entry(dir, "meta.json")?;
+            write_atomic(dir, "meta.json", &meta.to_bytes())?;
+            for scratch in SCRATCH {
+                clear_entry(dir, scratch)?;
+            }
+            sync_dir(dir)
+        })();
+        if let Err(e) = written {
+            let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
+            if out_of_space(&e) {
+                return self.requeue(id, dir, format!("no space left on device writing {}", names.join(", ")));
+            }
+            if to == State::Done {
+                let f = Failure::new(format!("could not write {}: {e}", names.join(", ")));
+                let job = Claimed {
+                    id,
+                    dir,
+                    claimed,
+                    claimed_at,
+                    meta,
+                    used,
+                };
+                return self.finish(job, Ending::Failed(f));
+            }
+            tracing::error!("writing error.txt and meta.json of {id}: {e}; moving it to failed/ anyway");
+        }
+        self.space.wrote_fine();
+        match self.move_to(id, to) {
+            Ok(Moved::Yes) => match reason {
+                None => {
+                    crate::logging::job_line(format_args!("done {id} in {:.2} s", claimed.elapsed().as_secs_f64()));
+                    Outcome::Done
+                }
+                Some(r) => {
+                    tracing::warn!("failed {id}: {r}");
+                    Outcome::Failed(r)
+                }
+            },
+            Ok(other) => {
+                let why = format!("finishing {id} into {}: {other:?}", to.dir());
+                tracing::error!("{why}; it stays in processing/");
+                Outcome::Interrupted(why)
+            }
+            Err(e) => {
+                // The workspace, not the job, is at fault (output/ read-only,
+                // say): keep the job recoverable rather than failing it.
+                let why = format!(
+                    "could not move finished job {id} into {}: {e}; it stays in processing/ and runs again at the next start (fix that directory)",
+                    self.ws.dir(to).display()
+                );
+                tracing::error!("{why}");
+                Outcome::Interrupted(why)
+            }
+        }
+    }
+
+    /// Puts a job back into `input/ready/` (the disk is full: neither its
+    /// result nor its error could be written). Nothing half-written stays,
+    /// and workers claim nothing until there is space again.
+    fn requeue(&self, id: &JobId, dir: &Path, why: String) -> Outcome {
+        for f in DAEMON_FILES {
+            let _ = clear_entry(dir, f);
+        }
+        self.space.disk_full();
+        match self.ws.transition(id, State::Processing, State::Ready) {
+            Ok(Moved::Yes) => {
+                tracing::warn!("{id}: {why}; put back in input/ready/ to run again when there is space");
+                Outcome::Requeued(why)
+            }
+            other => {
+                tracing::error!("{id}: {why}; putting it back failed ({other:?}); it stays in processing/");
+                Outcome::Interrupted(why)
+            }
+        }
+    }
+
+    /// The finishing rename; a state directory removed while the daemon
+    /// runs is created again first.
+    fn move_to(&self, id: &JobId, to: State) -> io::Result<Moved> {
+        if !self.ws.dir(to).is_dir() {
+            tracing::warn!("{} is missing; creating it again", self.ws.dir(to).display());
+            fs::create_dir_all(self.ws.dir(to))?;
+        }
+        self.ws.transition(id, State::Processing, to)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_clears_whatever_sits_under_the_daemons_names() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path();
+        fs::write(p.join("prompt.txt"), "keep me").unwrap();
+        let fifo = std::ffi::CString::new(p.join(PARTIAL_FILE).to_str().unwrap()).unwrap();
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        fs::create_dir_all(p.join("result.txt/inner")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", p.join("error.txt")).unwrap();
+        fs::write(p.join("meta.json.tmp"), "half").unwrap();
+        clear_daemon_files(p).unwrap();
+        let left: Vec<String> = fs::read_dir(p)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(left, vec!["prompt.txt".to_owned()]);
+    }
+
+    #[test]
+    fn error_txt_is_one_line() {
+        assert_eq!(one_line("a\n b\tc "), "a b c");
+        assert_eq!(one_line("  \n"), "failed (no reason given)");
+    }
+}

