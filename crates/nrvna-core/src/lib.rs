@@ -3,6 +3,7 @@
 //! and the daemon's lifecycle files. `wrk` and `flw` need nothing else, so
 //! this crate never links llama.cpp.
 
+pub mod cancel;
 pub mod config;
 pub mod fsio;
 pub mod id;
@@ -10,6 +11,7 @@ pub mod job;
 pub mod lifecycle;
 pub mod live;
 pub mod meta;
+pub mod openai;
 pub mod params;
 pub mod state;
 pub mod submit;
@@ -19,7 +21,7 @@ pub mod workspace;
 pub use id::JobId;
 pub use job::JobView;
 pub use meta::Meta;
-pub use params::Params;
+pub use params::{Params, Priority};
 pub use state::{JobType, State};
 pub use submit::{BatchRequest, OutputFormat, Staged, Submission, SubmitError};
 pub use workspace::{Moved, Workspace};

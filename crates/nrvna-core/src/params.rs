@@ -34,10 +34,52 @@ pub struct Params {
     pub stop: Option<Vec<String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_s: Option<f64>,
+    /// Queue priority; absent means normal. Daemons that do not know it
+    /// ignore it (the C++ daemon never reads params.json).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<Priority>,
+}
+
+/// A job's queue priority: a daemon hands higher priorities to its workers
+/// first, and ids in order within one priority.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    Low,
+    #[default]
+    Normal,
+    High,
+}
+
+impl Priority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Low => "low",
+            Priority::Normal => "normal",
+            Priority::High => "high",
+        }
+    }
+
+    /// Parses `high`, `normal` or `low`.
+    pub fn parse(s: &str) -> Option<Priority> {
+        match s {
+            "low" => Some(Priority::Low),
+            "normal" => Some(Priority::Normal),
+            "high" => Some(Priority::High),
+            _ => None,
+        }
+    }
+}
+
+impl std::str::FromStr for Priority {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Priority, String> {
+        Priority::parse(s).ok_or_else(|| format!("priority {s:?} is not one of high, normal, low"))
+    }
 }
 
 /// The keys `params.json` may hold.
-pub const KNOWN_KEYS: [&str; 10] = [
+pub const KNOWN_KEYS: [&str; 11] = [
     "system",
     "temp",
     "top_k",
@@ -48,6 +90,7 @@ pub const KNOWN_KEYS: [&str; 10] = [
     "max_tokens",
     "stop",
     "timeout_s",
+    "priority",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -56,7 +99,7 @@ pub enum ParamsError {
     Json(#[from] serde_json::Error),
     #[error("is not a JSON object")]
     NotObject,
-    #[error("has unknown key `{0}` (known: system, temp, top_k, top_p, min_p, repeat_penalty, seed, max_tokens, stop, timeout_s)")]
+    #[error("has unknown key `{0}` (known: system, temp, top_k, top_p, min_p, repeat_penalty, seed, max_tokens, stop, timeout_s, priority)")]
     UnknownKey(String),
     #[error("{0}")]
     Range(String),
@@ -166,6 +209,7 @@ mod tests {
             br#"{"stop":[""]}"#,
             br#"{"temp":"hot"}"#,
             br#"{"timeout_s":0}"#,
+            br#"{"priority":"urgent"}"#,
             br#"[1]"#,
         ] {
             assert!(Params::parse_lenient(bad).is_err(), "{}", String::from_utf8_lossy(bad));
@@ -182,6 +226,18 @@ mod tests {
         };
         assert_eq!(Params::parse_strict(&p.to_bytes()).unwrap(), p);
         assert!(Params::default().is_empty());
+    }
+
+    #[test]
+    fn priority_is_a_lowercase_word_and_orders_high_first() {
+        let p = Params::parse_strict(br#"{"priority":"high"}"#).unwrap();
+        assert_eq!(p.priority, Some(Priority::High));
+        assert!(String::from_utf8(p.to_bytes())
+            .unwrap()
+            .contains(r#""priority": "high""#));
+        assert!(Priority::High > Priority::Normal && Priority::Normal > Priority::Low);
+        assert_eq!("low".parse::<Priority>(), Ok(Priority::Low));
+        assert!("HIGH".parse::<Priority>().is_err());
     }
 
     proptest! {

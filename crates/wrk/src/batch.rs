@@ -14,7 +14,8 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
-use nrvna_core::{JobId, JobType, OutputFormat, Params, State, Submission, Workspace};
+use nrvna_core::openai;
+use nrvna_core::{JobId, Params, State, Submission, Workspace};
 use serde_json::{Map, Value};
 
 use crate::constraint::check_schema;
@@ -175,182 +176,27 @@ fn parse_line(raw: &[u8], line_no: usize, defaults: &Defaults, tag: &str) -> Res
     Ok(sub)
 }
 
-/// `/v1/chat/completions`: the last user message is the prompt, system
-/// messages become the system prompt, and earlier turns are rendered into
-/// the prompt as `role: content` lines before it.
+/// `/v1/chat/completions`: mapped by `nrvna_core::openai` (the mapping
+/// `nrvna-api` uses too), with the schema checked here.
 fn chat_request(body: &Map<String, Value>, defaults: &Defaults) -> Result<Submission> {
-    let messages = match body.get("messages") {
-        Some(Value::Array(m)) if !m.is_empty() => m,
-        Some(Value::Array(_)) => bail!("body.messages is empty"),
-        _ => bail!("body.messages is missing or not an array"),
-    };
-    let mut system = Vec::new();
-    let mut turns: Vec<(String, String)> = Vec::new();
-    for (i, m) in messages.iter().enumerate() {
-        let role = m
-            .get("role")
-            .and_then(Value::as_str)
-            .ok_or_else(|| anyhow!("body.messages[{i}].role is missing or not a string"))?;
-        let content = message_text(m.get("content")).map_err(|e| anyhow!("body.messages[{i}].content {e}"))?;
-        match role {
-            "system" | "developer" => system.push(content),
-            "user" | "assistant" | "tool" => turns.push((role.to_owned(), content)),
-            other => bail!("body.messages[{i}].role {other:?} is not one of system, developer, user, assistant, tool"),
-        }
-    }
-    let Some((last_role, last)) = turns.pop() else {
-        bail!("body.messages has no user message");
-    };
-    if last_role != "user" {
-        bail!("the last message of body.messages must be from the user (it is from {last_role:?})");
-    }
-    let mut prompt = String::new();
-    for (role, content) in &turns {
-        prompt.push_str(role);
-        prompt.push_str(": ");
-        prompt.push_str(content);
-        prompt.push('\n');
-    }
-    prompt.push_str(&last);
-
-    let mut sub = Submission::text(prompt);
-    let mut p = defaults.params.clone();
-    if !system.is_empty() {
-        p.system = Some(system.join("\n\n"));
-    }
-    if let Some(n) = body.get("n").filter(|v| !v.is_null()) {
-        if n.as_u64() != Some(1) {
-            bail!("body.n must be 1; ask for more completions with more lines");
-        }
-    }
-    for key in ["max_tokens", "max_completion_tokens"] {
-        if let Some(v) = body.get(key).filter(|v| !v.is_null()) {
-            p.max_tokens = Some(
-                v.as_u64()
-                    .and_then(|n| u32::try_from(n).ok())
-                    .filter(|&n| n >= 1)
-                    .ok_or_else(|| anyhow!("body.{key} must be a positive integer"))?,
-            );
-        }
-    }
-    if let Some(v) = body.get("temperature").filter(|v| !v.is_null()) {
-        p.temp = Some(number(v, "temperature")?);
-    }
-    if let Some(v) = body.get("top_p").filter(|v| !v.is_null()) {
-        p.top_p = Some(number(v, "top_p")?);
-    }
-    if let Some(v) = body.get("seed").filter(|v| !v.is_null()) {
-        p.seed = Some(
-            v.as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| anyhow!("body.seed must be an integer from 0 to {}", u32::MAX))?,
-        );
-    }
-    match body.get("stop") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => p.stop = Some(vec![s.clone()]),
-        Some(Value::Array(a)) => {
-            let stops = a
-                .iter()
-                .map(|s| s.as_str().map(str::to_owned))
-                .collect::<Option<Vec<_>>>()
-                .ok_or_else(|| anyhow!("body.stop must be a string or an array of strings"))?;
-            if !stops.is_empty() {
-                p.stop = Some(stops);
-            }
-        }
-        Some(_) => bail!("body.stop must be a string or an array of strings"),
-    }
-    sub.params = p;
-    sub.output = response_format(body.get("response_format"))?;
-    Ok(sub)
+    // The grammar comes back with the check: every submitter writes grammar.gbnf.
+    let check = |v: &Value| check_schema(v).map_err(|e| format!("{e:#}"));
+    openai::chat_submission(body, &defaults.params, &check).map_err(|e| anyhow!("body: {e}"))
 }
 
-/// `/v1/embeddings`: `body.input` is the text to embed.
+/// `/v1/embeddings`: `body.input` is the one text to embed.
 fn embed_request(body: &Map<String, Value>, defaults: &Defaults) -> Result<Submission> {
-    let input = match body.get("input") {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap_or_default().to_owned(),
-        Some(Value::Array(_)) => {
-            bail!("body.input must be one string; put each text to embed on its own line")
-        }
-        _ => bail!("body.input is missing or not a string"),
-    };
-    let mut sub = Submission::text(input);
-    sub.job_type = JobType::Embed;
-    // Sampling does not apply to embeddings; a timeout does.
-    sub.params = Params {
-        timeout_s: defaults.params.timeout_s,
-        ..Params::default()
-    };
-    Ok(sub)
-}
-
-/// A message's text: a string, or an array of `{"type":"text","text":...}` parts.
-fn message_text(content: Option<&Value>) -> Result<String> {
-    match content {
-        Some(Value::String(s)) => Ok(s.clone()),
-        Some(Value::Array(parts)) => {
-            let mut texts = Vec::new();
-            for (j, part) in parts.iter().enumerate() {
-                match (
-                    part.get("type").and_then(Value::as_str),
-                    part.get("text").and_then(Value::as_str),
-                ) {
-                    (Some("text"), Some(t)) => texts.push(t),
-                    (Some(other), _) if other != "text" => {
-                        bail!("part {j} has type {other:?}; only text parts are supported")
-                    }
-                    _ => bail!("part {j} must be {{\"type\": \"text\", \"text\": \"...\"}}"),
-                }
-            }
-            Ok(texts.join("\n"))
-        }
-        Some(Value::Null) | None => bail!("is missing"),
-        Some(_) => bail!("must be a string or an array of text parts"),
+    let mut inputs = openai::embedding_inputs(body).map_err(|e| anyhow!("body: {e}"))?;
+    if inputs.len() != 1 {
+        bail!("body.input must be one string; put each text to embed on its own line");
     }
-}
-
-fn number(v: &Value, key: &str) -> Result<f32> {
-    v.as_f64()
-        .map(|f| f as f32)
-        .ok_or_else(|| anyhow!("body.{key} must be a number"))
-}
-
-/// `response_format`: `json_schema` becomes schema.json, `json_object` a
-/// schema that asks for any object, `text` nothing.
-fn response_format(rf: Option<&Value>) -> Result<Option<OutputFormat>> {
-    let Some(rf) = rf.filter(|v| !v.is_null()) else {
-        return Ok(None);
-    };
-    match rf.get("type").and_then(Value::as_str) {
-        Some("text") => Ok(None),
-        Some("json_object") => {
-            let schema = serde_json::json!({"type": "object"});
-            let grammar = check_schema(&schema)?;
-            Ok(Some(OutputFormat::JsonSchema {
-                schema: format!("{schema}\n"),
-                grammar,
-            }))
-        }
-        Some("json_schema") => {
-            let schema = rf
-                .get("json_schema")
-                .and_then(|j| j.get("schema"))
-                .ok_or_else(|| anyhow!("body.response_format.json_schema.schema is missing"))?;
-            let grammar = check_schema(schema).context("body.response_format.json_schema.schema")?;
-            let mut text = serde_json::to_string_pretty(schema)?;
-            text.push('\n');
-            Ok(Some(OutputFormat::JsonSchema { schema: text, grammar }))
-        }
-        Some(other) => bail!("body.response_format.type {other:?} is not one of text, json_object, json_schema"),
-        None => bail!("body.response_format.type is missing"),
-    }
+    Ok(openai::embedding_submission(inputs.remove(0), &defaults.params))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nrvna_core::{JobType, OutputFormat};
 
     fn one(line: &str) -> Result<Submission> {
         parse(line.as_bytes(), &Defaults::default(), "batch_1").map(|mut v| v.remove(0))

@@ -93,6 +93,11 @@ pub struct Args {
     #[arg(long, value_name = "SECONDS", allow_negative_numbers = true)]
     pub timeout: Option<f64>,
 
+    /// Queue priority: a daemon that knows priorities runs higher ones
+    /// first (default: normal; low for --batch).
+    #[arg(long, value_name = "high|normal|low")]
+    pub priority: Option<nrvna_core::Priority>,
+
     /// Make an embedding job: the prompt is the text to embed.
     #[arg(long, conflicts_with_all = ["json_schema", "grammar"])]
     pub embed: bool,

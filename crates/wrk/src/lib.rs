@@ -28,7 +28,11 @@ pub fn run(args: Args) -> Result<ExitCode> {
 
     let printed = if let Some(file) = &args.batch {
         let defaults = batch::Defaults {
-            params,
+            // Batch work yields to interactive jobs unless told otherwise.
+            params: Params {
+                priority: Some(args.priority.unwrap_or(nrvna_core::Priority::Low)),
+                ..params
+            },
             tags: args.tags.clone(),
             parent,
         };
@@ -84,6 +88,7 @@ fn params_from(a: &Args) -> Params {
         max_tokens: a.max_tokens,
         stop: (!a.stop.is_empty()).then(|| a.stop.clone()),
         timeout_s: a.timeout,
+        priority: a.priority,
     }
 }
 

@@ -151,6 +151,8 @@ fn tags_parent_and_sampling_flags_land_in_meta_and_params() {
             "\n\n",
             "--timeout",
             "30",
+            "--priority",
+            "high",
             "write",
             "it",
         ],
@@ -167,7 +169,7 @@ fn tags_parent_and_sampling_flags_land_in_meta_and_params() {
         json!({
             "system": "Be terse.", "temp": 0.25, "top_k": 40, "top_p": 0.9,
             "min_p": 0.05, "repeat_penalty": 1.1, "seed": 42, "max_tokens": 64,
-            "stop": ["END", "\n\n"], "timeout_s": 30.0
+            "stop": ["END", "\n\n"], "timeout_s": 30.0, "priority": "high"
         })
     );
 }
@@ -318,6 +320,7 @@ fn every_refusal_exits_1_and_publishes_nothing() {
         (vec!["--tag", &long_tag, "x"], None, vec![], "tag"),
         (vec!["--parent", "../etc", "x"], None, vec![], "parent"),
         (vec!["--parent", "1__2", "x"], None, vec![], "parent"),
+        (vec!["--priority", "urgent", "x"], None, vec![], "priority"),
         (
             vec!["0123456789A"],
             None,
@@ -421,7 +424,11 @@ fn batch_publishes_every_line_with_custom_ids_and_prints_the_tag() {
                 assert_eq!(line, 1);
                 assert_eq!(read(&dir, "prompt.txt"), "Hi");
                 let p: Value = serde_json::from_str(&read(&dir, "params.json")).unwrap();
-                assert_eq!(p, json!({"system": "Be brief.", "temp": 0.0, "max_tokens": 10}));
+                // Batch jobs are low priority unless --priority says otherwise.
+                assert_eq!(
+                    p,
+                    json!({"system": "Be brief.", "temp": 0.0, "max_tokens": 10, "priority": "low"})
+                );
             }
             "req-2" => {
                 assert_eq!(line, 3);

@@ -1,0 +1,519 @@
+//! The synchronous OpenAI endpoints: chat completions and completions (whole
+//! or streamed as server-sent events from the job's partial.txt),
+//! embeddings, and the model list. A request is a job: published with high
+//! priority, waited for, answered from result.txt / embedding.json and
+//! meta.json, and cancelled when the client goes away first.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State as AxState;
+use axum::http::StatusCode;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::Engine as _;
+use nrvna_core::fsio::read_limited;
+use nrvna_core::live::PARTIAL_FILE;
+use nrvna_core::openai::{self, RequestError};
+use nrvna_core::{JobId, Params, Priority, State, Submission};
+use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::error::ApiError;
+use crate::jobs::{now_unix, CancelGuard, Finished};
+use crate::App;
+
+/// Parses a request body into a JSON object, with OpenAI's errors for a
+/// body that is too large, not JSON, or not an object.
+pub fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Value>, ApiError> {
+    let bytes = body.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "the request body is larger than this server's limit (nrvna-api --max-body / NRVNA_API_MAX_BODY)",
+            )
+            .code("request_too_large")
+        } else {
+            ApiError::invalid(format!("reading the request body failed: {e}"))
+        }
+    })?;
+    match serde_json::from_slice::<Value>(&bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(ApiError::invalid("the request body must be a JSON object")),
+        Err(e) => Err(ApiError::invalid(format!(
+            "we could not parse the JSON body of your request: {e}; send a JSON object with Content-Type: application/json"
+        ))),
+    }
+}
+
+/// The models of the daemon serving the workspace, from `.nrvnad.info`:
+/// the GGUF file's name without `.gguf`.
+pub fn served_models(app: &App) -> Vec<String> {
+    let Some(info) = nrvna_core::lifecycle::read_info(&app.jobs.ws) else {
+        return Vec::new();
+    };
+    info.get("model")
+        .and_then(Value::as_str)
+        .map(model_id)
+        .into_iter()
+        .collect()
+}
+
+fn model_id(path: &str) -> String {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.strip_suffix(".gguf").unwrap_or(name).to_owned()
+}
+
+/// The request's `model`: it must name the served model (by id, file name
+/// or path). With no daemon running, any name is accepted: the job waits
+/// in the queue for one.
+pub fn check_model(app: &App, body: &Map<String, Value>) -> Result<String, ApiError> {
+    let model = match body.get("model") {
+        Some(Value::String(s)) if !s.is_empty() => s.clone(),
+        Some(Value::String(_)) | None => {
+            return Err(ApiError::invalid("model is missing; GET /v1/models lists the served ones").param("model"))
+        }
+        Some(_) => return Err(ApiError::invalid("model must be a string").param("model")),
+    };
+    let served = served_models(app);
+    if served.is_empty() || served.iter().any(|m| *m == model_id(&model)) {
+        Ok(model)
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!(
+                "the model `{model}` does not exist here; this workspace serves: {}",
+                served.join(", ")
+            ),
+        )
+        .param("model")
+        .code("model_not_found"))
+    }
+}
+
+/// `GET /v1/models`.
+pub async fn models(AxState(app): AxState<Arc<App>>) -> Json<Value> {
+    let created = nrvna_core::lifecycle::read_info(&app.jobs.ws)
+        .and_then(|i| {
+            i.get("started_at")
+                .and_then(Value::as_str)
+                .and_then(flw::export::unix_seconds)
+        })
+        .unwrap_or(0);
+    let data: Vec<Value> = served_models(&app)
+        .into_iter()
+        .map(|id| json!({"id": id, "object": "model", "created": created, "owned_by": "nrvna"}))
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+/// Params every synchronous request starts from: high priority.
+fn sync_defaults() -> Params {
+    Params {
+        priority: Some(Priority::High),
+        ..Params::default()
+    }
+}
+
+pub fn check_schema(v: &Value) -> Result<String, String> {
+    wrk::constraint::check_schema(v).map_err(|e| format!("{e:#}"))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+struct StreamOpts {
+    on: bool,
+    include_usage: bool,
+}
+
+fn stream_opts(body: &Map<String, Value>) -> Result<StreamOpts, ApiError> {
+    let on = match body.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::invalid("stream must be a boolean").param("stream")),
+    };
+    let include_usage = body
+        .get("stream_options")
+        .and_then(|o| o.get("include_usage"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    Ok(StreamOpts { on, include_usage })
+}
+
+/// `POST /v1/chat/completions`.
+pub async fn chat(AxState(app): AxState<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let body = json_body(body)?;
+    let model = check_model(&app, &body)?;
+    let stream = stream_opts(&body)?;
+    let sub = openai::chat_submission(&body, &sync_defaults(), &check_schema)?;
+    complete(app, sub, model, Kind::Chat, stream).await
+}
+
+/// `POST /v1/completions`.
+pub async fn completions(
+    AxState(app): AxState<Arc<App>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = json_body(body)?;
+    let model = check_model(&app, &body)?;
+    let stream = stream_opts(&body)?;
+    let sub = openai::completion_submission(&body, &sync_defaults())?;
+    complete(app, sub, model, Kind::Completion, stream).await
+}
+
+async fn complete(
+    app: Arc<App>,
+    sub: Submission,
+    model: String,
+    kind: Kind,
+    stream: StreamOpts,
+) -> Result<Response, ApiError> {
+    let stops = sub.params.stop.clone().unwrap_or_default();
+    let id = app.jobs.publish(vec![sub]).await?.remove(0);
+    let guard = app.jobs.guard(vec![id.clone()]);
+    let deadline = Instant::now() + app.cfg.timeout;
+    if stream.on {
+        return Ok(stream_job(
+            app,
+            id,
+            guard,
+            model,
+            kind,
+            stops,
+            stream.include_usage,
+            deadline,
+        ));
+    }
+    let Some(job) = app.jobs.wait(&id, deadline).await? else {
+        // The guard cancels the job as it drops.
+        return Err(timeout_error(&app, &id));
+    };
+    guard.disarm();
+    let fin = Finished::read(&job)?;
+    let Some(text) = fin.text() else {
+        return Err(if fin.artifact.is_some() {
+            ApiError::internal(format!("job {id} produced no text"))
+        } else {
+            fin.failure(&id)
+        });
+    };
+    let created = now_unix();
+    let (prompt, completion) = (fin.tokens("prompt_tokens"), fin.tokens("generated_tokens"));
+    let finish_reason = fin.meta.str("finish_reason").unwrap_or("stop").to_owned();
+    let choice = match kind {
+        Kind::Chat => json!({
+            "index": 0,
+            "message": {"role": "assistant", "content": text, "refusal": null},
+            "logprobs": null,
+            "finish_reason": finish_reason,
+        }),
+        Kind::Completion => json!({"index": 0, "text": text, "logprobs": null, "finish_reason": finish_reason}),
+    };
+    Ok(Json(json!({
+        "id": response_id(kind, &id),
+        "object": if kind == Kind::Chat { "chat.completion" } else { "text_completion" },
+        "created": created,
+        "model": model,
+        "choices": [choice],
+        "usage": {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion},
+        "system_fingerprint": null,
+    }))
+    .into_response())
+}
+
+fn response_id(kind: Kind, id: &JobId) -> String {
+    match kind {
+        Kind::Chat => format!("chatcmpl-{id}"),
+        Kind::Completion => format!("cmpl-{id}"),
+    }
+}
+
+fn timeout_error(app: &App, id: &JobId) -> ApiError {
+    ApiError::new(
+        StatusCode::GATEWAY_TIMEOUT,
+        "timeout",
+        format!(
+            "job {id} did not finish within {:.0}s, so it was cancelled; is a daemon serving {}? (start one with: nrvnad MODEL {})",
+            app.cfg.timeout.as_secs_f64(),
+            app.jobs.ws.root().display(),
+            app.jobs.ws.root().display()
+        ),
+    )
+    .code("timeout")
+}
+
+/// How often a streaming request looks at partial.txt (the daemon appends
+/// to it at least every 100 ms).
+const STREAM_POLL: Duration = Duration::from_millis(40);
+
+#[allow(clippy::too_many_arguments)]
+fn stream_job(
+    app: Arc<App>,
+    id: JobId,
+    guard: CancelGuard,
+    model: String,
+    kind: Kind,
+    stops: Vec<String>,
+    include_usage: bool,
+    deadline: Instant,
+) -> Response {
+    let (tx, rx) = mpsc::channel::<Event>(64);
+    let created = now_unix();
+    let rid = response_id(kind, &id);
+    let chunk = move |delta: Option<&str>, finish: Option<&str>, role: bool| -> Event {
+        let choice = match kind {
+            Kind::Chat => {
+                let mut d = Map::new();
+                if role {
+                    d.insert("role".into(), "assistant".into());
+                }
+                if let Some(t) = delta {
+                    d.insert("content".into(), t.into());
+                }
+                json!({"index": 0, "delta": d, "logprobs": null, "finish_reason": finish})
+            }
+            Kind::Completion => {
+                json!({"index": 0, "text": delta.unwrap_or(""), "logprobs": null, "finish_reason": finish})
+            }
+        };
+        let object = if kind == Kind::Chat {
+            "chat.completion.chunk"
+        } else {
+            "text_completion"
+        };
+        Event::default().data(
+            json!({"id": rid, "object": object, "created": created, "model": model, "choices": [choice]}).to_string(),
+        )
+    };
+    // Text that may still be cut by a stop string is held back until the
+    // job ends, so the deltas always add up to result.txt.
+    let holdback = stops.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
+    tokio::spawn(async move {
+        let guard = guard;
+        let send = |e: Event| {
+            let tx = tx.clone();
+            async move { tx.send(e).await.is_ok() }
+        };
+        if kind == Kind::Chat && !send(chunk(Some(""), None, true)).await {
+            return;
+        }
+        let mut sent = String::new();
+        loop {
+            let job = match app.jobs.ws.job(&id) {
+                Some(j) => j,
+                None => {
+                    let e = ApiError::internal(format!("job {id} disappeared from the workspace"));
+                    let _ = send(Event::default().data(e.body().to_string())).await;
+                    return;
+                }
+            };
+            if job.state == State::Processing {
+                if let Ok(b) = read_limited(&job.dir.join(PARTIAL_FILE), crate::jobs::MAX_ARTIFACT_BYTES) {
+                    if let Some(delta) = next_delta(&b, &sent, holdback) {
+                        let delta = delta.to_owned();
+                        if !send(chunk(Some(&delta), None, false)).await {
+                            return;
+                        }
+                        sent.push_str(&delta);
+                    }
+                }
+            } else if job.state.is_terminal() {
+                let fin = match Finished::read(&job) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        let _ = send(Event::default().data(e.body().to_string())).await;
+                        guard.disarm();
+                        return;
+                    }
+                };
+                guard.disarm();
+                let Some(text) = fin.text() else {
+                    let _ = send(Event::default().data(fin.failure(&id).body().to_string())).await;
+                    return;
+                };
+                match text.strip_prefix(sent.as_str()) {
+                    Some(rest) if !rest.is_empty() => {
+                        if !send(chunk(Some(rest), None, false)).await {
+                            return;
+                        }
+                    }
+                    Some(_) => {}
+                    None => tracing::warn!(
+                        "job {id}: result.txt does not begin with the partial output already streamed; \
+                         the streamed text differs from the result"
+                    ),
+                }
+                let finish = fin.meta.str("finish_reason").unwrap_or("stop").to_owned();
+                if !send(chunk(None, Some(&finish), false)).await {
+                    return;
+                }
+                if include_usage {
+                    let (p, c) = (fin.tokens("prompt_tokens"), fin.tokens("generated_tokens"));
+                    let object = if kind == Kind::Chat {
+                        "chat.completion.chunk"
+                    } else {
+                        "text_completion"
+                    };
+                    let usage = json!({"id": response_id(kind, &id), "object": object, "created": created,
+                        "model": fin.meta.str("model").unwrap_or(""), "choices": [],
+                        "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}});
+                    if !send(Event::default().data(usage.to_string())).await {
+                        return;
+                    }
+                }
+                let _ = send(Event::default().data("[DONE]")).await;
+                return;
+            }
+            if Instant::now() >= deadline {
+                let _ = send(Event::default().data(timeout_error(&app, &id).body().to_string())).await;
+                return; // the guard cancels the job
+            }
+            tokio::select! {
+                _ = tx.closed() => return, // the client went away: the guard cancels the job
+                _ = app.jobs.changed(STREAM_POLL) => {}
+            }
+        }
+    });
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<Event, Infallible>(e), rx))
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+/// The text of `partial` (the bytes of partial.txt) not yet sent, less the
+/// last `holdback` bytes (which a stop string may still cut) and any
+/// incomplete character; `None` when there is nothing new to send.
+fn next_delta<'a>(partial: &'a [u8], sent: &str, holdback: usize) -> Option<&'a str> {
+    let valid = match std::str::from_utf8(partial) {
+        Ok(s) => s,
+        Err(e) => std::str::from_utf8(&partial[..e.valid_up_to()]).unwrap_or_default(),
+    };
+    let mut upto = valid.len().saturating_sub(holdback);
+    while !valid.is_char_boundary(upto) {
+        upto -= 1;
+    }
+    (upto > sent.len() && valid.starts_with(sent)).then(|| &valid[sent.len()..upto])
+}
+
+/// `POST /v1/embeddings`: one embedding job per input, answered together.
+pub async fn embeddings(
+    AxState(app): AxState<Arc<App>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = json_body(body)?;
+    let model = check_model(&app, &body)?;
+    let base64 = match body.get("encoding_format") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(s)) if s == "float" => false,
+        Some(Value::String(s)) if s == "base64" => true,
+        Some(_) => {
+            return Err(ApiError::invalid("encoding_format must be \"float\" or \"base64\"").param("encoding_format"))
+        }
+    };
+    let inputs = openai::embedding_inputs(&body)?;
+    let defaults = sync_defaults();
+    let subs: Vec<Submission> = inputs
+        .into_iter()
+        .map(|t| openai::embedding_submission(t, &defaults))
+        .collect();
+    for (i, s) in subs.iter().enumerate() {
+        s.validate().map_err(|e| {
+            ApiError::from(RequestError {
+                param: Some("input".into()),
+                message: format!("input[{i}]: {e}"),
+            })
+        })?;
+    }
+    let ids = app.jobs.publish(subs).await?;
+    let guard = app.jobs.guard(ids.clone());
+    let deadline = Instant::now() + app.cfg.timeout;
+    let mut data = Vec::with_capacity(ids.len());
+    let mut prompt_tokens = 0;
+    for (i, id) in ids.iter().enumerate() {
+        let Some(job) = app.jobs.wait(id, deadline).await? else {
+            return Err(timeout_error(&app, id));
+        };
+        let fin = Finished::read(&job)?;
+        let Some(("embedding.json", bytes)) = &fin.artifact else {
+            return Err(if fin.artifact.is_some() {
+                ApiError::internal(format!("job {id} produced no embedding.json"))
+            } else {
+                fin.failure(id)
+            });
+        };
+        let v: Value = serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::internal(format!("job {id}: embedding.json is not valid JSON: {e}")))?;
+        let vector: Vec<f32> = v
+            .get("vector")
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_f64).map(|f| f as f32).collect())
+            .ok_or_else(|| ApiError::internal(format!("job {id}: embedding.json has no \"vector\" array")))?;
+        prompt_tokens += fin.tokens("prompt_tokens");
+        let embedding = if base64 {
+            let bytes: Vec<u8> = vector.iter().flat_map(|f| f.to_le_bytes()).collect();
+            Value::String(base64::engine::general_purpose::STANDARD.encode(bytes))
+        } else {
+            json!(vector)
+        };
+        data.push(json!({"object": "embedding", "index": i, "embedding": embedding}));
+    }
+    guard.disarm();
+    Ok(Json(json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }))
+    .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deltas_hold_back_what_a_stop_string_may_cut_and_half_characters() {
+        assert_eq!(next_delta(b"Hello wor", "", 0), Some("Hello wor"));
+        assert_eq!(next_delta(b"Hello wor", "Hello", 0), Some(" wor"));
+        // With stop "END", the last two bytes might begin it.
+        assert_eq!(next_delta(b"Hello EN", "", 2), Some("Hello "));
+        assert_eq!(next_delta(b"Hello EN", "Hello ", 2), None);
+        // "é" is two bytes; the first one alone is not sent.
+        assert_eq!(next_delta(&"café".as_bytes()[..4], "", 0), Some("caf"));
+        assert_eq!(next_delta("café!".as_bytes(), "caf", 1), Some("é"));
+        // A partial.txt that does not continue what was sent sends nothing.
+        assert_eq!(next_delta(b"other text", "Hello", 0), None);
+    }
+
+    #[test]
+    fn model_ids_are_file_names_without_gguf() {
+        assert_eq!(
+            model_id("/m/SmolLM2-135M-Instruct.Q4_1.gguf"),
+            "SmolLM2-135M-Instruct.Q4_1"
+        );
+        assert_eq!(model_id("SmolLM2-135M-Instruct.Q4_1"), "SmolLM2-135M-Instruct.Q4_1");
+    }
+
+    #[test]
+    fn bodies_must_be_json_objects() {
+        assert!(json_body(Ok(Bytes::from_static(br#"{"a":1}"#))).is_ok());
+        for bad in [&b"[1]"[..], b"{", b"", b"null"] {
+            let e = json_body(Ok(Bytes::copy_from_slice(bad))).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            assert_eq!(e.body()["error"]["type"], "invalid_request_error");
+        }
+    }
+}

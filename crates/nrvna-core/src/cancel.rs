@@ -1,0 +1,112 @@
+//! Asking for a job to stop, without waiting: a queued job is moved to
+//! failed/ at once (one rename, so it cannot race a worker's claim) and
+//! marked cancelled; a running one gets the `cancel` file the daemon
+//! watches. `flw --cancel` does the same and then waits; `nrvna-api`
+//! cancels the job of a client that went away and does not wait.
+
+use std::io;
+use std::time::SystemTime;
+
+use crate::fsio::{iso8601_utc, sync_dir, write_atomic};
+use crate::id::JobId;
+use crate::job::JobView;
+use crate::live::request_cancel;
+use crate::meta::two_decimals;
+use crate::state::State;
+use crate::workspace::{Moved, Workspace};
+
+/// error.txt of a job cancelled before a worker claimed it (the text
+/// `flw --cancel` writes too).
+pub const CANCELLED_BEFORE_START: &str = "cancelled by user before it started";
+
+/// What a cancel request did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cancelled {
+    /// It was queued and is now failed (cancelled).
+    Dequeued,
+    /// It is running: the daemon was asked to stop it.
+    Requested,
+    /// It had already finished (or is still being staged); nothing to do.
+    NotRunning(Option<State>),
+}
+
+/// Cancels a job without waiting for the daemon.
+pub fn cancel_job(ws: &Workspace, id: &JobId) -> io::Result<Cancelled> {
+    for _ in 0..3 {
+        match ws.locate(id) {
+            Some(State::Ready) => match ws.transition(id, State::Ready, State::Failed)? {
+                Moved::Yes => {
+                    mark_cancelled(ws, id, CANCELLED_BEFORE_START)?;
+                    return Ok(Cancelled::Dequeued);
+                }
+                // Claimed in the meantime: cancel it as a running job.
+                Moved::SourceGone => continue,
+                Moved::DestinationExists => {
+                    return Err(io::Error::other(format!(
+                        "cannot cancel job {id}: {} already exists",
+                        ws.job_dir(State::Failed, id).display()
+                    )))
+                }
+            },
+            Some(State::Processing) => match request_cancel(&ws.job_dir(State::Processing, id)) {
+                Ok(()) => return Ok(Cancelled::Requested),
+                // It finished in the meantime.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            },
+            other => return Ok(Cancelled::NotRunning(other)),
+        }
+    }
+    Ok(Cancelled::NotRunning(ws.locate(id)))
+}
+
+/// Completes a queued job moved to failed/: error.txt and meta.json.
+fn mark_cancelled(ws: &Workspace, id: &JobId, reason: &str) -> io::Result<()> {
+    let dir = ws.job_dir(State::Failed, id);
+    write_atomic(&dir, "error.txt", format!("{reason}\n").as_bytes())?;
+    let job = JobView {
+        id: id.clone(),
+        state: State::Failed,
+        dir: dir.clone(),
+    };
+    let mut meta = job.meta().ok().flatten().unwrap_or_default();
+    meta.set("status", "failed");
+    meta.set("cancelled", true);
+    meta.set("completed_at", iso8601_utc(SystemTime::now()));
+    meta.set("duration_s", two_decimals(0.0));
+    meta.set("artifacts", Vec::<String>::new());
+    write_atomic(&dir, "meta.json", &meta.to_bytes())?;
+    sync_dir(&dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::live::cancel_requested;
+    use crate::Submission;
+
+    #[test]
+    fn a_queued_job_fails_at_once_and_a_running_one_gets_the_cancel_file() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::create(d.path()).unwrap();
+        let queued = Submission::text("a").publish(&ws).unwrap();
+        assert_eq!(cancel_job(&ws, &queued).unwrap(), Cancelled::Dequeued);
+        let job = ws.job(&queued).unwrap();
+        assert_eq!(job.state, State::Failed);
+        assert_eq!(job.error().as_deref(), Some(CANCELLED_BEFORE_START));
+        assert_eq!(job.meta().unwrap().unwrap().get("cancelled"), Some(&true.into()));
+
+        let running = Submission::text("b").publish(&ws).unwrap();
+        assert_eq!(
+            ws.transition(&running, State::Ready, State::Processing).unwrap(),
+            Moved::Yes
+        );
+        assert_eq!(cancel_job(&ws, &running).unwrap(), Cancelled::Requested);
+        assert!(cancel_requested(&ws.job_dir(State::Processing, &running)));
+
+        assert_eq!(
+            cancel_job(&ws, &queued).unwrap(),
+            Cancelled::NotRunning(Some(State::Failed))
+        );
+    }
+}

@@ -1,0 +1,361 @@
+//! OpenAI request bodies as jobs: one mapping from a chat completion,
+//! completion or embeddings body onto prompt.txt, params.json and
+//! schema.json, shared by `wrk --batch` (batch file lines) and `nrvna-api`
+//! (HTTP requests), so that both submit exactly the same job for a body.
+
+use serde_json::{Map, Value};
+
+use crate::params::Params;
+use crate::state::JobType;
+use crate::submit::{OutputFormat, Submission};
+
+/// A body that cannot become a job: which field (`param`, as OpenAI's error
+/// object names it) and what is wrong with it.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct RequestError {
+    pub param: Option<String>,
+    pub message: String,
+}
+
+fn bad<T>(param: &str, message: impl Into<String>) -> Result<T, RequestError> {
+    Err(RequestError {
+        param: (!param.is_empty()).then(|| param.to_owned()),
+        message: message.into(),
+    })
+}
+
+/// Checks a JSON Schema before it becomes schema.json and returns the GBNF
+/// grammar that goes beside it (grammar.gbnf, which C++ daemons require),
+/// or why it is not usable. The caller brings it (a validator is a heavy
+/// dependency that this crate does without).
+pub type SchemaCheck<'a> = &'a dyn Fn(&Value) -> Result<String, String>;
+
+/// `/v1/chat/completions`: system (and developer) messages become the
+/// system prompt, the last message must be the user's and is the prompt,
+/// and earlier turns are rendered before it as `role: content` lines.
+/// Sampling fields override `defaults`.
+pub fn chat_submission(
+    body: &Map<String, Value>,
+    defaults: &Params,
+    check_schema: SchemaCheck,
+) -> Result<Submission, RequestError> {
+    let messages = match body.get("messages") {
+        Some(Value::Array(m)) if !m.is_empty() => m,
+        Some(Value::Array(_)) => return bad("messages", "messages is empty; give at least one user message"),
+        _ => return bad("messages", "messages is missing or not an array"),
+    };
+    let mut system = Vec::new();
+    let mut turns: Vec<(String, String)> = Vec::new();
+    for (i, m) in messages.iter().enumerate() {
+        let at = format!("messages[{i}]");
+        let Some(role) = m.get("role").and_then(Value::as_str) else {
+            return bad(&format!("{at}.role"), format!("{at}.role is missing or not a string"));
+        };
+        let content = message_text(m.get("content"), &format!("{at}.content"))?;
+        match role {
+            "system" | "developer" => system.push(content),
+            "user" | "assistant" | "tool" => turns.push((role.to_owned(), content)),
+            other => {
+                return bad(
+                    &format!("{at}.role"),
+                    format!("{at}.role {other:?} is not one of system, developer, user, assistant, tool"),
+                )
+            }
+        }
+    }
+    let Some((last_role, last)) = turns.pop() else {
+        return bad("messages", "messages has no user message");
+    };
+    if last_role != "user" {
+        return bad(
+            "messages",
+            format!("the last message of messages must be from the user (it is from {last_role:?})"),
+        );
+    }
+    let mut prompt = String::new();
+    for (role, content) in &turns {
+        prompt.push_str(role);
+        prompt.push_str(": ");
+        prompt.push_str(content);
+        prompt.push('\n');
+    }
+    prompt.push_str(&last);
+
+    let mut sub = Submission::text(prompt);
+    sub.params = sampling(body, defaults)?;
+    if !system.is_empty() {
+        sub.params.system = Some(system.join("\n\n"));
+    }
+    sub.output = response_format(body.get("response_format"), check_schema)?;
+    Ok(sub)
+}
+
+/// `/v1/completions`: `prompt` (one string, or an array of one) is the
+/// prompt; sampling fields as for chat.
+pub fn completion_submission(body: &Map<String, Value>, defaults: &Params) -> Result<Submission, RequestError> {
+    let prompt = match body.get("prompt") {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(a)) if a.len() == 1 && a[0].is_string() => a[0].as_str().unwrap_or_default().to_owned(),
+        Some(Value::Array(_)) => return bad("prompt", "prompt must be one string; send one request per prompt"),
+        _ => return bad("prompt", "prompt is missing or not a string"),
+    };
+    let mut sub = Submission::text(prompt);
+    sub.params = sampling(body, defaults)?;
+    Ok(sub)
+}
+
+/// `/v1/embeddings`: the texts of `input` (a string or an array of
+/// strings), in order.
+pub fn embedding_inputs(body: &Map<String, Value>) -> Result<Vec<String>, RequestError> {
+    match body.get("input") {
+        Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(a)) if !a.is_empty() => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) => Ok(s.clone()),
+                _ => bad(
+                    "input",
+                    format!("input[{i}] is not a string (token arrays are not supported; send text)"),
+                ),
+            })
+            .collect(),
+        Some(Value::Array(_)) => bad("input", "input is an empty array"),
+        _ => bad("input", "input is missing or not a string or an array of strings"),
+    }
+}
+
+/// One embedding job. Sampling does not apply to embeddings; a timeout and
+/// a priority do.
+pub fn embedding_submission(input: String, defaults: &Params) -> Submission {
+    let mut sub = Submission::text(input);
+    sub.job_type = JobType::Embed;
+    sub.params = Params {
+        timeout_s: defaults.timeout_s,
+        priority: defaults.priority,
+        ..Params::default()
+    };
+    sub
+}
+
+/// The sampling fields of a chat or completion body over `defaults`.
+fn sampling(body: &Map<String, Value>, defaults: &Params) -> Result<Params, RequestError> {
+    let mut p = defaults.clone();
+    let field = |k: &str| body.get(k).filter(|v| !v.is_null());
+    if let Some(n) = field("n") {
+        if n.as_u64() != Some(1) {
+            return bad("n", "n must be 1; ask for more completions with more requests");
+        }
+    }
+    for key in ["max_tokens", "max_completion_tokens"] {
+        if let Some(v) = field(key) {
+            match v.as_u64().and_then(|n| u32::try_from(n).ok()).filter(|&n| n >= 1) {
+                Some(n) => p.max_tokens = Some(n),
+                None => return bad(key, format!("{key} must be a positive integer")),
+            }
+        }
+    }
+    if let Some(v) = field("temperature") {
+        p.temp = Some(number(v, "temperature")?);
+    }
+    if let Some(v) = field("top_p") {
+        p.top_p = Some(number(v, "top_p")?);
+    }
+    if let Some(v) = field("min_p") {
+        p.min_p = Some(number(v, "min_p")?);
+    }
+    if let Some(v) = field("repeat_penalty") {
+        p.repeat_penalty = Some(number(v, "repeat_penalty")?);
+    }
+    if let Some(v) = field("top_k") {
+        match v.as_i64().and_then(|n| i32::try_from(n).ok()) {
+            Some(k) => p.top_k = Some(k),
+            None => return bad("top_k", "top_k must be an integer"),
+        }
+    }
+    if let Some(v) = field("seed") {
+        match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
+            Some(s) => p.seed = Some(s),
+            None => return bad("seed", format!("seed must be an integer from 0 to {}", u32::MAX)),
+        }
+    }
+    match body.get("stop") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => p.stop = Some(vec![s.clone()]),
+        Some(Value::Array(a)) => {
+            let Some(stops) = a
+                .iter()
+                .map(|s| s.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+            else {
+                return bad("stop", "stop must be a string or an array of strings");
+            };
+            if !stops.is_empty() {
+                p.stop = Some(stops);
+            }
+        }
+        Some(_) => return bad("stop", "stop must be a string or an array of strings"),
+    }
+    if let Err(e) = p.validate() {
+        return bad("", format!("invalid parameters: {e}"));
+    }
+    Ok(p)
+}
+
+/// A message's text: a string, or an array of `{"type":"text","text":...}` parts.
+fn message_text(content: Option<&Value>, at: &str) -> Result<String, RequestError> {
+    match content {
+        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::Array(parts)) => {
+            let mut texts = Vec::new();
+            for (j, part) in parts.iter().enumerate() {
+                match (
+                    part.get("type").and_then(Value::as_str),
+                    part.get("text").and_then(Value::as_str),
+                ) {
+                    (Some("text"), Some(t)) => texts.push(t),
+                    (Some(other), _) if other != "text" => {
+                        return bad(
+                            at,
+                            format!("{at} part {j} has type {other:?}; only text parts are supported"),
+                        )
+                    }
+                    _ => {
+                        return bad(
+                            at,
+                            format!("{at} part {j} must be {{\"type\": \"text\", \"text\": \"...\"}}"),
+                        )
+                    }
+                }
+            }
+            Ok(texts.join("\n"))
+        }
+        Some(Value::Null) | None => bad(at, format!("{at} is missing")),
+        Some(_) => bad(at, format!("{at} must be a string or an array of text parts")),
+    }
+}
+
+fn number(v: &Value, key: &str) -> Result<f32, RequestError> {
+    match v.as_f64() {
+        Some(f) => Ok(f as f32),
+        None => bad(key, format!("{key} must be a number")),
+    }
+}
+
+/// `response_format`: `json_schema` becomes schema.json, `json_object` a
+/// schema that asks for any object, `text` nothing.
+fn response_format(rf: Option<&Value>, check_schema: SchemaCheck) -> Result<Option<OutputFormat>, RequestError> {
+    let Some(rf) = rf.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    match rf.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => {
+            let schema = serde_json::json!({"type": "object"});
+            let grammar = check_schema(&schema).or_else(|e| bad("response_format", e))?;
+            Ok(Some(OutputFormat::JsonSchema {
+                schema: format!("{schema}\n"),
+                grammar,
+            }))
+        }
+        Some("json_schema") => {
+            let Some(schema) = rf.get("json_schema").and_then(|j| j.get("schema")) else {
+                return bad("response_format", "response_format.json_schema.schema is missing");
+            };
+            let grammar = match check_schema(schema) {
+                Ok(g) => g,
+                Err(e) => return bad("response_format", format!("response_format.json_schema.schema {e}")),
+            };
+            let mut text = serde_json::to_string_pretty(schema).unwrap_or_default();
+            text.push('\n');
+            Ok(Some(OutputFormat::JsonSchema { schema: text, grammar }))
+        }
+        Some(other) => bad(
+            "response_format",
+            format!("response_format.type {other:?} is not one of text, json_object, json_schema"),
+        ),
+        None => bad("response_format", "response_format.type is missing"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::Priority;
+
+    fn obj(s: &str) -> Map<String, Value> {
+        serde_json::from_str(s).unwrap()
+    }
+
+    fn any_schema(_: &Value) -> Result<String, String> {
+        Ok("root ::= \"{}\"".into())
+    }
+
+    #[test]
+    fn chat_fields_map_onto_params_over_the_defaults() {
+        let defaults = Params {
+            priority: Some(Priority::High),
+            temp: Some(0.9),
+            ..Params::default()
+        };
+        let s = chat_submission(
+            &obj(
+                r#"{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"},
+                {"role":"assistant","content":"Hello!"},{"role":"user","content":[{"type":"text","text":"Go"}]}],
+                "max_tokens":5,"top_k":3,"seed":7,"stop":["x"],"temperature":null}"#,
+            ),
+            &defaults,
+            &any_schema,
+        )
+        .unwrap();
+        assert_eq!(s.prompt, "user: Hi\nassistant: Hello!\nGo");
+        assert_eq!(s.params.system.as_deref(), Some("Be brief."));
+        assert_eq!(s.params.max_tokens, Some(5));
+        assert_eq!(s.params.top_k, Some(3));
+        assert_eq!(s.params.temp, Some(0.9), "a null field keeps the default");
+        assert_eq!(s.params.priority, Some(Priority::High));
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        for (body, param) in [
+            (r#"{"messages":"hi"}"#, "messages"),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"temperature":"hot"}"#,
+                "temperature",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"max_tokens":0}"#,
+                "max_tokens",
+            ),
+            (r#"{"messages":[{"content":"x"}]}"#, "messages[0].role"),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"xml"}}"#,
+                "response_format",
+            ),
+        ] {
+            let e = chat_submission(&obj(body), &Params::default(), &any_schema).unwrap_err();
+            assert_eq!(e.param.as_deref(), Some(param), "{body}: {e}");
+        }
+        let refuse = |_: &Value| Err("is not a schema".to_string());
+        let e = chat_submission(
+            &obj(r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"schema":{}}}}"#),
+            &Params::default(),
+            &refuse,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("is not a schema"), "{e}");
+    }
+
+    #[test]
+    fn completions_and_embeddings() {
+        let c = completion_submission(&obj(r#"{"prompt":["Once"],"max_tokens":2}"#), &Params::default()).unwrap();
+        assert_eq!(c.prompt, "Once");
+        assert!(completion_submission(&obj(r#"{"prompt":["a","b"]}"#), &Params::default()).is_err());
+        assert_eq!(embedding_inputs(&obj(r#"{"input":["a","b"]}"#)).unwrap(), ["a", "b"]);
+        assert!(embedding_inputs(&obj(r#"{"input":[1,2]}"#)).is_err());
+        let e = embedding_submission("a".into(), &Params::default());
+        assert_eq!(e.job_type, JobType::Embed);
+    }
+}
