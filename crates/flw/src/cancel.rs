@@ -9,13 +9,11 @@
 //! `cancelled: true`, which we wait for.
 
 use std::io::{self, Write};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use nrvna_core::fsio::{iso8601_utc, sync_dir, write_atomic};
 use nrvna_core::lifecycle::{daemon_status, DaemonStatus};
 use nrvna_core::live::request_cancel;
-use nrvna_core::meta::two_decimals;
 use nrvna_core::wait::wait_for;
 use nrvna_core::{JobId, JobView, Moved, State, Workspace};
 
@@ -26,8 +24,7 @@ use crate::Outcome;
 /// How long to wait for the daemon to stop a running job, by default.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// error.txt of a job cancelled before it started.
-pub const CANCELLED_BEFORE_START: &str = "cancelled by user before it started";
+pub use nrvna_core::cancel::CANCELLED_BEFORE_START;
 
 /// error.txt of a running job that a restarting daemon put back in the
 /// queue before it saw the cancel request.
@@ -60,35 +57,14 @@ pub fn cancel(ws: &Workspace, id: &JobId, timeout: Option<Duration>) -> Result<O
     cancel_running(ws, id, timeout.unwrap_or(DEFAULT_TIMEOUT))
 }
 
-/// Cancels a queued job: error.txt and meta.json are written while it is
-/// still in input/ready/, then one rename makes it failed. `SourceGone`:
-/// a worker claimed it first (what was written travels with it and the
-/// daemon clears it).
+/// A queued job, cancelled in one step for readers (see nrvna_core::cancel).
 fn cancel_queued(ws: &Workspace, id: &JobId, reason: &str) -> Result<Moved> {
-    let dir = ws.job_dir(State::Ready, id);
-    let what = || format!("marking queued job {id} cancelled in {}", dir.display());
-    let job = JobView {
-        id: id.clone(),
-        state: State::Ready,
-        dir: dir.clone(),
-    };
-    // An invalid meta.json is replaced rather than left unfinished.
-    let mut meta = job.meta().ok().flatten().unwrap_or_default();
-    meta.set("status", "failed");
-    meta.set("cancelled", true);
-    meta.set("completed_at", iso8601_utc(SystemTime::now()));
-    meta.set("duration_s", two_decimals(0.0));
-    meta.set("artifacts", vec!["error.txt"]);
-    let written = write_atomic(&dir, "error.txt", format!("{reason}\n").as_bytes())
-        .and_then(|()| write_atomic(&dir, "meta.json", &meta.to_bytes()))
-        .and_then(|()| sync_dir(&dir));
-    match written {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Moved::SourceGone),
-        Err(e) => return Err(e).with_context(what),
-    }
-    ws.transition(id, State::Ready, State::Failed)
-        .with_context(|| format!("moving job {id} from queued to failed"))
+    nrvna_core::cancel::cancel_queued(ws, id, reason).with_context(|| {
+        format!(
+            "cancelling queued job {id} in {}",
+            ws.job_dir(State::Ready, id).display()
+        )
+    })
 }
 
 fn print_cancelled() -> Result<Outcome> {

@@ -1,7 +1,9 @@
-//! Asking for a job to stop, without waiting: a queued job is moved to
-//! failed/ at once (one rename, so it cannot race a worker's claim) and
-//! marked cancelled; a running one gets the `cancel` file the daemon
-//! watches. `flw --cancel` does the same and then waits; `nrvna-api`
+//! Asking for a job to stop, without waiting: a queued job gets its reason
+//! (error.txt, a cancelled meta.json) while still in input/ready/, then
+//! moves to failed/ in one rename, so a reader sees it queued or failed
+//! with its reason, never in between (that rename races a worker's claim;
+//! exactly one wins, and a daemon that wins clears error.txt at claim); a
+//! running one gets the `cancel` file the daemon watches. `flw --cancel` does the same and then waits; `nrvna-api`
 //! cancels the job of a client that went away and does not wait.
 
 use std::io;
@@ -34,11 +36,8 @@ pub enum Cancelled {
 pub fn cancel_job(ws: &Workspace, id: &JobId) -> io::Result<Cancelled> {
     for _ in 0..3 {
         match ws.locate(id) {
-            Some(State::Ready) => match ws.transition(id, State::Ready, State::Failed)? {
-                Moved::Yes => {
-                    mark_cancelled(ws, id, CANCELLED_BEFORE_START)?;
-                    return Ok(Cancelled::Dequeued);
-                }
+            Some(State::Ready) => match cancel_queued(ws, id, CANCELLED_BEFORE_START)? {
+                Moved::Yes => return Ok(Cancelled::Dequeued),
                 // Claimed in the meantime: cancel it as a running job.
                 Moved::SourceGone => continue,
                 Moved::DestinationExists => {
@@ -60,23 +59,32 @@ pub fn cancel_job(ws: &Workspace, id: &JobId) -> io::Result<Cancelled> {
     Ok(Cancelled::NotRunning(ws.locate(id)))
 }
 
-/// Completes a queued job moved to failed/: error.txt and meta.json.
-fn mark_cancelled(ws: &Workspace, id: &JobId, reason: &str) -> io::Result<()> {
-    let dir = ws.job_dir(State::Failed, id);
-    write_atomic(&dir, "error.txt", format!("{reason}\n").as_bytes())?;
+/// Cancels a queued job: error.txt and meta.json are written while it is
+/// still in input/ready/, then one rename makes it failed. `SourceGone`: a
+/// worker claimed it first (what was written travels with it, and the
+/// daemon clears it at claim).
+pub fn cancel_queued(ws: &Workspace, id: &JobId, reason: &str) -> io::Result<Moved> {
+    let dir = ws.job_dir(State::Ready, id);
     let job = JobView {
         id: id.clone(),
-        state: State::Failed,
+        state: State::Ready,
         dir: dir.clone(),
     };
+    // An invalid meta.json is replaced rather than left unfinished.
     let mut meta = job.meta().ok().flatten().unwrap_or_default();
     meta.set("status", "failed");
     meta.set("cancelled", true);
     meta.set("completed_at", iso8601_utc(SystemTime::now()));
     meta.set("duration_s", two_decimals(0.0));
-    meta.set("artifacts", Vec::<String>::new());
-    write_atomic(&dir, "meta.json", &meta.to_bytes())?;
-    sync_dir(&dir)
+    meta.set("artifacts", vec!["error.txt"]);
+    let written = write_atomic(&dir, "error.txt", format!("{reason}\n").as_bytes())
+        .and_then(|()| write_atomic(&dir, "meta.json", &meta.to_bytes()))
+        .and_then(|()| sync_dir(&dir));
+    match written {
+        Ok(()) => ws.transition(id, State::Ready, State::Failed),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Moved::SourceGone),
+        Err(e) => Err(e),
+    }
 }
 
 #[cfg(test)]

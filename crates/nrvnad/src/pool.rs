@@ -8,29 +8,14 @@ use std::sync::{Condvar, Mutex, MutexGuard};
 
 use nrvna_core::JobId;
 
-/// A job's priority (`params.json` key `priority`; absent means normal).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Priority {
-    High,
-    #[default]
-    Normal,
-    Low,
-}
+pub use nrvna_core::params::Priority;
 
-impl Priority {
-    pub const ALL: [Priority; 3] = [Priority::High, Priority::Normal, Priority::Low];
-
-    pub fn parse(s: &str) -> Option<Priority> {
-        match s {
-            "high" => Some(Priority::High),
-            "normal" => Some(Priority::Normal),
-            "low" => Some(Priority::Low),
-            _ => None,
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
+/// The queue a priority goes to: high first.
+fn fifo(p: Priority) -> usize {
+    match p {
+        Priority::High => 0,
+        Priority::Normal => 1,
+        Priority::Low => 2,
     }
 }
 
@@ -76,7 +61,7 @@ impl Pool {
             return false;
         }
         q.pending.insert(id.clone());
-        q.jobs[prio.index()].push_back(id);
+        q.jobs[fifo(prio)].push_back(id);
         drop(q);
         self.cv.notify_one();
         true

@@ -191,6 +191,11 @@ impl Processor {
     fn claim(&self, id: &JobId) -> Option<Outcome> {
         for later in [State::Processing, State::Done, State::Failed] {
             if fs::symlink_metadata(self.ws.job_dir(later, id)).is_ok() {
+                // Moved on since it was listed (claimed elsewhere, or
+                // cancelled while queued): a lost race, not a duplicate.
+                if fs::symlink_metadata(self.ws.job_dir(State::Ready, id)).is_err() {
+                    return Some(Outcome::Lost);
+                }
                 tracing::error!(
                     "job {id} in input/ready/ has the id of a job already in {}/; leaving both alone (remove one of them)",
                     later.dir()
