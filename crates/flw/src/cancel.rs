@@ -129,7 +129,7 @@ fn cancel_running(ws: &Workspace, id: &JobId, timeout: Duration) -> Result<Outco
                 .meta()
                 .ok()
                 .flatten()
-                .and_then(|m| m.get("cancelled").and_then(|v| v.as_bool()))
+                .and_then(|m| m.extra("cancelled").and_then(|v| v.as_bool()))
                 .unwrap_or(false);
             if state == State::Failed && cancelled {
                 return print_cancelled();

@@ -121,7 +121,7 @@ fn request_of(job: &JobView, meta: &Meta) -> Result<BatchRequest, String> {
         Ok(None) => {}
         Err(e) => return Err(e),
     }
-    match (meta.str("custom_id"), meta.get("batch_line").and_then(Value::as_u64)) {
+    match (meta.extra_str("custom_id"), meta.extra("batch_line").and_then(Value::as_u64)) {
         (Some(c), line) if !c.is_empty() => Ok(BatchRequest {
             custom_id: c.to_owned(),
             line: line.unwrap_or(u64::MAX),
@@ -143,8 +143,8 @@ fn error_line(job: &JobView, custom_id: Value, code: &str, message: &str) -> Val
 
 /// The response body of a done job: a chat.completion, or an embedding list.
 fn done_body(job: &JobView, meta: &Meta) -> Result<Value, String> {
-    let model = meta.str("model").unwrap_or("unknown");
-    let tokens = |k: &str| meta.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let model = meta.extra_str("model").unwrap_or("unknown");
+    let tokens = |k: &str| meta.extra(k).and_then(Value::as_u64).unwrap_or(0);
     let prompt_tokens = tokens("prompt_tokens");
     let name = job
         .primary_artifact()
@@ -167,9 +167,9 @@ fn done_body(job: &JobView, meta: &Meta) -> Result<Value, String> {
         }
         "result.txt" | "transcript.txt" => {
             let completion = tokens("generated_tokens");
-            let created = ["completed_at", "submitted_at"]
-                .iter()
-                .find_map(|k| meta.str(k).and_then(unix_seconds))
+            let created = [&meta.completed_at, &meta.submitted_at]
+                .into_iter()
+                .find_map(|t| t.as_deref().and_then(unix_seconds))
                 .unwrap_or(0);
             Ok(json!({
                 "id": format!("chatcmpl-{}", job.id),
@@ -179,7 +179,7 @@ fn done_body(job: &JobView, meta: &Meta) -> Result<Value, String> {
                 "choices": [{
                     "index": 0,
                     "message": {"role": "assistant", "content": String::from_utf8_lossy(&bytes)},
-                    "finish_reason": meta.str("finish_reason").unwrap_or("stop"),
+                    "finish_reason": meta.extra_str("finish_reason").unwrap_or("stop"),
                 }],
                 "usage": {
                     "prompt_tokens": prompt_tokens,

@@ -70,7 +70,7 @@ pub fn row(j: &JobView) -> (String, String) {
     let meta = j.meta().ok().flatten();
     let duration = meta
         .as_ref()
-        .and_then(|m| m.duration_s())
+        .and_then(|m| m.duration_s)
         .filter(|_| j.state.is_terminal())
         .map(|d| format!("{d:.2}s"))
         .unwrap_or_default();
@@ -85,7 +85,7 @@ pub fn row(j: &JobView) -> (String, String) {
         State::Done => j.primary_artifact().unwrap_or("(no artifact)").to_owned(),
         State::Ready | State::Writing => String::new(),
     };
-    let detail = match meta.as_ref().and_then(|m| m.str("custom_id")) {
+    let detail = match meta.as_ref().and_then(|m| m.extra_str("custom_id")) {
         Some(c) if !detail.is_empty() => format!("{c}: {detail}"),
         Some(c) => c.to_owned(),
         None => detail,

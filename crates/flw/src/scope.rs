@@ -63,8 +63,8 @@ impl Scope {
         let Ok(Some(meta)) = job.meta() else {
             return false;
         };
-        self.tag.as_ref().is_none_or(|t| meta.tags().iter().any(|x| x == t))
-            && self.parent.as_ref().is_none_or(|p| meta.parent().as_ref() == Some(p))
+        self.tag.as_ref().is_none_or(|t| meta.tags.iter().any(|x| x == t))
+            && self.parent.as_ref().is_none_or(|p| meta.parent.as_ref() == Some(p))
     }
 }
 

@@ -99,7 +99,7 @@ impl Store {
             let subs = wrk::batch::parse(&bytes, &batch_defaults(), id)?;
             let have: std::collections::HashSet<String> = tagged_jobs(&self.ws, id)
                 .iter()
-                .filter_map(|(_, m)| m.str("custom_id").map(str::to_owned))
+                .filter_map(|(_, m)| m.extra_str("custom_id").map(str::to_owned))
                 .collect();
             let missing: Vec<_> = subs
                 .into_iter()
@@ -165,11 +165,11 @@ pub fn tagged_jobs(ws: &Workspace, tag: &str) -> Vec<(JobView, Meta)> {
                 None => break,
             }
         }
-        if let Some(m) = meta.filter(|m| m.tags().iter().any(|t| t == tag)) {
+        if let Some(m) = meta.filter(|m| m.tags.iter().any(|t| t == tag)) {
             rows.push((job, m));
         }
     }
-    let line = |m: &Meta| m.get("batch_line").and_then(Value::as_u64).unwrap_or(u64::MAX);
+    let line = |m: &Meta| m.extra("batch_line").and_then(Value::as_u64).unwrap_or(u64::MAX);
     rows.sort_by(|(a, am), (b, bm)| line(am).cmp(&line(bm)).then_with(|| a.id.cmp(&b.id)));
     rows
 }
@@ -295,7 +295,7 @@ async fn result_lines(app: &App, batch: &str, errors: bool) -> Result<(usize, Ve
         let mut out = Vec::new();
         let mut n = 0;
         for (job, meta) in tagged_jobs(&ws, &tag) {
-            let custom_id = meta.get("custom_id").cloned().unwrap_or(Value::Null);
+            let custom_id = meta.extra("custom_id").cloned().unwrap_or(Value::Null);
             let line = match (job.state, errors) {
                 (State::Done, false) => match Finished::read(&job).and_then(|f| response_body(&job.id, &f)) {
                     Ok(body) => json!({
@@ -306,7 +306,7 @@ async fn result_lines(app: &App, batch: &str, errors: bool) -> Result<(usize, Ve
                     Err(e) => error_line(&job, custom_id, "unreadable_result", &e.message),
                 },
                 (State::Failed, true) => {
-                    let cancelled = meta.get("cancelled").and_then(Value::as_bool) == Some(true);
+                    let cancelled = meta.extra("cancelled").and_then(Value::as_bool) == Some(true);
                     let why = job.error().unwrap_or_else(|| "the job failed".into());
                     error_line(
                         &job,
@@ -336,11 +336,11 @@ fn error_line(job: &JobView, custom_id: Value, code: &str, message: &str) -> Val
 
 /// The response body a done job would have had as a synchronous request.
 fn response_body(id: &JobId, fin: &Finished) -> Result<Value, ApiError> {
-    let model = fin.meta.str("model").unwrap_or("unknown");
+    let model = fin.meta.extra_str("model").unwrap_or("unknown");
     let (p, c) = (fin.tokens("prompt_tokens"), fin.tokens("generated_tokens"));
-    let created = ["completed_at", "submitted_at"]
-        .iter()
-        .find_map(|k| fin.meta.str(k).and_then(flw::export::unix_seconds))
+    let created = [&fin.meta.completed_at, &fin.meta.submitted_at]
+        .into_iter()
+        .find_map(|t| t.as_deref().and_then(flw::export::unix_seconds))
         .unwrap_or(0);
     match &fin.artifact {
         Some(("embedding.json", b)) => {
@@ -360,7 +360,7 @@ fn response_body(id: &JobId, fin: &Finished) -> Result<Value, ApiError> {
             Ok(json!({
                 "id": format!("chatcmpl-{id}"), "object": "chat.completion", "created": created, "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                    "logprobs": null, "finish_reason": fin.meta.str("finish_reason").unwrap_or("stop")}],
+                    "logprobs": null, "finish_reason": fin.meta.extra_str("finish_reason").unwrap_or("stop")}],
                 "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c},
             }))
         }
@@ -383,7 +383,7 @@ async fn describe(app: &App, mut rec: Value) -> Result<Value, ApiError> {
             State::Failed => failed += 1,
             _ => continue,
         }
-        if let Some(t) = meta.str("completed_at").and_then(flw::export::unix_seconds) {
+        if let Some(t) = meta.completed_at.as_deref().and_then(flw::export::unix_seconds) {
             last_completed = last_completed.max(t);
         }
     }
@@ -626,7 +626,7 @@ mod tests {
         let jobs = tagged_jobs(&ws, id);
         let ids: Vec<_> = jobs
             .iter()
-            .map(|(_, m)| m.str("custom_id").unwrap().to_owned())
+            .map(|(_, m)| m.extra_str("custom_id").unwrap().to_owned())
             .collect();
         assert_eq!(ids, ["a", "b", "c"]);
         assert_eq!(store.batch(id).unwrap()["published"], true);

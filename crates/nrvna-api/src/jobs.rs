@@ -178,7 +178,7 @@ impl Finished {
     }
 
     pub fn tokens(&self, key: &str) -> u64 {
-        self.meta.get(key).and_then(Value::as_u64).unwrap_or(0)
+        self.meta.extra(key).and_then(Value::as_u64).unwrap_or(0)
     }
 
     pub fn text(&self) -> Option<String> {
@@ -191,7 +191,7 @@ impl Finished {
     /// The job's failure as an API error (500, or 408/499-like cancel).
     pub fn failure(&self, id: &JobId) -> ApiError {
         let why = self.error.clone().unwrap_or_default();
-        if self.meta.get("cancelled").and_then(Value::as_bool) == Some(true) {
+        if self.meta.extra("cancelled").and_then(Value::as_bool) == Some(true) {
             ApiError::new(
                 axum::http::StatusCode::CONFLICT,
                 "invalid_request_error",

@@ -210,7 +210,7 @@ async fn complete(
     };
     let created = now_unix();
     let (prompt, completion) = (fin.tokens("prompt_tokens"), fin.tokens("generated_tokens"));
-    let finish_reason = fin.meta.str("finish_reason").unwrap_or("stop").to_owned();
+    let finish_reason = fin.meta.extra_str("finish_reason").unwrap_or("stop").to_owned();
     let choice = match kind {
         Kind::Chat => json!({
             "index": 0,
@@ -354,7 +354,7 @@ fn stream_job(
                          the streamed text differs from the result"
                     ),
                 }
-                let finish = fin.meta.str("finish_reason").unwrap_or("stop").to_owned();
+                let finish = fin.meta.extra_str("finish_reason").unwrap_or("stop").to_owned();
                 if !send(chunk(None, Some(&finish), false)).await {
                     return;
                 }
@@ -366,7 +366,7 @@ fn stream_job(
                         "text_completion"
                     };
                     let usage = json!({"id": response_id(kind, &id), "object": object, "created": created,
-                        "model": fin.meta.str("model").unwrap_or(""), "choices": [],
+                        "model": fin.meta.extra_str("model").unwrap_or(""), "choices": [],
                         "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}});
                     if !send(Event::default().data(usage.to_string())).await {
                         return;

@@ -13,7 +13,7 @@ use crate::fsio::{iso8601_utc, sync_dir, write_atomic};
 use crate::id::JobId;
 use crate::job::JobView;
 use crate::live::request_cancel;
-use crate::meta::two_decimals;
+use crate::meta::Status;
 use crate::state::State;
 use crate::workspace::{Moved, Workspace};
 
@@ -72,11 +72,11 @@ pub fn cancel_queued(ws: &Workspace, id: &JobId, reason: &str) -> io::Result<Mov
     };
     // An invalid meta.json is replaced rather than left unfinished.
     let mut meta = job.meta().ok().flatten().unwrap_or_default();
-    meta.set("status", "failed");
-    meta.set("cancelled", true);
-    meta.set("completed_at", iso8601_utc(SystemTime::now()));
-    meta.set("duration_s", two_decimals(0.0));
-    meta.set("artifacts", vec!["error.txt"]);
+    meta.status = Some(Status::Failed);
+    meta.set_extra("cancelled", true);
+    meta.completed_at = Some(iso8601_utc(SystemTime::now()));
+    meta.duration_s = Some(0.0);
+    meta.artifacts = Some(vec!["error.txt".into()]);
     let written = write_atomic(&dir, "error.txt", format!("{reason}\n").as_bytes())
         .and_then(|()| write_atomic(&dir, "meta.json", &meta.to_bytes()))
         .and_then(|()| sync_dir(&dir));
@@ -102,7 +102,7 @@ mod tests {
         let job = ws.job(&queued).unwrap();
         assert_eq!(job.state, State::Failed);
         assert_eq!(job.error().as_deref(), Some(CANCELLED_BEFORE_START));
-        assert_eq!(job.meta().unwrap().unwrap().get("cancelled"), Some(&true.into()));
+        assert_eq!(job.meta().unwrap().unwrap().extra("cancelled"), Some(&true.into()));
 
         let running = Submission::text("b").publish(&ws).unwrap();
         assert_eq!(

@@ -130,8 +130,9 @@ impl JobView {
         let o = v.as_object_mut().expect("object");
         match self.meta() {
             Ok(Some(m)) => {
+                let m = m.to_map();
                 for k in CONTRACT_META_KEYS.iter().chain(EXTRA_META_KEYS) {
-                    match m.get(k) {
+                    match m.get(*k) {
                         // A C++ daemon writes -1 for "no duration"; its flw leaves it out.
                         Some(x) if *k == "duration_s" && x.as_f64().is_some_and(|d| d < 0.0) => {}
                         Some(x) => {

@@ -145,21 +145,19 @@ impl Submission {
     /// The meta.json written at submit time.
     pub fn meta(&self) -> Meta {
         let mut m = Meta::new();
+        m.submitted_at = Some(iso8601_utc(SystemTime::now()));
+        m.mode = Some(self.job_type);
+        m.parent = self.parent.clone();
+        m.tags = self.tags.clone();
+        m.output_format = self.output.as_ref().map(|o| {
+            match o {
+                OutputFormat::JsonSchema { .. } => "json_schema",
+                OutputFormat::Gbnf(_) => "gbnf",
+            }
+            .to_owned()
+        });
         for (k, v) in &self.extra_meta {
-            m.set(k, v.clone());
-        }
-        m.set("submitted_at", iso8601_utc(SystemTime::now()));
-        m.set("mode", self.job_type.as_str());
-        if let Some(p) = &self.parent {
-            m.set("parent", p.as_str());
-        }
-        if !self.tags.is_empty() {
-            m.set("tags", self.tags.clone());
-        }
-        match &self.output {
-            Some(OutputFormat::JsonSchema { .. }) => m.set("output_format", "json_schema"),
-            Some(OutputFormat::Gbnf(_)) => m.set("output_format", "gbnf"),
-            None => {}
+            m.set_extra(k, v.clone());
         }
         m
     }
@@ -282,9 +280,9 @@ mod tests {
         let dir = ws.job_dir(State::Ready, &id);
         assert_eq!(fs::read_to_string(dir.join("prompt.txt")).unwrap(), "hello");
         let m = Meta::parse(&fs::read(dir.join("meta.json")).unwrap()).unwrap();
-        assert_eq!(m.str("mode"), Some("text"));
-        assert_eq!(m.tags(), ["t1"]);
-        assert!(m.str("submitted_at").unwrap().ends_with('Z'));
+        assert_eq!(m.mode, Some(JobType::Text));
+        assert_eq!(m.tags, ["t1"]);
+        assert!(m.submitted_at.unwrap().ends_with('Z'));
         assert!(!dir.join("type.txt").exists(), "text is the default type");
         assert_eq!(ws.list(State::Writing).unwrap().len(), 0);
     }

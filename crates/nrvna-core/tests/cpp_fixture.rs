@@ -27,9 +27,9 @@ fn a_cpp_workspace_lists_and_reads_like_ours() {
 
     let j = ws.job(&done).unwrap();
     let m = j.meta().unwrap().unwrap();
-    assert_eq!(m.tags(), ["math", "demo-1"]);
-    assert_eq!(m.duration_s(), Some(1.33));
-    assert_eq!(m.get("cpp_worker").unwrap(), "Worker-2", "unknown keys survive");
+    assert_eq!(m.tags, ["math", "demo-1"]);
+    assert_eq!(m.duration_s, Some(1.33));
+    assert_eq!(m.extra("cpp_worker").unwrap(), "Worker-2", "unknown keys survive");
     assert_eq!(j.primary_artifact(), Some("result.txt"));
     let s = j.summary();
     assert_eq!(s["status"], "done");
@@ -39,13 +39,13 @@ fn a_cpp_workspace_lists_and_reads_like_ours() {
 
     let f = ws.job(&failed).unwrap();
     let fm = f.meta().unwrap().unwrap();
-    assert_eq!(fm.mode(), Some(JobType::Vision));
-    assert_eq!(fm.parent(), Some(done.clone()));
-    assert_eq!(fm.recovery_attempts(), 1);
+    assert_eq!(fm.mode, Some(JobType::Vision));
+    assert_eq!(fm.parent, Some(done.clone()));
+    assert_eq!(fm.recovery_attempts, 1);
     assert_eq!(f.error().as_deref(), Some("no vision projector loaded"));
 
     let q = ws.job(&queued).unwrap().meta().unwrap().unwrap();
-    assert_eq!(q.mode(), Some(JobType::Embed));
+    assert_eq!(q.mode, Some(JobType::Embed));
 }
 
 /// meta.json as the C++ daemon writes it at finish (nlohmann `dump(2)`, keys
@@ -70,7 +70,7 @@ fn jobs_finished_by_a_cpp_daemon_give_the_contract_object() {
         })
     );
     assert_eq!(
-        j.meta().unwrap().unwrap().get("custom_id"),
+        j.meta().unwrap().unwrap().extra("custom_id"),
         None,
         "the C++ daemon dropped it"
     );

@@ -7,7 +7,7 @@ use std::fs;
 use std::time::{Duration, SystemTime};
 
 use nrvna_core::fsio::{clear_entry, iso8601_utc, read_optional, sync_dir, write_atomic};
-use nrvna_core::meta::{Meta, MAX_META_BYTES};
+use nrvna_core::meta::{Meta, Status, MAX_META_BYTES};
 use nrvna_core::{JobId, Moved, State, Workspace};
 
 use nrvna_core::live::{CANCEL_FILE, PARTIAL_FILE, PROGRESS_FILE};
@@ -80,7 +80,7 @@ pub fn recover_one(ws: &Workspace, id: &JobId, max: u64) -> Recovery {
     for scratch in [PARTIAL_FILE, PROGRESS_FILE] {
         let _ = clear_entry(&dir, scratch);
     }
-    let attempts = meta.recovery_attempts();
+    let attempts = meta.recovery_attempts;
     let cancelled = dir.join(CANCEL_FILE).exists();
     let to = if attempts >= max || cancelled {
         let why = if cancelled {
@@ -91,18 +91,18 @@ pub fn recover_one(ws: &Workspace, id: &JobId, max: u64) -> Recovery {
                 attempts + 1
             )
         };
-        meta.set("status", "failed");
-        meta.set("completed_at", iso8601_utc(SystemTime::now()));
-        meta.set("artifacts", vec!["error.txt"]);
+        meta.status = Some(Status::Failed);
+        meta.completed_at = Some(iso8601_utc(SystemTime::now()));
+        meta.artifacts = Some(vec!["error.txt".into()]);
         if cancelled {
-            meta.set("cancelled", true);
+            meta.set_extra("cancelled", true);
         }
         let _ = clear_entry(&dir, "error.txt");
         let _ = write_atomic(&dir, "error.txt", format!("{why}\n").as_bytes());
         tracing::warn!("{id}: {why}");
         State::Failed
     } else {
-        meta.set("recovery_attempts", attempts + 1);
+        meta.recovery_attempts = attempts + 1;
         State::Ready
     };
     let _ = clear_entry(&dir, "meta.json");

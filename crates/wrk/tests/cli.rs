@@ -7,6 +7,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use nrvna_core::JobType;
 use nrvna_core::{JobId, Meta};
 use serde_json::{json, Value};
 
@@ -95,8 +96,8 @@ fn prints_a_valid_id_and_queues_prompt_and_meta() {
     let dir = published(&w.root, &out);
     assert_eq!(read(&dir, "prompt.txt"), "hello big  world");
     let m = meta(&dir);
-    assert_eq!(m.str("mode"), Some("text"));
-    assert!(m.str("submitted_at").unwrap().ends_with('Z'));
+    assert_eq!(m.mode, Some(JobType::Text));
+    assert!(m.submitted_at.as_deref().unwrap().ends_with('Z'));
     assert!(!dir.join("params.json").exists(), "no flags, no params.json");
     assert!(out.stderr.is_empty());
 }
@@ -161,8 +162,8 @@ fn tags_parent_and_sampling_flags_land_in_meta_and_params() {
     );
     let dir = published(&w.root, &out);
     let m = meta(&dir);
-    assert_eq!(m.tags(), ["a", "b-2"]);
-    assert_eq!(m.parent().unwrap().as_str(), "17_3_000001");
+    assert_eq!(m.tags, ["a", "b-2"]);
+    assert_eq!(m.parent.as_ref().unwrap().as_str(), "17_3_000001");
     let p: Value = serde_json::from_str(&read(&dir, "params.json")).unwrap();
     assert_eq!(
         p,
@@ -179,7 +180,7 @@ fn embed_schema_and_grammar_jobs() {
     let w = ws();
     let dir = published(&w.root, &wrk(&w.root, &["--embed", "some text"], None, &[]));
     assert_eq!(read(&dir, "type.txt").trim(), "embed");
-    assert_eq!(meta(&dir).str("mode"), Some("embed"));
+    assert_eq!(meta(&dir).mode, Some(JobType::Embed));
 
     let files = tempfile::tempdir().unwrap();
     let schema = files.path().join("s.json");
@@ -193,7 +194,7 @@ fn embed_schema_and_grammar_jobs() {
     );
     let dir = published(&w.root, &out);
     assert_eq!(read(&dir, "schema.json"), schema_text);
-    assert_eq!(meta(&dir).str("output_format"), Some("json_schema"));
+    assert_eq!(meta(&dir).output_format.as_deref(), Some("json_schema"));
     assert_eq!(
         read(&dir, "grammar.gbnf"),
         nrvna_schema::json_schema_to_gbnf(&serde_json::from_str(schema_text).unwrap()).unwrap(),
@@ -210,7 +211,7 @@ fn embed_schema_and_grammar_jobs() {
     );
     let dir = published(&w.root, &out);
     assert_eq!(read(&dir, "grammar.gbnf"), "root ::= \"yes\" | \"no\"\n");
-    assert_eq!(meta(&dir).str("output_format"), Some("gbnf"));
+    assert_eq!(meta(&dir).output_format.as_deref(), Some("gbnf"));
 }
 
 /// Regression (issue 9): `wrk --json-schema` wrote schema.json without
@@ -410,9 +411,9 @@ fn batch_publishes_every_line_with_custom_ids_and_prints_the_tag() {
     for id in &ids {
         let dir = ready.join(id);
         let m = meta(&dir);
-        assert_eq!(m.tags(), [tag, "mine"]);
-        let cid = m.str("custom_id").unwrap().to_owned();
-        let line = m.get("batch_line").unwrap().as_u64().unwrap();
+        assert_eq!(m.tags, [tag, "mine"]);
+        let cid = m.extra_str("custom_id").unwrap().to_owned();
+        let line = m.extra("batch_line").unwrap().as_u64().unwrap();
         let b: Value = serde_json::from_str(&read(&dir, "batch.json")).unwrap();
         assert_eq!(
             b,
@@ -432,12 +433,12 @@ fn batch_publishes_every_line_with_custom_ids_and_prints_the_tag() {
             }
             "req-2" => {
                 assert_eq!(line, 3);
-                assert_eq!(m.str("mode"), Some("embed"));
+                assert_eq!(m.mode, Some(JobType::Embed));
                 assert_eq!(read(&dir, "prompt.txt"), "embed me");
             }
             "req-3" => {
                 assert_eq!(line, 4);
-                assert_eq!(m.str("output_format"), Some("json_schema"));
+                assert_eq!(m.output_format.as_deref(), Some("json_schema"));
                 let s: Value = serde_json::from_str(&read(&dir, "schema.json")).unwrap();
                 assert_eq!(s, json!({"type": "object"}));
                 assert!(read(&dir, "grammar.gbnf").starts_with("root ::= "));

@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 
 use nrvna_core::fsio::{clear_entry, iso8601_utc, sync_dir, write_atomic};
 use nrvna_core::live::{CANCEL_FILE, PARTIAL_FILE, PROGRESS_FILE};
-use nrvna_core::meta::two_decimals;
+use nrvna_core::meta::{two_decimals, Status};
 use nrvna_core::state::ARTIFACTS;
 use nrvna_core::{JobId, Meta, Moved, State, Workspace};
 use nrvna_engine::Output;
@@ -128,37 +128,37 @@ impl Finisher<'_> {
             mut meta,
             used,
         } = job;
-        meta.set("claimed_at", claimed_at.clone());
-        meta.set("completed_at", iso8601_utc(SystemTime::now()));
-        meta.set("duration_s", two_decimals(claimed.elapsed().as_secs_f64()));
-        meta.set("model", self.model);
-        meta.set("engine", self.engine);
+        meta.set_extra("claimed_at", claimed_at.clone());
+        meta.completed_at = Some(iso8601_utc(SystemTime::now()));
+        meta.duration_s = Some(claimed.elapsed().as_secs_f64());
+        meta.set_extra("model", self.model);
+        meta.set_extra("engine", self.engine);
         if let Some(u) = &used {
-            meta.set("params", u.clone());
+            meta.set_extra("params", u.clone());
         }
         let (files, to, reason): (Vec<JobFile>, State, Option<String>) = match ending {
             Ending::Done { artifact, bytes, out } => {
-                meta.set("status", "done");
-                meta.remove("cancelled");
-                meta.set("artifacts", vec![artifact]);
-                meta.set("prompt_tokens", out.prompt_tokens);
-                meta.set("generated_tokens", out.generated_tokens);
-                meta.set("reused_prompt_tokens", out.reused_tokens);
-                meta.set("generation_s", two_decimals(out.gen_secs));
+                meta.status = Some(Status::Done);
+                meta.remove_extra("cancelled");
+                meta.artifacts = Some(vec![artifact.to_owned()]);
+                meta.set_extra("prompt_tokens", out.prompt_tokens);
+                meta.set_extra("generated_tokens", out.generated_tokens);
+                meta.set_extra("reused_prompt_tokens", out.reused_tokens);
+                meta.set_extra("generation_s", two_decimals(out.gen_secs));
                 if out.gen_secs > 0.0 && out.generated_tokens > 0 {
-                    meta.set(
+                    meta.set_extra(
                         "tokens_per_s",
                         two_decimals(f64::from(out.generated_tokens) / out.gen_secs),
                     );
                 }
                 if let Some(f) = out.finish {
-                    meta.set("finish_reason", f.as_str());
+                    meta.set_extra("finish_reason", f.as_str());
                 }
                 (vec![(artifact, bytes)], State::Done, None)
             }
             Ending::Failed(f) => {
                 let reason = one_line(&f.reason);
-                meta.set("status", "failed");
+                meta.status = Some(Status::Failed);
                 let mut artifacts = vec!["error.txt"];
                 let mut files = Vec::new();
                 if let Some(p) = f.partial {
@@ -166,11 +166,11 @@ impl Finisher<'_> {
                     files.push(("response.txt", p.into_bytes()));
                 }
                 files.push(("error.txt", format!("{reason}\n").into_bytes()));
-                meta.set("artifacts", artifacts);
+                meta.artifacts = Some(artifacts.into_iter().map(str::to_owned).collect());
                 if f.cancelled {
-                    meta.set("cancelled", true);
+                    meta.set_extra("cancelled", true);
                 } else {
-                    meta.remove("cancelled");
+                    meta.remove_extra("cancelled");
                 }
                 (files, State::Failed, Some(reason))
             }

@@ -126,7 +126,7 @@ impl Processor {
         let spec = match JobSpec::read(&dir) {
             Ok(s) => s,
             Err(f) => {
-                job.meta = f.meta;
+                job.meta = *f.meta;
                 return self
                     .finisher()
                     .finish(job, Ending::Failed(Failure::new(f.error.to_string())));
@@ -268,7 +268,7 @@ impl Processor {
             return Outcome::Interrupted(e.to_string());
         }
         let mut meta = Meta::new();
-        meta.set("mode", "text");
+        meta.mode = Some(JobType::Text);
         let job = Claimed {
             id,
             dir,

@@ -64,7 +64,7 @@ pub enum SpecError {
 #[derive(Debug)]
 pub struct SpecFailure {
     pub error: SpecError,
-    pub meta: Meta,
+    pub meta: Box<Meta>,
 }
 
 fn unreadable(file: &'static str, source: ReadError) -> SpecError {
@@ -87,7 +87,7 @@ impl JobSpec {
     pub fn read(dir: &Path) -> Result<JobSpec, SpecFailure> {
         let fresh = || {
             let mut m = Meta::new();
-            m.set("mode", "text");
+            m.mode = Some(JobType::Text);
             m
         };
         let meta = match read_optional(&dir.join("meta.json"), MAX_META_BYTES) {
@@ -97,7 +97,7 @@ impl JobSpec {
                     let _ = write_atomic(dir, "meta.json.invalid", &b);
                     return Err(SpecFailure {
                         error: SpecError::InvalidMeta(e.to_string()),
-                        meta: fresh(),
+                        meta: Box::new(fresh()),
                     });
                 }
             },
@@ -105,7 +105,7 @@ impl JobSpec {
             Err(e) => {
                 return Err(SpecFailure {
                     error: unreadable("meta.json", e),
-                    meta: fresh(),
+                    meta: Box::new(fresh()),
                 })
             }
         };
@@ -118,7 +118,10 @@ impl JobSpec {
                 grammar,
                 schema,
             }),
-            Err(error) => Err(SpecFailure { error, meta }),
+            Err(error) => Err(SpecFailure {
+                error,
+                meta: Box::new(meta),
+            }),
         }
     }
 }
@@ -131,7 +134,7 @@ fn read_rest(dir: &Path, meta: &Meta) -> Result<Rest, SpecError> {
             let s = String::from_utf8_lossy(&b);
             JobType::parse(s.trim()).ok_or_else(|| SpecError::UnknownType(s.trim().to_owned()))?
         }
-        Ok(None) => meta.mode().unwrap_or(JobType::Text),
+        Ok(None) => meta.mode.unwrap_or(JobType::Text),
         Err(ReadError::TooLarge { .. }) => return Err(SpecError::TypeTooLong),
         Err(e) => return Err(unreadable("type.txt", e)),
     };
@@ -239,7 +242,7 @@ mod tests {
         let d = job(&[("prompt.txt", b"x"), ("meta.json", b"{\"tags\":7}")]);
         let f = JobSpec::read(d.path()).unwrap_err();
         assert!(matches!(f.error, SpecError::InvalidMeta(_)));
-        assert_eq!(f.meta.str("mode"), Some("text"));
+        assert_eq!(f.meta.mode, Some(JobType::Text));
         assert_eq!(fs::read(d.path().join("meta.json.invalid")).unwrap(), b"{\"tags\":7}");
     }
 }
