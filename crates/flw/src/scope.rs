@@ -54,15 +54,9 @@ impl Scope {
         }
     }
 
-    /// Whether a job is in scope, from its meta.json. A job whose meta.json
+    /// Whether a job with this meta.json is in scope. A job whose meta.json
     /// is missing or invalid is in no tag's or parent's scope.
-    pub fn matches(&self, job: &JobView) -> bool {
-        if self.is_all() {
-            return true;
-        }
-        let Ok(Some(meta)) = job.meta() else {
-            return false;
-        };
+    pub fn matches_meta(&self, meta: &nrvna_core::Meta) -> bool {
         self.tag.as_ref().is_none_or(|t| meta.tags.iter().any(|x| x == t))
             && self.parent.as_ref().is_none_or(|p| meta.parent.as_ref() == Some(p))
     }
@@ -76,21 +70,29 @@ pub struct ScopeCache {
 }
 
 impl ScopeCache {
-    /// Every published job in scope, sorted by id.
+    /// Every published job in scope, sorted by id. A job that moves while
+    /// it is read (claimed, finished, cancelled) is followed, not dropped.
     pub fn jobs(&mut self, ws: &Workspace, scope: &Scope) -> Vec<JobView> {
-        let mut jobs = ws.all_jobs();
-        jobs.retain(|j| {
-            if let Some(&m) = self.known.get(&j.id) {
-                return m;
+        let mut out = Vec::new();
+        for mut j in ws.all_jobs() {
+            let m = match self.known.get(&j.id) {
+                Some(&m) => m,
+                None if scope.is_all() => true,
+                None => {
+                    let meta = j.meta_following(ws);
+                    let m = matches!(&meta, Ok(Some(meta)) if scope.matches_meta(meta));
+                    // A job with an unreadable meta.json may be mid-write by
+                    // an older tool: ask again next time rather than remember "no".
+                    if m || matches!(meta, Ok(Some(_))) {
+                        self.known.insert(j.id.clone(), m);
+                    }
+                    m
+                }
+            };
+            if m {
+                out.push(j);
             }
-            let m = scope.matches(j);
-            // A job with an unreadable meta.json may be mid-write by an
-            // older tool: ask again next time rather than remember "no".
-            if m || matches!(j.meta(), Ok(Some(_))) || scope.is_all() {
-                self.known.insert(j.id.clone(), m);
-            }
-            m
-        });
-        jobs
+        }
+        out
     }
 }

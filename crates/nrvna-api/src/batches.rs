@@ -154,17 +154,8 @@ fn result_file(id: &str) -> Option<(String, bool)> {
 pub fn tagged_jobs(ws: &Workspace, tag: &str) -> Vec<(JobView, Meta)> {
     let mut rows = Vec::new();
     for mut job in ws.all_jobs() {
-        let mut meta = None;
-        for _ in 0..3 {
-            if let Ok(Some(m)) = job.meta() {
-                meta = Some(m);
-                break;
-            }
-            match ws.job(&job.id) {
-                Some(moved) => job = moved,
-                None => break,
-            }
-        }
+        // A job that moves while it is read (a cancel, a finish) is followed.
+        let meta = job.meta_following(ws).ok().flatten();
         if let Some(m) = meta.filter(|m| m.tags.iter().any(|t| t == tag)) {
             rows.push((job, m));
         }

@@ -76,6 +76,25 @@ fn lifecycle_rank(s: State) -> u8 {
 }
 
 impl JobView {
+    /// meta.json of a job that may move while it is read (a claim, a
+    /// finish, a cancel): when the read fails because the job is no longer
+    /// where it was listed, the job is looked up again (at most three
+    /// times), and this view follows it.
+    pub fn meta_following(&mut self, ws: &Workspace) -> Result<Option<Meta>, String> {
+        let mut last = self.meta();
+        for _ in 0..3 {
+            if matches!(last, Ok(Some(_))) || self.dir.exists() {
+                break;
+            }
+            match ws.job(&self.id) {
+                Some(moved) if moved.state != self.state => *self = moved,
+                _ => break,
+            }
+            last = self.meta();
+        }
+        last
+    }
+
     /// meta.json, if present and valid.
     pub fn meta(&self) -> Result<Option<Meta>, String> {
         match read_optional(&self.dir.join("meta.json"), MAX_META_BYTES) {
@@ -230,3 +249,26 @@ const EXTRA_META_KEYS: &[&str] = &[
     "recovery_attempts",
     "cancelled",
 ];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn meta_following_finds_a_job_that_moved_after_it_was_listed() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::create(d.path()).unwrap();
+        let id = JobId::parse("5").unwrap();
+        let ready = ws.job_dir(State::Ready, &id);
+        std::fs::create_dir(&ready).unwrap();
+        std::fs::write(ready.join("meta.json"), br#"{"tags":["t"]}"#).unwrap();
+        let mut listed = ws.all_jobs().remove(0);
+        assert_eq!(listed.state, State::Ready);
+        // Cancelled (or claimed) between the listing and the read.
+        ws.transition(&id, State::Ready, State::Failed).unwrap();
+        assert!(matches!(listed.meta(), Ok(None)), "the stale view reads nothing");
+        let m = listed.meta_following(&ws).unwrap().expect("followed the job");
+        assert_eq!(m.tags, ["t"]);
+        assert_eq!(listed.state, State::Failed);
+    }
+}
