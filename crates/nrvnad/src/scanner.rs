@@ -10,7 +10,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
 use nrvna_core::fsio::read_optional;
-use nrvna_core::params::MAX_PARAMS_BYTES;
+use nrvna_core::params::{Params, MAX_PARAMS_BYTES};
 use nrvna_core::wait::DirWaker;
 use nrvna_core::{JobId, State, Workspace};
 
@@ -100,9 +100,9 @@ impl Scanner {
         let Ok(Some(bytes)) = read_optional(&path, MAX_PARAMS_BYTES) else {
             return Priority::Normal;
         };
-        serde_json::from_slice::<serde_json::Value>(&bytes)
+        Params::parse_lenient(&bytes)
             .ok()
-            .and_then(|v| v.get("priority").and_then(|p| p.as_str()).and_then(Priority::parse))
+            .and_then(|(p, _)| p.priority)
             .unwrap_or_default()
     }
 }
