@@ -6,6 +6,7 @@ use std::io::{self, Write};
 
 use anyhow::Result;
 use nrvna_core::lifecycle::{daemon_status, read_info, DaemonStatus};
+use nrvna_core::members::list_members;
 use nrvna_core::{State, Workspace};
 use serde_json::{json, Value};
 
@@ -25,6 +26,11 @@ pub fn status(ws: &Workspace, json: bool) -> Result<Outcome> {
     );
     let staging = count(State::Writing);
     let daemon = daemon_status(ws);
+    let members = if daemon == DaemonStatus::NotRunning {
+        list_members(ws)
+    } else {
+        Vec::new()
+    };
     let daemon_word = match daemon {
         DaemonStatus::Ready { .. } => "ready",
         DaemonStatus::Starting { .. } => "starting",
@@ -32,10 +38,28 @@ pub fn status(ws: &Workspace, json: bool) -> Result<Outcome> {
     };
     let mut out = io::BufWriter::new(io::stdout().lock());
     if json {
-        let v = json!({
+        let mut v = json!({
             "queued": queued, "running": running, "done": done, "failed": failed,
             "staging": staging, "daemon": daemon_word,
         });
+        if !members.is_empty() {
+            v["daemon"] = json!(if members.iter().any(|m| m.looks_alive()) {
+                "shared"
+            } else {
+                "not_running"
+            });
+            v["members"] = members
+                .iter()
+                .map(|m| {
+                    json!({
+                        "member": m.member, "host": m.host, "pid": m.pid, "state": m.state(),
+                        "model": m.model, "workers": m.workers,
+                        "heartbeat_age_s": m.heartbeat_age_s().map(|a| (a * 10.0).round() / 10.0),
+                        "running": m.running,
+                    })
+                })
+                .collect();
+        }
         writeln!(out, "{v}")?;
         out.flush()?;
         return Ok(Outcome::Done);
@@ -61,7 +85,17 @@ pub fn status(ws: &Workspace, json: bool) -> Result<Outcome> {
             }
         }
     }
+    if !members.is_empty() {
+        let alive = members.iter().filter(|m| m.looks_alive()).count();
+        line = format!(
+            "daemon: shared workspace, {} members ({alive} with a live heartbeat)",
+            members.len()
+        );
+    }
     writeln!(out, "{line}")?;
+    for m in &members {
+        writeln!(out, "  {}", m.summary())?;
+    }
     writeln!(
         out,
         "jobs: {queued} queued, {running} running, {done} done, {failed} failed"

@@ -53,10 +53,14 @@ impl DaemonLock {
     /// Takes the workspace lock, retrying for `patience` (a status probe may
     /// hold a shared lock for an instant). `Ok(None)` when another daemon holds it.
     pub fn acquire(ws: &Workspace, patience: Duration) -> io::Result<Option<DaemonLock>> {
+        DaemonLock::take(ws, patience, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+    }
+
+    fn take(ws: &Workspace, patience: Duration, op: rustix::fs::FlockOperation) -> io::Result<Option<DaemonLock>> {
         let f = open_lock_file(ws)?;
         let deadline = Instant::now() + patience;
         loop {
-            if flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive)? {
+            if flock(&f, op)? {
                 return Ok(Some(DaemonLock { _file: f }));
             }
             if Instant::now() >= deadline {
@@ -64,6 +68,13 @@ impl DaemonLock {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// A shared member's hold: a shared flock, which every member can take
+    /// at once and which keeps an exclusive daemon out (and is refused
+    /// while one holds the lock). `Ok(None)` when an exclusive daemon does.
+    pub fn acquire_shared(ws: &Workspace, patience: Duration) -> io::Result<Option<DaemonLock>> {
+        DaemonLock::take(ws, patience, rustix::fs::FlockOperation::NonBlockingLockShared)
     }
 
     /// Writes the pid into the locked file itself (the C++ `nrvnad stop`

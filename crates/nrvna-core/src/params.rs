@@ -38,6 +38,11 @@ pub struct Params {
     /// ignore it (the C++ daemon never reads params.json).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub priority: Option<Priority>,
+    /// The model the job needs: only a daemon serving that model (by file
+    /// name, file stem, or the model's own name) claims it; absent means
+    /// any daemon. Daemons that do not know the key ignore it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// A job's queue priority: a daemon hands higher priorities to its workers
@@ -79,7 +84,7 @@ impl std::str::FromStr for Priority {
 }
 
 /// The keys `params.json` may hold.
-pub const KNOWN_KEYS: [&str; 11] = [
+pub const KNOWN_KEYS: [&str; 12] = [
     "system",
     "temp",
     "top_k",
@@ -91,6 +96,7 @@ pub const KNOWN_KEYS: [&str; 11] = [
     "stop",
     "timeout_s",
     "priority",
+    "model",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -99,7 +105,7 @@ pub enum ParamsError {
     Json(#[from] serde_json::Error),
     #[error("is not a JSON object")]
     NotObject,
-    #[error("has unknown key `{0}` (known: system, temp, top_k, top_p, min_p, repeat_penalty, seed, max_tokens, stop, timeout_s, priority)")]
+    #[error("has unknown key `{0}` (known: system, temp, top_k, top_p, min_p, repeat_penalty, seed, max_tokens, stop, timeout_s, priority, model)")]
     UnknownKey(String),
     #[error("{0}")]
     Range(String),
@@ -166,6 +172,11 @@ impl Params {
         }
         if self.timeout_s.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
             return err("timeout must be a number of seconds > 0");
+        }
+        if let Some(m) = &self.model {
+            if m.trim().is_empty() || m.len() > 256 || m.chars().any(char::is_control) || m.trim() != m {
+                return err("model must be a name of 1 to 256 bytes without control characters or surrounding spaces");
+            }
         }
         Ok(())
     }

@@ -33,6 +33,18 @@ impl DirWaker {
         DirWaker::watching_for(dirs, poll, true)
     }
 
+    /// A waker without filesystem events: wakes every `poll` (or when
+    /// poked). For network filesystems, where events miss other hosts' writes.
+    pub fn polling(poll: Duration) -> DirWaker {
+        let (tx, rx) = channel();
+        DirWaker {
+            rx,
+            tx,
+            _watcher: None,
+            poll,
+        }
+    }
+
     fn watching_for(dirs: &[&Path], poll: Duration, arrivals_only: bool) -> DirWaker {
         use notify::event::{ModifyKind, RenameMode};
         use notify::EventKind;

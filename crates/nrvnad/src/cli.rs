@@ -15,6 +15,8 @@ Exit codes:
                        3 on an engine fault (claiming stopped; claimed jobs stay recoverable);
                        130 on a second signal
   nrvnad status WS     0 ready, 2 starting (model loading), 1 not running
+                       (shared workspaces: 0 when a member is ready, 2 when members are
+                       only starting, 1 when there is none)
   nrvnad stop WS       0 stopped or already absent, 1 still running after --timeout
 
 Every flag below can also be set by the environment variable shown with it
@@ -41,19 +43,30 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Report whether a daemon owns WS: exit 0 ready, 2 starting, 1 not running.
+    /// Report whether a daemon owns WS, or which members share it: exit 0
+    /// ready, 2 starting, 1 not running.
     Status {
         workspace: PathBuf,
-        /// Print the daemon's info as JSON.
+        /// Print the daemon's info (or the members' records) as JSON.
         #[arg(long)]
         json: bool,
+        /// Shared workspaces: only this host's members count (for a
+        /// liveness probe: 0 when one of them is ready and its heartbeat is
+        /// younger than its lease).
+        #[arg(long)]
+        local: bool,
     },
-    /// Stop the daemon that owns WS (SIGTERM, then wait for it to exit).
+    /// Stop the daemon that owns WS, or this host's members of a shared WS
+    /// (SIGTERM where it can be sent, a stop request file otherwise), then
+    /// wait for them to exit.
     Stop {
         workspace: PathBuf,
         /// Seconds to wait for the daemon to exit.
         #[arg(long, default_value_t = 30.0)]
         timeout: f64,
+        /// Shared workspaces: stop every member, on every host.
+        #[arg(long)]
+        all: bool,
     },
     /// Internal: parse the GBNF grammar on stdin with llama.cpp and print its
     /// reason for rejecting it on stderr (run by the daemon in a child
@@ -88,6 +101,13 @@ fn switch(v: &str) -> Result<bool, String> {
     nrvna_core::config::parse_switch(v).ok_or_else(|| format!("{v:?} is not a switch: use 1 or 0"))
 }
 
+fn lease_secs(v: &str) -> Result<f64, String> {
+    match v.trim().parse::<f64>() {
+        Ok(s) if s.is_finite() && (0.2..=86_400.0).contains(&s) => Ok(s),
+        _ => Err(format!("{v:?} is not a lease in seconds (0.2 to 86400)")),
+    }
+}
+
 fn positive_secs(v: &str) -> Result<f64, String> {
     match v.trim().parse::<f64>() {
         Ok(s) if s.is_finite() && s >= 0.0 => Ok(s),
@@ -110,6 +130,23 @@ pub struct ServeArgs {
     /// If another daemon owns the workspace, wait for it to exit first.
     #[arg(long)]
     pub drain: bool,
+    /// Join WS as one member of many, on this host or others, instead of
+    /// owning it alone: members claim jobs by the same rename, hold them
+    /// under a lease kept alive by a heartbeat, and take back the jobs of a
+    /// member whose heartbeat stops. Every daemon on WS must use it (an
+    /// exclusive daemon and members refuse each other). Not understood by
+    /// the C++ nrvnad.
+    #[arg(long, env = "NRVNA_SHARED")]
+    pub shared: bool,
+    /// Shared members: seconds a member's heartbeat may stand still before
+    /// the others take its jobs back (as seen on their own clocks).
+    #[arg(long, env = "NRVNA_LEASE_TTL", default_value = "30", value_parser = lease_secs)]
+    pub lease_ttl: f64,
+    /// Find jobs by scanning input/ready/ every scan interval only, without
+    /// inotify. Automatic on network filesystems (NFS, CIFS, Ceph, Lustre,
+    /// GPFS, 9p, FUSE), where inotify misses other hosts' writes.
+    #[arg(long, env = "NRVNA_POLL")]
+    pub poll: bool,
     /// Inference engine.
     #[arg(long, value_enum, env = "NRVNA_ENGINE", default_value = "batched")]
     pub engine: EngineKind,

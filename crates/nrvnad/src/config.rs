@@ -22,6 +22,10 @@ pub struct Config {
     pub max_recovery_attempts: u64,
     pub min_free_bytes: u64,
     pub scan_interval: Duration,
+    /// `--shared`: one member of many, with this lease.
+    pub shared: Option<Duration>,
+    /// Scan without inotify.
+    pub poll: bool,
 }
 
 impl Config {
@@ -70,6 +74,8 @@ impl Config {
             max_recovery_attempts: a.max_recovery_attempts,
             min_free_bytes: (a.min_free_mb * 1024.0 * 1024.0) as u64,
             scan_interval: Duration::from_millis(a.scan_interval_ms),
+            shared: a.shared.then(|| Duration::from_secs_f64(a.lease_ttl)),
+            poll: a.poll,
         })
     }
 }

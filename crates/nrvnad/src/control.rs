@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use nrvna_core::lifecycle::{daemon_status, is_nrvnad, lock_held, read_info, read_pid, unlocked_owner, DaemonStatus};
+use nrvna_core::members::{list_members, member_ids, request_stop, MemberRecord};
 use nrvna_core::Workspace;
 
-/// `nrvnad status WS [--json]`: 0 ready, 2 starting, 1 not running.
-pub fn status(ws_path: &Path, json: bool) -> Result<ExitCode> {
+/// `nrvnad status WS [--json] [--local]`: 0 ready, 2 starting, 1 not running.
+pub fn status(ws_path: &Path, json: bool, local: bool) -> Result<ExitCode> {
     let Ok(ws) = Workspace::open(ws_path) else {
         if json {
             println!("{}", serde_json::json!({ "status": "not_running" }));
@@ -20,6 +21,13 @@ pub fn status(ws_path: &Path, json: bool) -> Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     let st = daemon_status(&ws);
+    let members: Vec<MemberRecord> = list_members(&ws)
+        .into_iter()
+        .filter(|m| !local || m.is_this_host())
+        .collect();
+    if st == DaemonStatus::NotRunning && (local || !members.is_empty()) {
+        return shared_status(&members, json);
+    }
     let (word, code, pid) = match st {
         DaemonStatus::Ready { pid } => ("ready", 0, pid),
         DaemonStatus::Starting { pid } => ("starting", 2, pid),
@@ -61,6 +69,38 @@ pub fn status(ws_path: &Path, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
+/// The status of a shared workspace's members.
+fn shared_status(members: &[MemberRecord], json: bool) -> Result<ExitCode> {
+    let fresh = |m: &&MemberRecord| m.heartbeat_age_s().is_some_and(|a| a < m.lease_ttl_s);
+    let (word, code) = if members.iter().filter(fresh).any(|m| m.state() == "ready") {
+        ("ready", 0)
+    } else if members.iter().any(|m| fresh(&m)) {
+        ("starting", 2)
+    } else {
+        ("not_running", 1)
+    };
+    if json {
+        let list: Vec<serde_json::Value> = members
+            .iter()
+            .map(|m| {
+                let mut v = serde_json::to_value(m).unwrap_or_default();
+                v["heartbeat_age_s"] = serde_json::json!(m.heartbeat_age_s().map(|a| (a * 10.0).round() / 10.0));
+                v
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({ "status": word, "mode": "shared", "members": list })
+        );
+        return Ok(ExitCode::from(code));
+    }
+    println!("{word} (shared: {} members)", members.len());
+    for m in members {
+        println!("{}", m.summary());
+    }
+    Ok(ExitCode::from(code))
+}
+
 /// The inode of the lock file, to match against /proc/locks.
 fn lock_inode(ws: &Workspace) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
@@ -86,12 +126,15 @@ pub fn is_lock_holder(ws: &Workspace, pid: u32) -> bool {
     })
 }
 
-/// `nrvnad stop WS [--timeout S]`: 0 when stopped or already absent.
-pub fn stop(ws_path: &Path, timeout: f64) -> Result<ExitCode> {
+/// `nrvnad stop WS [--timeout S] [--all]`: 0 when stopped or already absent.
+pub fn stop(ws_path: &Path, timeout: f64, all: bool) -> Result<ExitCode> {
     let Ok(ws) = Workspace::open(ws_path) else {
         eprintln!("nrvnad: no daemon: {} is not a workspace", ws_path.display());
         return Ok(ExitCode::SUCCESS);
     };
+    if !lock_held(&ws) && unlocked_owner(&ws).is_none() && !member_ids(&ws).is_empty() {
+        return stop_members(&ws, timeout, all);
+    }
     if !lock_held(&ws) {
         // An older C++ daemon takes no lock: its pid file is all there is.
         if let Some(pid) = unlocked_owner(&ws) {
@@ -126,6 +169,60 @@ pub fn stop(ws_path: &Path, timeout: f64) -> Result<ExitCode> {
         }
         if Instant::now() >= deadline {
             eprintln!("nrvnad: pid {pid} is still running after {timeout} s; wait longer, or kill -9 {pid}");
+            return Ok(ExitCode::from(1));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Stops this host's members of a shared workspace (all members with
+/// `all`): a stop request file for each (read at its next heartbeat,
+/// wherever it runs), and SIGTERM where the pid is one this process can
+/// see. Waits until their records are gone.
+fn stop_members(ws: &Workspace, timeout: f64, all: bool) -> Result<ExitCode> {
+    let targets: Vec<MemberRecord> = list_members(ws)
+        .into_iter()
+        .filter(|m| all || m.is_this_host())
+        .collect();
+    if targets.is_empty() {
+        eprintln!(
+            "nrvnad: no member of {} runs on this host; stop members on other hosts with: nrvnad stop {} --all",
+            ws.root().display(),
+            ws.root().display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    for m in &targets {
+        request_stop(ws, &m.member).with_context(|| format!("asking member {} to stop", m.member))?;
+        if m.pid_is_ours_to_see() && is_nrvnad(m.pid) {
+            unsafe { libc::kill(m.pid as i32, libc::SIGTERM) };
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+    loop {
+        let ids = member_ids(ws);
+        let left: Vec<&MemberRecord> = targets.iter().filter(|m| ids.contains(&m.member)).collect();
+        if left.is_empty() {
+            for m in &targets {
+                eprintln!("nrvnad: stopped member {} on {}", m.member, m.host);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        // A member that died without a word leaves a record that never beats.
+        let dead: Vec<&&MemberRecord> = left.iter().filter(|m| !m.looks_alive()).collect();
+        if dead.len() == left.len() {
+            eprintln!(
+                "nrvnad: {} member records are past their lease (members that died); the other members take their jobs back, and their stop requests stay for them",
+                dead.len()
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        if Instant::now() >= deadline {
+            let names: Vec<&str> = left.iter().map(|m| m.member.as_str()).collect();
+            eprintln!(
+                "nrvnad: members still running after {timeout} s: {}; wait longer, or kill them on their hosts",
+                names.join(", ")
+            );
             return Ok(ExitCode::from(1));
         }
         std::thread::sleep(Duration::from_millis(50));

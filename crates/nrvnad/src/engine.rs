@@ -188,18 +188,25 @@ pub fn explain_grammar_main(model: &std::path::Path) -> anyhow::Result<std::proc
 /// it misbehave: `nrvna-test:panic` panics in the worker,
 /// `nrvna-test:fault` reports an engine fault, `nrvna-test:hang` writes
 /// "hanging" to partial.txt, then ignores every stop request for an hour
-/// (a stuck job).
+/// (a stuck job). A prompt starting `nrvna-test:sleep:MS` takes MS
+/// milliseconds, polling its observer and honoring stops meanwhile (a
+/// job that is running when a test kills or pauses its daemon).
 pub struct EchoRunner;
+
+/// The echo engine's answer to a stop request: nothing generated.
+fn stopped(reason: String) -> RunError {
+    RunError::Stopped {
+        reason,
+        partial: String::new(),
+        generated_tokens: 0,
+    }
+}
 
 impl Runner for EchoRunner {
     fn run(&mut self, req: Request, obs: Arc<dyn Observer>) -> Result<Output, RunError> {
         obs.poll();
         if let Some(reason) = obs.should_stop() {
-            return Err(RunError::Stopped {
-                reason,
-                partial: String::new(),
-                generated_tokens: 0,
-            });
+            return Err(stopped(reason));
         }
         match req {
             Request::Text(t) => {
@@ -213,6 +220,21 @@ impl Runner for EchoRunner {
                         std::thread::sleep(crate::observer::FLUSH_INTERVAL + Duration::from_millis(20));
                         obs.poll();
                         std::thread::sleep(Duration::from_secs(3600));
+                    }
+                    p if p.starts_with("nrvna-test:sleep:") => {
+                        let ms: u64 = p["nrvna-test:sleep:".len()..]
+                            .split(|c: char| !c.is_ascii_digit())
+                            .next()
+                            .and_then(|n| n.parse().ok())
+                            .unwrap_or(0);
+                        let until = std::time::Instant::now() + Duration::from_millis(ms);
+                        while std::time::Instant::now() < until {
+                            obs.poll();
+                            if let Some(reason) = obs.should_stop() {
+                                return Err(stopped(reason));
+                            }
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
                     }
                     _ => {}
                 }

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod engine;
+pub mod lease;
 pub mod logging;
 pub mod observer;
 pub mod pool;
@@ -28,8 +29,12 @@ use cli::{Cli, Command};
 /// Runs the command line (callable from tests).
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Some(Command::Status { workspace, json }) => control::status(&workspace, json),
-        Some(Command::Stop { workspace, timeout }) => control::stop(&workspace, timeout),
+        Some(Command::Status { workspace, json, local }) => control::status(&workspace, json, local),
+        Some(Command::Stop {
+            workspace,
+            timeout,
+            all,
+        }) => control::stop(&workspace, timeout, all),
         Some(Command::ExplainGrammar { model }) => engine::explain_grammar_main(&model),
         None => server::serve(config::Config::from_args(&cli.serve)?),
     }

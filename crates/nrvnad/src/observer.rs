@@ -16,7 +16,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nrvna_core::fsio::{create_new, iso8601_utc};
 use nrvna_core::live::{cancel_requested, Progress as ProgressRecord, PARTIAL_FILE};
+use nrvna_core::members::Claim;
 use nrvna_engine::Observer;
+
+use crate::lease::Membership;
 
 /// Partial output is written at least this often while a job generates.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -27,6 +30,9 @@ pub enum StopKind {
     Cancelled,
     TimedOut,
     Shutdown,
+    /// A shared member lost the job: its claim was replaced (the lease
+    /// expired while this member was paused, and another member took it).
+    Fenced,
 }
 
 impl StopKind {
@@ -35,6 +41,7 @@ impl StopKind {
             StopKind::Cancelled => 1,
             StopKind::TimedOut => 2,
             StopKind::Shutdown => 3,
+            StopKind::Fenced => 4,
         }
     }
 }
@@ -54,6 +61,7 @@ struct Files {
     partial_refused: bool,
     last_flush: Instant,
     last_cancel_check: Instant,
+    last_fence_check: Instant,
     written_tokens: u32,
 }
 
@@ -66,7 +74,12 @@ pub struct JobObserver {
     stop: AtomicU8,
     pending: Mutex<Pending>,
     files: Mutex<Files>,
+    /// A shared member's claim on the job, checked while it runs.
+    fence: Option<Claim>,
 }
+
+/// How often a shared member checks, while a job runs, that it still holds it.
+pub const FENCE_INTERVAL: Duration = Duration::from_millis(500);
 
 impl JobObserver {
     pub fn new(dir: PathBuf, shutdown: Arc<AtomicBool>, timeout_s: Option<f64>) -> JobObserver {
@@ -83,9 +96,17 @@ impl JobObserver {
                 partial_refused: false,
                 last_flush: now,
                 last_cancel_check: now,
+                last_fence_check: now,
                 written_tokens: 0,
             }),
+            fence: None,
         }
+    }
+
+    /// Checks, while the job runs, that `claim` still holds (shared members).
+    pub fn with_fence(mut self, claim: Option<Claim>) -> JobObserver {
+        self.fence = claim;
+        self
     }
 
     /// Why the job was stopped, if it was.
@@ -94,6 +115,7 @@ impl JobObserver {
             1 => Some(StopKind::Cancelled),
             2 => Some(StopKind::TimedOut),
             3 => Some(StopKind::Shutdown),
+            4 => Some(StopKind::Fenced),
             _ => None,
         }
     }
@@ -176,6 +198,7 @@ impl Observer for JobObserver {
                 fmt_secs(self.timeout.map(|t| t.as_secs_f64()).unwrap_or(0.0))
             )),
             StopKind::Cancelled => Some("cancelled by user".into()),
+            StopKind::Fenced => Some("claimed by another member after this member's lease expired".into()),
         }
     }
 
@@ -188,6 +211,18 @@ impl Observer for JobObserver {
             if self.cancel_requested() {
                 self.request_stop(StopKind::Cancelled);
             }
+        }
+        if let Some(claim) = &self.fence {
+            if f.last_fence_check.elapsed() >= FENCE_INTERVAL {
+                f.last_fence_check = Instant::now();
+                if !Membership::still_holds(&self.dir, claim) {
+                    self.request_stop(StopKind::Fenced);
+                    return; // the directory is another member's now
+                }
+            }
+        }
+        if self.stop_kind() == Some(StopKind::Fenced) {
+            return;
         }
         if f.last_flush.elapsed() >= FLUSH_INTERVAL {
             self.flush(&mut f);

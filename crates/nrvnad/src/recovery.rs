@@ -11,6 +11,7 @@ use nrvna_core::meta::{Meta, Status, MAX_META_BYTES};
 use nrvna_core::{JobId, Moved, State, Workspace};
 
 use nrvna_core::live::{CANCEL_FILE, PARTIAL_FILE, PROGRESS_FILE};
+use nrvna_core::members::CLAIM_FILE;
 
 /// Staging directories older than this are leftovers of a killed submitter.
 pub const STAGING_MAX_AGE: Duration = Duration::from_secs(3600);
@@ -50,7 +51,20 @@ pub fn recover(ws: &Workspace, max: u64) -> Recovered {
 /// (counting the attempt in meta.json), or to `failed/` at the ceiling or
 /// when it was cancelled.
 pub fn recover_one(ws: &Workspace, id: &JobId, max: u64) -> Recovery {
+    recover_guarded(ws, id, max, &|| true)
+}
+
+/// [`recover_one`], but only while `still` holds: it is asked before
+/// anything is touched and again right before the rename (a shared
+/// member checks that the job's claim has not changed). `Left` otherwise.
+pub fn recover_guarded(ws: &Workspace, id: &JobId, max: u64, still: &dyn Fn() -> bool) -> Recovery {
+    if !still() {
+        return Recovery::Left;
+    }
     let back = |why: &str| {
+        if !still() {
+            return Recovery::Left;
+        }
         if let Err(e) = ws.transition(id, State::Processing, State::Ready) {
             tracing::error!("recovering {id} ({why}): {e}; left in processing/");
             return Recovery::Left;
@@ -77,9 +91,6 @@ pub fn recover_one(ws: &Workspace, id: &JobId, max: u64) -> Recovery {
             return back("invalid meta.json");
         }
     };
-    for scratch in [PARTIAL_FILE, PROGRESS_FILE] {
-        let _ = clear_entry(&dir, scratch);
-    }
     let attempts = meta.recovery_attempts;
     let cancelled = dir.join(CANCEL_FILE).exists();
     let to = if attempts >= max || cancelled {
@@ -105,8 +116,19 @@ pub fn recover_one(ws: &Workspace, id: &JobId, max: u64) -> Recovery {
         meta.recovery_attempts = attempts + 1;
         State::Ready
     };
+    if !still() {
+        return Recovery::Left;
+    }
+    for scratch in [PARTIAL_FILE, PROGRESS_FILE] {
+        let _ = clear_entry(&dir, scratch);
+    }
     let _ = clear_entry(&dir, "meta.json");
     let _ = write_atomic(&dir, "meta.json", &meta.to_bytes());
+    if !still() {
+        tracing::warn!("{id} was claimed again while being recovered; left to its new holder");
+        return Recovery::Left;
+    }
+    let _ = clear_entry(&dir, CLAIM_FILE);
     let _ = sync_dir(&dir);
     match ws.transition(id, State::Processing, to) {
         Ok(Moved::Yes) if to == State::Ready => {

@@ -26,6 +26,28 @@ pub struct Scanner {
     pub events: Sender<Event>,
     /// Names already reported as not being job ids.
     reported: HashSet<OsString>,
+    /// The names of the model this daemon serves: a job whose params.json
+    /// names another model is left for a daemon that serves it.
+    serves: Vec<String>,
+    /// Jobs already reported as wanting another model.
+    elsewhere: HashSet<JobId>,
+}
+
+/// Whether a job that asks for `wanted` may run on a daemon serving
+/// `serves` (names compared without regard to ASCII case, with or without
+/// a `.gguf` ending).
+pub fn serves_model(serves: &[String], wanted: &str) -> bool {
+    let norm = |s: &str| {
+        let s = s.trim();
+        let cut = s.len().saturating_sub(5);
+        let s = match (s.get(..cut), s.get(cut..)) {
+            (Some(stem), Some(ext)) if !stem.is_empty() && ext.eq_ignore_ascii_case(".gguf") => stem,
+            _ => s,
+        };
+        s.to_ascii_lowercase()
+    };
+    let w = norm(wanted);
+    serves.iter().any(|s| norm(s) == w)
 }
 
 impl Scanner {
@@ -36,7 +58,15 @@ impl Scanner {
             shutdown,
             events,
             reported: HashSet::new(),
+            serves: Vec::new(),
+            elsewhere: HashSet::new(),
         }
+    }
+
+    /// Serve only jobs that name no model or one of `names`.
+    pub fn serving(mut self, names: Vec<String>) -> Scanner {
+        self.serves = names;
+        self
     }
 
     /// Runs until shutdown. `waker` is created by the caller so that its
@@ -78,12 +108,24 @@ impl Scanner {
             return;
         }
         ids.sort();
+        let listed: HashSet<&JobId> = ids.iter().collect();
+        self.elsewhere.retain(|i| listed.contains(i));
         let mut queued = 0;
         for id in ids {
-            if self.pool.is_pending(&id) {
+            if self.pool.is_pending(&id) || self.elsewhere.contains(&id) {
                 continue;
             }
-            let prio = self.priority(&id);
+            let (prio, model) = self.params(&id);
+            if let Some(m) = model {
+                if !self.serves.is_empty() && !serves_model(&self.serves, &m) {
+                    tracing::info!(
+                        "{id} asks for model {m:?}; this daemon serves {:?}: left in input/ready/ for a daemon with that model",
+                        self.serves.first().map(String::as_str).unwrap_or("")
+                    );
+                    self.elsewhere.insert(id);
+                    continue;
+                }
+            }
             if self.pool.submit(id, prio) {
                 queued += 1;
             }
@@ -93,16 +135,41 @@ impl Scanner {
         }
     }
 
-    /// The job's priority from `params.json`; anything unreadable is normal
-    /// (the processor reports a bad params.json when it reads the job).
-    fn priority(&self, id: &JobId) -> Priority {
+    /// The job's priority and model from `params.json`; anything unreadable
+    /// is normal priority, any model (the processor reports a bad
+    /// params.json when it reads the job).
+    fn params(&self, id: &JobId) -> (Priority, Option<String>) {
         let path = self.ws.job_dir(State::Ready, id).join("params.json");
         let Ok(Some(bytes)) = read_optional(&path, MAX_PARAMS_BYTES) else {
-            return Priority::Normal;
+            return (Priority::Normal, None);
         };
-        Params::parse_lenient(&bytes)
-            .ok()
-            .and_then(|(p, _)| p.priority)
-            .unwrap_or_default()
+        match Params::parse_lenient(&bytes) {
+            Ok((p, _)) => (p.priority.unwrap_or_default(), p.model),
+            Err(_) => (Priority::Normal, None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::serves_model;
+
+    #[test]
+    fn a_model_is_named_by_file_name_stem_or_own_name_in_any_case() {
+        let serves = vec![
+            "SmolLM2-135M-Instruct.Q4_1.gguf".to_owned(),
+            "SmolLM2-135M-Instruct.Q4_1".to_owned(),
+            "SmolLM2 135M Instruct".to_owned(),
+        ];
+        for w in [
+            "SmolLM2-135M-Instruct.Q4_1",
+            "smollm2-135m-instruct.q4_1.GGUF",
+            "SmolLM2 135M Instruct",
+        ] {
+            assert!(serves_model(&serves, w), "{w}");
+        }
+        for w in ["gemma-3-270m", "SmolLM2", ".gguf", "", "é.ggu"] {
+            assert!(!serves_model(&serves, w), "{w}");
+        }
     }
 }

@@ -22,6 +22,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::engine::Inference;
+use crate::lease::{self, Lease, Membership, RecordInfo};
 use crate::pool::Pool;
 use crate::processor::Processor;
 use crate::scanner::Scanner;
@@ -43,6 +44,8 @@ pub enum Event {
     Fault(String),
     /// A worker thread ended.
     WorkerExited,
+    /// A shared member's lease thread finished a heartbeat and reaping pass.
+    Lease,
 }
 
 /// Exit code of an engine fault (a supervisor should restart the daemon).
@@ -54,15 +57,26 @@ pub fn serve(cfg: Config) -> Result<ExitCode> {
         Workspace::create(&cfg.workspace).with_context(|| format!("opening workspace {}", cfg.workspace.display()))?;
     let (tx, events) = mpsc::channel::<Event>();
     let term = Term::install(signals::to_events(tx.clone())).context("installing signal handlers")?;
-    let Some(lock) = acquire(&ws, cfg.drain, &term)? else {
+    let lock = acquire(&ws, cfg.drain, &term, cfg.shared.is_some())?;
+    let Some(lock) = lock else {
         tracing::info!("signal received while waiting for the workspace; exiting");
         return Ok(ExitCode::SUCCESS);
     };
-    lock.write_pid(&ws)
-        .with_context(|| format!("writing the pid into {}", ws.file(".nrvnad.lock").display()))?;
-    let _ = std::fs::remove_file(ws.file(READY_FILE));
-
-    let rec = recovery::recover(&ws, cfg.max_recovery_attempts);
+    let membership = cfg.shared.map(|ttl| Arc::new(Membership::new(ttl)));
+    let rec = match &membership {
+        None => {
+            lock.write_pid(&ws)
+                .with_context(|| format!("writing the pid into {}", ws.file(".nrvnad.lock").display()))?;
+            let _ = std::fs::remove_file(ws.file(READY_FILE));
+            recovery::recover(&ws, cfg.max_recovery_attempts)
+        }
+        // Members never recover at start: jobs in processing/ may belong to
+        // live members; the lease thread takes back those of dead ones.
+        Some(_) => recovery::Recovered {
+            staging_removed: recovery::clean_staging(&ws, recovery::STAGING_MAX_AGE),
+            ..Default::default()
+        },
+    };
     if rec != recovery::Recovered::default() {
         tracing::info!(
             "recovery: {} jobs back to input/ready/, {} failed at the attempt ceiling, {} staging leftovers removed",
@@ -71,14 +85,54 @@ pub fn serve(cfg: Config) -> Result<ExitCode> {
             rec.staging_removed
         );
     }
+    let mut serves: Vec<String> = [cfg.model.file_name(), cfg.model.file_stem()]
+        .into_iter()
+        .flatten()
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect();
+    let mut record = membership.as_ref().map(|m| {
+        lease::record_for(
+            m,
+            RecordInfo {
+                model: &cfg.model,
+                serves: serves.clone(),
+                engine: cfg.engine.name(),
+                workers: cfg.workers,
+            },
+        )
+    });
+    if let (Some(m), Some(r)) = (&membership, &mut record) {
+        r.extra.insert("state".into(), json!("starting"));
+        nrvna_core::members::write_member(&ws, r).with_context(|| {
+            format!(
+                "writing this member's record into {}",
+                nrvna_core::members::members_dir(&ws).display()
+            )
+        })?;
+        tracing::info!(
+            "joined {} as member {} (lease {:.1} s)",
+            ws.root().display(),
+            m.id,
+            m.ttl.as_secs_f64()
+        );
+    }
 
     let started_at = iso8601_utc(SystemTime::now());
     let t0 = Instant::now();
+    let leave = |ws: &Workspace| match &membership {
+        Some(m) => {
+            let _ = nrvna_core::members::remove_member(ws, &m.id);
+        }
+        None => lock.clear_files(ws),
+    };
     let inference = Inference::start(cfg.engine, &cfg.model, cfg.engine_cfg.clone(), cfg.workers)
         .map_err(anyhow::Error::msg)
-        .inspect_err(|_| lock.clear_files(&ws))?;
+        .inspect_err(|_| leave(&ws))?;
     let inference = Arc::new(inference);
     tracing::info!("model ready in {:.2} s", t0.elapsed().as_secs_f64());
+    if !serves.iter().any(|n| n == inference.model_name()) && !inference.model_name().is_empty() {
+        serves.push(inference.model_name().to_owned());
+    }
     let info = json!({
         "pid": std::process::id(),
         "model": cfg.model.display().to_string(),
@@ -92,7 +146,9 @@ pub fn serve(cfg: Config) -> Result<ExitCode> {
         "max_ctx": cfg.engine_cfg.max_ctx,
         "version": env!("CARGO_PKG_VERSION"),
     });
-    lock.write_info(&ws, &info)?;
+    if membership.is_none() {
+        lock.write_info(&ws, &info)?;
+    }
 
     let pool = Arc::new(Pool::new());
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -107,7 +163,8 @@ pub fn serve(cfg: Config) -> Result<ExitCode> {
                 inference.runner(),
                 shutdown.clone(),
                 space.clone(),
-            ),
+            )
+            .shared(membership.clone()),
             ws: ws.clone(),
             space: space.clone(),
             shutdown: shutdown.clone(),
@@ -120,16 +177,51 @@ pub fn serve(cfg: Config) -> Result<ExitCode> {
             .context("starting a worker thread")?;
         workers.push(h);
     }
-    let waker = DirWaker::arrivals(&[&ws.dir(State::Ready)], cfg.scan_interval);
+    // The lease thread: started once the model is loaded, stopped only
+    // after the workers, so that every job this member holds stays leased.
+    let lease_stop = Arc::new(AtomicBool::new(false));
+    let (lease_poke, lease_wake) = mpsc::channel::<()>();
+    let lease_thread = match (&membership, record) {
+        (Some(m), Some(mut r)) => {
+            r.serves = serves.clone();
+            r.extra.insert("state".into(), json!("ready"));
+            r.extra.insert("model_name".into(), json!(inference.model_name()));
+            let lease = Lease::new(ws.clone(), m.clone(), r, tx.clone(), cfg.max_recovery_attempts);
+            let stop = lease_stop.clone();
+            Some(
+                std::thread::Builder::new()
+                    .name("Lease".into())
+                    .spawn(move || lease.run(stop, lease_wake))
+                    .context("starting the lease thread")?,
+            )
+        }
+        _ => None,
+    };
+    let network = nrvna_core::members::network_fs(ws.root());
+    let waker = if cfg.poll || network.is_some() {
+        tracing::info!(
+            "finding jobs by scanning input/ready/ every {} ms{}",
+            cfg.scan_interval.as_millis(),
+            match network {
+                Some(kind) => format!(" ({kind} is a network filesystem: inotify misses other hosts' writes)"),
+                None => " (--poll)".to_owned(),
+            }
+        );
+        DirWaker::polling(cfg.scan_interval)
+    } else {
+        DirWaker::arrivals(&[&ws.dir(State::Ready)], cfg.scan_interval)
+    };
     let poke = waker.poker();
-    let scanner = Scanner::new(ws.clone(), pool.clone(), shutdown.clone(), tx.clone());
+    let scanner = Scanner::new(ws.clone(), pool.clone(), shutdown.clone(), tx.clone()).serving(serves.clone());
     let scanner = std::thread::Builder::new()
         .name("Scanner".into())
         .spawn(move || scanner.run(waker))
         .context("starting the scanner thread")?;
     drop(tx);
 
-    write_atomic(ws.root(), READY_FILE, format!("{started_at}\n").as_bytes())?;
+    if membership.is_none() {
+        write_atomic(ws.root(), READY_FILE, format!("{started_at}\n").as_bytes())?;
+    }
     tracing::info!(
         "nrvnad ready: {} with {} workers ({} engine) on {}",
         inference.model_name(),
@@ -138,7 +230,12 @@ pub fn serve(cfg: Config) -> Result<ExitCode> {
         ws.root().display()
     );
 
-    let ended = wait_for_end(&cfg, &events, &pool, rec.failed as u64, &poke);
+    let unsettled = || {
+        membership
+            .as_ref()
+            .is_some_and(|m| m.unsettled.load(Ordering::SeqCst) > 0)
+    };
+    let ended = wait_for_end(&cfg, &events, &pool, rec.failed as u64, &poke, &unsettled);
     logging::clear_bar();
 
     shutdown.store(true, Ordering::SeqCst);
@@ -148,6 +245,23 @@ pub fn serve(cfg: Config) -> Result<ExitCode> {
     let stopped = join_workers(&events, workers.len(), deadline)
         && join_by(scanner, deadline)
         && inference.shutdown_within(deadline.saturating_duration_since(Instant::now()));
+    if let Some(m) = &membership {
+        lease_stop.store(true, Ordering::SeqCst);
+        let _ = lease_poke.send(());
+        if let Some(h) = lease_thread {
+            if stopped {
+                let _ = join_by(h, Instant::now() + Duration::from_secs(5));
+            }
+        }
+        tracing::info!(
+            "member {}: claimed {} jobs, lost {} claim races, {} results fenced, {} jobs recovered from other members",
+            m.id,
+            m.claimed.load(Ordering::Relaxed),
+            m.lost_races.load(Ordering::Relaxed),
+            m.fenced.load(Ordering::Relaxed),
+            m.recovered.load(Ordering::Relaxed)
+        );
+    }
     if !stopped {
         let left = ws.list(State::Processing).unwrap_or_default();
         tracing::error!(
@@ -160,12 +274,12 @@ pub fn serve(cfg: Config) -> Result<ExitCode> {
                 format!(" ({})", left.iter().map(|i| i.as_str()).collect::<Vec<_>>().join(", "))
             }
         );
-        lock.clear_files(&ws);
+        leave(&ws);
         // Threads are stuck inside a job or the engine: leave without
         // running destructors that could wait on them.
         unsafe { libc::_exit(1) };
     }
-    lock.clear_files(&ws);
+    leave(&ws);
     let code = match ended {
         End::Fault(why) => {
             tracing::error!("stopped after an engine fault ({why}); claimed jobs stay recoverable; restart the daemon");
@@ -202,6 +316,7 @@ fn wait_for_end(
     pool: &Pool,
     mut failures: u64,
     poke: &mpsc::Sender<()>,
+    unsettled: &dyn Fn() -> bool,
 ) -> End {
     let bar = (cfg.drain && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let b = ProgressBar::new_spinner();
@@ -231,7 +346,7 @@ fn wait_for_end(
                 done += 1;
                 failures += u64::from(failed);
             }
-            Event::WorkerExited => {}
+            Event::WorkerExited | Event::Lease => {}
         }
         if let Some(b) = &bar {
             let (queued, running) = pool.counts();
@@ -243,7 +358,9 @@ fn wait_for_end(
         if !cfg.drain {
             continue;
         }
-        if !pool.idle() {
+        // A shared member also waits for jobs whose holders are not yet
+        // known to be alive (it may have to take them back).
+        if !pool.idle() || unsettled() {
             idle_since = None;
             continue;
         }
@@ -295,33 +412,31 @@ fn join_by(h: JoinHandle<()>, deadline: Instant) -> bool {
     true
 }
 
-/// Takes the workspace: the flock, and no live daemon without one (an
-/// older C++ nrvnad) named in `.nrvnad.pid`. With `drain`, waits for the
-/// current owner to exit. `Ok(None)`: a signal arrived while waiting.
-fn acquire(ws: &Workspace, drain: bool, term: &Term) -> Result<Option<DaemonLock>> {
-    let lock_path = ws.file(".nrvnad.lock");
+/// Whether the lock is held exclusively (a shared probe fails), rather than
+/// by shared members.
+fn lock_is_exclusive(ws: &Workspace) -> bool {
+    nrvna_core::lifecycle::lock_held(ws)
+}
+
+/// Takes the workspace. Exclusive: the flock, no live daemon without one
+/// (an older C++ nrvnad) named in `.nrvnad.pid`, and no live shared
+/// members. Shared (`--shared`): a shared flock (refused while an exclusive
+/// daemon holds the lock) and no live lock-less C++ daemon. With `drain`,
+/// waits for the current owner to exit. `Ok(None)`: a signal arrived while
+/// waiting.
+fn acquire(ws: &Workspace, drain: bool, term: &Term, shared: bool) -> Result<Option<DaemonLock>> {
     let mut announced = false;
     loop {
-        let owner = match DaemonLock::acquire(ws, Duration::from_millis(300))
-            .with_context(|| format!("locking {}", lock_path.display()))?
-        {
-            Some(l) => match unlocked_owner(ws) {
-                None => return Ok(Some(l)),
-                Some(pid) => format!(
-                    "pid {pid}, an nrvnad that holds no workspace lock (an older C++ nrvnad; if that process does not serve this workspace, remove {})",
-                    ws.file(".nrvnad.pid").display()
-                ),
-            },
-            None => read_pid(ws)
-                .map(|p| format!("pid {p}"))
-                .unwrap_or_else(|| "unknown pid".into()),
+        let owner = match try_take(ws, shared)? {
+            Ok(l) => return Ok(Some(l)),
+            Err(owner) => owner,
         };
+        let root = ws.root().display();
+        if !drain && shared {
+            bail!("an exclusive nrvnad ({owner}) owns {root}: shared members cannot join it; stop it with: nrvnad stop {root}, or restart it with --shared  (or add --drain to wait for it)");
+        }
         if !drain {
-            bail!(
-                "another nrvnad ({owner}) owns {}; stop it with: nrvnad stop {}  (or add --drain to wait for it)",
-                ws.root().display(),
-                ws.root().display()
-            );
+            bail!("another nrvnad ({owner}) owns {root}; stop it with: nrvnad stop {root}  (or add --drain to wait for it)");
         }
         if !announced {
             tracing::info!("waiting for the nrvnad that owns the workspace ({owner}) to exit");
@@ -332,4 +447,45 @@ fn acquire(ws: &Workspace, drain: bool, term: &Term) -> Result<Option<DaemonLock
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// One try at the workspace: the lock, or who holds it.
+fn try_take(ws: &Workspace, shared: bool) -> Result<std::result::Result<DaemonLock, String>> {
+    let lock_path = ws.file(".nrvnad.lock");
+    let patience = Duration::from_millis(300);
+    let taken = if shared {
+        DaemonLock::acquire_shared(ws, patience)
+    } else {
+        DaemonLock::acquire(ws, patience)
+    }
+    .with_context(|| format!("locking {}", lock_path.display()))?;
+    let root = ws.root().display();
+    let Some(lock) = taken else {
+        let members = nrvna_core::members::list_members(ws);
+        return Ok(Err(match members.first() {
+            Some(m) if !shared && !lock_is_exclusive(ws) => format!(
+                "shared members, e.g. member {} on host {}; add --shared to join them, or stop them with: nrvnad stop {root} --all",
+                m.member, m.host
+            ),
+            _ => read_pid(ws)
+                .map(|p| format!("pid {p}"))
+                .unwrap_or_else(|| "unknown pid".into()),
+        }));
+    };
+    if let Some(pid) = unlocked_owner(ws) {
+        return Ok(Err(format!(
+            "pid {pid}, an nrvnad that holds no workspace lock (an older C++ nrvnad; if that process does not serve this workspace, remove {})",
+            ws.file(".nrvnad.pid").display()
+        )));
+    }
+    if !shared {
+        if let Some(m) = lease::live_member_among_records(ws) {
+            bail!(
+                "shared members serve {root} (member {} on host {}, heartbeat moving): an exclusive nrvnad cannot start beside them; add --shared to join them, or stop them with: nrvnad stop {root} --all",
+                m.member,
+                m.host
+            );
+        }
+    }
+    Ok(Ok(lock))
 }

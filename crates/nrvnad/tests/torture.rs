@@ -7,6 +7,8 @@
 //! `NRVNA_TORTURE_SEED` picks the seed (default 7); `NRVNA_TORTURE_KILLS`
 //! the number of daemon kills (default 24).
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,6 +16,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use common::Rng;
 
 const STATES: [&str; 4] = ["input/ready", "processing", "output", "failed"];
 
@@ -31,20 +35,6 @@ fn model() -> PathBuf {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(p.exists(), "model missing: run scripts/fetch-model.sh");
     p
-}
-
-/// A small deterministic generator (xorshift64*), so a failing run can be replayed.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo)
-    }
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {

@@ -98,6 +98,12 @@ pub struct Args {
     #[arg(long, value_name = "high|normal|low")]
     pub priority: Option<nrvna_core::Priority>,
 
+    /// Run only on a daemon serving this model (its file name, file stem,
+    /// or the model's own name), for workspaces shared by daemons with
+    /// different models (default: any daemon).
+    #[arg(long, value_name = "NAME")]
+    pub model: Option<String>,
+
     /// Make an embedding job: the prompt is the text to embed.
     #[arg(long, conflicts_with_all = ["json_schema", "grammar"])]
     pub embed: bool,

@@ -89,6 +89,7 @@ fn params_from(a: &Args) -> Params {
         stop: (!a.stop.is_empty()).then(|| a.stop.clone()),
         timeout_s: a.timeout,
         priority: a.priority,
+        model: a.model.clone(),
     }
 }
 

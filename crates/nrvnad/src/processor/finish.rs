@@ -11,6 +11,7 @@ use std::time::{Instant, SystemTime};
 
 use nrvna_core::fsio::{clear_entry, iso8601_utc, sync_dir, write_atomic};
 use nrvna_core::live::{CANCEL_FILE, PARTIAL_FILE, PROGRESS_FILE};
+use nrvna_core::members::{self, Claim};
 use nrvna_core::meta::{two_decimals, Status};
 use nrvna_core::state::ARTIFACTS;
 use nrvna_core::{JobId, Meta, Moved, State, Workspace};
@@ -18,6 +19,7 @@ use nrvna_engine::Output;
 use serde_json::Value;
 
 use super::Outcome;
+use crate::lease::Membership;
 use crate::space::SpaceGate;
 
 /// Files the daemon creates while a job runs; gone once it finishes.
@@ -89,6 +91,8 @@ pub struct Claimed<'a> {
     pub meta: Meta,
     /// The parameters used (meta.json `params`), once planned.
     pub used: Option<Value>,
+    /// A shared member's claim on the job (checked before publishing).
+    pub claim: Option<Claim>,
 }
 
 /// What finishing needs from the daemon.
@@ -97,6 +101,7 @@ pub struct Finisher<'a> {
     pub model: &'a str,
     pub engine: &'a str,
     pub space: &'a SpaceGate,
+    pub membership: Option<&'a Membership>,
 }
 
 /// A file to write into the job: name and bytes.
@@ -105,6 +110,18 @@ type JobFile = (&'static str, Vec<u8>);
 /// ENOSPC or EDQUOT: the disk (or quota) is full.
 fn out_of_space(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+}
+
+/// A shared member's job that another member took back: counted, logged,
+/// and nothing published.
+pub fn fenced(membership: Option<&Membership>, id: &JobId, why: &str) -> Outcome {
+    if let Some(m) = membership {
+        m.fenced.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    tracing::warn!(
+        "fenced {id}: {why} (this member's lease expired and another member took the job back); nothing published, the job runs again elsewhere"
+    );
+    Outcome::Fenced(why.to_owned())
 }
 
 /// Keeps error.txt to one line.
@@ -127,7 +144,17 @@ impl Finisher<'_> {
             claimed_at,
             mut meta,
             used,
+            claim,
         } = job;
+        // Fencing: a shared member publishes only while its claim holds.
+        let holds = || claim.as_ref().is_none_or(|c| Membership::still_holds(dir, c));
+        if !holds() {
+            return self.fenced(id, "its claim was replaced before the result was written");
+        }
+        if let Some(c) = &claim {
+            meta.set_extra("member", c.member.as_str());
+            meta.set_extra("host", members::host_name());
+        }
         meta.set_extra("claimed_at", claimed_at.clone());
         meta.completed_at = Some(iso8601_utc(SystemTime::now()));
         meta.duration_s = Some(claimed.elapsed().as_secs_f64());
@@ -190,6 +217,9 @@ impl Finisher<'_> {
         if let Err(e) = written {
             let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
             if out_of_space(&e) {
+                if !holds() {
+                    return self.fenced(id, "its claim was replaced while the result was written");
+                }
                 return self.requeue(id, dir, format!("no space left on device writing {}", names.join(", ")));
             }
             if to == State::Done {
@@ -201,12 +231,19 @@ impl Finisher<'_> {
                     claimed_at,
                     meta,
                     used,
+                    claim,
                 };
                 return self.finish(job, Ending::Failed(f));
             }
             tracing::error!("writing error.txt and meta.json of {id}: {e}; moving it to failed/ anyway");
         }
         self.space.wrote_fine();
+        if !holds() {
+            return self.fenced(id, "its claim was replaced while the result was written");
+        }
+        if claim.is_some() {
+            let _ = clear_entry(dir, members::CLAIM_FILE);
+        }
         match self.move_to(id, to) {
             Ok(Moved::Yes) => match reason {
                 None => {
@@ -236,6 +273,10 @@ impl Finisher<'_> {
         }
     }
 
+    fn fenced(&self, id: &JobId, why: &str) -> Outcome {
+        fenced(self.membership, id, why)
+    }
+
     /// Puts a job back into `input/ready/` (the disk is full: neither its
     /// result nor its error could be written). Nothing half-written stays,
     /// and workers claim nothing until there is space again.
@@ -243,6 +284,7 @@ impl Finisher<'_> {
         for f in DAEMON_FILES {
             let _ = clear_entry(dir, f);
         }
+        let _ = clear_entry(dir, members::CLAIM_FILE);
         self.space.disk_full();
         match self.ws.transition(id, State::Processing, State::Ready) {
             Ok(Moved::Yes) => {

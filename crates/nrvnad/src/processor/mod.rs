@@ -25,6 +25,7 @@ use nrvna_engine::{Output, Request, RunError, Runner, TextRequest};
 use serde_json::{json, Value};
 
 use crate::engine::Inference;
+use crate::lease::Membership;
 use crate::observer::{JobObserver, StopKind};
 use crate::space::SpaceGate;
 use finish::{Claimed, Ending, Failure, Finisher};
@@ -49,6 +50,9 @@ pub enum Outcome {
     /// The engine failed: the job stays in `processing/` (recoverable) and
     /// the daemon must stop claiming.
     Fault(String),
+    /// A shared member lost its claim (its lease expired and another member
+    /// took the job back): nothing was published.
+    Fenced(String),
 }
 
 impl Outcome {
@@ -64,6 +68,17 @@ pub struct Processor {
     runner: Box<dyn Runner>,
     shutdown: Arc<AtomicBool>,
     space: Arc<SpaceGate>,
+    /// This daemon's membership of a shared workspace (`--shared`).
+    membership: Option<Arc<Membership>>,
+}
+
+/// Forgets a shared member's claim however processing ends (panics included).
+struct Hold<'a>(&'a Membership, &'a JobId);
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        self.0.release(self.1);
+    }
 }
 
 impl Processor {
@@ -80,14 +95,29 @@ impl Processor {
             runner,
             shutdown,
             space,
+            membership: None,
         }
+    }
+
+    /// Makes this processor a shared member's: every claim is recorded, and
+    /// checked before anything is published.
+    pub fn shared(mut self, membership: Option<Arc<Membership>>) -> Processor {
+        self.membership = membership;
+        self
     }
 
     /// Claims and processes one job.
     pub fn process(&mut self, id: &JobId) -> Outcome {
         if let Some(o) = self.claim(id) {
+            if o == Outcome::Lost {
+                if let Some(m) = &self.membership {
+                    m.lost_races.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
             return o;
         }
+        let membership = self.membership.clone();
+        let _hold = membership.as_deref().map(|m| Hold(m, id));
         let claimed = Instant::now();
         let claimed_at = iso8601_utc(SystemTime::now());
         crate::logging::job_line(format_args!("claimed {id}"));
@@ -104,6 +134,10 @@ impl Processor {
             }
             Err(e) => return Outcome::Interrupted(e.to_string()),
         }
+        let claim = match &membership {
+            None => Ok(None),
+            Some(m) => m.claim(id, &dir).map(Some),
+        };
         let mut job = Claimed {
             id,
             dir: &dir,
@@ -111,7 +145,15 @@ impl Processor {
             claimed_at,
             meta: Meta::new(),
             used: None,
+            claim: claim.as_ref().ok().cloned().flatten(),
         };
+        if let Err(e) = claim {
+            let f = Failure::new(format!(
+                "could not record this member's claim ({}): {e}",
+                nrvna_core::members::CLAIM_FILE
+            ));
+            return self.finisher().finish(job, Ending::Failed(f));
+        }
         if let Err(e) = finish::clear_daemon_files(&dir) {
             job.meta = read_optional(&dir.join("meta.json"), MAX_META_BYTES)
                 .ok()
@@ -142,11 +184,9 @@ impl Processor {
             Ok(r) => r,
             Err(f) => return self.finisher().finish(job, Ending::Failed(f)),
         };
-        let obs = Arc::new(JobObserver::new(
-            dir.clone(),
-            self.shutdown.clone(),
-            spec.params.timeout_s,
-        ));
+        let obs = Arc::new(
+            JobObserver::new(dir.clone(), self.shutdown.clone(), spec.params.timeout_s).with_fence(job.claim.clone()),
+        );
         if obs.cancel_requested() {
             let f = Failure {
                 reason: "cancelled by user".into(),
@@ -158,6 +198,12 @@ impl Processor {
         let ending = match self.runner.run(req, obs.clone()) {
             Ok(out) => done(&spec, out),
             Err(RunError::Stopped { reason, partial, .. }) => match obs.stop_kind() {
+                Some(StopKind::Fenced) => {
+                    return finish::fenced(self.membership.as_deref(), id, &reason);
+                }
+                Some(StopKind::Shutdown) | None if job.claim.is_some() => {
+                    return self.hand_back(id, &dir, job.claim.as_ref().expect("a claim"), &reason);
+                }
                 Some(StopKind::Shutdown) | None => {
                     tracing::info!("{id} interrupted by shutdown ({reason}); it stays in processing/ and is recovered at the next start");
                     return Outcome::Interrupted(reason);
@@ -183,6 +229,32 @@ impl Processor {
             model: self.inference.model_name(),
             engine: self.inference.kind.name(),
             space: &self.space,
+            membership: self.membership.as_deref(),
+        }
+    }
+
+    /// A shared member that stops hands an interrupted job straight back to
+    /// `input/ready/` (no lease to wait out, no attempt counted): its
+    /// partial output and claim are removed first, if the claim still holds.
+    fn hand_back(&self, id: &JobId, dir: &Path, claim: &nrvna_core::members::Claim, reason: &str) -> Outcome {
+        if !Membership::still_holds(dir, claim) {
+            return finish::fenced(self.membership.as_deref(), id, reason);
+        }
+        use nrvna_core::live::{PARTIAL_FILE, PROGRESS_FILE};
+        for f in [PARTIAL_FILE, PROGRESS_FILE, nrvna_core::members::CLAIM_FILE] {
+            let _ = nrvna_core::fsio::clear_entry(dir, f);
+        }
+        match self.ws.transition(id, State::Processing, State::Ready) {
+            Ok(Moved::Yes) => {
+                tracing::info!(
+                    "{id} interrupted by shutdown ({reason}); handed back to input/ready/ for another member"
+                );
+                Outcome::Requeued(reason.to_owned())
+            }
+            other => {
+                tracing::warn!("{id} interrupted by shutdown; handing it back failed ({other:?}); other members recover it after the lease");
+                Outcome::Interrupted(reason.to_owned())
+            }
         }
     }
 
@@ -276,6 +348,7 @@ impl Processor {
             claimed_at,
             meta,
             used: None,
+            claim: None,
         };
         let f = Failure::new(format!(
             "the job entry was {what}, not a job directory; its contents were not read"

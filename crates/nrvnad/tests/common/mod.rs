@@ -101,6 +101,21 @@ pub fn flw_bin() -> PathBuf {
     sibling_bin("flw")
 }
 
+/// A small deterministic generator (xorshift64*), so that a failing run
+/// can be replayed from its seed.
+pub struct Rng(pub u64);
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo)
+    }
+}
+
 /// Polls `cond` every 20 ms until it holds or `timeout` passes.
 pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
@@ -449,10 +464,16 @@ pub const BASE_ENV: [(&str, &str); 5] = [
 
 impl Daemon {
     pub fn spawn(ws: &TestWs, args: &[&str], env: &[(&str, &str)]) -> Daemon {
+        Daemon::spawn_model(ws, model().as_os_str(), args, env)
+    }
+
+    /// `nrvnad MODEL WS ARGS...` with another MODEL argument (the echo
+    /// engine loads nothing, so any name serves).
+    pub fn spawn_model(ws: &TestWs, model: &std::ffi::OsStr, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let log = ws.next_log();
         let f = fs::File::create(&log).expect("creating the daemon log");
         let mut cmd = clean_command(nrvnad_bin());
-        cmd.arg(model()).arg(ws.path()).args(args);
+        cmd.arg(model).arg(ws.path()).args(args);
         let mut vars: BTreeMap<&str, &str> = BASE_ENV.into_iter().collect();
         vars.extend(env.iter().copied());
         cmd.envs(vars)
