@@ -201,14 +201,30 @@ pub fn list_members(ws: &Workspace) -> Vec<MemberRecord> {
         .collect()
 }
 
-/// Removes a member's record and its stop request.
+/// Removes a member's record and its stop request (the member itself, as
+/// it leaves).
 pub fn remove_member(ws: &Workspace, member: &str) -> io::Result<()> {
+    remove_stop_request(ws, member)?;
+    remove_record(ws, member)
+}
+
+/// Removes a member's record only (a member reaping an expired one: if that
+/// one was merely paused, it writes the record again, and a stop request
+/// made meanwhile must still reach it).
+pub fn remove_record(ws: &Workspace, member: &str) -> io::Result<()> {
+    remove_named(ws, member, "json")
+}
+
+/// Removes a member's stop request.
+pub fn remove_stop_request(ws: &Workspace, member: &str) -> io::Result<()> {
+    remove_named(ws, member, "stop")
+}
+
+fn remove_named(ws: &Workspace, member: &str, ext: &str) -> io::Result<()> {
     if !valid_member_id(member) {
         return Ok(());
     }
-    let d = members_dir(ws);
-    let _ = fs::remove_file(d.join(format!("{member}.stop")));
-    match fs::remove_file(d.join(format!("{member}.json"))) {
+    match fs::remove_file(members_dir(ws).join(format!("{member}.{ext}"))) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
     }

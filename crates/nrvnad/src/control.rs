@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use nrvna_core::lifecycle::{daemon_status, is_nrvnad, lock_held, read_info, read_pid, unlocked_owner, DaemonStatus};
-use nrvna_core::members::{list_members, member_ids, request_stop, MemberRecord};
+use std::collections::HashMap;
+
+use nrvna_core::members::{list_members, member_ids, read_member, remove_stop_request, request_stop, MemberRecord};
 use nrvna_core::Workspace;
 
 /// `nrvnad status WS [--json] [--local]`: 0 ready, 2 starting, 1 not running.
@@ -199,21 +201,42 @@ fn stop_members(ws: &Workspace, timeout: f64, all: bool) -> Result<ExitCode> {
         }
     }
     let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
+    // A member that died leaves a record whose heartbeat never moves again:
+    // judged, like the members do, by watching it on this clock.
+    let mut seen: HashMap<String, (u64, Instant)> = targets
+        .iter()
+        .map(|m| (m.member.clone(), (m.beat, Instant::now())))
+        .collect();
     loop {
-        let ids = member_ids(ws);
-        let left: Vec<&MemberRecord> = targets.iter().filter(|m| ids.contains(&m.member)).collect();
+        let mut left = Vec::new();
+        let mut silent = 0;
+        for m in &targets {
+            let Ok(now) = read_member(ws, &m.member) else {
+                if !member_ids(ws).contains(&m.member) {
+                    // Gone: the member removed its record (and its stop request).
+                    let _ = remove_stop_request(ws, &m.member);
+                    continue;
+                }
+                left.push(m);
+                continue;
+            };
+            let s = seen.get_mut(&m.member).expect("every target is watched");
+            if now.beat != s.0 {
+                *s = (now.beat, Instant::now());
+            } else if s.1.elapsed().as_secs_f64() >= 2.0 * now.lease_ttl_s {
+                silent += 1;
+            }
+            left.push(m);
+        }
         if left.is_empty() {
             for m in &targets {
                 eprintln!("nrvnad: stopped member {} on {}", m.member, m.host);
             }
             return Ok(ExitCode::SUCCESS);
         }
-        // A member that died without a word leaves a record that never beats.
-        let dead: Vec<&&MemberRecord> = left.iter().filter(|m| !m.looks_alive()).collect();
-        if dead.len() == left.len() {
+        if silent == left.len() {
             eprintln!(
-                "nrvnad: {} member records are past their lease (members that died); the other members take their jobs back, and their stop requests stay for them",
-                dead.len()
+                "nrvnad: {silent} members have not beaten for two leases (they died); the other members take their jobs back, and their stop requests stay in case they come back"
             );
             return Ok(ExitCode::SUCCESS);
         }

@@ -303,7 +303,7 @@ impl Lease {
                     rec.host,
                     rec.pid
                 );
-                let _ = remove_member(&self.ws, id);
+                let _ = members::remove_record(&self.ws, id);
                 self.seen.remove(id);
             }
         }
@@ -389,7 +389,7 @@ pub fn live_member_among_records(ws: &Workspace) -> Option<MemberRecord> {
     }
     for r in &first {
         tracing::info!("removing the stale record of member {} (host {})", r.member, r.host);
-        let _ = remove_member(ws, &r.member);
+        let _ = members::remove_record(ws, &r.member);
     }
     None
 }

@@ -334,6 +334,20 @@ impl Cluster<'_> {
 
 impl Drop for Cluster<'_> {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            for m in self.members.iter().chain(self.past.iter()) {
+                let t = fs::read_to_string(&m.log).unwrap_or_default();
+                let lines: Vec<&str> = t
+                    .lines()
+                    .filter(|l| !l.contains("] claimed ") && !l.contains("] done "))
+                    .collect();
+                eprintln!(
+                    "===== {} (claimed/done lines left out) =====\n{}",
+                    m.log.display(),
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                );
+            }
+        }
         // unshare --kill-child takes nrvnad with it.
         for m in self.members.iter_mut() {
             unsafe { libc::kill(m.pid, libc::SIGCONT) };
@@ -341,6 +355,16 @@ impl Drop for Cluster<'_> {
             let _ = m.unshare.wait();
         }
     }
+}
+
+/// The member id an nrvnad log announced ("joined WS as member ID").
+fn announced_member(log: &Path) -> Option<String> {
+    fs::read_to_string(log)
+        .ok()?
+        .lines()
+        .find_map(|l| l.split(" as member ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .map(str::to_owned)
 }
 
 /// `[2026-11-27 17:34:52.344]` (UTC) at the start of a log line.
@@ -364,7 +388,11 @@ struct ChaosPlan {
     extra_env: Vec<(String, String)>,
 }
 
+/// The chaos runs take every core: one at a time.
+static CHAOS: Mutex<()> = Mutex::new(());
+
 fn chaos(plan: ChaosPlan) {
+    let _one = CHAOS.lock().unwrap_or_else(|e| e.into_inner());
     if unsafe { libc::geteuid() } != 0 {
         panic!("this test needs root (unshare --pid --uts); run it as root or leave it ignored");
     }
@@ -478,12 +506,25 @@ fn chaos(plan: ChaosPlan) {
     });
     // Every member (restarted ones too) has joined, and the records of
     // killed ones were reaped, before they are told to stop.
+    let mut current = BTreeSet::new();
+    for m in &cl.members {
+        let mut id = None;
+        wait_for(STARTUP, || {
+            id = announced_member(&m.log);
+            id.is_some()
+        });
+        current.insert(id.unwrap_or_else(|| panic!("no member id in {}", m.log.display())));
+    }
     assert!(
         wait_for(STARTUP, || {
             let r = records(&ws);
-            r.len() == plan.members && r.iter().all(|m| m["state"] == "ready")
+            r.iter().all(|m| m["state"] == "ready")
+                && r.iter()
+                    .filter_map(|m| m["member"].as_str().map(str::to_owned))
+                    .collect::<BTreeSet<_>>()
+                    == current
         }),
-        "members: {:?}",
+        "members {current:?}, records: {:?}",
         records(&ws)
     );
     let stop = ws.ctl("stop", &["--all", "--timeout", "60"]);
@@ -548,13 +589,8 @@ fn chaos(plan: ChaosPlan) {
     let all: Vec<&Incarnation> = cl.members.iter().chain(cl.past.iter()).collect();
     let mut by_member: BTreeMap<String, &Incarnation> = BTreeMap::new();
     for inc in &all {
-        let text = fs::read_to_string(&inc.log).unwrap_or_default();
-        if let Some(id) = text
-            .lines()
-            .find_map(|l| l.split(" as member ").nth(1))
-            .and_then(|r| r.split_whitespace().next())
-        {
-            by_member.insert(id.to_owned(), inc);
+        if let Some(id) = announced_member(&inc.log) {
+            by_member.insert(id, inc);
         }
     }
     let (mut recoveries, mut fenced, mut orphans) = (0, 0, 0);
@@ -618,10 +654,10 @@ fn chaos_echo_members_in_namespaces_lose_nothing_and_run_twice_only_after_a_lost
         members: 3,
         submitters: 3,
         jobs_each: 120,
-        ttl_s: 2.0,
+        ttl_s: 3.0,
         engine_args: vec!["--engine".into(), "echo".into(), "--workers".into(), "3".into()],
         model: PathBuf::from("echo.gguf"),
-        prompt: |t, k, rng| format!("nrvna-test:sleep:{}:{t}-{k}", rng.range(5, 120)),
+        prompt: |t, k, rng| format!("nrvna-test:sleep:{}:{t}-{k}", rng.range(50, 600)),
         actions: 14,
         extra_env: vec![],
     });
@@ -635,7 +671,7 @@ fn chaos_real_model_members_in_namespaces_lose_nothing() {
         members: 3,
         submitters: 2,
         jobs_each: 12,
-        ttl_s: 3.0,
+        ttl_s: 4.0,
         engine_args: vec!["--workers".into(), "2".into()],
         model: model(),
         prompt: |t, k, _| format!("Name a colour ({t}-{k})."),
