@@ -39,7 +39,8 @@ pub struct Membership {
     held: Mutex<HashMap<JobId, Claim>>,
     /// Jobs claimed by this member.
     pub claimed: AtomicU64,
-    /// Claim renames another member won.
+    /// Claiming renames that found the job gone: another member (or
+    /// worker) renamed it between the listing check and this rename.
     pub lost_races: AtomicU64,
     /// Results discarded because the job was claimed again elsewhere
     /// while this member had lost its lease.

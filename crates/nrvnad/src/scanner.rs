@@ -31,6 +31,29 @@ pub struct Scanner {
     serves: Vec<String>,
     /// Jobs already reported as wanting another model.
     elsewhere: HashSet<JobId>,
+    /// Shared members: a seed that spreads this member's claim order (see
+    /// [`spread`]) so that members drain a backlog from different places
+    /// instead of racing for the same job.
+    spread: Option<u64>,
+}
+
+/// Ids per window of [`spread`].
+pub const SPREAD_WINDOW: usize = 64;
+
+/// Reorders sorted ids within consecutive windows of [`SPREAD_WINDOW`] by
+/// a hash of (seed, id): each member takes a different job first, while the
+/// queue stays first-in first-out to within a window.
+pub fn spread(ids: &mut [JobId], seed: u64) {
+    use std::hash::{Hash, Hasher};
+    let key = |id: &JobId| {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        seed.hash(&mut h);
+        id.as_str().hash(&mut h);
+        h.finish()
+    };
+    for w in ids.chunks_mut(SPREAD_WINDOW) {
+        w.sort_by_cached_key(key);
+    }
 }
 
 /// Whether a job that asks for `wanted` may run on a daemon serving
@@ -60,7 +83,14 @@ impl Scanner {
             reported: HashSet::new(),
             serves: Vec::new(),
             elsewhere: HashSet::new(),
+            spread: None,
         }
+    }
+
+    /// Spread this scanner's order with `seed` (shared members).
+    pub fn spreading(mut self, seed: Option<u64>) -> Scanner {
+        self.spread = seed;
+        self
     }
 
     /// Serve only jobs that name no model or one of `names`.
@@ -108,6 +138,9 @@ impl Scanner {
             return;
         }
         ids.sort();
+        if let Some(seed) = self.spread {
+            spread(&mut ids, seed);
+        }
         let listed: HashSet<&JobId> = ids.iter().collect();
         self.elsewhere.retain(|i| listed.contains(i));
         let mut queued = 0;
@@ -152,7 +185,24 @@ impl Scanner {
 
 #[cfg(test)]
 mod tests {
-    use super::serves_model;
+    use super::*;
+
+    #[test]
+    fn spreading_keeps_windows_and_differs_between_members() {
+        let ids: Vec<JobId> = (0..200)
+            .map(|i| JobId::parse(&format!("{:020}_1_000001", 1_700_000_000_000_000u64 + i)).unwrap())
+            .collect();
+        let (mut a, mut b) = (ids.clone(), ids.clone());
+        spread(&mut a, 1);
+        spread(&mut b, 2);
+        assert_ne!(a, b);
+        assert_ne!(a[0], b[0], "two members start on different jobs");
+        for (i, w) in a.chunks(SPREAD_WINDOW).enumerate() {
+            let mut w = w.to_vec();
+            w.sort();
+            assert_eq!(w, ids[i * SPREAD_WINDOW..(i * SPREAD_WINDOW + w.len())], "window {i}");
+        }
+    }
 
     #[test]
     fn a_model_is_named_by_file_name_stem_or_own_name_in_any_case() {

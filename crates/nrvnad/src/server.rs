@@ -212,7 +212,15 @@ pub fn serve(cfg: Config) -> Result<ExitCode> {
         DirWaker::arrivals(&[&ws.dir(State::Ready)], cfg.scan_interval)
     };
     let poke = waker.poker();
-    let scanner = Scanner::new(ws.clone(), pool.clone(), shutdown.clone(), tx.clone()).serving(serves.clone());
+    let spread_seed = membership.as_ref().map(|m| {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        m.id.hash(&mut h);
+        h.finish()
+    });
+    let scanner = Scanner::new(ws.clone(), pool.clone(), shutdown.clone(), tx.clone())
+        .serving(serves.clone())
+        .spreading(spread_seed);
     let scanner = std::thread::Builder::new()
         .name("Scanner".into())
         .spawn(move || scanner.run(waker))

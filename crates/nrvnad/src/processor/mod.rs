@@ -109,11 +109,6 @@ impl Processor {
     /// Claims and processes one job.
     pub fn process(&mut self, id: &JobId) -> Outcome {
         if let Some(o) = self.claim(id) {
-            if o == Outcome::Lost {
-                if let Some(m) = &self.membership {
-                    m.lost_races.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
             return o;
         }
         let membership = self.membership.clone();
@@ -277,7 +272,13 @@ impl Processor {
         }
         match self.ws.transition(id, State::Ready, State::Processing) {
             Ok(Moved::Yes) => None,
-            Ok(Moved::SourceGone) => Some(Outcome::Lost),
+            Ok(Moved::SourceGone) => {
+                // Another worker or member renamed it first.
+                if let Some(m) = &self.membership {
+                    m.lost_races.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Some(Outcome::Lost)
+            }
             Ok(Moved::DestinationExists) => {
                 tracing::error!("job {id} is both in input/ready/ and processing/; leaving both alone");
                 Some(Outcome::Duplicate)
