@@ -120,9 +120,10 @@ def audio_projector(path: str) -> None:
 
     # Two 1-D convolutions over the mel frames, ggml ne [3, in, out].
     out.add_tensor("a.conv1d.1.weight", w(n_embd, n_mel, 3, scale=0.05).astype(np.float16))
-    out.add_tensor("a.conv1d.1.bias", w(n_embd, scale=0.02))
+    # Biases broadcast over time: ggml ne [1, n_embd].
+    out.add_tensor("a.conv1d.1.bias", w(n_embd, 1, scale=0.02))
     out.add_tensor("a.conv1d.2.weight", w(n_embd, n_embd, 3, scale=0.05).astype(np.float16))
-    out.add_tensor("a.conv1d.2.bias", w(n_embd, scale=0.02))
+    out.add_tensor("a.conv1d.2.bias", w(n_embd, 1, scale=0.02))
     out.add_tensor("a.position_embd.weight", w(n_pos, n_embd, scale=0.05))
     for il in range(n_layer):
         p = f"a.blk.{il}"
@@ -139,7 +140,9 @@ def audio_projector(path: str) -> None:
         out.add_tensor(f"{p}.ffn_down.bias", w(n_embd, scale=0.02))
     out.add_tensor("a.post_ln.weight", np.ones(n_embd, dtype=np.float32))
     out.add_tensor("a.post_ln.bias", np.zeros(n_embd, dtype=np.float32))
-    out.add_tensor("mm.a.fc.weight", w(TEXT_EMBD, n_embd, scale=0.02))
+    # Large enough that SmolLM2 answers something after the audio rather
+    # than ending at once (with 0.02 its greedy first token was end-of-turn).
+    out.add_tensor("mm.a.fc.weight", w(TEXT_EMBD, n_embd, scale=0.1))
     out.add_tensor("mm.a.fc.bias", w(TEXT_EMBD, scale=0.01))
 
     out.write_header_to_file()
