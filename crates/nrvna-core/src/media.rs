@@ -310,5 +310,12 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", img.join("image_000002.png")).unwrap();
         let e = read_job_media(d.path(), MediaKind::Image).unwrap_err().to_string();
         assert!(e.contains("symlink"), "{e}");
+
+        // images/ itself a link to a directory elsewhere.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::remove_dir_all(&img).unwrap();
+        std::os::unix::fs::symlink(other.path(), &img).unwrap();
+        let e = read_job_media(d.path(), MediaKind::Image).unwrap_err().to_string();
+        assert!(e.contains("images/ is a symlink or not a directory"), "{e}");
     }
 }

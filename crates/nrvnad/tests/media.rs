@@ -342,6 +342,10 @@ fn a_speech_to_text_job_writes_its_transcript_on_both_engines() {
         a.expect_code(0, "wrk --audio --stt");
         let a = a.stdout.trim().to_owned();
         let b = ws.submit(&["--audio", high.to_str().unwrap(), "--stt"], "Transcribe this.");
+        // A WAV cut off after its header: that job alone fails.
+        let cut = ws.tmp().join("cut.wav");
+        fs::write(&cut, &wav(1.0, 220.0)[..40]).unwrap();
+        let c = ws.submit(&["--audio", cut.to_str().unwrap(), "--stt"], "Transcribe.");
         // A vision job on a daemon whose projector hears but does not see.
         let (img, _) = images(ws.tmp());
         let v = ws.submit(&["-i", img.to_str().unwrap()], "Describe.");
@@ -363,6 +367,11 @@ fn a_speech_to_text_job_writes_its_transcript_on_both_engines() {
         }
         let e = ws.read(FAILED, &v, "error.txt");
         assert!(e.contains("no vision encoder"), "{engine}: {e:?}");
+        let e = ws.read(FAILED, &c, "error.txt");
+        assert!(
+            e.contains("audio/audio_000000.wav could not be decoded"),
+            "{engine}: {e:?}"
+        );
         // flw prints the transcript, and --json carries it.
         let shown = ws.flw(&[&a], JOB);
         shown.expect_code(0, "flw WS ID of an stt job");
