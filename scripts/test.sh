@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: fetch the model the tests run on (once), then every
+# The whole test suite: fetch the model the tests run on and generate the
+# media fixtures (once each), then every
 # unit and integration test of the workspace, in release mode (llama.cpp is
 # slow unoptimised, and the binaries are shared with the demo and benchmark).
 # As root it also runs the tests marked #[ignore] because they need root
@@ -8,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/fetch-model.sh
+scripts/fixtures.sh
 extra=()
 if [ "$(id -u)" = 0 ]; then
     extra=(--include-ignored)

@@ -1,9 +1,9 @@
 //! `flw WS ID`: one job as its state says. Done prints the primary artifact
-//! to stdout exactly as stored (audio: its path), failed prints error.txt
+//! to stdout exactly as stored (audio: its bytes, or its path on a terminal), failed prints error.txt
 //! on stderr, queued/running print the state on stderr; `--json` prints
 //! the job's one-line summary instead.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -78,7 +78,8 @@ pub fn print_error(job: &JobView) {
 }
 
 /// A done job's primary artifact on stdout: text and embedding JSON as
-/// stored (no newline added), audio as its path.
+/// stored (no newline added); audio.wav's bytes when stdout is a pipe or a
+/// file (`flw WS ID > out.wav`, `| aplay`), its path on a terminal.
 pub fn print_artifact(job: &JobView) -> Result<()> {
     let Some(name) = job.primary_artifact() else {
         bail!(
@@ -89,7 +90,7 @@ pub fn print_artifact(job: &JobView) -> Result<()> {
     };
     let path = job.dir.join(name);
     let mut out = io::stdout().lock();
-    if name == "audio.wav" {
+    if name == "audio.wav" && io::stdout().is_terminal() {
         writeln!(out, "{}", path.display())?;
     } else {
         copy_file(&path, &mut out).with_context(|| format!("reading {name} of job {}", job.id))?;

@@ -22,6 +22,10 @@ pub struct Settings {
     /// How often waiters look again without a filesystem event (inotify
     /// wakes them at once; this is the fallback for filesystems without).
     pub wait_poll: std::time::Duration,
+    /// The largest image a job may hold (`NRVNA_MAX_IMAGE_SIZE`).
+    pub max_image_bytes: u64,
+    /// The largest audio file a job may hold (`NRVNA_MAX_AUDIO_SIZE`).
+    pub max_audio_bytes: u64,
 }
 
 impl Default for Settings {
@@ -30,6 +34,8 @@ impl Default for Settings {
             fsync: true,
             max_prompt_bytes: DEFAULT_MAX_PROMPT_BYTES,
             wait_poll: std::time::Duration::from_millis(DEFAULT_WAIT_POLL_MS),
+            max_image_bytes: crate::media::DEFAULT_MAX_IMAGE_BYTES,
+            max_audio_bytes: crate::media::DEFAULT_MAX_AUDIO_BYTES,
         }
     }
 }
@@ -70,6 +76,19 @@ impl Settings {
                 format!("NRVNA_WAIT_POLL_MS={v:?} is not a number of milliseconds (10 or more); fix or unset it")
             })?;
             s.wait_poll = std::time::Duration::from_millis(ms);
+        }
+        for (var, slot) in [
+            ("NRVNA_MAX_IMAGE_SIZE", &mut s.max_image_bytes),
+            ("NRVNA_MAX_AUDIO_SIZE", &mut s.max_audio_bytes),
+        ] {
+            if let Some(v) = std::env::var(var).ok().filter(|v| !v.trim().is_empty()) {
+                *slot = v
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|&n| n > 0)
+                    .ok_or_else(|| format!("{var}={v:?} is not a positive number of bytes; fix or unset it"))?;
+            }
         }
         Ok(s)
     }

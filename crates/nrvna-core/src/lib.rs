@@ -10,6 +10,7 @@ pub mod id;
 pub mod job;
 pub mod lifecycle;
 pub mod live;
+pub mod media;
 pub mod members;
 pub mod meta;
 pub mod openai;

@@ -49,6 +49,8 @@ pub struct Submission {
     pub extra_meta: serde_json::Map<String, Value>,
     /// The batch-file request this job answers (`batch.json`).
     pub batch: Option<BatchRequest>,
+    /// Images or audio, copied into `images/` and `audio/` in this order.
+    pub media: Vec<crate::media::MediaFile>,
 }
 
 /// The request of an OpenAI batch file that a job answers, kept in the
@@ -117,12 +119,15 @@ impl Submission {
             output: None,
             extra_meta: serde_json::Map::new(),
             batch: None,
+            media: Vec::new(),
         }
     }
 
     /// Checks everything that can be checked before touching the disk.
     pub fn validate(&self) -> Result<(), SubmitError> {
-        if self.prompt.is_empty() {
+        // A media job may have no prompt (the model describes the image,
+        // transcribes the audio).
+        if self.prompt.is_empty() && self.media.is_empty() {
             return Err(SubmitError::EmptyPrompt);
         }
         let limit = max_prompt_bytes();
@@ -194,6 +199,24 @@ impl Submission {
             }
             if let Some(b) = &self.batch {
                 write_atomic(dir, BATCH_FILE, &b.to_bytes())?;
+            }
+            let mut counts = [0usize; 2];
+            for m in &self.media {
+                let sub = dir.join(m.kind.dir());
+                if !sub.is_dir() {
+                    fs::create_dir(&sub)?;
+                }
+                let n = &mut counts[m.kind as usize];
+                write_atomic(&sub, &crate::media::file_name(m.kind, *n, &m.ext), &m.bytes)?;
+                *n += 1;
+            }
+            for (k, n) in [crate::media::MediaKind::Image, crate::media::MediaKind::Audio]
+                .into_iter()
+                .zip(counts)
+            {
+                if n > 0 {
+                    sync_dir(&dir.join(k.dir()))?;
+                }
             }
             write_atomic(dir, "meta.json", &self.meta().to_bytes())?;
             sync_dir(dir)?;

@@ -27,11 +27,12 @@ use std::time::Instant;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::mtmd::MtmdInputChunks;
 use llama_cpp_2::token::LlamaToken;
 
 use crate::config::EngineConfig;
 use crate::model::Model;
-use crate::perjob::{embed_many, new_context, plan};
+use crate::perjob::{embed_many, embed_media, new_context, plan, plan_media};
 use crate::sched::{Sched, SeqState};
 use crate::text::Generation;
 use crate::{Observer, Output, Request, RunError, Runner, POLL_INTERVAL};
@@ -147,6 +148,11 @@ struct Seq {
     gen: Generation,
     reply: Reply,
     started: Instant,
+    /// A media job's prompt chunks: evaluated into its slot by the
+    /// projector (their own decode calls) at admission, and again after a
+    /// preemption. Its `toks` start with one placeholder per prompt
+    /// position, a value no other job has, so no prefix is ever shared.
+    media: Option<MtmdInputChunks>,
 }
 
 struct Engine<'m> {
@@ -164,6 +170,8 @@ struct Engine<'m> {
     decodes: u64,
     /// Set when the engine can no longer run anything.
     fault: Option<String>,
+    /// Media jobs so far (their placeholder tokens are unique).
+    media_jobs: i32,
 }
 
 fn engine_main(
@@ -207,6 +215,7 @@ fn engine_main(
         isolate: VecDeque::new(),
         decodes: 0,
         fault: None,
+        media_jobs: 0,
     };
     let mut quit = false;
     while !quit && e.fault.is_none() {
@@ -270,11 +279,20 @@ impl<'m> Engine<'m> {
                 false
             }
             Msg::Job {
+                req: Request::EmbedMedia { text, media },
+                obs: _,
+                reply,
+            } => {
+                // Its own context, like every embedding: the shared one is untouched.
+                let _ = reply.send(embed_media(self.model, self.cfg.threads, &text, &media));
+                false
+            }
+            Msg::Job {
                 req: Request::Text(req),
                 obs,
                 reply,
             } => {
-                let prepared = plan(self.model, self.sched.n_ctx as u32, &req).and_then(|(toks, max_gen)| {
+                let prepared = self.prompt(&req).and_then(|(toks, media, max_gen)| {
                     let sampler = req
                         .sampling
                         .chain(&self.model.llama, req.grammar.as_deref())
@@ -286,6 +304,7 @@ impl<'m> Engine<'m> {
                         gen: Generation::new(sampler, max_gen, req.stop, obs),
                         reply: reply.clone(),
                         started: Instant::now(),
+                        media,
                     })
                 });
                 match prepared {
@@ -295,6 +314,64 @@ impl<'m> Engine<'m> {
                     }
                 }
                 false
+            }
+        }
+    }
+
+    /// A job's prompt tokens (placeholders for a media job, with its
+    /// chunks) and the most tokens it may generate.
+    fn prompt(
+        &mut self,
+        req: &crate::TextRequest,
+    ) -> Result<(Vec<LlamaToken>, Option<MtmdInputChunks>, u32), RunError> {
+        let limit = self.sched.n_ctx as u32;
+        let Some(m) = &req.media else {
+            let (toks, max_gen) = plan(self.model, limit, req)?;
+            return Ok((toks, None, max_gen));
+        };
+        let (chunks, n, max_gen) = plan_media(self.model, limit, req, m)?;
+        if self.model.projector("a media job")?.mrope {
+            return Err(RunError::Rejected(
+                "this projector places media with M-RoPE positions, which the batched engine does not track; run nrvnad with --engine per-job for this model".into(),
+            ));
+        }
+        self.media_jobs = self.media_jobs.wrapping_add(1) & 0x3fff_ffff;
+        let placeholder = LlamaToken::new(-1 - self.media_jobs);
+        Ok((vec![placeholder; n as usize], Some(chunks), max_gen))
+    }
+
+    /// Evaluates an admitted media job's prompt into its slot (mtmd's own
+    /// decode calls, with only this job's positions), then samples its
+    /// first token at once, before the next shared decode replaces the
+    /// logits. A job that resumes after a preemption feeds what it had
+    /// generated through the shared batch as usual.
+    fn eval_media(&mut self, i: usize) {
+        let s = &mut self.active[i];
+        let (Some(chunks), Some(slot)) = (&s.media, s.st.slot) else {
+            return;
+        };
+        let res = self
+            .model
+            .projector("a media job")
+            .and_then(|p| p.eval(chunks, &mut self.ctx, 0, slot, self.sched.n_batch as i32));
+        match res {
+            Ok(_) => {
+                s.st.n_past = s.st.n_prompt;
+                if s.st.toks.len() > s.st.n_past {
+                    return;
+                }
+                let t = s.gen.sampler.sample(&self.ctx, -1);
+                if s.gen.push(self.model, t) {
+                    s.st.toks.push(t);
+                } else {
+                    let s = self.active.swap_remove(i);
+                    let out = finished(&s);
+                    self.release(s, Ok(out));
+                }
+            }
+            Err(e) => {
+                let s = self.active.swap_remove(i);
+                self.release(s, Err(e));
             }
         }
     }
@@ -350,7 +427,11 @@ impl<'m> Engine<'m> {
             if let Some((src, n)) = adm.reuse {
                 let _ = self.ctx.kv_cache_seq_cp(src, slot, Some(0), Some(n as u32));
             }
+            let media = s.media.is_some();
             self.active.push(s);
+            if media {
+                self.eval_media(self.active.len() - 1);
+            }
         }
     }
 
@@ -482,15 +563,7 @@ impl<'m> Engine<'m> {
                 i += 1;
             } else {
                 let s = self.active.swap_remove(i);
-                let out = Output {
-                    prompt_tokens: s.st.n_prompt as u32,
-                    generated_tokens: s.gen.generated,
-                    reused_tokens: s.st.reused as u32,
-                    gen_secs: s.started.elapsed().as_secs_f64(),
-                    finish: s.gen.finish,
-                    text: String::new(),
-                    embedding: None,
-                };
+                let out = finished(&s);
                 self.release(s, Ok(out));
             }
         }
@@ -500,7 +573,8 @@ impl<'m> Engine<'m> {
     /// worth it) and answers its worker.
     fn release(&mut self, mut s: Seq, result: Result<Output, RunError>) {
         if let Some(slot) = s.st.slot {
-            if result.is_ok() {
+            // A media job's placeholders are no prefix anyone shares.
+            if result.is_ok() && s.media.is_none() {
                 let others = self.sched.cells_used(self.active.iter().map(|a| &a.st)) - self.sched.cache.len();
                 if let Some(n) = self.sched.keep_as_cache(&s.st, others) {
                     self.drop_cache();
@@ -547,5 +621,19 @@ impl<'m> Engine<'m> {
         for s in std::mem::take(&mut self.waiting) {
             self.stop(s, why.into());
         }
+    }
+}
+
+/// The output of a sequence that finished generating (its text is moved
+/// in by `release`).
+fn finished(s: &Seq) -> Output {
+    Output {
+        prompt_tokens: s.st.n_prompt as u32,
+        generated_tokens: s.gen.generated,
+        reused_tokens: s.st.reused as u32,
+        gen_secs: s.started.elapsed().as_secs_f64(),
+        finish: s.gen.finish,
+        text: String::new(),
+        embedding: None,
     }
 }

@@ -8,6 +8,7 @@
 pub mod batched;
 pub mod config;
 pub mod embed;
+pub mod media;
 pub mod model;
 pub mod perjob;
 pub mod sampling;
@@ -27,6 +28,11 @@ pub enum Request {
     Text(TextRequest),
     /// Embed this text (mean-pooled for decoder models), L2-normalised.
     Embed(String),
+    /// Embed this text together with images (through the projector).
+    EmbedMedia {
+        text: String,
+        media: Vec<media::Media>,
+    },
 }
 
 /// A text generation request; the prompt is already rendered with the chat template.
@@ -38,6 +44,16 @@ pub struct TextRequest {
     pub stop: Vec<String>,
     /// A GBNF grammar constraining the output.
     pub grammar: Option<String>,
+    /// Images or audio for the projector; the prompt holds their markers.
+    pub media: Option<MediaInput>,
+}
+
+/// A vision or speech job's media.
+#[derive(Clone, Debug)]
+pub struct MediaInput {
+    pub files: Vec<media::Media>,
+    /// Audio (speech to text) rather than images.
+    pub audio: bool,
 }
 
 /// Why generation ended.

@@ -32,6 +32,8 @@ pub struct Model {
     pub template: ChatTemplate,
     /// Training context length (an upper bound for NRVNA_MAX_CTX).
     pub n_ctx_train: u32,
+    /// The multimodal projector, when one was given or found.
+    pub projector: Option<crate::media::Projector>,
 }
 
 // SAFETY: llama.cpp models are read-only after loading and documented as
@@ -67,6 +69,23 @@ impl Model {
             path: path.to_owned(),
             template,
             n_ctx_train,
+            projector: None,
+        })
+    }
+
+    /// Loads the multimodal projector (`mmproj*.gguf`) for this model.
+    pub fn attach_projector(&mut self, path: &Path, threads: u32, use_gpu: bool) -> Result<(), String> {
+        self.projector = Some(crate::media::Projector::load(path, &self.llama, threads, use_gpu)?);
+        Ok(())
+    }
+
+    /// The projector, or the job's failure that says which flag to give.
+    pub fn projector(&self, what: &str) -> Result<&crate::media::Projector, crate::RunError> {
+        self.projector.as_ref().ok_or_else(|| {
+            crate::RunError::Rejected(format!(
+                "{what} needs a multimodal projector, and this daemon has none; start nrvnad with --mmproj FILE (the mmproj*.gguf made for {}), or put it beside the model",
+                self.file_name()
+            ))
         })
     }
 

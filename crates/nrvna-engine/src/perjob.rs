@@ -12,9 +12,11 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 
 use crate::config::EngineConfig;
 use crate::embed::{normalize, pooling_for};
+use crate::media::Media;
 use crate::model::{backend, Model, CONTEXT_LOCK};
 use crate::text::Generation;
-use crate::{Observer, Output, Request, RunError, Runner, TextRequest};
+use crate::{MediaInput, Observer, Output, Request, RunError, Runner, TextRequest};
+use llama_cpp_2::mtmd::MtmdInputChunks;
 
 /// A worker's runner: a fresh context per job.
 pub struct PerJobRunner {
@@ -36,6 +38,7 @@ impl Runner for PerJobRunner {
         match req {
             Request::Text(t) => run_text(&self.model, &self.cfg, self.threads, t, obs),
             Request::Embed(s) => run_embed(&self.model, self.threads, &s),
+            Request::EmbedMedia { text, media } => embed_media(&self.model, self.threads, &text, &media),
         }
     }
 }
@@ -69,6 +72,31 @@ pub(crate) fn plan(
     Ok((toks, req.max_tokens.max(1).min(limit - n)))
 }
 
+/// A media job's prompt: its chunks (text tokens, images or audio), the KV
+/// cells they take, and the most new tokens that fit after them.
+pub(crate) fn plan_media(
+    model: &Model,
+    limit: u32,
+    req: &TextRequest,
+    media: &MediaInput,
+) -> Result<(MtmdInputChunks, u32, u32), RunError> {
+    let what = if media.audio {
+        "a speech-to-text job"
+    } else {
+        "a vision job"
+    };
+    let chunks = model
+        .projector(what)?
+        .tokenize(&req.prompt, &media.files, media.audio)?;
+    let n = chunks.total_tokens().max(chunks.total_positions().max(0) as usize) as u32;
+    if n >= limit {
+        return Err(RunError::Rejected(format!(
+            "the prompt with its media is {n} tokens but the context holds {limit} (NRVNA_MAX_CTX, capped by the model); use fewer or smaller files, or raise NRVNA_MAX_CTX"
+        )));
+    }
+    Ok((chunks, n, req.max_tokens.max(1).min(limit - n)))
+}
+
 fn run_text(
     model: &Model,
     cfg: &EngineConfig,
@@ -77,8 +105,17 @@ fn run_text(
     obs: Arc<dyn Observer>,
 ) -> Result<Output, RunError> {
     let limit = model.cap_ctx(cfg.max_ctx);
-    let (toks, max_gen) = plan(model, limit, &req)?;
-    let n_prompt = toks.len() as u32;
+    let (toks, chunks, n_prompt, max_gen) = match &req.media {
+        None => {
+            let (toks, max_gen) = plan(model, limit, &req)?;
+            let n = toks.len() as u32;
+            (toks, None, n, max_gen)
+        }
+        Some(m) => {
+            let (chunks, n, max_gen) = plan_media(model, limit, &req, m)?;
+            (Vec::new(), Some(chunks), n, max_gen)
+        }
+    };
     let n_ctx = (n_prompt + max_gen).div_ceil(64) * 64;
     let n_ctx = n_ctx.min(limit.div_ceil(64) * 64);
     let n_batch = cfg.n_batch.min(n_ctx);
@@ -103,24 +140,25 @@ fn run_text(
     };
 
     let mut batch = LlamaBatch::new(n_batch as usize, 1);
-    let last = toks.len() - 1;
-    for (c, chunk) in toks.chunks(n_batch as usize).enumerate() {
-        obs.poll();
-        if let Some(r) = obs.should_stop() {
-            return Err(stopped(&gen, r));
+    let (mut n_past, mut idx) = match &chunks {
+        Some(chunks) => {
+            obs.poll();
+            if let Some(r) = obs.should_stop() {
+                return Err(stopped(&gen, r));
+            }
+            let proj = model.projector("a media job")?;
+            let n = proj.eval(chunks, &mut ctx, 0, 0, n_batch as i32)?;
+            (n as u32, -1)
         }
-        batch.clear();
-        for (j, t) in chunk.iter().enumerate() {
-            let pos = c * n_batch as usize + j;
-            batch
-                .add(*t, pos as i32, &[0], pos == last)
-                .map_err(|e| RunError::Fault(e.to_string()))?;
+        None => {
+            decode_prompt(&toks, &mut ctx, &mut batch, n_batch, &obs).map_err(|e| match e {
+                PromptStop::Stop(r) => stopped(&gen, r),
+                PromptStop::Err(e) => e,
+            })?;
+            (n_prompt, batch.n_tokens() - 1)
         }
-        ctx.decode(&mut batch)
-            .map_err(|e| RunError::from_decode(e, true, "decoding the prompt"))?;
-    }
-    let mut n_past = n_prompt;
-    let mut idx = batch.n_tokens() - 1;
+    };
+    drop(chunks);
     let mut last_poll = Instant::now();
     loop {
         if last_poll.elapsed() >= crate::POLL_INTERVAL {
@@ -155,6 +193,78 @@ fn run_text(
         reused_tokens: 0,
         gen_secs: start.elapsed().as_secs_f64(),
         finish: gen.finish,
+    })
+}
+
+enum PromptStop {
+    Stop(String),
+    Err(RunError),
+}
+
+/// Decodes a text prompt into sequence 0 in chunks of `n_batch`, logits
+/// for the last token, checking the observer between chunks.
+fn decode_prompt(
+    toks: &[llama_cpp_2::token::LlamaToken],
+    ctx: &mut LlamaContext<'_>,
+    batch: &mut LlamaBatch,
+    n_batch: u32,
+    obs: &Arc<dyn Observer>,
+) -> Result<(), PromptStop> {
+    let last = toks.len() - 1;
+    for (c, chunk) in toks.chunks(n_batch as usize).enumerate() {
+        obs.poll();
+        if let Some(r) = obs.should_stop() {
+            return Err(PromptStop::Stop(r));
+        }
+        batch.clear();
+        for (j, t) in chunk.iter().enumerate() {
+            let pos = c * n_batch as usize + j;
+            batch
+                .add(*t, pos as i32, &[0], pos == last)
+                .map_err(|e| PromptStop::Err(RunError::Fault(e.to_string())))?;
+        }
+        ctx.decode(batch)
+            .map_err(|e| PromptStop::Err(RunError::from_decode(e, true, "decoding the prompt")))?;
+    }
+    Ok(())
+}
+
+/// Embeds text and images together in their own context (the images
+/// encoded by the projector, the text after them attending to them).
+/// Pooled over the last decode call of the prompt, as the C++ daemon does.
+pub(crate) fn embed_media(model: &Model, threads: u32, text: &str, media: &[Media]) -> Result<Output, RunError> {
+    let start = Instant::now();
+    let proj = model.projector("an embedding with images")?;
+    let prompt = crate::media::with_markers(text, media.len());
+    let chunks = proj.tokenize(&prompt, media, false)?;
+    let n = chunks.total_tokens().max(chunks.total_positions().max(0) as usize) as u32;
+    let limit = model.cap_ctx(8192);
+    if n > limit {
+        return Err(RunError::Rejected(format!(
+            "the text with its images is {n} tokens; embeddings take at most {limit}"
+        )));
+    }
+    let n_ctx = n.div_ceil(64) * 64;
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx))
+        .with_n_batch(n_ctx)
+        .with_n_ubatch(n_ctx)
+        .with_n_seq_max(1)
+        .with_embeddings(true)
+        .with_pooling_type(pooling_for(&model.llama))
+        .with_n_threads(threads as i32)
+        .with_n_threads_batch(threads as i32);
+    let mut ctx = new_context(model, params)?;
+    proj.eval(&chunks, &mut ctx, 0, 0, n_ctx as i32)?;
+    let v = ctx
+        .embeddings_seq_ith(0)
+        .map_err(|e| RunError::Fault(format!("reading the embedding: {e}")))?;
+    let v = normalize(v).map_err(RunError::Rejected)?;
+    Ok(Output {
+        embedding: Some(v),
+        prompt_tokens: n,
+        gen_secs: start.elapsed().as_secs_f64(),
+        ..Output::default()
     })
 }
 

@@ -180,9 +180,23 @@ pub struct ServeArgs {
     #[arg(long, env = "NRVNA_MAX_PROMPT_SIZE", default_value_t = nrvna_core::config::DEFAULT_MAX_PROMPT_BYTES,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_prompt_size: u64,
+    /// Largest image a job may hold, in bytes (a larger one fails its job).
+    #[arg(long, env = "NRVNA_MAX_IMAGE_SIZE", default_value_t = nrvna_core::media::DEFAULT_MAX_IMAGE_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_image_size: u64,
+    /// Largest audio file a job may hold, in bytes.
+    #[arg(long, env = "NRVNA_MAX_AUDIO_SIZE", default_value_t = nrvna_core::media::DEFAULT_MAX_AUDIO_BYTES,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_audio_size: u64,
     /// A Jinja chat template that replaces the model's.
     #[arg(long, env = "NRVNA_CHAT_TEMPLATE_FILE")]
     pub chat_template_file: Option<PathBuf>,
+    /// Multimodal projector (.gguf) for vision, image-embedding and
+    /// speech-to-text jobs. Default: an mmproj*.gguf beside the model whose
+    /// name holds the model's name (as the C++ daemon finds it); without
+    /// one, media jobs fail with a reason that names this flag.
+    #[arg(long, env = "NRVNA_MMPROJ")]
+    pub mmproj: Option<PathBuf>,
 
     /// Default sampling temperature (0: greedy).
     #[arg(long, env = "NRVNA_TEMP", default_value_t = 0.8)]

@@ -13,6 +13,8 @@ use crate::cli::{EngineKind, ServeArgs};
 #[derive(Clone, Debug)]
 pub struct Config {
     pub model: PathBuf,
+    /// The multimodal projector: --mmproj, or the one found beside the model.
+    pub mmproj: Option<PathBuf>,
     pub workspace: PathBuf,
     pub workers: u32,
     pub drain: bool,
@@ -41,6 +43,8 @@ impl Config {
         nrvna_core::config::install(nrvna_core::config::Settings {
             fsync: a.fsync,
             max_prompt_bytes: a.max_prompt_size,
+            max_image_bytes: a.max_image_size,
+            max_audio_bytes: a.max_audio_size,
             ..nrvna_core::config::Settings::default()
         })
         .map_err(anyhow::Error::msg)?;
@@ -63,7 +67,13 @@ impl Config {
             chat_template_file: a.chat_template_file.clone(),
             test_decode_fault: a.test_decode_fault,
         };
+        let mmproj = match (&a.mmproj, a.engine) {
+            (Some(p), _) => Some(p.clone()),
+            (None, EngineKind::Echo) => None,
+            (None, _) => find_mmproj(&model),
+        };
         Ok(Config {
+            mmproj,
             model,
             workspace: workspace.clone(),
             workers: a.workers,
@@ -96,4 +106,53 @@ pub fn resolve_model(model: &str, dir: &Path) -> Result<PathBuf> {
          fetch the default model with scripts/fetch-model.sh, or pass the path of a .gguf file",
         dir.display()
     )
+}
+
+/// The projector beside `model`, found as the C++ daemon finds it: a
+/// `.gguf` file in the same directory whose lower-cased name holds `mmproj`
+/// and the model's lower-cased stem; the first by name when several match.
+pub fn find_mmproj(model: &Path) -> Option<PathBuf> {
+    let dir = model
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let stem = model.file_stem()?.to_string_lossy().to_lowercase();
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        // A link to a file counts, as in the C++ daemon (its is_regular_file follows links).
+        .filter(|p| p.is_file())
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_lowercase())
+                .unwrap_or_default();
+            name.ends_with(".gguf") && name.contains("mmproj") && name.contains(&stem)
+        })
+        .collect();
+    found.sort();
+    found.into_iter().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_projector_beside_the_model_is_found_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        let model = d.path().join("SmolVLM-256M.gguf");
+        for n in [
+            "SmolVLM-256M.gguf",
+            "mmproj-other.gguf",
+            "mmproj-smolvlm-256m-f16.gguf",
+            "readme.txt",
+        ] {
+            std::fs::write(d.path().join(n), b"x").unwrap();
+        }
+        assert_eq!(find_mmproj(&model), Some(d.path().join("mmproj-smolvlm-256m-f16.gguf")));
+        std::fs::remove_file(d.path().join("mmproj-smolvlm-256m-f16.gguf")).unwrap();
+        assert_eq!(find_mmproj(&model), None);
+    }
 }

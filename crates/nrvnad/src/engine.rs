@@ -28,6 +28,7 @@ impl Inference {
     pub fn start(
         kind: EngineKind,
         model_path: &std::path::Path,
+        mmproj: Option<&std::path::Path>,
         cfg: EngineConfig,
         workers: u32,
     ) -> Result<Inference, String> {
@@ -42,11 +43,17 @@ impl Inference {
                 workers,
             });
         }
-        let model = Arc::new(Model::load(
-            model_path,
-            cfg.gpu_layers,
-            cfg.chat_template_file.as_deref(),
-        )?);
+        let mut model = Model::load(model_path, cfg.gpu_layers, cfg.chat_template_file.as_deref())?;
+        if let Some(p) = mmproj {
+            model.attach_projector(p, cfg.threads, cfg.gpu_layers > 0)?;
+            let pr = model
+                .projector
+                .as_ref()
+                .map(|p| (p.vision, p.audio))
+                .unwrap_or_default();
+            tracing::info!("loaded projector {} (vision: {}, audio: {})", p.display(), pr.0, pr.1);
+        }
+        let model = Arc::new(model);
         tracing::info!(
             "loaded {} (training context {}, chat template from {})",
             model.file_name(),
@@ -245,6 +252,22 @@ impl Runner for EchoRunner {
                     prompt_tokens: 1,
                     text: t.prompt,
                     finish: Some(nrvna_engine::Finish::Eog),
+                    ..Output::default()
+                })
+            }
+            Request::EmbedMedia { text, media } => {
+                let mut v = [0f32; 8];
+                for (i, b) in text
+                    .bytes()
+                    .chain(media.iter().flat_map(|m| m.bytes.iter().copied()))
+                    .enumerate()
+                {
+                    v[i % 8] += f32::from(b);
+                }
+                v[0] += 1.0;
+                Ok(Output {
+                    embedding: Some(nrvna_engine::embed::normalize(&v).map_err(RunError::Rejected)?),
+                    prompt_tokens: 1,
                     ..Output::default()
                 })
             }

@@ -125,9 +125,15 @@ pub fn serve(cfg: Config) -> Result<ExitCode> {
         }
         None => lock.clear_files(ws),
     };
-    let inference = Inference::start(cfg.engine, &cfg.model, cfg.engine_cfg.clone(), cfg.workers)
-        .map_err(anyhow::Error::msg)
-        .inspect_err(|_| leave(&ws))?;
+    let inference = Inference::start(
+        cfg.engine,
+        &cfg.model,
+        cfg.mmproj.as_deref(),
+        cfg.engine_cfg.clone(),
+        cfg.workers,
+    )
+    .map_err(anyhow::Error::msg)
+    .inspect_err(|_| leave(&ws))?;
     let inference = Arc::new(inference);
     tracing::info!("model ready in {:.2} s", t0.elapsed().as_secs_f64());
     if !serves.iter().any(|n| n == inference.model_name()) && !inference.model_name().is_empty() {
@@ -136,7 +142,7 @@ pub fn serve(cfg: Config) -> Result<ExitCode> {
     let info = json!({
         "pid": std::process::id(),
         "model": cfg.model.display().to_string(),
-        "mmproj": "",
+        "mmproj": cfg.mmproj.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
         "vocoder": "",
         "workers": cfg.workers,
         "started_at": started_at,

@@ -16,12 +16,18 @@ terminal. One trailing newline is stripped from stdin.
 
 Environment:
   NRVNA_MAX_PROMPT_SIZE  largest prompt in bytes (default 1048576)
+  NRVNA_MAX_IMAGE_SIZE   largest --image file in bytes (default 52428800)
+  NRVNA_MAX_AUDIO_SIZE   largest --audio file in bytes (default 209715200)
   NRVNA_FSYNC=0          skip fsync (scratch workspaces only)
 
 Examples:
   wrk ./ws 'Write a haiku about rivers'
   echo 'Summarise this' | wrk ./ws --tag notes
   wrk ./ws --json-schema person.schema.json 'Invent a person'
+  wrk ./ws 'What is in this picture?' -i photo.jpg
+  wrk ./ws --embed -i photo.jpg 'a caption'
+  wrk ./ws --audio memo.wav --stt
+  wrk ./ws --tts 'Hello there'
   wrk ./ws --batch requests.jsonl          # prints the batch tag
   wrk ./ws hi | flw ./ws -w                # submit, wait, print the result";
 
@@ -108,6 +114,29 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["json_schema", "grammar"])]
     pub embed: bool,
 
+    /// Attach an image (repeatable): a vision job, or with --embed an
+    /// embedding of the text and images together. png, jpg, gif, webp or
+    /// bmp, at most NRVNA_MAX_IMAGE_SIZE bytes (default 50 MiB). Without
+    /// a prompt, a vision job asks "Describe the image." and an embedding
+    /// embeds the images alone. The daemon needs a projector (--mmproj).
+    #[arg(short = 'i', long = "image", value_name = "FILE", conflicts_with_all = ["audio", "tts"])]
+    pub images: Vec<PathBuf>,
+
+    /// Attach an audio file (repeatable) for a speech-to-text job (--stt).
+    /// wav, mp3 or flac, at most NRVNA_MAX_AUDIO_SIZE bytes (default 200 MiB).
+    #[arg(long = "audio", value_name = "FILE", requires = "stt", conflicts_with_all = ["embed", "tts"])]
+    pub audio: Vec<PathBuf>,
+
+    /// Speech to text: transcribe the --audio files into transcript.txt
+    /// (the prompt, optional, is the task).
+    #[arg(long, requires = "audio", conflicts_with_all = ["embed", "json_schema", "grammar"])]
+    pub stt: bool,
+
+    /// Text to speech: the prompt is read aloud into audio.wav (24 kHz mono
+    /// 16-bit). The daemon needs an OuteTTS model and its vocoder.
+    #[arg(long, conflicts_with_all = ["embed", "json_schema", "grammar"])]
+    pub tts: bool,
+
     /// Constrain the output to this JSON Schema (stored as schema.json, and
     /// turned into the grammar stored as grammar.gbnf; a schema with a
     /// constraint no grammar can enforce, such as uniqueItems, is
@@ -123,6 +152,6 @@ pub struct Args {
     /// print the batch's tag instead of an id. All of the file's jobs are
     /// published, or none. The sampling flags above are defaults that a
     /// request's body overrides; --tag and --parent apply to every job.
-    #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["prompt", "embed", "json_schema", "grammar"])]
+    #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["prompt", "embed", "json_schema", "grammar", "images", "audio", "stt", "tts"])]
     pub batch: Option<PathBuf>,
 }

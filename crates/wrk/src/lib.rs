@@ -7,14 +7,18 @@ pub mod cli;
 pub mod constraint;
 pub mod prompt;
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Context, Result};
+use nrvna_core::media::{load_for_submit, MediaKind};
 use nrvna_core::submit::max_prompt_bytes;
 use nrvna_core::{JobId, JobType, Params, Submission, Workspace};
 
 pub use cli::Args;
+
+/// The prompt of a vision job submitted without one.
+pub const VISION_DEFAULT_PROMPT: &str = "Describe the image.";
 
 /// Runs `wrk` with parsed arguments. Prints the job id (or the batch tag)
 /// on stdout; every error is returned for `main` to print.
@@ -53,8 +57,23 @@ pub fn run(args: Args) -> Result<ExitCode> {
         sub.tags = args.tags.clone();
         sub.parent = parent;
         sub.params = params;
-        if args.embed {
-            sub.job_type = JobType::Embed;
+        sub.job_type = if args.embed {
+            JobType::Embed
+        } else if args.stt {
+            JobType::Stt
+        } else if args.tts {
+            JobType::Tts
+        } else if !args.images.is_empty() {
+            JobType::Vision
+        } else {
+            JobType::Text
+        };
+        // Every file is read and checked before anything is written.
+        for (files, kind) in [(&args.images, MediaKind::Image), (&args.audio, MediaKind::Audio)] {
+            for f in files {
+                sub.media
+                    .push(load_for_submit(f, kind).map_err(|e| anyhow!("refusing the job: {e}"))?);
+            }
         }
         sub.output = match (&args.json_schema, &args.grammar) {
             (Some(_), Some(_)) => return Err(anyhow!("--json-schema and --grammar cannot be used together; give one")),
@@ -62,7 +81,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
             (None, Some(f)) => Some(constraint::grammar_file(f)?),
             (None, None) => None,
         };
-        sub.prompt = prompt::from_args_or_stdin(&args.prompt, max_prompt_bytes())?;
+        // With media the prompt may be empty: no PROMPT words on a terminal
+        // is an empty prompt (a pipe is still read).
+        sub.prompt = if sub.media.is_empty() || !args.prompt.is_empty() || !std::io::stdin().is_terminal() {
+            prompt::from_args_or_stdin(&args.prompt, max_prompt_bytes())?
+        } else {
+            String::new()
+        };
+        // The C++ daemon runs an empty prompt only for embeddings and speech
+        // to text: a vision job without one gets the task spelled out, so
+        // that it runs on either daemon.
+        if sub.job_type == JobType::Vision && sub.prompt.is_empty() {
+            sub.prompt = VISION_DEFAULT_PROMPT.to_owned();
+        }
         sub.validate()?;
         let ws = open_or_create(&args)?;
         sub.publish(&ws)

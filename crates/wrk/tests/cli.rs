@@ -480,3 +480,116 @@ fn broken_stdout_pipe_still_exits_0() {
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A 2x2 24-bit BMP.
+fn tiny_bmp() -> Vec<u8> {
+    let mut b = b"BM".to_vec();
+    b.extend_from_slice(&70u32.to_le_bytes());
+    b.extend_from_slice(&[
+        0, 0, 0, 0, 54, 0, 0, 0, 40, 0, 0, 0, 2, 0, 0, 0, 2, 0, 0, 0, 1, 0, 24, 0,
+    ]);
+    b.extend_from_slice(&[0u8; 24]);
+    b.extend_from_slice(&[255u8; 16]);
+    b
+}
+
+#[test]
+fn image_jobs_copy_each_file_as_the_contract_names_it() {
+    let w = ws();
+    let d = tempfile::tempdir().unwrap();
+    let bmp = d.path().join("shot.BMP");
+    let png = d.path().join("photo.png");
+    let noext = d.path().join("noext");
+    fs::write(&bmp, tiny_bmp()).unwrap();
+    fs::write(&png, b"\x89PNG\r\n\x1a\n(the daemon decodes it)").unwrap();
+    fs::write(&noext, tiny_bmp()).unwrap();
+    let (b, p, n) = (bmp.to_str().unwrap(), png.to_str().unwrap(), noext.to_str().unwrap());
+
+    let out = wrk(&w.root, &["What is this?", "-i", b, "--image", p, "-i", n], None, &[]);
+    let dir = published(&w.root, &out);
+    assert_eq!(read(&dir, "type.txt").trim(), "vision");
+    assert_eq!(meta(&dir).mode, Some(JobType::Vision));
+    assert_eq!(read(&dir, "prompt.txt"), "What is this?");
+    let mut names = entries(&dir.join("images"));
+    names.sort();
+    assert_eq!(names, ["image_000000.BMP", "image_000001.png", "image_000002.bmp"]);
+    assert_eq!(fs::read(dir.join("images/image_000000.BMP")).unwrap(), tiny_bmp());
+
+    // No prompt: the task spelled out, as the C++ daemon needs one.
+    let out = wrk(&w.root, &["-i", b], None, &[]);
+    let dir = published(&w.root, &out);
+    assert_eq!(read(&dir, "prompt.txt"), "Describe the image.");
+
+    // Embedding of text and image together.
+    let w = ws();
+    let out = wrk(&w.root, &["--embed", "-i", b, "caption"], None, &[]);
+    let dir = published(&w.root, &out);
+    assert_eq!(read(&dir, "type.txt").trim(), "embed");
+    assert!(dir.join("images/image_000000.BMP").is_file());
+}
+
+#[test]
+fn speech_jobs_carry_their_audio_and_tts_its_text() {
+    let w = ws();
+    let d = tempfile::tempdir().unwrap();
+    let wav = d.path().join("memo.wav");
+    fs::write(&wav, b"RIFF\x24\0\0\0WAVEfmt ").unwrap();
+    let out = wrk(&w.root, &["--audio", wav.to_str().unwrap(), "--stt"], None, &[]);
+    let dir = published(&w.root, &out);
+    assert_eq!(read(&dir, "type.txt").trim(), "stt");
+    assert!(dir.join("audio/audio_000000.wav").is_file());
+    assert_eq!(read(&dir, "prompt.txt"), "");
+
+    let out = wrk(&w.root, &["--tts", "Hello there"], None, &[]);
+    let dir = published(&w.root, &out);
+    assert_eq!(read(&dir, "type.txt").trim(), "tts");
+    assert_eq!(read(&dir, "prompt.txt"), "Hello there");
+
+    // --audio without --stt, --stt without --audio: usage errors (exit 2 from clap).
+    let w = ws();
+    let out = wrk(&w.root, &["--audio", wav.to_str().unwrap(), "x"], None, &[]);
+    assert_ne!(out.status.code(), Some(0));
+    let out = wrk(&w.root, &["--stt", "x"], None, &[]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(entries(&w.root.join("input/ready")).is_empty());
+}
+
+#[test]
+fn bad_media_files_are_refused_and_nothing_is_published() {
+    let w = ws();
+    let d = tempfile::tempdir().unwrap();
+    let empty = d.path().join("empty.png");
+    let text = d.path().join("notes.png");
+    let big = d.path().join("big.bmp");
+    let missing = d.path().join("missing.png");
+    let good = d.path().join("good.bmp");
+    fs::write(&empty, b"").unwrap();
+    fs::write(&text, b"just some text").unwrap();
+    let mut b = tiny_bmp();
+    b.resize(5000, 0);
+    fs::write(&big, b).unwrap();
+    fs::write(&good, tiny_bmp()).unwrap();
+    let link = d.path().join("link.bmp");
+    std::os::unix::fs::symlink(&good, &link).unwrap();
+    let dangling = d.path().join("dangling.bmp");
+    std::os::unix::fs::symlink(d.path().join("nowhere"), &dangling).unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_owned();
+    let env = [("NRVNA_MAX_IMAGE_SIZE", "4096")];
+    for (file, needle) in [
+        (s(&empty), "is empty"),
+        (s(&text), "is not png, jpg, gif, webp or bmp"),
+        (s(&big), "over the limit of 4096 bytes (raise NRVNA_MAX_IMAGE_SIZE"),
+        (s(&missing), "No such file"),
+        (s(&dangling), "No such file"),
+        (s(d.path()), "not a regular file"),
+    ] {
+        // A good file first: one bad file refuses the whole job.
+        let out = wrk(&w.root, &["x", "-i", &s(&good), "-i", &file], None, &env);
+        assert_refused(&w.root, &out, needle);
+    }
+    // A link on the command line is the user's own: followed, its bytes copied.
+    let out = wrk(&w.root, &["x", "-i", &s(&link)], None, &env);
+    let dir = published(&w.root, &out);
+    let copy = dir.join("images/image_000000.bmp");
+    assert!(fs::symlink_metadata(&copy).unwrap().file_type().is_file());
+}

@@ -19,9 +19,13 @@ use std::time::{Instant, SystemTime};
 use nrvna_core::fsio::{iso8601_utc, read_optional, write_atomic};
 use nrvna_core::meta::MAX_META_BYTES;
 use nrvna_core::{JobId, JobType, Meta, Moved, State, Workspace};
+use nrvna_engine::media::with_markers;
 use nrvna_engine::sampling::fresh_seed;
 use nrvna_engine::template::strip_think;
-use nrvna_engine::{Output, Request, RunError, Runner, TextRequest};
+use nrvna_engine::{MediaInput, Output, Request, RunError, Runner, TextRequest};
+
+/// The task of a speech-to-text job with an empty prompt (the C++ daemon's).
+const STT_DEFAULT_PROMPT: &str = "Transcribe the audio.";
 use serde_json::{json, Value};
 
 use crate::engine::Inference;
@@ -295,6 +299,10 @@ impl Processor {
     fn request(&self, dir: &Path, spec: &JobSpec, plan: Plan) -> Result<Request, Failure> {
         let inf = &self.inference;
         match plan {
+            Plan::Embed if !spec.images.is_empty() => Ok(Request::EmbedMedia {
+                text: spec.prompt.clone(),
+                media: spec.images.clone(),
+            }),
             Plan::Embed => Ok(Request::Embed(spec.prompt.clone())),
             Plan::Text {
                 system,
@@ -318,8 +326,32 @@ impl Processor {
                 if let Some(g) = &grammar {
                     inf.check_grammar(g).map_err(Failure::new)?;
                 }
+                let media = match spec.job_type {
+                    JobType::Vision => Some(MediaInput {
+                        files: spec.images.clone(),
+                        audio: false,
+                    }),
+                    JobType::Stt => Some(MediaInput {
+                        files: spec.audio.clone(),
+                        audio: true,
+                    }),
+                    _ => None,
+                };
+                // A media job's message holds one marker per file, where the
+                // projector's chunks go (in front unless the prompt places them).
+                let user = match &media {
+                    Some(m) => {
+                        let task = if m.audio && spec.prompt.trim().is_empty() {
+                            STT_DEFAULT_PROMPT
+                        } else {
+                            spec.prompt.as_str()
+                        };
+                        with_markers(task, m.files.len())
+                    }
+                    None => spec.prompt.clone(),
+                };
                 let prompt = inf
-                    .render(system.as_deref(), &spec.prompt)
+                    .render(system.as_deref(), &user)
                     .map_err(|e| Failure::new(format!("{e}; set NRVNA_CHAT_TEMPLATE_FILE to a working template")))?;
                 Ok(Request::Text(TextRequest {
                     prompt,
@@ -327,6 +359,7 @@ impl Processor {
                     max_tokens,
                     stop,
                     grammar,
+                    media,
                 }))
             }
         }
@@ -382,7 +415,11 @@ fn done(spec: &JobSpec, out: Output) -> Ending {
                 }
             }
             Ending::Done {
-                artifact: "result.txt",
+                artifact: if spec.job_type == JobType::Stt {
+                    "transcript.txt"
+                } else {
+                    "result.txt"
+                },
                 bytes: text.into_bytes(),
                 out,
             }

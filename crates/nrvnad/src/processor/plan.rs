@@ -35,7 +35,7 @@ pub enum Plan {
 
 /// A job type this daemon cannot run.
 #[derive(Debug, PartialEq, thiserror::Error)]
-#[error("job type {0} is not supported by this daemon (it runs text and embed jobs)")]
+#[error("job type {0} is not supported by this daemon (it runs text, embed, vision and stt jobs)")]
 pub struct Unsupported(pub &'static str);
 
 /// Plans `spec` under the daemon's defaults; returns the plan and the
@@ -43,7 +43,9 @@ pub struct Unsupported(pub &'static str);
 pub fn plan(spec: &JobSpec, d: &EngineConfig, fresh_seed: u32) -> Result<(Plan, Value), Unsupported> {
     match spec.job_type {
         JobType::Embed => Ok((Plan::Embed, json!({}))),
-        JobType::Text => Ok(plan_text(spec, &spec.params, d, fresh_seed)),
+        // Vision and speech-to-text jobs generate text like a text job;
+        // their media are attached to the request.
+        JobType::Text | JobType::Vision | JobType::Stt => Ok(plan_text(spec, &spec.params, d, fresh_seed)),
         other => Err(Unsupported(other.as_str())),
     }
 }
@@ -132,6 +134,8 @@ mod tests {
             meta: Meta::new(),
             grammar: None,
             schema: None,
+            images: Vec::new(),
+            audio: Vec::new(),
         }
     }
 

@@ -5,10 +5,12 @@
 use std::path::Path;
 
 use nrvna_core::fsio::{read_limited, read_optional, write_atomic, ReadError};
+use nrvna_core::media::{read_job_media, MediaError, MediaKind};
 use nrvna_core::meta::{Meta, MAX_META_BYTES};
 use nrvna_core::params::{Params, MAX_PARAMS_BYTES};
 use nrvna_core::submit::max_prompt_bytes;
 use nrvna_core::JobType;
+use nrvna_engine::media::Media;
 use serde_json::Value;
 
 /// Largest schema.json / grammar.gbnf the daemon reads.
@@ -27,6 +29,10 @@ pub struct JobSpec {
     pub grammar: Option<String>,
     /// `schema.json`: the output is checked against it.
     pub schema: Option<Value>,
+    /// `images/*`, in name order (vision jobs, embeddings with images).
+    pub images: Vec<Media>,
+    /// `audio/*`, in name order (speech-to-text jobs).
+    pub audio: Vec<Media>,
 }
 
 /// Why a job cannot run, named by file.
@@ -58,6 +64,14 @@ pub enum SpecError {
     BadSchema(String),
     #[error("embed jobs take no grammar.gbnf or schema.json")]
     ConstraintOnEmbed,
+    #[error("{0}")]
+    Media(#[from] MediaError),
+    #[error("a {kind} job needs at least one file in {dir}/ (wrk {flag} FILE)")]
+    NoMedia {
+        kind: &'static str,
+        dir: &'static str,
+        flag: &'static str,
+    },
 }
 
 /// A job that could not be read, with the best meta.json to finish it with.
@@ -110,13 +124,15 @@ impl JobSpec {
             }
         };
         match read_rest(dir, &meta) {
-            Ok((job_type, prompt, params, grammar, schema)) => Ok(JobSpec {
+            Ok(((job_type, prompt, params, grammar, schema), (images, audio))) => Ok(JobSpec {
                 job_type,
                 prompt,
                 params,
                 meta,
                 grammar,
                 schema,
+                images,
+                audio,
             }),
             Err(error) => Err(SpecFailure {
                 error,
@@ -127,8 +143,16 @@ impl JobSpec {
 }
 
 type Rest = (JobType, String, Params, Option<String>, Option<Value>);
+type MediaFiles = (Vec<Media>, Vec<Media>);
 
-fn read_rest(dir: &Path, meta: &Meta) -> Result<Rest, SpecError> {
+fn read_media(dir: &Path, kind: MediaKind) -> Result<Vec<Media>, SpecError> {
+    Ok(read_job_media(dir, kind)?
+        .into_iter()
+        .map(|(name, bytes)| Media { name, bytes })
+        .collect())
+}
+
+fn read_rest(dir: &Path, meta: &Meta) -> Result<(Rest, MediaFiles), SpecError> {
     let job_type = match read_optional(&dir.join("type.txt"), MAX_TYPE_BYTES) {
         Ok(Some(b)) => {
             let s = String::from_utf8_lossy(&b);
@@ -154,8 +178,33 @@ fn read_rest(dir: &Path, meta: &Meta) -> Result<Rest, SpecError> {
     };
     let prompt = read_limited(&dir.join("prompt.txt"), max_prompt_bytes()).map_err(|e| unreadable("prompt.txt", e))?;
     let prompt = utf8("prompt.txt", prompt)?;
-    // Whitespace is a valid prompt (the C++ tools run it); nothing at all is not.
-    if prompt.is_empty() {
+    // Only the job types that read media: the others never look at a
+    // planted images/ or audio/ directory.
+    let images = match job_type {
+        JobType::Vision | JobType::Embed => read_media(dir, MediaKind::Image)?,
+        _ => Vec::new(),
+    };
+    let audio = match job_type {
+        JobType::Stt => read_media(dir, MediaKind::Audio)?,
+        _ => Vec::new(),
+    };
+    if job_type == JobType::Vision && images.is_empty() {
+        return Err(SpecError::NoMedia {
+            kind: "vision",
+            dir: "images",
+            flag: "--image",
+        });
+    }
+    if job_type == JobType::Stt && audio.is_empty() {
+        return Err(SpecError::NoMedia {
+            kind: "stt",
+            dir: "audio",
+            flag: "--audio",
+        });
+    }
+    // Whitespace is a valid prompt (the C++ tools run it); nothing at all
+    // is not, except beside media.
+    if prompt.is_empty() && images.is_empty() && audio.is_empty() {
         return Err(SpecError::EmptyPrompt);
     }
     if prompt.contains('\0') {
@@ -182,7 +231,7 @@ fn read_rest(dir: &Path, meta: &Meta) -> Result<Rest, SpecError> {
     if job_type == JobType::Embed && (grammar.is_some() || schema.is_some()) {
         return Err(SpecError::ConstraintOnEmbed);
     }
-    Ok((job_type, prompt, params, grammar, schema))
+    Ok(((job_type, prompt, params, grammar, schema), (images, audio)))
 }
 
 #[cfg(test)]

@@ -331,6 +331,9 @@ impl TestWs {
         let d = self.job(state, id);
         fs::create_dir_all(&d).expect("creating a job directory");
         for (name, data) in files {
+            if let Some(parent) = Path::new(name).parent().filter(|p| !p.as_os_str().is_empty()) {
+                fs::create_dir_all(d.join(parent)).expect("creating a job subdirectory");
+            }
             fs::write(d.join(name), data).expect("writing a job file");
         }
         d

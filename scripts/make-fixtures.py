@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Writes the media test fixtures: tiny random-weight GGUF files that
+llama.cpp's own loaders accept, so the tests run the real code paths.
+
+  models/fixtures/mmproj-vision-fixture.gguf
+      A LLaVA-style ("mlp" projector) CLIP vision encoder: 32x32 pixels,
+      8x8 patches (16 image tokens), 2 transformer blocks of width 64, and a
+      two-layer MLP projector whose output width is 576, SmolLM2-135M's
+      embedding width, so llama.cpp's mtmd pairs it with that model.
+
+  models/fixtures/mmproj-audio-fixture.gguf
+      A Qwen2-Audio-style ("qwen2a") Whisper encoder: 128 mel bins, 2
+      transformer blocks of width 64, and a linear projector to 576.
+
+  models/fixtures/picture.png
+      A 40x40 RGB PNG (a colour gradient with a diagonal stripe), for jobs
+      laid out as the C++ wrk writes them.
+
+Weights are drawn from a fixed seed: the files are the same on every run
+(the test suite relies on the same image giving the same answer, not on
+the bytes). Run it through scripts/fixtures.sh, which installs PyPI's
+`gguf` package into a virtual environment first.
+"""
+
+import os
+import struct
+import sys
+import zlib
+
+import numpy as np
+import gguf
+
+SEED = 20261127
+TEXT_EMBD = 576  # SmolLM2-135M's n_embd: the projector's output width
+
+
+def vision_projector(path: str) -> None:
+    rng = np.random.default_rng(SEED)
+    n_embd, n_ff, n_head, n_layer = 64, 128, 4, 2
+    image, patch = 32, 8
+    n_pos = (image // patch) ** 2
+    hidden = 256
+
+    def w(*shape: int, scale: float = 0.0) -> np.ndarray:
+        # numpy shapes are the reverse of ggml's ne: (out, in) for a matmul.
+        s = scale or 1.0 / np.sqrt(shape[-1])
+        return (rng.standard_normal(shape) * s).astype(np.float32)
+
+    out = gguf.GGUFWriter(path, "clip")
+    out.add_string("general.name", "nrvna vision projector fixture")
+    out.add_string("general.description", "random weights, for tests only")
+    out.add_string("clip.projector_type", "mlp")
+    out.add_bool("clip.has_vision_encoder", True)
+    out.add_bool("clip.has_audio_encoder", False)
+    out.add_bool("clip.use_gelu", True)
+    out.add_uint32("clip.vision.image_size", image)
+    out.add_uint32("clip.vision.patch_size", patch)
+    out.add_uint32("clip.vision.embedding_length", n_embd)
+    out.add_uint32("clip.vision.feed_forward_length", n_ff)
+    out.add_uint32("clip.vision.projection_dim", TEXT_EMBD)
+    out.add_uint32("clip.vision.block_count", n_layer)
+    out.add_uint32("clip.vision.attention.head_count", n_head)
+    out.add_float32("clip.vision.attention.layer_norm_epsilon", 1e-5)
+    out.add_array("clip.vision.image_mean", [0.5, 0.5, 0.5])
+    out.add_array("clip.vision.image_std", [0.5, 0.5, 0.5])
+
+    # Patch embedding: a conv2d kernel, ggml ne [patch, patch, 3, n_embd].
+    out.add_tensor("v.patch_embd.weight", w(n_embd, 3, patch, patch, scale=0.2).astype(np.float16))
+    out.add_tensor("v.patch_embd.bias", w(n_embd, scale=0.1))
+    out.add_tensor("v.position_embd.weight", w(n_pos, n_embd, scale=0.1))
+    out.add_tensor("v.pre_ln.weight", np.ones(n_embd, dtype=np.float32))
+    out.add_tensor("v.pre_ln.bias", np.zeros(n_embd, dtype=np.float32))
+    for il in range(n_layer):
+        p = f"v.blk.{il}"
+        for t in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            out.add_tensor(f"{p}.{t}.weight", w(n_embd, n_embd))
+            out.add_tensor(f"{p}.{t}.bias", w(n_embd, scale=0.02))
+        for t in ("ln1", "ln2"):
+            out.add_tensor(f"{p}.{t}.weight", np.ones(n_embd, dtype=np.float32))
+            out.add_tensor(f"{p}.{t}.bias", np.zeros(n_embd, dtype=np.float32))
+        out.add_tensor(f"{p}.ffn_up.weight", w(n_ff, n_embd))
+        out.add_tensor(f"{p}.ffn_up.bias", w(n_ff, scale=0.02))
+        out.add_tensor(f"{p}.ffn_down.weight", w(n_embd, n_ff))
+        out.add_tensor(f"{p}.ffn_down.bias", w(n_embd, scale=0.02))
+    # The projector into the text model's embedding space. The scale keeps
+    # the image embeddings near the size of SmolLM2's token embeddings.
+    out.add_tensor("mm.0.weight", w(hidden, n_embd))
+    out.add_tensor("mm.0.bias", w(hidden, scale=0.02))
+    out.add_tensor("mm.2.weight", w(TEXT_EMBD, hidden, scale=0.02))
+    out.add_tensor("mm.2.bias", w(TEXT_EMBD, scale=0.01))
+
+    out.write_header_to_file()
+    out.write_kv_data_to_file()
+    out.write_tensors_to_file()
+    out.close()
+
+
+def audio_projector(path: str) -> None:
+    rng = np.random.default_rng(SEED + 1)
+    n_embd, n_ff, n_head, n_layer, n_mel = 64, 128, 4, 2, 128
+    n_pos = 1500  # 30 s of 10 ms frames, halved by the second convolution
+
+    def w(*shape: int, scale: float = 0.0) -> np.ndarray:
+        s = scale or 1.0 / np.sqrt(shape[-1])
+        return (rng.standard_normal(shape) * s).astype(np.float32)
+
+    out = gguf.GGUFWriter(path, "clip")
+    out.add_string("general.name", "nrvna audio projector fixture")
+    out.add_string("general.description", "random weights, for tests only")
+    out.add_string("clip.projector_type", "qwen2a")
+    out.add_bool("clip.has_vision_encoder", False)
+    out.add_bool("clip.has_audio_encoder", True)
+    out.add_uint32("clip.audio.num_mel_bins", n_mel)
+    out.add_uint32("clip.audio.embedding_length", n_embd)
+    out.add_uint32("clip.audio.feed_forward_length", n_ff)
+    out.add_uint32("clip.audio.projection_dim", TEXT_EMBD)
+    out.add_uint32("clip.audio.block_count", n_layer)
+    out.add_uint32("clip.audio.attention.head_count", n_head)
+    out.add_float32("clip.audio.attention.layer_norm_epsilon", 1e-5)
+
+    # Two 1-D convolutions over the mel frames, ggml ne [3, in, out].
+    out.add_tensor("a.conv1d.1.weight", w(n_embd, n_mel, 3, scale=0.05).astype(np.float16))
+    # Biases broadcast over time: ggml ne [1, n_embd].
+    out.add_tensor("a.conv1d.1.bias", w(n_embd, 1, scale=0.02))
+    out.add_tensor("a.conv1d.2.weight", w(n_embd, n_embd, 3, scale=0.05).astype(np.float16))
+    out.add_tensor("a.conv1d.2.bias", w(n_embd, 1, scale=0.02))
+    out.add_tensor("a.position_embd.weight", w(n_pos, n_embd, scale=0.05))
+    for il in range(n_layer):
+        p = f"a.blk.{il}"
+        for t in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            out.add_tensor(f"{p}.{t}.weight", w(n_embd, n_embd))
+            if t != "attn_k":  # Whisper's key projection has no bias
+                out.add_tensor(f"{p}.{t}.bias", w(n_embd, scale=0.02))
+        for t in ("ln1", "ln2"):
+            out.add_tensor(f"{p}.{t}.weight", np.ones(n_embd, dtype=np.float32))
+            out.add_tensor(f"{p}.{t}.bias", np.zeros(n_embd, dtype=np.float32))
+        out.add_tensor(f"{p}.ffn_up.weight", w(n_ff, n_embd))
+        out.add_tensor(f"{p}.ffn_up.bias", w(n_ff, scale=0.02))
+        out.add_tensor(f"{p}.ffn_down.weight", w(n_embd, n_ff))
+        out.add_tensor(f"{p}.ffn_down.bias", w(n_embd, scale=0.02))
+    out.add_tensor("a.post_ln.weight", np.ones(n_embd, dtype=np.float32))
+    out.add_tensor("a.post_ln.bias", np.zeros(n_embd, dtype=np.float32))
+    # Large enough that SmolLM2 answers something after the audio rather
+    # than ending at once (with 0.02 its greedy first token was end-of-turn).
+    out.add_tensor("mm.a.fc.weight", w(TEXT_EMBD, n_embd, scale=0.1))
+    out.add_tensor("mm.a.fc.bias", w(TEXT_EMBD, scale=0.01))
+
+    out.write_header_to_file()
+    out.write_kv_data_to_file()
+    out.write_tensors_to_file()
+    out.close()
+
+
+def picture(path: str) -> None:
+    w = h = 40
+    rows = b"".join(
+        b"\0" + bytes(v for x in range(w) for v in ((x * 6) % 256, (y * 6) % 256, 255 if abs(x - y) < 4 else 40))
+        for y in range(h)
+    )
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+    png += chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b"")
+    with open(path, "wb") as f:
+        f.write(png)
+
+
+def main() -> int:
+    dest = sys.argv[1] if len(sys.argv) > 1 else "models/fixtures"
+    os.makedirs(dest, exist_ok=True)
+    for name, make in [
+        ("mmproj-vision-fixture.gguf", vision_projector),
+        ("mmproj-audio-fixture.gguf", audio_projector),
+        ("picture.png", picture),
+    ]:
+        final = os.path.join(dest, name)
+        tmp = final + ".part"
+        make(tmp)
+        os.replace(tmp, final)
+        print(f"{final}: {os.path.getsize(final)} bytes", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
