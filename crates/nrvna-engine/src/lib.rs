@@ -10,6 +10,7 @@ pub mod config;
 pub mod embed;
 pub mod model;
 pub mod perjob;
+pub mod probe;
 pub mod sampling;
 pub mod sched;
 pub mod template;
@@ -17,7 +18,7 @@ pub mod text;
 
 use std::sync::Arc;
 
-pub use config::EngineConfig;
+pub use config::{EngineConfig, FlashAttn};
 pub use model::Model;
 pub use sampling::Sampling;
 
