@@ -6,13 +6,21 @@
 #
 #   scripts/bench.sh                      # the full run (a few minutes)
 #   scripts/bench.sh --quick              # a smaller smoke run
-#   scripts/bench.sh --only w16,latency   # some scenarios (w16, prefix, latency, queue)
+#   scripts/bench.sh --only w16,latency   # some scenarios (probe, w16, prefix, latency, queue, scale, gemma;
+#                                         # w16 and scale bring the probe along; gemma needs
+#                                         # scripts/fetch-model.sh gemma)
 #
 # Run it on an otherwise idle machine: the figures are CPU timings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release --workspace
 scripts/fetch-model.sh
+# The gemma scenario's model, when the run includes it (all scenarios, or --only ...gemma...).
+case " $* " in
+    *" --only "*gemma* | *" --only="*gemma*) scripts/fetch-model.sh gemma ;;
+    *" --only "* | *" --only="*) ;;
+    *) scripts/fetch-model.sh gemma ;;
+esac
 cmd="scripts/bench.sh"
 for a in "$@"; do cmd+=" $(printf '%q' "$a")"; done
 NRVNA_BENCH_COMMAND="$cmd" exec "${CARGO_TARGET_DIR:-target}/release/nrvna-bench" --out bench-out "$@"

@@ -20,13 +20,19 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let bins = Bins::locate()?;
     let model = std::path::absolute(&cli.model).with_context(|| format!("resolving {}", cli.model.display()))?;
     let logs = cli.out.join("logs");
-    let ctx = Ctx {
+    let mut ctx = Ctx {
         bins,
         model,
         quick: cli.quick,
         out: cli.out.clone(),
         logs,
+        probe: None,
     };
+    if let Some(spec) = &cli.probe_child {
+        let v = scenario::probe::child(&ctx, spec)?;
+        println!("{v}");
+        return Ok(ExitCode::SUCCESS);
+    }
     if cli.queue_child {
         std::fs::create_dir_all(&ctx.logs).with_context(|| format!("creating {}", ctx.logs.display()))?;
         let v = scenario::queue::child(&ctx)?;
@@ -35,11 +41,14 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 
     std::fs::create_dir_all(&ctx.logs).with_context(|| format!("creating {}", ctx.logs.display()))?;
-    let selected: Vec<Scenario> = if cli.only.is_empty() {
-        Scenario::ALL.to_vec()
-    } else {
-        Scenario::ALL.into_iter().filter(|s| cli.only.contains(s)).collect()
+    // The throughput rows are divided by the probe's figures of the same
+    // run: w16 and scale bring the probe along.
+    let wanted = |s: Scenario| {
+        cli.only.is_empty()
+            || cli.only.contains(&s)
+            || (s == Scenario::Probe && (cli.only.contains(&Scenario::W16) || cli.only.contains(&Scenario::Scale)))
     };
+    let selected: Vec<Scenario> = Scenario::ALL.into_iter().filter(|&s| wanted(s)).collect();
     let argv: Vec<String> = std::env::args_os().map(|a| quote(&a)).collect();
     let argv = argv.join(" ");
     let command = std::env::var("NRVNA_BENCH_COMMAND").unwrap_or_else(|_| argv.clone());
@@ -67,10 +76,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     for s in selected {
         eprintln!("== {}", s.name());
         let result = match s {
+            Scenario::Probe => scenario::probe::run(&ctx).map(|(sec, best)| {
+                ctx.probe = Some(best);
+                sec
+            }),
             Scenario::W16 => scenario::w16::run(&ctx),
             Scenario::Prefix => scenario::prefix::run(&ctx),
             Scenario::Latency => scenario::latency::run(&ctx),
             Scenario::Queue => scenario::queue::run(&ctx),
+            Scenario::Scale => scenario::scale::run(&ctx),
+            Scenario::Gemma => std::path::absolute(&cli.gemma_model)
+                .map_err(anyhow::Error::from)
+                .and_then(|m| scenario::scale::gemma(&ctx, &m)),
         };
         let section = result.unwrap_or_else(|e| Section::failed(s.name(), &e));
         for p in &section.problems {

@@ -5,11 +5,16 @@ use std::path::PathBuf;
 use clap::{Parser, ValueEnum};
 
 const AFTER_HELP: &str = "\
-Scenarios (issue #3):
+Scenarios:
+  probe    engine-bound probe: a bare decode loop on llama.cpp for 1 and 16 sequences,
+           flash attention on/off x unified/per-sequence KV x threads (runs first, and
+           always with w16: the throughput rows are divided by its best figures)
   w16      16 jobs, per-job engine at 1/2/4 workers vs batched at 4/8/16 (--drain)
   prefix   32 jobs sharing a ~400-token instruction, batched x8, prefix reuse on vs off
   latency  idle daemon: publish-to-claim latency, and `wrk | flw -w` end to end (50 each)
   queue    10,000 jobs through the echo engine, with and without fsync
+  scale    the W16 job 64 and 256 times: per-job at nproc workers, batched x16
+  gemma    W16 and the probe on Gemma 3 270M (--gemma-model; scripts/fetch-model.sh gemma)
 
 Every scenario runs on a fresh temporary workspace, spawning the release
 binaries found next to this executable. Targets are printed as PASS/MISS; a
@@ -42,31 +47,52 @@ pub struct Cli {
     /// The GGUF model the daemons load.
     #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
     pub model: PathBuf,
+    /// The larger model of the gemma scenario.
+    #[arg(long, default_value = "models/gemma-3-270m-q4_k_m.gguf")]
+    pub gemma_model: PathBuf,
     /// Internal: run the queue scenario's measurements in this process and
     /// print them as JSON (re-executed with NRVNA_FSYNC set, because the
     /// fsync switch is read once per process).
     #[arg(long, hide = true)]
     pub queue_child: bool,
+    /// Internal: run one probe configuration (SEQS,FA,UNIFIED,THREADS,TOKENS)
+    /// in this process and print it as JSON.
+    #[arg(long, hide = true)]
+    pub probe_child: Option<String>,
 }
 
 /// One benchmark scenario.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scenario {
+    Probe,
     W16,
     Prefix,
     Latency,
     Queue,
+    Scale,
+    Gemma,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 4] = [Scenario::W16, Scenario::Prefix, Scenario::Latency, Scenario::Queue];
+    pub const ALL: [Scenario; 7] = [
+        Scenario::Probe,
+        Scenario::W16,
+        Scenario::Prefix,
+        Scenario::Latency,
+        Scenario::Queue,
+        Scenario::Scale,
+        Scenario::Gemma,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
+            Scenario::Probe => "probe",
             Scenario::W16 => "w16",
             Scenario::Prefix => "prefix",
             Scenario::Latency => "latency",
             Scenario::Queue => "queue",
+            Scenario::Scale => "scale",
+            Scenario::Gemma => "gemma",
         }
     }
 }

@@ -189,6 +189,7 @@ fn engine_main(
         .with_n_ubatch(n_batch)
         .with_n_seq_max(slots + 1)
         .with_kv_unified(true)
+        .with_flash_attention_policy(cfg.flash_attn.policy())
         .with_n_threads(cfg.threads as i32)
         .with_n_threads_batch(cfg.threads as i32);
     let ctx = match new_context(&model, params) {
@@ -200,8 +201,9 @@ fn engine_main(
     };
     let _ = ready.send(Ok(()));
     tracing::info!(
-        "batched engine: {slots} slots, {n_ctx} shared KV cells, {n_batch} tokens per decode, {} threads",
-        cfg.threads
+        "batched engine: {slots} slots, {n_ctx} shared KV cells, {n_batch} tokens per decode, {} threads, flash attention {}",
+        cfg.threads,
+        cfg.flash_attn.name()
     );
     let min_reuse = cfg.prefix_reuse_min as usize;
     let mut e = Engine {

@@ -23,8 +23,39 @@ pub struct EngineConfig {
     pub prefix_reuse_min: u32,
     /// A Jinja chat template that replaces the model's.
     pub chat_template_file: Option<PathBuf>,
+    /// Flash attention: `Auto` lets llama.cpp decide per context; the
+    /// daemon resolves it to `On` or `Off` by a measurement at start
+    /// ([`crate::probe::choose_flash_attn`]).
+    pub flash_attn: FlashAttn,
     /// Test hook: report the N-th decode call (from 1) as failed.
     pub test_decode_fault: Option<u64>,
+}
+
+/// Whether llama.cpp's flash-attention kernel is used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlashAttn {
+    Auto,
+    On,
+    Off,
+}
+
+impl FlashAttn {
+    /// llama.cpp's `llama_flash_attn_type` (-1 auto, 0 disabled, 1 enabled).
+    pub fn policy(self) -> i32 {
+        match self {
+            FlashAttn::Auto => -1,
+            FlashAttn::Off => 0,
+            FlashAttn::On => 1,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FlashAttn::Auto => "auto",
+            FlashAttn::On => "on",
+            FlashAttn::Off => "off",
+        }
+    }
 }
 
 /// The number of cores this process may use.

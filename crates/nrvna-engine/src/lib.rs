@@ -11,6 +11,7 @@ pub mod embed;
 pub mod media;
 pub mod model;
 pub mod perjob;
+pub mod probe;
 pub mod sampling;
 pub mod sched;
 pub mod template;
@@ -18,7 +19,7 @@ pub mod text;
 
 use std::sync::Arc;
 
-pub use config::EngineConfig;
+pub use config::{EngineConfig, FlashAttn};
 pub use model::Model;
 pub use sampling::Sampling;
 

@@ -57,7 +57,17 @@ impl Model {
                 path.display()
             ));
         }
-        let params = LlamaModelParams::default().with_n_gpu_layers(gpu_layers);
+        // On a CPU with AMX, ggml repacks nearly every quantised weight
+        // (Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, IQ4_XS) into its own buffer;
+        // read through a mapping, each repacked tensor's file pages would
+        // stay resident beside the copy. There, and only with no layer on
+        // a GPU, the weights are read instead of mapped. Elsewhere the
+        // mapping is cheaper: rows of the token-embedding table that no
+        // prompt uses are never read (SmolLM2: 26 MB less than reading).
+        let mmap = gpu_layers > 0 || !cpu_has_amx();
+        let params = LlamaModelParams::default()
+            .with_n_gpu_layers(gpu_layers)
+            .with_use_mmap(mmap);
         let llama = LlamaModel::load_from_file(backend, path, &params).map_err(|e| {
             format!("llama.cpp could not load {} as a GGUF model ({e}); check that the file is complete (its sha256) and is a GGUF model", path.display())
         })?;
@@ -134,6 +144,17 @@ impl Model {
             wanted
         }
     }
+}
+
+/// Whether this CPU has AMX tiles (the `amx_tile` flag of /proc/cpuinfo).
+pub fn cpu_has_amx() -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .map(|s| {
+            s.lines()
+                .find(|l| l.starts_with("flags"))
+                .is_some_and(|l| l.split_whitespace().any(|f| f == "amx_tile"))
+        })
+        .unwrap_or(false)
 }
 
 /// Runs `f` with llama.cpp's log lines of warning level and above captured

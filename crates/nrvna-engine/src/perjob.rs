@@ -128,6 +128,7 @@ fn run_text(
         .with_n_batch(n_batch)
         .with_n_ubatch(n_batch)
         .with_n_seq_max(1)
+        .with_flash_attention_policy(cfg.flash_attn.policy())
         .with_n_threads(threads as i32)
         .with_n_threads_batch(threads as i32);
     let mut ctx = new_context(model, params)?;

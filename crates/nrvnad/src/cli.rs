@@ -97,6 +97,25 @@ impl EngineKind {
     }
 }
 
+/// `--flash-attn` / `NRVNA_FLASH_ATTN`.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FlashAttnArg {
+    /// Measure on and off at start, keep the faster.
+    Auto,
+    On,
+    Off,
+}
+
+impl FlashAttnArg {
+    pub fn engine(self) -> nrvna_engine::FlashAttn {
+        match self {
+            FlashAttnArg::Auto => nrvna_engine::FlashAttn::Auto,
+            FlashAttnArg::On => nrvna_engine::FlashAttn::On,
+            FlashAttnArg::Off => nrvna_engine::FlashAttn::Off,
+        }
+    }
+}
+
 fn switch(v: &str) -> Result<bool, String> {
     nrvna_core::config::parse_switch(v).ok_or_else(|| format!("{v:?} is not a switch: use 1 or 0"))
 }
@@ -236,6 +255,10 @@ pub struct ServeArgs {
     #[arg(long, env = "NRVNA_BATCH", default_value_t = 512,
           value_parser = clap::value_parser!(u32).range(16..))]
     pub batch: u32,
+    /// Flash attention: auto measures both settings for a moment at start
+    /// on this backend and keeps the faster (the choice is logged).
+    #[arg(long, value_enum, env = "NRVNA_FLASH_ATTN", default_value = "auto")]
+    pub flash_attn: FlashAttnArg,
     /// Shortest shared prompt prefix, in tokens, worth reusing (0: no reuse).
     #[arg(long, env = "NRVNA_PREFIX_REUSE_MIN", default_value_t = 16)]
     pub prefix_reuse_min: u32,

@@ -65,6 +65,7 @@ impl Config {
             },
             prefix_reuse_min: a.prefix_reuse_min,
             chat_template_file: a.chat_template_file.clone(),
+            flash_attn: a.flash_attn.engine(),
             test_decode_fault: a.test_decode_fault,
         };
         let mmproj = match (&a.mmproj, a.engine) {

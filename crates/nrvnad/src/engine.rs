@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use nrvna_engine::batched::BatchedEngine;
 use nrvna_engine::perjob::PerJobRunner;
-use nrvna_engine::{EngineConfig, Model, Observer, Output, Request, RunError, Runner};
+use nrvna_engine::{EngineConfig, FlashAttn, Model, Observer, Output, Request, RunError, Runner};
 
 use crate::cli::EngineKind;
 
@@ -60,6 +60,10 @@ impl Inference {
             model.n_ctx_train,
             model.template.source
         );
+        let mut cfg = cfg;
+        if cfg.flash_attn == FlashAttn::Auto {
+            cfg.flash_attn = choose_flash_attn(&model, &cfg, kind, workers);
+        }
         let batched = match kind {
             EngineKind::Batched => Some(BatchedEngine::start(model.clone(), cfg.clone(), workers)?),
             _ => None,
@@ -127,6 +131,45 @@ impl Inference {
         match &self.batched {
             Some(b) => b.shutdown_within(within),
             None => true,
+        }
+    }
+}
+
+/// `NRVNA_FLASH_ATTN=auto`: times a short decode loop with flash attention
+/// on and off, shaped like the engine's contexts (the batched engine's
+/// sequences in one context with all threads, or one sequence with a
+/// worker's share of them), and keeps the faster. If the measurement
+/// fails, llama.cpp's own automatic choice stays.
+fn choose_flash_attn(model: &Model, cfg: &EngineConfig, kind: EngineKind, workers: u32) -> FlashAttn {
+    let (seqs, threads) = match kind {
+        EngineKind::Batched => (workers.min(4), cfg.threads),
+        _ => (1, (cfg.threads / workers.max(1)).max(1)),
+    };
+    let base = nrvna_engine::probe::ProbeConfig {
+        flash_attn: false,
+        kv_unified: true,
+        threads,
+        n_ctx: 256,
+        n_batch: 64,
+    };
+    let t = std::time::Instant::now();
+    match nrvna_engine::probe::choose_flash_attn(model, &base, seqs) {
+        Ok((on, on_tok_s, off_tok_s)) => {
+            tracing::info!(
+                "flash attention {} (auto: {seqs} sequences x {threads} threads measured {on_tok_s:.1} tok/s with it, \
+                 {off_tok_s:.1} without, in {:.2} s)",
+                if on { "on" } else { "off" },
+                t.elapsed().as_secs_f64()
+            );
+            if on {
+                FlashAttn::On
+            } else {
+                FlashAttn::Off
+            }
+        }
+        Err(e) => {
+            tracing::warn!("flash attention left to llama.cpp: measuring it failed ({e})");
+            FlashAttn::Auto
         }
     }
 }

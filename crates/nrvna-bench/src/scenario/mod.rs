@@ -3,7 +3,9 @@
 
 pub mod latency;
 pub mod prefix;
+pub mod probe;
 pub mod queue;
+pub mod scale;
 pub mod w16;
 
 use std::ffi::OsString;
@@ -29,6 +31,8 @@ pub struct Ctx {
     pub out: PathBuf,
     /// Where the daemons' logs go.
     pub logs: PathBuf,
+    /// The engine-bound probe's best figures (once the probe has run).
+    pub probe: Option<probe::Best>,
 }
 
 impl Ctx {
@@ -170,6 +174,19 @@ pub fn submit_and_drain(
     env: &Env,
     deadline: Duration,
 ) -> Drained {
+    submit_and_drain_model(ctx, &ctx.model, label, prompts, daemon_args, env, deadline)
+}
+
+/// [`submit_and_drain`] with another model than the run's.
+pub fn submit_and_drain_model(
+    ctx: &Ctx,
+    model: &Path,
+    label: &str,
+    prompts: &[String],
+    daemon_args: &[&str],
+    env: &Env,
+    deadline: Duration,
+) -> Drained {
     let mut d = Drained {
         label: label.to_owned(),
         daemon: None,
@@ -189,7 +206,7 @@ pub fn submit_and_drain(
         for p in prompts {
             ids.push(wrk(&ctx.bins, ws.path(), &[p.as_str()], &Env::new())?);
         }
-        let mut argv = args([ctx.model.as_os_str(), ws.path().as_os_str()]);
+        let mut argv = args([model.as_os_str(), ws.path().as_os_str()]);
         argv.push("--drain".into());
         argv.extend(args(daemon_args.iter().copied()));
         let daemon = run_to_exit(ctx, label, &argv, env, ws.path(), deadline)?;

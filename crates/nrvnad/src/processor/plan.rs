@@ -122,6 +122,7 @@ mod tests {
             },
             prefix_reuse_min: 16,
             chat_template_file: None,
+            flash_attn: nrvna_engine::FlashAttn::Auto,
             test_decode_fault: None,
         }
     }
