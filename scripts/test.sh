@@ -4,7 +4,9 @@
 # unit and integration test of the workspace, in release mode (llama.cpp is
 # slow unoptimised, and the binaries are shared with the demo and benchmark).
 # As root it also runs the tests marked #[ignore] because they need root
-# (mounting a full or read-only tmpfs); elsewhere it says that they did not run.
+# (mounting a full or read-only tmpfs; members in their own pid and UTS
+# namespaces; a single-node Slurm cluster, installed from Debian when
+# missing); elsewhere it says that they did not run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -14,6 +16,6 @@ extra=()
 if [ "$(id -u)" = 0 ]; then
     extra=(--include-ignored)
 else
-    echo "note: not root: the tests that mount a tmpfs (marked #[ignore]) do not run; run this as root to include them" >&2
+    echo "note: not root: the tests that need root (marked #[ignore]: tmpfs mounts, unshare, Slurm) do not run; run this as root to include them" >&2
 fi
 cargo test --release --workspace "$@" -- "${extra[@]}"
