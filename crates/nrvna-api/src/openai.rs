@@ -52,17 +52,35 @@ pub fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Valu
     }
 }
 
-/// The models of the daemon serving the workspace, from `.nrvnad.info`:
-/// the GGUF file's name without `.gguf`.
+/// The models served on the workspace: the exclusive daemon's, from
+/// `.nrvnad.info`, and those of shared members with a live heartbeat
+/// (`nrvnad --shared`), each as the GGUF file's name without `.gguf`.
 pub fn served_models(app: &App) -> Vec<String> {
-    let Some(info) = nrvna_core::lifecycle::read_info(&app.jobs.ws) else {
-        return Vec::new();
-    };
-    info.get("model")
-        .and_then(Value::as_str)
-        .map(model_id)
+    let mut v: Vec<String> = nrvna_core::lifecycle::read_info(&app.jobs.ws)
+        .and_then(|info| info.get("model").and_then(Value::as_str).map(model_id))
         .into_iter()
+        .collect();
+    for m in member_models(app) {
+        if !v.contains(&m) {
+            v.push(m);
+        }
+    }
+    v
+}
+
+fn member_models(app: &App) -> Vec<String> {
+    nrvna_core::members::list_members(&app.jobs.ws)
+        .iter()
+        .filter(|m| m.looks_alive())
+        .map(|m| model_id(&m.model))
         .collect()
+}
+
+/// On a shared workspace, a request's model picks the members that serve
+/// it: the job names it in params.json (`model`). `None` elsewhere.
+pub fn route(app: &App, model: &str) -> Option<String> {
+    let id = model_id(model);
+    member_models(app).contains(&id).then_some(id)
 }
 
 fn model_id(path: &str) -> String {
@@ -156,7 +174,8 @@ pub async fn chat(AxState(app): AxState<Arc<App>>, body: Result<Bytes, BytesReje
     let body = json_body(body)?;
     let model = check_model(&app, &body)?;
     let stream = stream_opts(&body)?;
-    let sub = openai::chat_submission(&body, &sync_defaults(), &check_schema)?;
+    let mut sub = openai::chat_submission(&body, &sync_defaults(), &check_schema)?;
+    sub.params.model = route(&app, &model);
     complete(app, sub, model, Kind::Chat, stream).await
 }
 
@@ -168,7 +187,8 @@ pub async fn completions(
     let body = json_body(body)?;
     let model = check_model(&app, &body)?;
     let stream = stream_opts(&body)?;
-    let sub = openai::completion_submission(&body, &sync_defaults())?;
+    let mut sub = openai::completion_submission(&body, &sync_defaults())?;
+    sub.params.model = route(&app, &model);
     complete(app, sub, model, Kind::Completion, stream).await
 }
 
@@ -424,7 +444,10 @@ pub async fn embeddings(
         }
     };
     let inputs = openai::embedding_inputs(&body)?;
-    let defaults = sync_defaults();
+    let defaults = Params {
+        model: route(&app, &model),
+        ..sync_defaults()
+    };
     let subs: Vec<Submission> = inputs
         .into_iter()
         .map(|t| openai::embedding_submission(t, &defaults))

@@ -134,6 +134,7 @@ pub fn embedding_submission(input: String, defaults: &Params) -> Submission {
     sub.params = Params {
         timeout_s: defaults.timeout_s,
         priority: defaults.priority,
+        model: defaults.model.clone(),
         ..Params::default()
     };
     sub

@@ -164,9 +164,13 @@ fn sigterm_with_a_stuck_job_exits_within_the_grace_period() {
     let stuck = ws.submit(&[], "nrvna-test:hang");
     let mut d = ws.daemon(&["--engine", "echo", "--stop-grace", "2"], &[]);
     d.wait_ready();
+    // Stuck for real: past the engine's first stop check, ignoring the rest.
     assert!(
-        wait_for(JOB, || ws.is_in(PROCESSING, &stuck)),
-        "the job was never claimed"
+        wait_for(JOB, || std::fs::read_to_string(
+            ws.job(PROCESSING, &stuck).join("partial.txt")
+        )
+        .is_ok_and(|t| t.contains("hanging"))),
+        "the job never started hanging"
     );
     let t0 = Instant::now();
     d.signal(libc::SIGTERM);
