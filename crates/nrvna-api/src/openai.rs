@@ -522,6 +522,44 @@ mod tests {
     }
 
     #[test]
+    fn a_shared_members_model_is_served_and_routes_its_jobs() {
+        use clap::Parser;
+        let d = tempfile::tempdir().unwrap();
+        let ws = d.path().join("ws");
+        let cfg = crate::config::Args::try_parse_from(["nrvna-api", ws.to_str().unwrap()])
+            .unwrap()
+            .into_config()
+            .unwrap();
+        let app = App::open(cfg).unwrap();
+        assert!(served_models(&app).is_empty());
+        assert_eq!(route(&app, "gemma-3-270m"), None);
+        let rec = |id: &str, model: &str, beat_at: String| nrvna_core::members::MemberRecord {
+            member: id.into(),
+            host: "h".into(),
+            model: model.into(),
+            lease_ttl_s: 30.0,
+            beat: 1,
+            beat_at,
+            ..Default::default()
+        };
+        let now = nrvna_core::fsio::iso8601_utc(std::time::SystemTime::now());
+        nrvna_core::members::write_member(&app.jobs.ws, &rec("a-1-1", "/m/gemma-3-270m.gguf", now.clone())).unwrap();
+        nrvna_core::members::write_member(&app.jobs.ws, &rec("b-1-1", "/m/SmolLM2.gguf", now)).unwrap();
+        // A member whose heartbeat is long past its lease serves nothing.
+        nrvna_core::members::write_member(
+            &app.jobs.ws,
+            &rec("c-1-1", "/m/old.gguf", "2020-01-01T00:00:00.000000Z".into()),
+        )
+        .unwrap();
+        assert_eq!(served_models(&app), ["gemma-3-270m", "SmolLM2"]);
+        assert_eq!(route(&app, "gemma-3-270m.gguf").as_deref(), Some("gemma-3-270m"));
+        assert_eq!(route(&app, "old"), None);
+        let body = serde_json::json!({"model": "gpt-4"});
+        let e = check_model(&app, body.as_object().unwrap()).unwrap_err();
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
+    }
+
+    #[test]
     fn model_ids_are_file_names_without_gguf() {
         assert_eq!(
             model_id("/m/SmolLM2-135M-Instruct.Q4_1.gguf"),
