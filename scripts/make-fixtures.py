@@ -34,6 +34,41 @@ SEED = 20261127
 TEXT_EMBD = 576  # SmolLM2-135M's n_embd: the projector's output width
 
 
+def weights(rng: np.random.Generator):
+    """A maker of random f32 tensors, scaled 1/sqrt(fan-in) unless told."""
+
+    def w(*shape: int, scale: float = 0.0) -> np.ndarray:
+        # numpy shapes are the reverse of ggml's ne: (out, in) for a matmul.
+        s = scale or 1.0 / np.sqrt(shape[-1])
+        return (rng.standard_normal(shape) * s).astype(np.float32)
+
+    return w
+
+
+def add_blocks(out, w, prefix: str, n_layer: int, n_embd: int, n_ff: int, key_bias: bool) -> None:
+    """The encoder's transformer blocks, as clip.cpp names them."""
+    for il in range(n_layer):
+        p = f"{prefix}.blk.{il}"
+        for t in ("attn_q", "attn_k", "attn_v", "attn_out"):
+            out.add_tensor(f"{p}.{t}.weight", w(n_embd, n_embd))
+            if key_bias or t != "attn_k":
+                out.add_tensor(f"{p}.{t}.bias", w(n_embd, scale=0.02))
+        for t in ("ln1", "ln2"):
+            out.add_tensor(f"{p}.{t}.weight", np.ones(n_embd, dtype=np.float32))
+            out.add_tensor(f"{p}.{t}.bias", np.zeros(n_embd, dtype=np.float32))
+        out.add_tensor(f"{p}.ffn_up.weight", w(n_ff, n_embd))
+        out.add_tensor(f"{p}.ffn_up.bias", w(n_ff, scale=0.02))
+        out.add_tensor(f"{p}.ffn_down.weight", w(n_embd, n_ff))
+        out.add_tensor(f"{p}.ffn_down.bias", w(n_embd, scale=0.02))
+
+
+def write(out) -> None:
+    out.write_header_to_file()
+    out.write_kv_data_to_file()
+    out.write_tensors_to_file()
+    out.close()
+
+
 def vision_projector(path: str) -> None:
     rng = np.random.default_rng(SEED)
     n_embd, n_ff, n_head, n_layer = 64, 128, 4, 2
@@ -41,10 +76,7 @@ def vision_projector(path: str) -> None:
     n_pos = (image // patch) ** 2
     hidden = 256
 
-    def w(*shape: int, scale: float = 0.0) -> np.ndarray:
-        # numpy shapes are the reverse of ggml's ne: (out, in) for a matmul.
-        s = scale or 1.0 / np.sqrt(shape[-1])
-        return (rng.standard_normal(shape) * s).astype(np.float32)
+    w = weights(rng)
 
     out = gguf.GGUFWriter(path, "clip")
     out.add_string("general.name", "nrvna vision projector fixture")
@@ -70,18 +102,7 @@ def vision_projector(path: str) -> None:
     out.add_tensor("v.position_embd.weight", w(n_pos, n_embd, scale=0.1))
     out.add_tensor("v.pre_ln.weight", np.ones(n_embd, dtype=np.float32))
     out.add_tensor("v.pre_ln.bias", np.zeros(n_embd, dtype=np.float32))
-    for il in range(n_layer):
-        p = f"v.blk.{il}"
-        for t in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            out.add_tensor(f"{p}.{t}.weight", w(n_embd, n_embd))
-            out.add_tensor(f"{p}.{t}.bias", w(n_embd, scale=0.02))
-        for t in ("ln1", "ln2"):
-            out.add_tensor(f"{p}.{t}.weight", np.ones(n_embd, dtype=np.float32))
-            out.add_tensor(f"{p}.{t}.bias", np.zeros(n_embd, dtype=np.float32))
-        out.add_tensor(f"{p}.ffn_up.weight", w(n_ff, n_embd))
-        out.add_tensor(f"{p}.ffn_up.bias", w(n_ff, scale=0.02))
-        out.add_tensor(f"{p}.ffn_down.weight", w(n_embd, n_ff))
-        out.add_tensor(f"{p}.ffn_down.bias", w(n_embd, scale=0.02))
+    add_blocks(out, w, "v", n_layer, n_embd, n_ff, key_bias=True)
     # The projector into the text model's embedding space. The scale keeps
     # the image embeddings near the size of SmolLM2's token embeddings.
     out.add_tensor("mm.0.weight", w(hidden, n_embd))
@@ -89,10 +110,7 @@ def vision_projector(path: str) -> None:
     out.add_tensor("mm.2.weight", w(TEXT_EMBD, hidden, scale=0.02))
     out.add_tensor("mm.2.bias", w(TEXT_EMBD, scale=0.01))
 
-    out.write_header_to_file()
-    out.write_kv_data_to_file()
-    out.write_tensors_to_file()
-    out.close()
+    write(out)
 
 
 def audio_projector(path: str) -> None:
@@ -100,9 +118,7 @@ def audio_projector(path: str) -> None:
     n_embd, n_ff, n_head, n_layer, n_mel = 64, 128, 4, 2, 128
     n_pos = 1500  # 30 s of 10 ms frames, halved by the second convolution
 
-    def w(*shape: int, scale: float = 0.0) -> np.ndarray:
-        s = scale or 1.0 / np.sqrt(shape[-1])
-        return (rng.standard_normal(shape) * s).astype(np.float32)
+    w = weights(rng)
 
     out = gguf.GGUFWriter(path, "clip")
     out.add_string("general.name", "nrvna audio projector fixture")
@@ -125,19 +141,8 @@ def audio_projector(path: str) -> None:
     out.add_tensor("a.conv1d.2.weight", w(n_embd, n_embd, 3, scale=0.05).astype(np.float16))
     out.add_tensor("a.conv1d.2.bias", w(n_embd, 1, scale=0.02))
     out.add_tensor("a.position_embd.weight", w(n_pos, n_embd, scale=0.05))
-    for il in range(n_layer):
-        p = f"a.blk.{il}"
-        for t in ("attn_q", "attn_k", "attn_v", "attn_out"):
-            out.add_tensor(f"{p}.{t}.weight", w(n_embd, n_embd))
-            if t != "attn_k":  # Whisper's key projection has no bias
-                out.add_tensor(f"{p}.{t}.bias", w(n_embd, scale=0.02))
-        for t in ("ln1", "ln2"):
-            out.add_tensor(f"{p}.{t}.weight", np.ones(n_embd, dtype=np.float32))
-            out.add_tensor(f"{p}.{t}.bias", np.zeros(n_embd, dtype=np.float32))
-        out.add_tensor(f"{p}.ffn_up.weight", w(n_ff, n_embd))
-        out.add_tensor(f"{p}.ffn_up.bias", w(n_ff, scale=0.02))
-        out.add_tensor(f"{p}.ffn_down.weight", w(n_embd, n_ff))
-        out.add_tensor(f"{p}.ffn_down.bias", w(n_embd, scale=0.02))
+    # Whisper's key projection has no bias.
+    add_blocks(out, w, "a", n_layer, n_embd, n_ff, key_bias=False)
     out.add_tensor("a.post_ln.weight", np.ones(n_embd, dtype=np.float32))
     out.add_tensor("a.post_ln.bias", np.zeros(n_embd, dtype=np.float32))
     # Large enough that SmolLM2 answers something after the audio rather
@@ -145,10 +150,7 @@ def audio_projector(path: str) -> None:
     out.add_tensor("mm.a.fc.weight", w(TEXT_EMBD, n_embd, scale=0.1))
     out.add_tensor("mm.a.fc.bias", w(TEXT_EMBD, scale=0.01))
 
-    out.write_header_to_file()
-    out.write_kv_data_to_file()
-    out.write_tensors_to_file()
-    out.close()
+    write(out)
 
 
 def picture(path: str) -> None:

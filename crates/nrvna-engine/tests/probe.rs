@@ -3,19 +3,13 @@
 //! decode batch) generates every token it was asked for, and the
 //! flash-attention choice returns a measurement for both settings.
 
-use std::path::Path;
+mod common;
 
 use nrvna_engine::probe::{choose_flash_attn, run, ProbeConfig};
 use nrvna_engine::Model;
 
 fn model() -> Model {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(
-        p.exists(),
-        "model {} is missing; fetch it with: scripts/fetch-model.sh",
-        p.display()
-    );
-    Model::load(&p, 0, None).expect("load the test model")
+    Model::load(&common::model_path(), 0, None).expect("load the test model")
 }
 
 #[test]

@@ -11,7 +11,8 @@
 //! failure reproduces. Needs the model of `scripts/fetch-model.sh` (for its
 //! vocabulary: llama.cpp's grammar sampler works on tokens).
 
-use std::path::Path;
+mod common;
+
 use std::sync::OnceLock;
 
 use llama_cpp_2::sampling::LlamaSampler;
@@ -22,15 +23,7 @@ use serde_json::{json, Value};
 
 fn model() -> &'static Model {
     static MODEL: OnceLock<Model> = OnceLock::new();
-    MODEL.get_or_init(|| {
-        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/SmolLM2-135M-Instruct.Q4_1.gguf");
-        assert!(
-            p.exists(),
-            "model {} is missing; fetch it with: scripts/fetch-model.sh",
-            p.display()
-        );
-        Model::load(&p, 0, None).expect("load the test model")
-    })
+    MODEL.get_or_init(|| Model::load(&common::model_path(), 0, None).expect("load the test model"))
 }
 
 /// Whether llama.cpp's grammar sampler lets the model write exactly `text`

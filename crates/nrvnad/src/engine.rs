@@ -243,6 +243,20 @@ pub fn explain_grammar_main(model: &std::path::Path) -> anyhow::Result<std::proc
 /// job that is running when a test kills or pauses its daemon).
 pub struct EchoRunner;
 
+/// The echo engine's embedding: the bytes folded into 8 dimensions, normalised.
+fn echo_embedding(bytes: impl Iterator<Item = u8>) -> Result<Output, RunError> {
+    let mut v = [0f32; 8];
+    for (i, b) in bytes.enumerate() {
+        v[i % 8] += f32::from(b);
+    }
+    v[0] += 1.0;
+    Ok(Output {
+        embedding: Some(nrvna_engine::embed::normalize(&v).map_err(RunError::Rejected)?),
+        prompt_tokens: 1,
+        ..Output::default()
+    })
+}
+
 /// The echo engine's answer to a stop request: nothing generated.
 fn stopped(reason: String) -> RunError {
     RunError::Stopped {
@@ -299,33 +313,9 @@ impl Runner for EchoRunner {
                 })
             }
             Request::EmbedMedia { text, media } => {
-                let mut v = [0f32; 8];
-                for (i, b) in text
-                    .bytes()
-                    .chain(media.iter().flat_map(|m| m.bytes.iter().copied()))
-                    .enumerate()
-                {
-                    v[i % 8] += f32::from(b);
-                }
-                v[0] += 1.0;
-                Ok(Output {
-                    embedding: Some(nrvna_engine::embed::normalize(&v).map_err(RunError::Rejected)?),
-                    prompt_tokens: 1,
-                    ..Output::default()
-                })
+                echo_embedding(text.bytes().chain(media.iter().flat_map(|m| m.bytes.iter().copied())))
             }
-            Request::Embed(s) => {
-                let mut v = [0f32; 8];
-                for (i, b) in s.bytes().enumerate() {
-                    v[i % 8] += f32::from(b);
-                }
-                v[0] += 1.0;
-                Ok(Output {
-                    embedding: Some(nrvna_engine::embed::normalize(&v).map_err(RunError::Rejected)?),
-                    prompt_tokens: 1,
-                    ..Output::default()
-                })
-            }
+            Request::Embed(s) => echo_embedding(s.bytes()),
         }
     }
 }

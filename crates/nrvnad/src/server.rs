@@ -426,12 +426,6 @@ fn join_by(h: JoinHandle<()>, deadline: Instant) -> bool {
     true
 }
 
-/// Whether the lock is held exclusively (a shared probe fails), rather than
-/// by shared members.
-fn lock_is_exclusive(ws: &Workspace) -> bool {
-    nrvna_core::lifecycle::lock_held(ws)
-}
-
 /// Takes the workspace. Exclusive: the flock, no live daemon without one
 /// (an older C++ nrvnad) named in `.nrvnad.pid`, and no live shared
 /// members. Shared (`--shared`): a shared flock (refused while an exclusive
@@ -477,7 +471,8 @@ fn try_take(ws: &Workspace, shared: bool) -> Result<std::result::Result<DaemonLo
     let Some(lock) = taken else {
         let members = nrvna_core::members::list_members(ws);
         return Ok(Err(match members.first() {
-            Some(m) if !shared && !lock_is_exclusive(ws) => format!(
+            // A shared probe of the lock succeeds while only members hold it.
+            Some(m) if !shared && !nrvna_core::lifecycle::lock_held(ws) => format!(
                 "shared members, e.g. member {} on host {}; add --shared to join them, or stop them with: nrvnad stop {root} --all",
                 m.member, m.host
             ),

@@ -18,17 +18,7 @@ use serde_json::Value;
 const ECHO: [(&str, &str); 2] = [("NRVNA_ENGINE", "echo"), ("NRVNA_LOG_LEVEL", "info")];
 
 fn records(ws: &TestWs) -> Vec<Value> {
-    let dir = ws.path().join(".nrvna-members");
-    let mut v: Vec<Value> = fs::read_dir(&dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                .filter_map(|e| serde_json::from_slice(&fs::read(e.path()).ok()?).ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort_by_key(|r: &Value| r["member"].as_str().unwrap_or("").to_owned());
-    v
+    member_records(ws.path())
 }
 
 fn ready_members(ws: &TestWs) -> usize {

@@ -103,17 +103,6 @@ impl Drop for Cluster {
     }
 }
 
-fn member_records(ws: &TestWs) -> Vec<serde_json::Value> {
-    std::fs::read_dir(ws.path().join(".nrvna-members"))
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
-                .filter_map(|e| serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Runs the array over a workspace: waits for `n` ready members, submits
 /// `prompts` from two concurrent submitters, waits for every job, cancels
 /// the array, and checks that each job was done once, by several members.
@@ -123,13 +112,13 @@ fn drain_with_array(cl: &Cluster, model: &Path, member_args: &str, env: &[(&str,
     let n = 2;
     let job = cl.submit_array(ws.path(), model, n, member_args, env);
     assert!(
-        wait_for(Duration::from_secs(180), || member_records(&ws)
+        wait_for(Duration::from_secs(180), || member_records(ws.path())
             .iter()
             .filter(|r| r["state"] == "ready")
             .count()
             == n),
         "the array's members never came up: {:?}\n{}",
-        member_records(&ws),
+        member_records(ws.path()),
         cl.member_logs()
     );
     let ids = Arc::new(Mutex::new(Vec::new()));
@@ -161,9 +150,9 @@ fn drain_with_array(cl: &Cluster, model: &Path, member_args: &str, env: &[(&str,
     run(cl.cmd("scancel").arg(&job), Duration::from_secs(30)).expect_code(0, "scancel");
     assert!(
         wait_for(Duration::from_secs(120), || cl.queued(&job) == 0
-            && member_records(&ws).is_empty()),
+            && member_records(ws.path()).is_empty()),
         "the array did not end after scancel: {:?}",
-        member_records(&ws)
+        member_records(ws.path())
     );
     let mut by = BTreeMap::<String, usize>::new();
     for id in &ids {

@@ -101,6 +101,21 @@ pub fn flw_bin() -> PathBuf {
     sibling_bin("flw")
 }
 
+/// The member records of a shared workspace (`WS/.nrvna-members/*.json`),
+/// sorted by member id; unreadable ones are skipped.
+pub fn member_records(ws: &Path) -> Vec<Value> {
+    let mut v: Vec<Value> = fs::read_dir(ws.join(".nrvna-members"))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+                .filter_map(|e| serde_json::from_slice(&fs::read(e.path()).ok()?).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_by_key(|r| r["member"].as_str().unwrap_or("").to_owned());
+    v
+}
+
 /// A small deterministic generator (xorshift64*), so that a failing run
 /// can be replayed from its seed.
 pub struct Rng(pub u64);
