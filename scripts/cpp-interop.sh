@@ -82,6 +82,9 @@ DAEMON_TIMEOUT=${NRVNA_INTEROP_TIMEOUT:-600}
 # fixture projectors a sampled run can end at once, and the C++ daemon fails an
 # stt job whose transcript is empty ("Model produced no transcript content").
 export NRVNA_TEMP=${NRVNA_TEMP:-0}
+# Tokens a text/vision/stt job may generate (both daemons read NRVNA_PREDICT):
+# greedy decoding on noise from the fixtures can run to the limit.
+export NRVNA_PREDICT=${NRVNA_PREDICT:-128}
 # Code tokens a tts job may generate (NRVNA_PREDICT, read by both daemons, for
 # the tts run only): a random-weight fixture never stops by itself.
 TTS_PREDICT=${NRVNA_TTS_PREDICT:-512}
@@ -497,6 +500,20 @@ for pair in "cpp2rust cpp" "rust2cpp rust"; do
     "$CPP/flw" "$ws" --json >"$b" 2>/dev/null || true
     if why=$(pyjson counts "$a" "$b" 2>&1); then pass "$name.counts"
     else fail "$name.counts" "$why"; fi
+    # the idle barrier: C++ `flw WS -W` prints "idle (N done, M failed)" and
+    # with --json the counts object, exit 1 when a job failed
+    for j in "" --json; do
+        ra=0 rb=0
+        "$RUST/flw" "$ws" -W $j >"$a.W" 2>/dev/null || ra=$?
+        "$CPP/flw" "$ws" -W $j >"$b.W" 2>/dev/null || rb=$?
+        n=$name.wait-idle${j:+-json}
+        if [ $ra -ne $rb ]; then fail "$n" "exit: ours $ra, C++ $rb"
+        elif [ -n "$j" ]; then
+            if why=$(pyjson counts "$a.W" "$b.W" 2>&1); then pass "$n"
+            else fail "$n" "stdout: ours [$(head -c 120 "$a.W")] C++ [$(head -c 120 "$b.W")]"; fi
+        elif cmp -s "$a.W" "$b.W"; then pass "$n"
+        else fail "$n" "stdout: ours [$(head -c 120 "$a.W" | tr '\n' ' ')] C++ [$(head -c 120 "$b.W" | tr '\n' ' ')]"; fi
+    done
 done
 
 # ---------------------------------------------------------------- 4. lifecycle across sides
