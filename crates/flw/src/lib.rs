@@ -80,7 +80,7 @@ pub fn run_outcome(args: Args) -> Result<Outcome> {
         return wait::wait_one(&ws, &id, args.timeout, args.json);
     }
     if args.wait_all {
-        return wait::wait_all(&ws, &scope, args.timeout);
+        return wait::wait_all(&ws, &scope, args.timeout, args.json);
     }
     if let Some(id) = &args.id {
         return show::show(&ws, &parse_id(id)?, args.json);

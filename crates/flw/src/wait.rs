@@ -4,6 +4,7 @@
 //! `wait_for` (a slow poll covers filesystems without events), never on a
 //! fixed polling loop.
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -76,8 +77,11 @@ pub struct Counts {
 }
 
 /// Waits until no job in scope is queued or running. Done when none of
-/// them failed, failed otherwise.
-pub fn wait_all(ws: &Workspace, scope: &Scope, timeout: Option<Duration>) -> Result<Outcome> {
+/// them failed, failed otherwise. Waiting on the whole workspace prints
+/// the final counts on stdout as the C++ flw does (`idle (N done, M
+/// failed)`, or with `json` the counts object); a --tag/--children wait
+/// prints nothing there.
+pub fn wait_all(ws: &Workspace, scope: &Scope, timeout: Option<Duration>, json: bool) -> Result<Outcome> {
     let dirs = state_dirs(ws);
     let dirs: Vec<&std::path::Path> = dirs.iter().map(|d| d.as_path()).collect();
     let mut ticker = Ticker::new();
@@ -104,6 +108,17 @@ pub fn wait_all(ws: &Workspace, scope: &Scope, timeout: Option<Duration>) -> Res
         None
     });
     ticker.clear();
+    if let (Some(c), true) = (finished, scope.is_all()) {
+        let line = if json {
+            serde_json::json!({ "queued": c.queued, "running": c.running, "done": c.done, "failed": c.failed })
+                .to_string()
+        } else {
+            format!("idle ({} done, {} failed)", c.done, c.failed)
+        };
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "{line}")?;
+        out.flush()?;
+    }
     match finished {
         Some(c) if c.failed > 0 => {
             let hint = if scope.is_all() {

@@ -362,6 +362,32 @@ fn barrier_waits_for_the_tagged_jobs_only() {
 }
 
 #[test]
+fn a_workspace_wide_barrier_prints_the_final_counts_as_the_cpp_flw() {
+    let ws = Ws::new();
+    ws.job(DONE, "1", json!({"tags": ["t"]}), &[("result.txt", b"")]);
+    ws.job(DONE, "2", json!({}), &[("result.txt", b"")]);
+    ws.job(FAILED, "3", json!({}), &[("error.txt", b"bad")]);
+    let o = flw(&ws, &["-W"]);
+    assert_eq!(code(&o), 1);
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "idle (2 done, 1 failed)\n");
+    let o = flw(&ws, &["-W", "--json"]);
+    assert_eq!(code(&o), 1);
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "{\"queued\":0,\"running\":0,\"done\":2,\"failed\":1}\n"
+    );
+    // A scoped barrier prints nothing on stdout (neither does the C++ flw).
+    let o = flw(&ws, &["-W", "--tag", "t"]);
+    assert_eq!(code(&o), 0);
+    assert!(o.stdout.is_empty());
+    // A timeout prints no counts either.
+    ws.job(READY, "4", json!({}), &[]);
+    let o = flw(&ws, &["-W", "--timeout", "0.2"]);
+    assert_eq!(code(&o), 2);
+    assert!(o.stdout.is_empty());
+}
+
+#[test]
 fn barrier_over_children() {
     let ws = Ws::new();
     ws.job(DONE, "10", json!({}), &[("result.txt", b"")]);
