@@ -53,11 +53,20 @@ enum Msg {
 pub struct BatchedEngine {
     tx: Sender<Msg>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// For speech jobs, which run on the worker's thread in a context of
+    /// their own (their tokens follow the OuteTTS layout, not the batch).
+    model: Arc<Model>,
+    cfg: EngineConfig,
+    slots: u32,
 }
 
 /// A worker's handle on the shared engine.
 pub struct BatchedRunner {
     tx: Sender<Msg>,
+    model: Arc<Model>,
+    cfg: EngineConfig,
+    /// llama.cpp threads for a speech job's own context.
+    speech_threads: u32,
 }
 
 impl BatchedEngine {
@@ -66,14 +75,18 @@ impl BatchedEngine {
     pub fn start(model: Arc<Model>, cfg: EngineConfig, slots: u32) -> Result<BatchedEngine, String> {
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
+        let (m, c) = (model.clone(), cfg.clone());
         let thread = std::thread::Builder::new()
             .name("Engine".into())
-            .spawn(move || engine_main(model, cfg, slots.max(1), rx, ready_tx))
+            .spawn(move || engine_main(m, c, slots.max(1), rx, ready_tx))
             .map_err(|e| format!("starting the engine thread: {e}"))?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(BatchedEngine {
                 tx,
                 thread: Mutex::new(Some(thread)),
+                model,
+                cfg,
+                slots: slots.max(1),
             }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err("the engine thread died while starting".into()),
@@ -81,7 +94,12 @@ impl BatchedEngine {
     }
 
     pub fn runner(&self) -> BatchedRunner {
-        BatchedRunner { tx: self.tx.clone() }
+        BatchedRunner {
+            tx: self.tx.clone(),
+            model: self.model.clone(),
+            cfg: self.cfg.clone(),
+            speech_threads: (self.cfg.threads / self.slots).max(1),
+        }
     }
 
     /// Asks the thread to stop (jobs it holds end as stopped) and waits at
@@ -116,6 +134,9 @@ impl Runner for BatchedRunner {
     /// Hands the job to the engine thread and waits for it, calling the
     /// observer's `poll` on this (the worker's) thread meanwhile.
     fn run(&mut self, req: Request, obs: Arc<dyn Observer>) -> Result<Output, RunError> {
+        if let Request::Speech(s) = req {
+            return crate::tts::speak(&self.model, &self.cfg, self.speech_threads, s, obs);
+        }
         let (reply, rx) = mpsc::sync_channel(1);
         self.tx
             .send(Msg::Job {
@@ -287,6 +308,16 @@ impl<'m> Engine<'m> {
             } => {
                 // Its own context, like every embedding: the shared one is untouched.
                 let _ = reply.send(embed_media(self.model, self.cfg.threads, &text, &media));
+                false
+            }
+            Msg::Job {
+                req: Request::Speech(s),
+                obs,
+                reply,
+            } => {
+                // Runners voice speech on their own thread; should one
+                // arrive here, it still gets its own context.
+                let _ = reply.send(crate::tts::speak(self.model, &self.cfg, self.cfg.threads, s, obs));
                 false
             }
             Msg::Job {
@@ -637,5 +668,6 @@ fn finished(s: &Seq) -> Output {
         finish: s.gen.finish,
         text: String::new(),
         embedding: None,
+        audio: None,
     }
 }

@@ -16,6 +16,7 @@ pub mod sampling;
 pub mod sched;
 pub mod template;
 pub mod text;
+pub mod tts;
 
 use std::sync::Arc;
 
@@ -34,6 +35,8 @@ pub enum Request {
         text: String,
         media: Vec<media::Media>,
     },
+    /// Voice this text (the model is OuteTTS; the vocoder makes the sound).
+    Speech(tts::SpeechRequest),
 }
 
 /// A text generation request; the prompt is already rendered with the chat template.
@@ -84,6 +87,8 @@ pub struct Output {
     /// Generated text (raw: think blocks not stripped yet).
     pub text: String,
     pub embedding: Option<Vec<f32>>,
+    /// Speech: mono samples at [`tts::audio::SAMPLE_RATE`].
+    pub audio: Option<Vec<f32>>,
     pub prompt_tokens: u32,
     pub generated_tokens: u32,
     /// Prompt tokens whose KV was reused from another sequence.

@@ -34,6 +34,8 @@ pub struct Model {
     pub n_ctx_train: u32,
     /// The multimodal projector, when one was given or found.
     pub projector: Option<crate::media::Projector>,
+    /// The vocoder and the model's OuteTTS tokens, for speech jobs.
+    pub speech: Option<crate::tts::Speech>,
 }
 
 // SAFETY: llama.cpp models are read-only after loading and documented as
@@ -80,12 +82,25 @@ impl Model {
             template,
             n_ctx_train,
             projector: None,
+            speech: None,
         })
     }
 
     /// Loads the multimodal projector (`mmproj*.gguf`) for this model.
     pub fn attach_projector(&mut self, path: &Path, threads: u32, use_gpu: bool) -> Result<(), String> {
         self.projector = Some(crate::media::Projector::load(path, &self.llama, threads, use_gpu)?);
+        Ok(())
+    }
+
+    /// Loads the vocoder for speech jobs and reads this model's OuteTTS
+    /// tokens; `speaker`: an OuteTTS speaker profile (JSON) to speak with.
+    pub fn attach_vocoder(&mut self, vocoder: &Path, speaker: Option<&Path>) -> Result<(), String> {
+        self.speech = Some(crate::tts::Speech::load(
+            &self.llama,
+            &self.file_name(),
+            vocoder,
+            speaker,
+        )?);
         Ok(())
     }
 

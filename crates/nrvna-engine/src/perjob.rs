@@ -39,6 +39,7 @@ impl Runner for PerJobRunner {
             Request::Text(t) => run_text(&self.model, &self.cfg, self.threads, t, obs),
             Request::Embed(s) => run_embed(&self.model, self.threads, &s),
             Request::EmbedMedia { text, media } => embed_media(&self.model, self.threads, &text, &media),
+            Request::Speech(s) => crate::tts::speak(&self.model, &self.cfg, self.threads, s, obs),
         }
     }
 }
@@ -189,6 +190,7 @@ fn run_text(
     Ok(Output {
         text: gen.text,
         embedding: None,
+        audio: None,
         prompt_tokens: n_prompt,
         generated_tokens: gen.generated,
         reused_tokens: 0,
