@@ -216,6 +216,18 @@ pub struct ServeArgs {
     /// one, media jobs fail with a reason that names this flag.
     #[arg(long, env = "NRVNA_MMPROJ")]
     pub mmproj: Option<PathBuf>,
+    /// Vocoder (.gguf, a WavTokenizer decoder) for text-to-speech jobs,
+    /// with an OuteTTS model as MODEL. Default: when the model's name
+    /// holds "oute", a .gguf beside it whose name holds "vocoder" or
+    /// "wavtokenizer" (as the C++ daemon finds it); without one, tts jobs
+    /// fail with a reason that names this flag.
+    #[arg(long, env = "NRVNA_VOCODER")]
+    pub vocoder: Option<PathBuf>,
+    /// The voice of tts jobs: an OuteTTS speaker profile (JSON with
+    /// "words": [{"word", "duration", "codes"}]). Default: OuteTTS's
+    /// en_male_1, as the C++ daemon speaks.
+    #[arg(long, env = "NRVNA_TTS_SPEAKER")]
+    pub speaker: Option<PathBuf>,
 
     /// Default sampling temperature (0: greedy).
     #[arg(long, env = "NRVNA_TEMP", default_value_t = 0.8)]

@@ -15,6 +15,10 @@ pub struct Config {
     pub model: PathBuf,
     /// The multimodal projector: --mmproj, or the one found beside the model.
     pub mmproj: Option<PathBuf>,
+    /// The vocoder for tts jobs: --vocoder, or the one found beside the model.
+    pub vocoder: Option<PathBuf>,
+    /// --speaker: the voice of tts jobs.
+    pub speaker: Option<PathBuf>,
     pub workspace: PathBuf,
     pub workers: u32,
     pub drain: bool,
@@ -73,8 +77,15 @@ impl Config {
             (None, EngineKind::Echo) => None,
             (None, _) => find_mmproj(&model),
         };
+        let vocoder = match (&a.vocoder, a.engine) {
+            (Some(p), _) => Some(p.clone()),
+            (None, EngineKind::Echo) => None,
+            (None, _) => find_vocoder(&model),
+        };
         Ok(Config {
             mmproj,
+            vocoder,
+            speaker: a.speaker.clone(),
             model,
             workspace: workspace.clone(),
             workers: a.workers,
@@ -136,9 +147,62 @@ pub fn find_mmproj(model: &Path) -> Option<PathBuf> {
     found.into_iter().next()
 }
 
+/// The vocoder beside an OuteTTS `model`, found as the C++ daemon finds
+/// it: only when the model's lower-cased stem holds "oute", a `.gguf` in
+/// the same directory whose lower-cased name holds "vocoder" or
+/// "wavtokenizer"; the first by name when several match.
+pub fn find_vocoder(model: &Path) -> Option<PathBuf> {
+    let dir = model
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let stem = model.file_stem()?.to_string_lossy().to_lowercase();
+    if !stem.contains("oute") {
+        return None;
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_file())
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_lowercase())
+                .unwrap_or_default();
+            name.ends_with(".gguf") && (name.contains("vocoder") || name.contains("wavtokenizer"))
+        })
+        .collect();
+    found.sort();
+    found.into_iter().next()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_vocoder_beside_an_outetts_model_is_found_by_name() {
+        let d = tempfile::tempdir().unwrap();
+        for n in [
+            "OuteTTS-0.2-500M-Q8_0.gguf",
+            "WavTokenizer-Large-75-F16.gguf",
+            "zz-vocoder.gguf",
+            "SmolLM2.gguf",
+            "wavtokenizer-notes.txt",
+        ] {
+            std::fs::write(d.path().join(n), b"x").unwrap();
+        }
+        let tts = d.path().join("OuteTTS-0.2-500M-Q8_0.gguf");
+        assert_eq!(
+            find_vocoder(&tts),
+            Some(d.path().join("WavTokenizer-Large-75-F16.gguf"))
+        );
+        // Only an OuteTTS model looks for one.
+        assert_eq!(find_vocoder(&d.path().join("SmolLM2.gguf")), None);
+        std::fs::remove_file(d.path().join("WavTokenizer-Large-75-F16.gguf")).unwrap();
+        assert_eq!(find_vocoder(&tts), Some(d.path().join("zz-vocoder.gguf")));
+    }
 
     #[test]
     fn the_projector_beside_the_model_is_found_by_name() {

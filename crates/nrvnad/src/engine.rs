@@ -29,6 +29,8 @@ impl Inference {
         kind: EngineKind,
         model_path: &std::path::Path,
         mmproj: Option<&std::path::Path>,
+        vocoder: Option<&std::path::Path>,
+        speaker: Option<&std::path::Path>,
         cfg: EngineConfig,
         workers: u32,
     ) -> Result<Inference, String> {
@@ -52,6 +54,20 @@ impl Inference {
                 .map(|p| (p.vision, p.audio))
                 .unwrap_or_default();
             tracing::info!("loaded projector {} (vision: {}, audio: {})", p.display(), pr.0, pr.1);
+        }
+        if let Some(v) = vocoder {
+            model.attach_vocoder(v, speaker)?;
+            if let Some(s) = &model.speech {
+                tracing::info!(
+                    "loaded vocoder {} (OuteTTS {} layout, {} audio codes, voice: {})",
+                    v.display(),
+                    s.layout.version.as_str(),
+                    s.layout.n_codes(),
+                    s.speaker_source
+                );
+            }
+        } else if speaker.is_some() {
+            return Err("--speaker is for text-to-speech jobs, which need --vocoder FILE too".into());
         }
         let model = Arc::new(model);
         tracing::info!(
@@ -316,6 +332,9 @@ impl Runner for EchoRunner {
                 echo_embedding(text.bytes().chain(media.iter().flat_map(|m| m.bytes.iter().copied())))
             }
             Request::Embed(s) => echo_embedding(s.bytes()),
+            Request::Speech(_) => Err(RunError::Rejected(
+                "the echo engine (a test double) does not synthesise speech; run nrvnad with an OuteTTS model and --vocoder FILE".into(),
+            )),
         }
     }
 }

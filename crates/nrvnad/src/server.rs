@@ -129,6 +129,8 @@ pub fn serve(cfg: Config) -> Result<ExitCode> {
         cfg.engine,
         &cfg.model,
         cfg.mmproj.as_deref(),
+        cfg.vocoder.as_deref(),
+        cfg.speaker.as_deref(),
         cfg.engine_cfg.clone(),
         cfg.workers,
     )
@@ -143,7 +145,7 @@ pub fn serve(cfg: Config) -> Result<ExitCode> {
         "pid": std::process::id(),
         "model": cfg.model.display().to_string(),
         "mmproj": cfg.mmproj.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
-        "vocoder": "",
+        "vocoder": cfg.vocoder.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
         "workers": cfg.workers,
         "started_at": started_at,
         "model_name": inference.model_name(),

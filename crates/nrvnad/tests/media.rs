@@ -493,3 +493,173 @@ fn media_jobs_from_our_wrk_have_the_cpp_layout() {
         }
     }
 }
+
+/// The text-to-speech fixtures (scripts/fixtures.sh): an OuteTTS-style
+/// model of the given layout version and the WavTokenizer decoder beside it.
+fn tts_fixture(version: &str) -> (PathBuf, PathBuf) {
+    let dir = repo_root().join("models/fixtures/tts");
+    let model = dir.join(format!("OuteTTS-{version}-fixture.gguf"));
+    let vocoder = dir.join("WavTokenizer-fixture.gguf");
+    assert!(
+        model.is_file() && vocoder.is_file(),
+        "tts fixtures missing: run scripts/fixtures.sh (expected {} and {})",
+        model.display(),
+        vocoder.display()
+    );
+    (model, vocoder)
+}
+
+/// The samples of a 24 kHz mono 16-bit PCM WAV file, checking its header
+/// field by field.
+fn pcm16_mono_24k(bytes: &[u8]) -> Vec<i16> {
+    let u32_at = |i: usize| u32::from_le_bytes(bytes[i..i + 4].try_into().unwrap());
+    let u16_at = |i: usize| u16::from_le_bytes(bytes[i..i + 2].try_into().unwrap());
+    assert!(bytes.len() >= 44, "a WAV file of {} bytes", bytes.len());
+    assert_eq!(&bytes[0..4], b"RIFF");
+    assert_eq!(u32_at(4) as usize, bytes.len() - 8, "RIFF size");
+    assert_eq!(&bytes[8..12], b"WAVE");
+    assert_eq!(&bytes[12..16], b"fmt ");
+    assert_eq!(u32_at(16), 16, "fmt chunk size");
+    assert_eq!(u16_at(20), 1, "PCM");
+    assert_eq!(u16_at(22), 1, "mono");
+    assert_eq!(u32_at(24), 24_000, "sample rate");
+    assert_eq!(u32_at(28), 48_000, "byte rate");
+    assert_eq!(u16_at(32), 2, "block align");
+    assert_eq!(u16_at(34), 16, "bits per sample");
+    assert_eq!(&bytes[36..40], b"data");
+    assert_eq!(u32_at(40) as usize, bytes.len() - 44, "data size");
+    bytes[44..]
+        .chunks_exact(2)
+        .map(|c| i16::from_le_bytes([c[0], c[1]]))
+        .collect()
+}
+
+#[test]
+fn a_tts_job_speaks_on_both_engines_and_longer_text_gives_longer_audio() {
+    let (model, _) = tts_fixture("0.2");
+    for engine in ["batched", "per-job"] {
+        let ws = TestWs::new();
+        let short = ws.submit(&["--tts", "--seed", "7"], "Hello world");
+        let again = ws.submit(&["--tts", "--seed", "7"], "Hello world");
+        let other = ws.submit(&["--tts", "--seed", "8"], "Hello world");
+        // Nine words, numbers spelled out: more than NRVNA_MAX_CTX (2048)
+        // holds after the voice prompt, so it is voiced in parts.
+        let long = ws.submit(
+            &["--tts", "--seed", "7"],
+            "Hello world, it is 42 degrees and sunny today in Paris.",
+        );
+        // No --vocoder: the WavTokenizer file beside the OuteTTS model is found.
+        let mut d = Daemon::spawn_model(
+            &ws,
+            model.as_os_str(),
+            &["--drain", "--engine", engine, "--workers", "2"],
+            &[],
+        );
+        d.wait_exit(JOB);
+        assert_eq!(d.code(), 0, "{engine}: a tts job failed: {}", d.log_text());
+        let log = d.log_text();
+        assert!(log.contains("loaded vocoder"), "{engine}: {log}");
+        assert!(log.contains("OuteTTS 0.2 layout"), "{engine}: {log}");
+        assert!(log.contains("in a new part"), "{engine}: the long text was not split");
+        let mut lens = Vec::new();
+        for id in [&short, &again, &other, &long] {
+            assert_eq!(ws.states_of(id), [DONE], "{engine}: {id}");
+            let m = ws.meta(DONE, id);
+            assert_eq!(m["mode"], "tts");
+            assert_eq!(m["artifacts"], serde_json::json!(["audio.wav"]));
+            assert_eq!(m["params"]["top_k"], 4);
+            let bytes = fs::read(ws.job(DONE, id).join("audio.wav")).unwrap();
+            let s = pcm16_mono_24k(&bytes);
+            // 320 samples (one hop) per audio code; the first 250 ms are muted.
+            assert_eq!(s.len() % 320, 0, "{engine}: {} samples", s.len());
+            assert!(s.len() > 6000, "{engine}: {} samples", s.len());
+            assert!(s[..6000].iter().all(|&x| x == 0), "{engine}: the onset is not muted");
+            assert!(s[6000..].iter().any(|&x| x != 0), "{engine}: silence");
+            lens.push(s.len());
+        }
+        let wav = |id: &str| fs::read(ws.job(DONE, id).join("audio.wav")).unwrap();
+        assert_eq!(
+            wav(&short),
+            wav(&again),
+            "{engine}: same text and seed, different audio"
+        );
+        assert_ne!(wav(&short), wav(&other), "{engine}: another seed gave the same audio");
+        assert!(
+            lens[3] > 3 * lens[0],
+            "{engine}: 14 words gave {} samples, 2 words {}",
+            lens[3],
+            lens[0]
+        );
+        // flw writes the WAV's bytes to a pipe, and --json names the file.
+        let shown = clean_command(flw_bin()).arg(ws.path()).arg(&short).output().unwrap();
+        assert!(shown.status.success());
+        assert_eq!(shown.stdout, wav(&short), "{engine}: flw WS ID of a tts job");
+        let j: Value = serde_json::from_str(ws.flw(&[&short, "--json"], JOB).stdout.trim()).unwrap();
+        assert!(
+            j.to_string().contains("audio.wav"),
+            "{engine}: flw --json does not name audio.wav: {j}"
+        );
+        eprintln!(
+            "tts on {engine}: samples {lens:?}, duration_s {:?}",
+            [&short, &long].map(|id| ws.meta(DONE, id)["duration_s"].as_f64().unwrap())
+        );
+    }
+}
+
+#[test]
+fn the_outetts_0_3_layout_is_read_from_the_vocabulary() {
+    let (model, vocoder) = tts_fixture("0.3");
+    let ws = TestWs::new();
+    let id = ws.submit(&["--tts", "--seed", "3"], "Ready? Yes, ready.");
+    let mut d = Daemon::spawn_model(
+        &ws,
+        model.as_os_str(),
+        &["--drain", "--vocoder", vocoder.to_str().unwrap()],
+        &[],
+    );
+    d.wait_exit(JOB);
+    assert_eq!(d.code(), 0, "{}", d.log_text());
+    assert!(d.log_text().contains("OuteTTS 0.3 layout"), "{}", d.log_text());
+    let s = pcm16_mono_24k(&fs::read(ws.job(DONE, &id).join("audio.wav")).unwrap());
+    assert!(s.len() > 6000 && s.len() % 320 == 0, "{} samples", s.len());
+}
+
+#[test]
+fn tts_failures_say_what_to_give_and_the_daemon_goes_on() {
+    let (model, vocoder) = tts_fixture("0.2");
+    let ws = TestWs::new();
+    // A text model has no vocoder: the tts job fails, the text job runs.
+    let tts = ws.submit(&["--tts"], "Hello");
+    let text = ws.submit(&[], "Say hi.");
+    let mut d = ws.drain(&[], &[]);
+    assert_eq!(d.code(), 1);
+    assert_eq!(ws.states_of(&text), [DONE]);
+    let e = ws.read(FAILED, &tts, "error.txt");
+    assert!(e.contains("--vocoder FILE") && e.contains("OuteTTS"), "{e}");
+
+    // Nothing left to say once normalised: that job fails, the next speaks.
+    let ws = TestWs::new();
+    let empty = ws.submit(&["--tts"], "... !!! ???");
+    let fine = ws.submit(&["--tts", "--seed", "1"], "fine");
+    let mut d = Daemon::spawn_model(&ws, model.as_os_str(), &["--drain"], &[]);
+    d.wait_exit(JOB);
+    assert_eq!(d.code(), 1);
+    assert!(ws.read(FAILED, &empty, "error.txt").contains("nothing to say"));
+    assert_eq!(ws.states_of(&fine), [DONE]);
+
+    // At start: a vocoder with a model that is not OuteTTS, and a vocoder
+    // that is not a WavTokenizer decoder, are refused with the reason.
+    let mut d = Daemon::spawn(&ws, &["--vocoder", vocoder.to_str().unwrap()], &[]);
+    d.wait_exit(JOB);
+    assert_ne!(d.code(), 0);
+    assert!(d.log_text().contains("is not an OuteTTS model"), "{}", d.log_text());
+    let mut d = Daemon::spawn_model(
+        &ws,
+        model.as_os_str(),
+        &["--vocoder", common::model().to_str().unwrap()],
+        &[],
+    );
+    d.wait_exit(JOB);
+    assert_ne!(d.code(), 0);
+    assert!(d.log_text().contains("not a WavTokenizer decoder"), "{}", d.log_text());
+}

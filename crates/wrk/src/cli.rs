@@ -134,7 +134,7 @@ pub struct Args {
 
     /// Text to speech: the prompt is read aloud into audio.wav (24 kHz mono
     /// 16-bit). The daemon needs an OuteTTS model and its vocoder.
-    #[arg(long, conflicts_with_all = ["embed", "json_schema", "grammar"])]
+    #[arg(long, conflicts_with_all = ["embed", "json_schema", "grammar", "stt"])]
     pub tts: bool,
 
     /// Constrain the output to this JSON Schema (stored as schema.json, and

@@ -544,6 +544,13 @@ fn speech_jobs_carry_their_audio_and_tts_its_text() {
     let dir = published(&w.root, &out);
     assert_eq!(read(&dir, "type.txt").trim(), "tts");
     assert_eq!(read(&dir, "prompt.txt"), "Hello there");
+    // Blank text to speak, and --tts with --stt, are refused before publishing.
+    let w = ws();
+    let out = wrk(&w.root, &["--tts", "   "], None, &[]);
+    assert_refused(&w.root, &out, "needs text to speak");
+    let out = wrk(&w.root, &["--tts", "--stt", "hi"], None, &[]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(entries(&w.root.join("input/ready")).is_empty());
 
     // --audio without --stt, --stt without --audio: usage errors (exit 2 from clap).
     let w = ws();

@@ -22,6 +22,7 @@ use nrvna_core::{JobId, JobType, Meta, Moved, State, Workspace};
 use nrvna_engine::media::with_markers;
 use nrvna_engine::sampling::fresh_seed;
 use nrvna_engine::template::strip_think;
+use nrvna_engine::tts::SpeechRequest;
 use nrvna_engine::{MediaInput, Output, Request, RunError, Runner, TextRequest};
 
 /// The task of a speech-to-text job with an empty prompt (the C++ daemon's).
@@ -174,10 +175,7 @@ impl Processor {
             }
         };
         job.meta = spec.meta.clone();
-        let (plan, used) = match plan::plan(&spec, &self.inference.cfg, fresh_seed()) {
-            Ok(p) => p,
-            Err(e) => return self.finisher().finish(job, Ending::Failed(Failure::new(e.to_string()))),
-        };
+        let (plan, used) = plan::plan(&spec, &self.inference.cfg, fresh_seed());
         job.used = Some(used);
         let req = match self.request(&dir, &spec, plan) {
             Ok(r) => r,
@@ -304,6 +302,12 @@ impl Processor {
                 media: spec.images.clone(),
             }),
             Plan::Embed => Ok(Request::Embed(spec.prompt.clone())),
+            Plan::Speech { temp, top_k, seed } => Ok(Request::Speech(SpeechRequest {
+                text: spec.prompt.clone(),
+                temp,
+                top_k,
+                seed,
+            })),
             Plan::Text {
                 system,
                 sampling,
@@ -403,6 +407,15 @@ fn done(spec: &JobSpec, out: Output) -> Ending {
                 out,
             }
         }
+        JobType::Tts => match out.audio.as_deref().map(nrvna_engine::tts::audio::wav_bytes) {
+            Some(Ok(bytes)) => Ending::Done {
+                artifact: "audio.wav",
+                bytes,
+                out,
+            },
+            Some(Err(e)) => Ending::Failed(Failure::new(e)),
+            None => Ending::Failed(Failure::new("the engine returned no audio for a tts job")),
+        },
         _ => {
             let text = strip_think(&out.text);
             if let Some(schema) = &spec.schema {

@@ -31,23 +31,42 @@ pub enum Plan {
         constraint: Constraint,
     },
     Embed,
+    /// Text to speech: how to pick among the model's audio codes.
+    Speech {
+        temp: f32,
+        top_k: u32,
+        seed: u32,
+    },
 }
-
-/// A job type this daemon cannot run.
-#[derive(Debug, PartialEq, thiserror::Error)]
-#[error("job type {0} is not supported by this daemon (it runs text, embed, vision and stt jobs)")]
-pub struct Unsupported(pub &'static str);
 
 /// Plans `spec` under the daemon's defaults; returns the plan and the
 /// values used (recorded in meta.json).
-pub fn plan(spec: &JobSpec, d: &EngineConfig, fresh_seed: u32) -> Result<(Plan, Value), Unsupported> {
+pub fn plan(spec: &JobSpec, d: &EngineConfig, fresh_seed: u32) -> (Plan, Value) {
     match spec.job_type {
-        JobType::Embed => Ok((Plan::Embed, json!({}))),
+        JobType::Embed => (Plan::Embed, json!({})),
         // Vision and speech-to-text jobs generate text like a text job;
         // their media are attached to the request.
-        JobType::Text | JobType::Vision | JobType::Stt => Ok(plan_text(spec, &spec.params, d, fresh_seed)),
-        other => Err(Unsupported(other.as_str())),
+        JobType::Text | JobType::Vision | JobType::Stt => plan_text(spec, &spec.params, d, fresh_seed),
+        JobType::Tts => plan_speech(&spec.params, d, fresh_seed),
     }
+}
+
+/// A speech job samples as llama.cpp's tts example does (top-k 4 of the
+/// model's distribution) unless the job sets its own temp or top_k; the
+/// daemon's text defaults do not apply.
+fn plan_speech(p: &Params, d: &EngineConfig, fresh_seed: u32) -> (Plan, Value) {
+    let temp = p.temp.unwrap_or(nrvna_engine::tts::DEFAULT_TEMP);
+    let top_k = p
+        .top_k
+        .and_then(|k| u32::try_from(k).ok())
+        .filter(|k| *k > 0)
+        .unwrap_or(nrvna_engine::tts::DEFAULT_TOP_K);
+    let seed = p.seed.or(d.sampling.seed).unwrap_or(fresh_seed);
+    let mut used = json!({ "temp": f32_json(temp), "top_k": top_k, "seed": seed });
+    if let Some(t) = p.timeout_s {
+        used["timeout_s"] = json!(t);
+    }
+    (Plan::Speech { temp, top_k, seed }, used)
 }
 
 fn plan_text(spec: &JobSpec, p: &Params, d: &EngineConfig, fresh_seed: u32) -> (Plan, Value) {
@@ -149,7 +168,7 @@ mod tests {
             stop: Some(vec!["\n".into()]),
             ..Params::default()
         };
-        let (plan, used) = plan(&spec(JobType::Text, p), &defaults(), 999).unwrap();
+        let (plan, used) = plan(&spec(JobType::Text, p), &defaults(), 999);
         let Plan::Text {
             sampling,
             max_tokens,
@@ -172,11 +191,11 @@ mod tests {
 
     #[test]
     fn a_job_without_a_seed_gets_the_fresh_one_and_the_daemon_seed_wins_over_it() {
-        let (plan1, used) = plan(&spec(JobType::Text, Params::default()), &defaults(), 999).unwrap();
+        let (plan1, used) = plan(&spec(JobType::Text, Params::default()), &defaults(), 999);
         assert_eq!(used["seed"], 999);
         let mut d = defaults();
         d.sampling.seed = Some(5);
-        let (_, used) = plan(&spec(JobType::Text, Params::default()), &d, 999).unwrap();
+        let (_, used) = plan(&spec(JobType::Text, Params::default()), &d, 999);
         assert_eq!(used["seed"], 5);
         assert!(matches!(plan1, Plan::Text { max_tokens: 100, .. }));
     }
@@ -185,24 +204,43 @@ mod tests {
     fn grammar_gbnf_is_the_effective_constraint_even_beside_a_schema() {
         let mut s = spec(JobType::Text, Params::default());
         s.schema = Some(json!({"type": "integer"}));
-        let (p, _) = plan(&s, &defaults(), 1).unwrap();
+        let (p, _) = plan(&s, &defaults(), 1);
         assert!(matches!(p, Plan::Text { constraint: Constraint::Schema(ref j), .. } if j == "{\"type\":\"integer\"}"));
         s.grammar = Some("root ::= [0-9]+".into());
-        let (p, _) = plan(&s, &defaults(), 1).unwrap();
+        let (p, _) = plan(&s, &defaults(), 1);
         assert!(matches!(p, Plan::Text { constraint: Constraint::Gbnf(ref g), .. } if g == "root ::= [0-9]+"));
     }
 
     #[test]
-    fn embed_and_unsupported_types() {
+    fn embed_and_speech_plans() {
         assert_eq!(
-            plan(&spec(JobType::Embed, Params::default()), &defaults(), 1)
-                .unwrap()
-                .0,
+            plan(&spec(JobType::Embed, Params::default()), &defaults(), 1).0,
             Plan::Embed
         );
+        // Speech samples as llama.cpp's tts example unless the job says otherwise.
+        let (p, used) = plan(&spec(JobType::Tts, Params::default()), &defaults(), 9);
         assert_eq!(
-            plan(&spec(JobType::Tts, Params::default()), &defaults(), 1).unwrap_err(),
-            Unsupported("tts")
+            p,
+            Plan::Speech {
+                temp: 1.0,
+                top_k: 4,
+                seed: 9
+            }
+        );
+        assert_eq!(used, json!({"temp": 1.0, "top_k": 4, "seed": 9}));
+        let own = Params {
+            temp: Some(0.0),
+            top_k: Some(10),
+            seed: Some(5),
+            ..Params::default()
+        };
+        assert_eq!(
+            plan(&spec(JobType::Tts, own), &defaults(), 9).0,
+            Plan::Speech {
+                temp: 0.0,
+                top_k: 10,
+                seed: 5
+            }
         );
     }
 }
