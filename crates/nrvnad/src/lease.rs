@@ -442,7 +442,9 @@ mod tests {
         b.me.claim(&id, &ws.job_dir(State::Processing, &id)).unwrap();
         // While b beats, a never takes its job, however long it watches.
         let until = Instant::now() + ttl * 3;
+        let mut last_beat = Instant::now();
         while Instant::now() < until {
+            last_beat = Instant::now();
             b.beat(&mut last);
             a.reap();
             std::thread::sleep(Duration::from_millis(30));
@@ -456,7 +458,9 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
             assert!(stopped.elapsed() < ttl * 5, "never recovered");
         }
-        assert!(stopped.elapsed() >= ttl, "recovered before the lease expired");
+        // a saw b's last beat no earlier than b wrote it, so the job comes
+        // back no sooner than a lease after that beat.
+        assert!(last_beat.elapsed() >= ttl, "recovered before the lease expired");
         assert_eq!(ws.locate(&id), Some(State::Ready));
         let meta = std::fs::read_to_string(ws.job_dir(State::Ready, &id).join("meta.json")).unwrap();
         assert!(meta.contains("\"recovery_attempts\": 1"), "{meta}");
