@@ -31,6 +31,9 @@ pub struct ProbeConfig {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ProbeRun {
     pub prompt_tokens: usize,
+    /// Prompt tokens all sequences share, decoded once and copied (as the
+    /// daemon's prefix reuse does).
+    pub shared_prefix: usize,
     pub generated: usize,
     /// Seconds decoding the prompts.
     pub prefill_secs: f64,
@@ -65,7 +68,11 @@ pub fn context_params(cfg: &ProbeConfig, seqs: u32) -> LlamaContextParams {
 }
 
 /// Decodes every prompt as its own sequence of one context, then `gen`
-/// greedy tokens for each, all sequences in every decode call.
+/// greedy tokens for each, all sequences in every decode call. The prefix
+/// that all prompts share is decoded once into sequence 0 and copied to
+/// the others before their own tokens, so that the probe does no more
+/// prefill than the daemon's prefix reuse (a whole-sequence copy, which
+/// per-sequence KV streams allow too).
 pub fn run(model: &Model, cfg: &ProbeConfig, prompts: &[Vec<LlamaToken>], gen: usize) -> Result<ProbeRun, String> {
     let b = prompts.len();
     if b == 0 || prompts.iter().any(Vec::is_empty) {
@@ -83,12 +90,37 @@ pub fn run(model: &Model, cfg: &ProbeConfig, prompts: &[Vec<LlamaToken>], gen: u
     // of n_batch, without logits; the last ones open the generation below
     // (one decode call with one token per sequence, logits for each).
     let t0 = Instant::now();
-    let all: Vec<(usize, usize)> = prompts
+    let shortest = prompts.iter().map(Vec::len).min().unwrap_or(1);
+    let shared = if b > 1 {
+        (0..shortest - 1)
+            .take_while(|&i| prompts.iter().all(|p| p[i] == prompts[0][i]))
+            .count()
+    } else {
+        0
+    };
+    out.shared_prefix = shared;
+    let prefix: Vec<(usize, usize)> = (0..shared).map(|i| (0, i)).collect();
+    let rest: Vec<(usize, usize)> = prompts
         .iter()
         .enumerate()
-        .flat_map(|(s, p)| (0..p.len() - 1).map(move |i| (s, i)))
+        .flat_map(|(s, p)| (shared..p.len() - 1).map(move |i| (s, i)))
         .collect();
-    for chunk in all.chunks(n_batch) {
+    for chunk in prefix.chunks(n_batch) {
+        batch.clear();
+        for &(s, i) in chunk {
+            batch
+                .add(prompts[s][i], i as i32, &[s as i32], false)
+                .map_err(|e| e.to_string())?;
+        }
+        ctx.decode(&mut batch).map_err(|e| format!("prefix decode: {e}"))?;
+    }
+    if shared > 0 {
+        for s in 1..b {
+            ctx.copy_kv_cache_seq(0, s as i32, None, None)
+                .map_err(|e| format!("copying the shared prefix: {e}"))?;
+        }
+    }
+    for chunk in rest.chunks(n_batch) {
         batch.clear();
         for &(s, i) in chunk {
             batch

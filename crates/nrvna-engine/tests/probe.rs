@@ -31,6 +31,9 @@ fn every_configuration_generates_every_token_and_the_choice_measures_both() {
             let r = run(&m, &cfg, &prompts, 5).unwrap_or_else(|e| panic!("{cfg:?}: {e}"));
             assert_eq!(r.generated, 15, "{cfg:?}");
             assert_eq!(r.prompt_tokens, prompts.iter().map(Vec::len).sum::<usize>());
+            // The chat template's preamble is decoded once and copied.
+            let shortest = prompts.iter().map(Vec::len).min().unwrap();
+            assert!(r.shared_prefix > 0 && r.shared_prefix < shortest, "{cfg:?}: {r:?}");
             assert!(r.tok_s() > 0.0 && r.gen_tok_s() >= r.tok_s(), "{cfg:?}: {r:?}");
         }
     }

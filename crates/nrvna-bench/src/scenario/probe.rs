@@ -158,12 +158,14 @@ pub fn child(ctx: &Ctx, spec: &str) -> Result<Value> {
         let prompts = g.iter().map(|&i| prompt(i)).collect::<Result<Vec<_>>>()?;
         let r = nrvna_engine::probe::run(&model, &cfg, &prompts, spec.tokens as usize).map_err(anyhow::Error::msg)?;
         total.prompt_tokens += r.prompt_tokens;
+        total.shared_prefix += r.shared_prefix;
         total.generated += r.generated;
         total.prefill_secs += r.prefill_secs;
         total.gen_secs += r.gen_secs;
     }
     Ok(json!({
         "prompt_tokens": total.prompt_tokens,
+        "shared_prefix_tokens": total.shared_prefix,
         "generated_tokens": total.generated,
         "prefill_s": total.prefill_secs,
         "gen_s": total.gen_secs,
@@ -275,7 +277,8 @@ pub fn run_specs(ctx: &Ctx, model: &Path, specs: &[Spec], problems: &mut Vec<Str
          queue, no sampler chain), n_ctx 2048, n_batch 512. B=1: {SINGLE_JOBS} jobs one after \
          another, a fresh context each (the per-job engine's shape); B={}: all sequences in one \
          context (the batched engine's shape; per-seq = one KV stream per sequence, \
-         `kv_unified=false`). tok/s is generated tokens over prefill plus generation time; \
+         `kv_unified=false`), the prefix all prompts share decoded once and copied to every \
+         sequence, as the daemon's prefix reuse does. tok/s is generated tokens over prefill plus generation time; \
          gen tok/s over generation only. Best B=1: {}; best B={}: {}.\n\n{}",
         best.batch_seqs,
         best.single
