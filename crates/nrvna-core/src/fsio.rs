@@ -52,22 +52,41 @@ pub fn write_atomic_volatile(dir: &Path, name: &str, data: &[u8]) -> io::Result<
 }
 
 fn replace_file(dir: &Path, name: &str, data: &[u8], durable: bool) -> io::Result<()> {
-    let tmp = dir.join(format!("{name}.tmp"));
+    let tmp_name = format!("{name}.tmp");
+    let tmp = dir.join(&tmp_name);
     let dst = dir.join(name);
-    // A leftover from a crashed writer (or anything planted under that
-    // name: a FIFO, a directory) is ours to replace.
-    let _ = clear_entry(dir, &format!("{name}.tmp"));
+    // Created with O_EXCL first: a leftover from a crashed writer (or
+    // anything planted under that name: a FIFO, a directory) is ours to
+    // replace, but looking for one before every write costs a lookup per
+    // file for a case that almost never happens.
+    let mut f = match create_new(dir, &tmp_name) {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            clear_entry(dir, &tmp_name)?;
+            create_new(dir, &tmp_name)?
+        }
+        other => other?,
+    };
     let mut guard = TmpGuard {
         path: &tmp,
         armed: true,
     };
-    let mut f = create_new(dir, &format!("{name}.tmp"))?;
     f.write_all(data)?;
     if durable && fsync_enabled() {
         f.sync_all()?;
     }
     drop(f);
-    fs::rename(&tmp, &dst)?;
+    // rename(2) replaces a file or a symlink atomically; only a directory
+    // planted under the name stops it, and is removed first.
+    if let Err(e) = fs::rename(&tmp, &dst) {
+        if !matches!(
+            e.raw_os_error(),
+            Some(libc::EISDIR) | Some(libc::ENOTEMPTY) | Some(libc::EEXIST)
+        ) {
+            return Err(e);
+        }
+        clear_entry(dir, name)?;
+        fs::rename(&tmp, &dst)?;
+    }
     guard.armed = false;
     Ok(())
 }

@@ -41,12 +41,12 @@ pub const DAEMON_FILES: [&str; 8] = [
 /// Removes, at claim, whatever a job holds under the daemon's own names
 /// (and any `NAME.tmp`), whatever it is: a FIFO, a symlink, a directory.
 pub fn clear_daemon_files(dir: &Path) -> io::Result<()> {
-    for name in DAEMON_FILES {
-        clear_entry(dir, name)?;
-    }
-    for e in fs::read_dir(dir)?.flatten() {
+    // One listing finds them all (a fresh job holds none): cheaper than a
+    // lookup per name.
+    for e in fs::read_dir(dir)? {
+        let e = e?;
         if let Some(name) = e.file_name().to_str() {
-            if name.ends_with(".tmp") {
+            if name.ends_with(".tmp") || DAEMON_FILES.contains(&name) {
                 clear_entry(dir, name)?;
             }
         }
@@ -203,11 +203,12 @@ impl Finisher<'_> {
             }
         };
         let written = (|| -> io::Result<()> {
+            // write_atomic replaces whatever was planted under these names
+            // during the run (a directory included) without following it,
+            // and meta.json is replaced in one rename, never removed first.
             for (name, bytes) in &files {
-                clear_entry(dir, name)?;
                 write_atomic(dir, name, bytes)?;
             }
-            clear_entry(dir, "meta.json")?;
             write_atomic(dir, "meta.json", &meta.to_bytes())?;
             for scratch in SCRATCH {
                 clear_entry(dir, scratch)?;
