@@ -65,8 +65,17 @@ fn publish(
         .collect()
 }
 
+/// Jobs in a state directory. Every job is a directory, so where a
+/// directory's link count counts its subdirectories (ext4, XFS) that count
+/// is one stat; listing 10,000 entries every 20 ms took a fifth of this
+/// process's CPU from the queue it measures. Elsewhere (btrfs: always 1),
+/// the listing.
 fn count(dir: &Path) -> usize {
-    std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0)
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(dir) {
+        Ok(m) if m.nlink() >= 2 => (m.nlink() - 2) as usize,
+        _ => std::fs::read_dir(dir).map(|r| r.count()).unwrap_or(0),
+    }
 }
 
 fn join(
