@@ -96,6 +96,8 @@ impl BatchRequest {
 pub enum SubmitError {
     #[error("the prompt is empty; give the prompt as arguments, or pipe it on stdin")]
     EmptyPrompt,
+    #[error("a text-to-speech job needs text to speak, and this one is blank; give the text as arguments, or pipe it on stdin")]
+    BlankSpeech,
     #[error("the prompt is {size} bytes, over the limit of {limit} bytes (raise NRVNA_MAX_PROMPT_SIZE to allow it)")]
     PromptTooLarge { size: usize, limit: u64 },
     #[error("the prompt contains a NUL byte, which the model cannot take")]
@@ -129,6 +131,9 @@ impl Submission {
         // transcribes the audio).
         if self.prompt.is_empty() && self.media.is_empty() {
             return Err(SubmitError::EmptyPrompt);
+        }
+        if self.job_type == JobType::Tts && self.prompt.trim().is_empty() {
+            return Err(SubmitError::BlankSpeech);
         }
         let limit = max_prompt_bytes();
         if self.prompt.len() as u64 > limit {
