@@ -70,6 +70,7 @@ impl Config {
             prefix_reuse_min: a.prefix_reuse_min,
             chat_template_file: a.chat_template_file.clone(),
             flash_attn: a.flash_attn.engine(),
+            tts_mute_ms: a.tts_mute_ms,
             test_decode_fault: a.test_decode_fault,
         };
         let mmproj = match (&a.mmproj, a.engine) {
@@ -124,23 +125,29 @@ pub fn resolve_model(model: &str, dir: &Path) -> Result<PathBuf> {
 /// `.gguf` file in the same directory whose lower-cased name holds `mmproj`
 /// and the model's lower-cased stem; the first by name when several match.
 pub fn find_mmproj(model: &Path) -> Option<PathBuf> {
+    let stem = model.file_stem()?.to_string_lossy().to_lowercase();
+    gguf_beside(model, |name| name.contains("mmproj") && name.contains(&stem))
+}
+
+/// The first by name of the `.gguf` files beside `model` whose lower-cased
+/// name `wanted` accepts. A link to a file counts, as in the C++ daemon
+/// (its is_regular_file follows links).
+fn gguf_beside(model: &Path, wanted: impl Fn(&str) -> bool) -> Option<PathBuf> {
     let dir = model
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let stem = model.file_stem()?.to_string_lossy().to_lowercase();
     let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok())
         .map(|e| e.path())
-        // A link to a file counts, as in the C++ daemon (its is_regular_file follows links).
         .filter(|p| p.is_file())
         .filter(|p| {
             let name = p
                 .file_name()
                 .map(|n| n.to_string_lossy().to_lowercase())
                 .unwrap_or_default();
-            name.ends_with(".gguf") && name.contains("mmproj") && name.contains(&stem)
+            name.ends_with(".gguf") && wanted(&name)
         })
         .collect();
     found.sort();
@@ -152,29 +159,11 @@ pub fn find_mmproj(model: &Path) -> Option<PathBuf> {
 /// the same directory whose lower-cased name holds "vocoder" or
 /// "wavtokenizer"; the first by name when several match.
 pub fn find_vocoder(model: &Path) -> Option<PathBuf> {
-    let dir = model
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
     let stem = model.file_stem()?.to_string_lossy().to_lowercase();
     if !stem.contains("oute") {
         return None;
     }
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-        .filter(|p| {
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().to_lowercase())
-                .unwrap_or_default();
-            name.ends_with(".gguf") && (name.contains("vocoder") || name.contains("wavtokenizer"))
-        })
-        .collect();
-    found.sort();
-    found.into_iter().next()
+    gguf_beside(model, |name| name.contains("vocoder") || name.contains("wavtokenizer"))
 }
 
 #[cfg(test)]
