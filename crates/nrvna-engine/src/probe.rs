@@ -105,30 +105,14 @@ pub fn run(model: &Model, cfg: &ProbeConfig, prompts: &[Vec<LlamaToken>], gen: u
         .enumerate()
         .flat_map(|(s, p)| (shared..p.len() - 1).map(move |i| (s, i)))
         .collect();
-    for chunk in prefix.chunks(n_batch) {
-        batch.clear();
-        for &(s, i) in chunk {
-            batch
-                .add(prompts[s][i], i as i32, &[s as i32], false)
-                .map_err(|e| e.to_string())?;
-        }
-        ctx.decode(&mut batch).map_err(|e| format!("prefix decode: {e}"))?;
-    }
+    prefill(&mut ctx, &mut batch, prompts, &prefix, n_batch, "prefix")?;
     if shared > 0 {
         for s in 1..b {
             ctx.copy_kv_cache_seq(0, s as i32, None, None)
                 .map_err(|e| format!("copying the shared prefix: {e}"))?;
         }
     }
-    for chunk in rest.chunks(n_batch) {
-        batch.clear();
-        for &(s, i) in chunk {
-            batch
-                .add(prompts[s][i], i as i32, &[s as i32], false)
-                .map_err(|e| e.to_string())?;
-        }
-        ctx.decode(&mut batch).map_err(|e| format!("prefill decode: {e}"))?;
-    }
+    prefill(&mut ctx, &mut batch, prompts, &rest, n_batch, "prefill")?;
     out.prefill_secs = t0.elapsed().as_secs_f64();
 
     // Generation: one token per sequence per decode call.
@@ -150,6 +134,28 @@ pub fn run(model: &Model, cfg: &ProbeConfig, prompts: &[Vec<LlamaToken>], gen: u
     }
     out.gen_secs = t1.elapsed().as_secs_f64();
     Ok(out)
+}
+
+/// Decodes prompt tokens, given as (sequence, position) pairs, in chunks
+/// of `n_batch`, without logits.
+fn prefill(
+    ctx: &mut llama_cpp_2::context::LlamaContext<'_>,
+    batch: &mut LlamaBatch,
+    prompts: &[Vec<LlamaToken>],
+    items: &[(usize, usize)],
+    n_batch: usize,
+    what: &str,
+) -> Result<(), String> {
+    for chunk in items.chunks(n_batch) {
+        batch.clear();
+        for &(s, i) in chunk {
+            batch
+                .add(prompts[s][i], i as i32, &[s as i32], false)
+                .map_err(|e| e.to_string())?;
+        }
+        ctx.decode(batch).map_err(|e| format!("{what} decode: {e}"))?;
+    }
+    Ok(())
 }
 
 fn argmax(logits: &[f32]) -> LlamaToken {
