@@ -27,6 +27,9 @@ pub struct EngineConfig {
     /// daemon resolves it to `On` or `Off` by a measurement at start
     /// ([`crate::probe::choose_flash_attn`]).
     pub flash_attn: FlashAttn,
+    /// Milliseconds of a tts job's audio silenced at the start (the
+    /// vocoder's onset artefact).
+    pub tts_mute_ms: u32,
     /// Test hook: report the N-th decode call (from 1) as failed.
     pub test_decode_fault: Option<u64>,
 }

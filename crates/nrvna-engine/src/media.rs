@@ -45,15 +45,7 @@ impl Projector {
     /// Loads `path` as a projector for `model`. Errors name the file and
     /// say what to check.
     pub fn load(path: &Path, model: &LlamaModel, threads: u32, use_gpu: bool) -> Result<Projector, String> {
-        let meta = std::fs::metadata(path).map_err(|e| {
-            format!(
-                "projector {}: {e}; pass the mmproj .gguf that belongs to the model",
-                path.display()
-            )
-        })?;
-        if !meta.is_file() {
-            return Err(format!("projector {} is not a regular file", path.display()));
-        }
+        crate::model::check_file(path, "projector", "pass the mmproj .gguf that belongs to the model")?;
         let s = path
             .to_str()
             .ok_or_else(|| format!("projector path {} is not UTF-8", path.display()))?;

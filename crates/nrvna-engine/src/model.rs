@@ -161,6 +161,16 @@ impl Model {
     }
 }
 
+/// Checks that `path` is a regular file before llama.cpp opens it; the
+/// errors name `what` and the file, and add `hint` when it cannot be read.
+pub(crate) fn check_file(path: &Path, what: &str, hint: &str) -> Result<(), String> {
+    let meta = std::fs::metadata(path).map_err(|e| format!("{what} {}: {e}; {hint}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{what} {} is not a regular file", path.display()));
+    }
+    Ok(())
+}
+
 /// Whether this CPU has AMX tiles (the `amx_tile` flag of /proc/cpuinfo).
 pub fn cpu_has_amx() -> bool {
     std::fs::read_to_string("/proc/cpuinfo")

@@ -54,6 +54,20 @@ pub(crate) fn new_context(model: &Model, params: LlamaContextParams) -> Result<L
     })
 }
 
+/// A context of `n_ctx` cells for one sequence, and its decode batch size.
+pub(crate) fn single_sequence(cfg: &EngineConfig, n_ctx: u32, threads: u32) -> (LlamaContextParams, u32) {
+    let n_batch = cfg.n_batch.min(n_ctx).max(1);
+    let params = LlamaContextParams::default()
+        .with_n_ctx(NonZeroU32::new(n_ctx))
+        .with_n_batch(n_batch)
+        .with_n_ubatch(n_batch)
+        .with_n_seq_max(1)
+        .with_flash_attention_policy(cfg.flash_attn.policy())
+        .with_n_threads(threads as i32)
+        .with_n_threads_batch(threads as i32);
+    (params, n_batch)
+}
+
 /// Checks the prompt against the context and returns (prompt tokens, max new tokens).
 pub(crate) fn plan(
     model: &Model,
@@ -119,19 +133,11 @@ fn run_text(
     };
     let n_ctx = (n_prompt + max_gen).div_ceil(64) * 64;
     let n_ctx = n_ctx.min(limit.div_ceil(64) * 64);
-    let n_batch = cfg.n_batch.min(n_ctx);
     let sampler = req
         .sampling
         .chain(&model.llama, req.grammar.as_deref())
         .map_err(RunError::Rejected)?;
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(n_ctx))
-        .with_n_batch(n_batch)
-        .with_n_ubatch(n_batch)
-        .with_n_seq_max(1)
-        .with_flash_attention_policy(cfg.flash_attn.policy())
-        .with_n_threads(threads as i32)
-        .with_n_threads_batch(threads as i32);
+    let (params, n_batch) = single_sequence(cfg, n_ctx, threads);
     let mut ctx = new_context(model, params)?;
     let mut gen = Generation::new(sampler, max_gen, req.stop, obs.clone());
     let start = Instant::now();

@@ -228,6 +228,10 @@ pub struct ServeArgs {
     /// en_male_1, as the C++ daemon speaks.
     #[arg(long, env = "NRVNA_TTS_SPEAKER")]
     pub speaker: Option<PathBuf>,
+    /// Milliseconds silenced at the start of a tts job's audio (the
+    /// vocoder's onset artefact; 0 keeps everything), as the C++ daemon.
+    #[arg(long, env = "NRVNA_TTS_MUTE_MS", default_value_t = 250)]
+    pub tts_mute_ms: u32,
 
     /// Default sampling temperature (0: greedy).
     #[arg(long, env = "NRVNA_TEMP", default_value_t = 0.8)]

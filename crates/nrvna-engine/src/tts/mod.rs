@@ -30,7 +30,7 @@ use llama_cpp_2::token::LlamaToken;
 
 use crate::config::EngineConfig;
 use crate::model::{backend, Model, CONTEXT_LOCK};
-use crate::perjob::new_context;
+use crate::perjob::{new_context, single_sequence};
 use crate::{Finish, Observer, Output, RunError};
 use audio::{Istft, SAMPLE_RATE};
 use text::{Speaker, Version};
@@ -73,15 +73,7 @@ unsafe impl Send for Vocoder {}
 
 impl Vocoder {
     pub fn load(path: &Path) -> Result<Vocoder, String> {
-        let meta = std::fs::metadata(path).map_err(|e| {
-            format!(
-                "vocoder {}: {e}; give --vocoder the path of a WavTokenizer .gguf",
-                path.display()
-            )
-        })?;
-        if !meta.is_file() {
-            return Err(format!("vocoder {} is not a regular file", path.display()));
-        }
+        crate::model::check_file(path, "vocoder", "give --vocoder the path of a WavTokenizer .gguf")?;
         // The vocoder is small and runs once per job: the CPU is enough,
         // and the C++ daemon keeps it there too.
         let params = LlamaModelParams::default().with_n_gpu_layers(0);
@@ -404,24 +396,17 @@ pub fn speak(
     }
     let vocab = model.llama.vocab();
     let tokens_of = |s: &str| vocab.tokenize(s.as_bytes(), false, true);
+    let word_toks: Vec<Vec<LlamaToken>> = words.iter().map(|w| tokens_of(w)).collect();
     let per_sec = speech.vocoder.codes_per_sec();
     let max_word_codes = (MAX_WORD_SECS * per_sec).ceil() as usize;
-    // Room a word may take: its text, duration, open and close, codes, newline.
-    let room = |w: &str| tokens_of(w).len() + 3 + layout.newline.len() + max_word_codes;
+    // Room word i may take: its text, duration, open and close, codes, newline.
+    let room = |i: usize| word_toks[i].len() + 3 + layout.newline.len() + max_word_codes;
     // The context: what the whole text may need, within NRVNA_MAX_CTX.
     let cap = model.cap_ctx(cfg.max_ctx) as usize;
-    let need = tokens_of(&text::prompt(layout.version, &speech.speaker, &words)).len()
-        + words.iter().map(|w| room(w)).sum::<usize>();
+    let mut full_prompt = Some(tokens_of(&text::prompt(layout.version, &speech.speaker, &words)));
+    let need = full_prompt.as_ref().map_or(0, Vec::len) + (0..words.len()).map(room).sum::<usize>();
     let limit = need.next_multiple_of(256).min(cap) as u32;
-    let n_batch = cfg.n_batch.min(limit).max(1);
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(limit))
-        .with_n_batch(n_batch)
-        .with_n_ubatch(n_batch)
-        .with_n_seq_max(1)
-        .with_flash_attention_policy(cfg.flash_attn.policy())
-        .with_n_threads(threads as i32)
-        .with_n_threads_batch(threads as i32);
+    let (params, n_batch) = single_sequence(cfg, limit, threads);
     let mut seq = Seq {
         ctx: new_context(model, params)?,
         batch: LlamaBatch::new(n_batch as usize, 1),
@@ -444,21 +429,25 @@ pub fn speak(
         // itself would crowd out the voicing.
         let mut listed = words.len() - next;
         let prompt = loop {
-            let p = tokens_of(&text::prompt(
-                layout.version,
-                &speech.speaker,
-                &words[next..next + listed],
-            ));
-            if p.len() + room(&words[next]) <= limit as usize || listed == 1 {
+            // The first part lists every word: that prompt is tokenised already.
+            let p = match full_prompt.take() {
+                Some(p) => p,
+                None => tokens_of(&text::prompt(
+                    layout.version,
+                    &speech.speaker,
+                    &words[next..next + listed],
+                )),
+            };
+            if p.len() + room(next) <= limit as usize || listed == 1 {
                 break p;
             }
             listed = listed.div_ceil(2);
         };
-        if prompt.len() + room(&words[next]) > limit as usize {
+        if prompt.len() + room(next) > limit as usize {
             return Err(RunError::Rejected(format!(
                 "the voice prompt takes {} tokens and a word up to {} more, but the context holds {limit} (NRVNA_MAX_CTX, capped by the model); raise NRVNA_MAX_CTX",
                 prompt.len(),
-                room(&words[next])
+                room(next)
             )));
         }
         if prompt_tokens == 0 {
@@ -474,25 +463,25 @@ pub fn speak(
         seq.n_past = 0;
         seq.feed(&prompt)?;
         let mut in_part = 0;
-        for w in &words[next..next + listed] {
-            if in_part > 0 && seq.n_past as usize + room(w) > limit as usize {
+        let first = next;
+        for i in first..first + listed {
+            if in_part > 0 && seq.n_past as usize + room(i) > limit as usize {
                 break;
             }
-            let mut word_toks = tokens_of(w);
-            if word_toks.is_empty() {
+            let w = words[i].as_str();
+            if word_toks[i].is_empty() {
                 next += 1;
                 continue;
             }
             // The word, then its duration.
-            seq.feed(&word_toks)?;
+            seq.feed(&word_toks[i])?;
             let dur = picker
                 .pick(seq.logits(), layout.durations.iter().map(|d| d.0))
                 .ok_or_else(|| RunError::Fault("no duration token had a finite logit".into()))?;
             let secs = layout.durations.iter().find(|d| d.0 == dur).map_or(0.0, |d| d.1);
-            word_toks.clear();
-            word_toks.push(dur);
-            word_toks.extend(layout.open);
-            seq.feed(&word_toks)?;
+            let mut head = vec![dur];
+            head.extend(layout.open);
+            seq.feed(&head)?;
             generated += 1;
             // Its codes, until the model closes the word or its time is up.
             let cap = ((secs * per_sec * 2.0).ceil() as usize + 10).min(max_word_codes);
@@ -534,7 +523,7 @@ pub fn speak(
     let mut samples = speech.vocoder.samples(&codes, threads)?;
     // The first moments are the vocoder's onset artefact: silence them
     // (llama.cpp's tts example and the C++ daemon do the same).
-    let mute = (SAMPLE_RATE as usize * mute_ms() as usize / 1000).min(samples.len());
+    let mute = (SAMPLE_RATE as usize * cfg.tts_mute_ms as usize / 1000).min(samples.len());
     samples[..mute].fill(0.0);
     tracing::debug!(
         "voiced {} words as {} codes ({:.2} s of audio) in {:.2} s",
@@ -552,14 +541,6 @@ pub fn speak(
         finish: Some(Finish::Eog),
         ..Output::default()
     })
-}
-
-/// Milliseconds silenced at the start (NRVNA_TTS_MUTE_MS, default 250, as the C++ daemon).
-fn mute_ms() -> u32 {
-    std::env::var("NRVNA_TTS_MUTE_MS")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(250)
 }
 
 #[cfg(test)]

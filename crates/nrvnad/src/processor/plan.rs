@@ -142,6 +142,7 @@ mod tests {
             prefix_reuse_min: 16,
             chat_template_file: None,
             flash_attn: nrvna_engine::FlashAttn::Auto,
+            tts_mute_ms: 250,
             test_decode_fault: None,
         }
     }
