@@ -274,6 +274,14 @@ fn a_full_disk_backs_off_instead_of_rerunning_and_jobs_run_once_space_is_freed()
         &[("NRVNA_PREDICT", "48"), ("NRVNA_MIN_FREE_MB", "0.25")],
     );
     d.wait_ready();
+    // Fill only once a job runs: filled before the first claim, the daemon
+    // (rightly) claims nothing, and no job meets the full disk mid-run.
+    let claims = |d: &Daemon| d.log_text().matches("] claimed ").count();
+    assert!(
+        wait_for(JOB, || claims(&d) >= 1),
+        "no job was claimed: {}",
+        d.log_text()
+    );
     let filler = root.join("filler");
     {
         use std::io::Write;
@@ -313,7 +321,6 @@ fn a_full_disk_backs_off_instead_of_rerunning_and_jobs_run_once_space_is_freed()
         }
     }
     // While the disk stays full, nothing is claimed (and regenerated) again.
-    let claims = |d: &Daemon| d.log_text().matches("] claimed ").count();
     let before = claims(&d);
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(
