@@ -3,7 +3,6 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    nrvnad::cli::passive_openmp();
     nrvnad::cli::prepare_process_env();
     let cli = nrvnad::cli::parse();
     nrvnad::logging::init(&cli.serve.log_level);

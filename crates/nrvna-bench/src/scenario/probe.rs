@@ -186,11 +186,6 @@ fn run_child(ctx: &Ctx, model: &Path, spec: Spec) -> Result<Value> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // llama.cpp's threads are OpenMP threads: let them wait at barriers the
-    // way nrvnad makes them wait (see nrvnad's cli::passive_openmp).
-    if std::env::var_os("OMP_WAIT_POLICY").is_none() {
-        c.env("OMP_WAIT_POLICY", "passive");
-    }
     let out = c.output().context("running nrvna-bench --probe-child")?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
