@@ -8,6 +8,7 @@ use std::num::NonZeroU32;
 use std::time::Instant;
 
 use llama_cpp_2::context::params::LlamaContextParams;
+use llama_cpp_2::context::session::LlamaStateSeqFlags;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::token::LlamaToken;
 
@@ -168,34 +169,103 @@ fn argmax(logits: &[f32]) -> LlamaToken {
     LlamaToken::new(best as i32)
 }
 
-/// Times a short decode loop with flash attention on and off and returns
-/// (chosen, gen tok/s on, gen tok/s off). It is kept short, since it runs
-/// at every start: `seqs` (at most 4) sequences of an 8-token prompt, then
-/// 8 tokens each, once per setting; only the generation is timed (prefill
-/// is the same work either way and dominates a short run).
+/// KV cells each sequence holds before [`choose_flash_attn`] times decodes.
+pub const CHOICE_CELLS_PER_SEQ: usize = 64;
+/// Decode steps timed per setting in that measurement.
+pub const CHOICE_STEPS: usize = 7;
+/// The most sequences that measurement decodes together.
+pub const CHOICE_MAX_SEQS: u32 = 16;
+
+/// Times decode steps with flash attention on and off and returns
+/// (chosen, tok/s on, tok/s off). The choice depends on how many KV cells
+/// each decode attends to, so the measurement is shaped like the engine's
+/// work: `seqs` sequences (at most 16), each holding 64 cells of its own,
+/// one token each per decode. A probe of 4 sequences and a few cells
+/// chose flash attention off, while 16 sequences with their prompts ran
+/// 1.34x faster with it (`scripts/bench.sh`, issue #11).
+///
+/// It runs at every start, so it is kept short: one sequence's 64 tokens
+/// are prefilled, and their KV data is copied into the other sequences
+/// (each copy takes cells of its own, as a different job's prompt would,
+/// where a `seq_cp` would share the same cells). Each setting then times
+/// 7 decode steps and keeps the median, so one step slowed by another
+/// process does not decide.
 pub fn choose_flash_attn(model: &Model, base: &ProbeConfig, seqs: u32) -> Result<(bool, f64, f64), String> {
-    let mut toks = model.tokenize("The lighthouse keeper wrote in his log every evening about the sea.");
-    toks.truncate(8);
-    let prompts = vec![toks; seqs.clamp(1, 4) as usize];
-    let off = run(
+    let seqs = seqs.clamp(1, CHOICE_MAX_SEQS) as usize;
+    let text = "The lighthouse keeper wrote in his log every evening about the sea, the ships \
+                that passed the point, the weather that came in from the west, and the birds \
+                that rested on the rail of the gallery before they flew on to the south.";
+    let mut prompt = model.tokenize(text);
+    if prompt.is_empty() {
+        return Err("the model's tokenizer returned no tokens".into());
+    }
+    while prompt.len() < CHOICE_CELLS_PER_SEQ {
+        prompt.extend_from_within(..);
+    }
+    prompt.truncate(CHOICE_CELLS_PER_SEQ);
+    let cells = seqs * (CHOICE_CELLS_PER_SEQ + CHOICE_STEPS);
+    let cfg = ProbeConfig {
+        // Room for every sequence, in whole 256-cell pages.
+        n_ctx: base.n_ctx.max(cells.div_ceil(256) as u32 * 256),
+        ..*base
+    };
+    let off = median_step_tok_s(
         model,
         &ProbeConfig {
             flash_attn: false,
-            ..*base
+            ..cfg
         },
-        &prompts,
-        16,
-    )?
-    .gen_tok_s();
-    let on = run(
+        seqs,
+        &prompt,
+    )?;
+    let on = median_step_tok_s(
         model,
         &ProbeConfig {
             flash_attn: true,
-            ..*base
+            ..cfg
         },
-        &prompts,
-        16,
-    )?
-    .gen_tok_s();
+        seqs,
+        &prompt,
+    )?;
     Ok((on > off, on, off))
+}
+
+/// Fills `seqs` sequences with `prompt` (prefilled once, copied to the
+/// others), then decodes one token per sequence [`CHOICE_STEPS`] times;
+/// returns tokens per second of the median step.
+fn median_step_tok_s(model: &Model, cfg: &ProbeConfig, seqs: usize, prompt: &[LlamaToken]) -> Result<f64, String> {
+    let mut ctx = new_context(model, context_params(cfg, seqs as u32)).map_err(|e| e.to_string())?;
+    let n_batch = cfg.n_batch.max(seqs as u32) as usize;
+    let mut batch = LlamaBatch::new(n_batch, 1);
+    let last = prompt.len() - 1;
+    let items: Vec<(usize, usize)> = (0..last).map(|i| (0, i)).collect();
+    prefill(&mut ctx, &mut batch, &[prompt.to_vec()], &items, n_batch, "prefill")?;
+    if seqs > 1 {
+        let state = ctx
+            .state_seq_get(0, LlamaStateSeqFlags::empty())
+            .map_err(|e| format!("reading sequence 0's KV data: {e}"))?;
+        for s in 1..seqs {
+            ctx.state_seq_set(&state, s as i32)
+                .map_err(|e| format!("copying KV data into sequence {s}: {e}"))?;
+        }
+    }
+    let mut next = vec![prompt[last]; seqs];
+    let mut steps = Vec::with_capacity(CHOICE_STEPS);
+    for step in 0..CHOICE_STEPS {
+        batch.clear();
+        for (s, &t) in next.iter().enumerate() {
+            batch
+                .add(t, (last + step) as i32, &[s as i32], true)
+                .map_err(|e| e.to_string())?;
+        }
+        let t = Instant::now();
+        ctx.decode(&mut batch)
+            .map_err(|e| format!("decode at step {step}: {e}"))?;
+        // Reading the logits waits for the decode on any backend (on a GPU,
+        // decode returns before the work is done).
+        next = (0..seqs).map(|s| argmax(ctx.get_logits_ith(s as i32))).collect();
+        steps.push(t.elapsed().as_secs_f64());
+    }
+    steps.sort_by(f64::total_cmp);
+    Ok(seqs as f64 / steps[steps.len() / 2].max(1e-9))
 }

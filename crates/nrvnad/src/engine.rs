@@ -153,12 +153,13 @@ impl Inference {
 
 /// `NRVNA_FLASH_ATTN=auto`: times a short decode loop with flash attention
 /// on and off, shaped like the engine's contexts (the batched engine's
-/// sequences in one context with all threads, or one sequence with a
-/// worker's share of them), and keeps the faster. If the measurement
+/// slots, up to 16, in one context with all threads, each with a prompt
+/// in its cells; or one sequence with a worker's share of the threads),
+/// and keeps the faster. If the measurement
 /// fails, llama.cpp's own automatic choice stays.
 fn choose_flash_attn(model: &Model, cfg: &EngineConfig, kind: EngineKind, workers: u32) -> FlashAttn {
     let (seqs, threads) = match kind {
-        EngineKind::Batched => (workers.min(4), cfg.threads),
+        EngineKind::Batched => (workers.min(nrvna_engine::probe::CHOICE_MAX_SEQS), cfg.threads),
         _ => (1, (cfg.threads / workers.max(1)).max(1)),
     };
     let base = nrvna_engine::probe::ProbeConfig {
@@ -166,7 +167,7 @@ fn choose_flash_attn(model: &Model, cfg: &EngineConfig, kind: EngineKind, worker
         kv_unified: true,
         threads,
         n_ctx: 256,
-        n_batch: 64,
+        n_batch: 256,
     };
     let t = std::time::Instant::now();
     match nrvna_engine::probe::choose_flash_attn(model, &base, seqs) {
