@@ -121,20 +121,34 @@ pub fn run(model: &Model, cfg: &ProbeConfig, prompts: &[Vec<LlamaToken>], gen: u
     let mut next: Vec<LlamaToken> = prompts.iter().map(|p| p[p.len() - 1]).collect();
     let mut pos: Vec<usize> = prompts.iter().map(|p| p.len() - 1).collect();
     for step in 0..gen {
-        batch.clear();
-        for (s, &t) in next.iter().enumerate() {
-            batch
-                .add(t, pos[s] as i32, &[s as i32], true)
-                .map_err(|e| e.to_string())?;
-            pos[s] += 1;
-        }
-        ctx.decode(&mut batch)
-            .map_err(|e| format!("decode at step {step}: {e}"))?;
-        next = (0..b).map(|s| argmax(ctx.get_logits_ith(s as i32))).collect();
+        decode_step(&mut ctx, &mut batch, &mut next, &mut pos, step)?;
         out.generated += b;
     }
     out.gen_secs = t1.elapsed().as_secs_f64();
     Ok(out)
+}
+
+/// One decode call with token `next[s]` at position `pos[s]` for every
+/// sequence s; then `next` holds each sequence's greedy pick and `pos` has
+/// moved on. Reading the logits waits for the decode on any backend (on a
+/// GPU, decode returns before the work is done).
+fn decode_step(
+    ctx: &mut llama_cpp_2::context::LlamaContext<'_>,
+    batch: &mut LlamaBatch,
+    next: &mut [LlamaToken],
+    pos: &mut [usize],
+    step: usize,
+) -> Result<(), String> {
+    batch.clear();
+    for (s, (&t, p)) in next.iter().zip(pos.iter_mut()).enumerate() {
+        batch.add(t, *p as i32, &[s as i32], true).map_err(|e| e.to_string())?;
+        *p += 1;
+    }
+    ctx.decode(batch).map_err(|e| format!("decode at step {step}: {e}"))?;
+    for (s, t) in next.iter_mut().enumerate() {
+        *t = argmax(ctx.get_logits_ith(s as i32));
+    }
+    Ok(())
 }
 
 /// Decodes prompt tokens, given as (sequence, position) pairs, in chunks
@@ -209,24 +223,9 @@ pub fn choose_flash_attn(model: &Model, base: &ProbeConfig, seqs: u32) -> Result
         n_ctx: base.n_ctx.max(cells.div_ceil(256) as u32 * 256),
         ..*base
     };
-    let off = median_step_tok_s(
-        model,
-        &ProbeConfig {
-            flash_attn: false,
-            ..cfg
-        },
-        seqs,
-        &prompt,
-    )?;
-    let on = median_step_tok_s(
-        model,
-        &ProbeConfig {
-            flash_attn: true,
-            ..cfg
-        },
-        seqs,
-        &prompt,
-    )?;
+    let measure = |flash_attn| median_step_tok_s(model, &ProbeConfig { flash_attn, ..cfg }, seqs, &prompt);
+    let off = measure(false)?;
+    let on = measure(true)?;
     Ok((on > off, on, off))
 }
 
@@ -250,20 +249,11 @@ fn median_step_tok_s(model: &Model, cfg: &ProbeConfig, seqs: usize, prompt: &[Ll
         }
     }
     let mut next = vec![prompt[last]; seqs];
+    let mut pos = vec![last; seqs];
     let mut steps = Vec::with_capacity(CHOICE_STEPS);
     for step in 0..CHOICE_STEPS {
-        batch.clear();
-        for (s, &t) in next.iter().enumerate() {
-            batch
-                .add(t, (last + step) as i32, &[s as i32], true)
-                .map_err(|e| e.to_string())?;
-        }
         let t = Instant::now();
-        ctx.decode(&mut batch)
-            .map_err(|e| format!("decode at step {step}: {e}"))?;
-        // Reading the logits waits for the decode on any backend (on a GPU,
-        // decode returns before the work is done).
-        next = (0..seqs).map(|s| argmax(ctx.get_logits_ith(s as i32))).collect();
+        decode_step(&mut ctx, &mut batch, &mut next, &mut pos, step)?;
         steps.push(t.elapsed().as_secs_f64());
     }
     steps.sort_by(f64::total_cmp);
