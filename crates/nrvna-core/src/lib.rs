@@ -5,6 +5,7 @@
 
 pub mod cancel;
 pub mod config;
+pub mod dirsync;
 pub mod fsio;
 pub mod id;
 pub mod job;

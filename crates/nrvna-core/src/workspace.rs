@@ -1,13 +1,16 @@
 //! A workspace on disk: its directories, listing jobs, finding a job's state,
 //! and the transitions, each one `renameat2(RENAME_NOREPLACE)` of a job
-//! directory followed by an fsync of both parent directories.
+//! directory followed by an fsync of both parent directories (group
+//! committed: threads moving jobs through the same directory at the same
+//! time share one fsync that started after all their renames).
 
 use std::fs;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use crate::fsio::sync_dir;
+use crate::dirsync::DirSync;
 use crate::id::JobId;
 use crate::state::State;
 
@@ -26,10 +29,12 @@ pub enum WorkspaceError {
     Create { path: String, source: io::Error },
 }
 
-/// A workspace root. Cheap to clone.
+/// A workspace root. Cheap to clone; clones share the group commit of
+/// the state directories' fsyncs.
 #[derive(Clone, Debug)]
 pub struct Workspace {
     root: PathBuf,
+    syncs: Arc<[DirSync; 5]>,
 }
 
 /// How a transition ended.
@@ -46,7 +51,7 @@ pub enum Moved {
 impl Workspace {
     /// Opens an existing workspace.
     pub fn open(root: impl Into<PathBuf>) -> Result<Workspace, WorkspaceError> {
-        let ws = Workspace { root: root.into() };
+        let ws = Workspace::at(root.into());
         if !ws.dir(State::Ready).is_dir() {
             return Err(WorkspaceError::NotAWorkspace {
                 path: ws.root.display().to_string(),
@@ -57,7 +62,7 @@ impl Workspace {
 
     /// Opens a workspace, creating any missing state directory.
     pub fn create(root: impl Into<PathBuf>) -> Result<Workspace, WorkspaceError> {
-        let ws = Workspace { root: root.into() };
+        let ws = Workspace::at(root.into());
         for s in [
             State::Writing,
             State::Ready,
@@ -72,6 +77,27 @@ impl Workspace {
             })?;
         }
         Ok(ws)
+    }
+
+    fn at(root: PathBuf) -> Workspace {
+        Workspace {
+            root,
+            syncs: Arc::default(),
+        }
+    }
+
+    /// fsyncs a state directory so that the renames made in it so far are
+    /// durable, sharing the fsync with other threads of this process that
+    /// need the same (see [`DirSync`]).
+    pub fn sync_state_dir(&self, s: State) -> io::Result<()> {
+        let i = match s {
+            State::Writing => 0,
+            State::Ready => 1,
+            State::Processing => 2,
+            State::Done => 3,
+            State::Failed => 4,
+        };
+        self.syncs[i].sync(&self.dir(s))
     }
 
     pub fn root(&self) -> &Path {
@@ -161,8 +187,8 @@ impl Workspace {
             }
             Err(e) => return Err(e),
         }
-        sync_dir(&self.dir(to))?;
-        sync_dir(&self.dir(from))?;
+        self.sync_state_dir(to)?;
+        self.sync_state_dir(from)?;
         Ok(Moved::Yes)
     }
 }
