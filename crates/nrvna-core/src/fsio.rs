@@ -59,12 +59,17 @@ fn replace_file(dir: &Path, name: &str, data: &[u8], durable: bool) -> io::Resul
     // anything planted under that name: a FIFO, a directory) is ours to
     // replace, but looking for one before every write costs a lookup per
     // file for a case that almost never happens.
-    let mut f = match create_new(dir, &tmp_name) {
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            clear_entry(dir, &tmp_name)?;
-            create_new(dir, &tmp_name)?
-        }
-        other => other?,
+    let spares = crate::spare::global();
+    let taken = spares.and_then(|s| s.take(dir, &tmp_name));
+    let mut f = match taken {
+        Some(f) => f,
+        None => match create_new(dir, &tmp_name) {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                clear_entry(dir, &tmp_name)?;
+                create_new(dir, &tmp_name)?
+            }
+            other => other?,
+        },
     };
     let mut guard = TmpGuard {
         path: &tmp,
@@ -75,6 +80,14 @@ fn replace_file(dir: &Path, name: &str, data: &[u8], durable: bool) -> io::Resul
         f.sync_all()?;
     }
     drop(f);
+    // With spares, the file replaced is exchanged out and kept, not freed;
+    // where nothing was there (or the filesystem cannot exchange), a rename.
+    if let Some(s) = spares {
+        if s.exchange(dir, &tmp_name, name).is_ok() {
+            guard.armed = false;
+            return Ok(());
+        }
+    }
     // rename(2) replaces a file or a symlink atomically; only a directory
     // planted under the name stops it, and is removed first.
     if let Err(e) = fs::rename(&tmp, &dst) {
@@ -89,6 +102,16 @@ fn replace_file(dir: &Path, name: &str, data: &[u8], durable: bool) -> io::Resul
     }
     guard.armed = false;
     Ok(())
+}
+
+/// Removes a file the daemon is done with, like [`clear_entry`]; with
+/// spares enabled ([`crate::spare::enable`]) a plain file of ours is kept as
+/// a spare instead of freed.
+pub fn retire(dir: &Path, name: &str) -> io::Result<()> {
+    if crate::spare::global().is_some_and(|s| s.keep(dir, name)) {
+        return Ok(());
+    }
+    clear_entry(dir, name)
 }
 
 /// Removes whatever is at `dir/name` without following it: a file, a

@@ -16,6 +16,7 @@ pub mod members;
 pub mod meta;
 pub mod openai;
 pub mod params;
+pub mod spare;
 pub mod state;
 pub mod submit;
 pub mod wait;

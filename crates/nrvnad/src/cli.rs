@@ -195,6 +195,11 @@ pub struct ServeArgs {
     /// fsync files and directories at every transition (0 for scratch workspaces).
     #[arg(long, env = "NRVNA_FSYNC", default_value = "1", value_parser = switch)]
     pub fsync: bool,
+    /// Keep the files the daemon replaces or removes as spares in
+    /// WS/.nrvna-spare/ and write its next files into them, instead of
+    /// freeing an inode per job (0: free them, as a plain rename does).
+    #[arg(long, env = "NRVNA_SPARES", default_value = "1", value_parser = switch)]
+    pub spares: bool,
     /// Largest prompt.txt, in bytes.
     #[arg(long, env = "NRVNA_MAX_PROMPT_SIZE", default_value_t = nrvna_core::config::DEFAULT_MAX_PROMPT_BYTES,
           value_parser = clap::value_parser!(u64).range(1..))]

@@ -32,6 +32,8 @@ pub struct Config {
     pub shared: Option<Duration>,
     /// Scan without inotify.
     pub poll: bool,
+    /// Recycle replaced and removed files (`nrvna_core::spare`).
+    pub spares: bool,
 }
 
 impl Config {
@@ -99,6 +101,7 @@ impl Config {
             scan_interval: Duration::from_millis(a.scan_interval_ms),
             shared: a.shared.then(|| Duration::from_secs_f64(a.lease_ttl)),
             poll: a.poll,
+            spares: a.spares,
         })
     }
 }

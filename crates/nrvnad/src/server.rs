@@ -62,6 +62,16 @@ pub fn serve(cfg: Config) -> Result<ExitCode> {
         tracing::info!("signal received while waiting for the workspace; exiting");
         return Ok(ExitCode::SUCCESS);
     };
+    if cfg.spares {
+        match nrvna_core::spare::enable(ws.root()) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!("{n} spare files in {}", ws.file(nrvna_core::spare::SPARE_DIR).display()),
+            Err(e) => tracing::warn!(
+                "spare files are off: {}: {e}; every job frees an inode (fix that directory or pass --spares 0)",
+                ws.file(nrvna_core::spare::SPARE_DIR).display()
+            ),
+        }
+    }
     let membership = cfg.shared.map(|ttl| Arc::new(Membership::new(ttl)));
     let rec = match &membership {
         None => {

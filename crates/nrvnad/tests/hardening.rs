@@ -362,3 +362,63 @@ fn the_lock_file_holds_the_pid_and_info_is_one_compact_line() {
     d.signal(libc::SIGTERM);
     d.wait_exit(JOB);
 }
+
+/// Inode numbers of the files in a directory.
+fn inodes(dir: &Path) -> std::collections::BTreeSet<u64> {
+    use std::os::unix::fs::MetadataExt;
+    fs::read_dir(dir)
+        .map(|r| r.map(|e| e.unwrap().metadata().unwrap().ino()).collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn replaced_files_are_kept_as_spares_and_reused_without_mixing_jobs() {
+    use std::os::unix::fs::MetadataExt;
+    let ws = TestWs::new();
+    let spare_dir = ws.path().join(".nrvna-spare");
+    let first: Vec<String> = (0..6).map(|i| ws.submit(&[], &format!("first {i}"))).collect();
+    assert_eq!(ws.drain(&ECHO, &[]).code(), 0);
+    // Each finished job's submitted meta.json was exchanged out and kept.
+    let kept = inodes(&spare_dir);
+    assert_eq!(kept.len(), first.len(), "one spare per finished job");
+    // The next start adopts them as rested and writes new files into them.
+    let second: Vec<String> = (0..6).map(|i| ws.submit(&[], &format!("second {i}"))).collect();
+    assert_eq!(ws.drain(&ECHO, &[]).code(), 0);
+    let mut reused = 0;
+    for (i, id) in second.iter().enumerate() {
+        assert_eq!(ws.read(DONE, id, "result.txt"), format!("second {i}"));
+        let meta = ws.meta(DONE, id);
+        assert_eq!(meta["status"], "done", "{meta}");
+        for f in ["result.txt", "meta.json"] {
+            let m = fs::metadata(ws.job(DONE, id).join(f)).unwrap();
+            assert_eq!(m.nlink(), 1);
+            reused += usize::from(kept.contains(&m.ino()));
+        }
+    }
+    // Every adopted spare was written again (the daemon's own files at
+    // start take some, the jobs the rest), and the jobs got some of them.
+    assert!(reused >= 1, "none of the second batch's files were spares");
+    let left = inodes(&spare_dir);
+    assert!(
+        kept.is_disjoint(&left),
+        "adopted spares left unused: {:?}",
+        kept.intersection(&left)
+    );
+    // The first batch is untouched by the reuse of its old files.
+    for (i, id) in first.iter().enumerate() {
+        assert_eq!(ws.read(DONE, id, "result.txt"), format!("first {i}"));
+        assert_eq!(ws.meta(DONE, id)["status"], "done");
+    }
+    assert!(!fs::read_dir(ws.job(DONE, &second[0])).unwrap().any(|e| e
+        .unwrap()
+        .file_name()
+        .to_string_lossy()
+        .ends_with(".tmp")));
+
+    // Off: nothing kept, no spare directory.
+    let off = TestWs::new();
+    let id = off.submit(&[], "no spares");
+    assert_eq!(off.drain(&ECHO, &[("NRVNA_SPARES", "0")]).code(), 0);
+    assert_eq!(off.read(DONE, &id, "result.txt"), "no spares");
+    assert!(!off.path().join(".nrvna-spare").exists());
+}

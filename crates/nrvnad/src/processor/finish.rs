@@ -9,7 +9,7 @@ use std::io;
 use std::path::Path;
 use std::time::{Instant, SystemTime};
 
-use nrvna_core::fsio::{clear_entry, iso8601_utc, sync_dir, write_atomic};
+use nrvna_core::fsio::{clear_entry, iso8601_utc, retire, sync_dir, write_atomic};
 use nrvna_core::live::{CANCEL_FILE, PARTIAL_FILE, PROGRESS_FILE};
 use nrvna_core::members::{self, Claim};
 use nrvna_core::meta::{two_decimals, Status};
@@ -211,7 +211,7 @@ impl Finisher<'_> {
             }
             write_atomic(dir, "meta.json", &meta.to_bytes())?;
             for scratch in SCRATCH {
-                clear_entry(dir, scratch)?;
+                retire(dir, scratch)?;
             }
             sync_dir(dir)
         })();
@@ -243,7 +243,7 @@ impl Finisher<'_> {
             return self.fenced(id, "its claim was replaced while the result was written");
         }
         if claim.is_some() {
-            let _ = clear_entry(dir, members::CLAIM_FILE);
+            let _ = retire(dir, members::CLAIM_FILE);
         }
         match self.move_to(id, to) {
             Ok(Moved::Yes) => match reason {

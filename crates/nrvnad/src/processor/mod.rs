@@ -239,7 +239,7 @@ impl Processor {
         }
         use nrvna_core::live::{PARTIAL_FILE, PROGRESS_FILE};
         for f in [PARTIAL_FILE, PROGRESS_FILE, nrvna_core::members::CLAIM_FILE] {
-            let _ = nrvna_core::fsio::clear_entry(dir, f);
+            let _ = nrvna_core::fsio::retire(dir, f);
         }
         match self.ws.transition(id, State::Processing, State::Ready) {
             Ok(Moved::Yes) => {
