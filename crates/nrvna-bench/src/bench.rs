@@ -33,9 +33,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         println!("{v}");
         return Ok(ExitCode::SUCCESS);
     }
-    if cli.queue_child {
+    if let Some(variant) = &cli.queue_child {
         std::fs::create_dir_all(&ctx.logs).with_context(|| format!("creating {}", ctx.logs.display()))?;
-        let v = scenario::queue::child(&ctx)?;
+        let v = scenario::queue::child(&ctx, variant)?;
         println!("{v}");
         return Ok(ExitCode::SUCCESS);
     }

@@ -123,10 +123,18 @@ impl TempWs {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// Keeps the directory (for the caller to remove later) and returns it.
+    pub fn keep(mut self) -> PathBuf {
+        std::mem::take(&mut self.path)
+    }
 }
 
 impl Drop for TempWs {
     fn drop(&mut self) {
+        if self.path.as_os_str().is_empty() {
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }

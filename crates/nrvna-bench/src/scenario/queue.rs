@@ -1,13 +1,21 @@
 //! The queue alone, with the echo engine (no model): 10,000 jobs published
 //! in-process with `Submission::publish` from two threads. End to end
 //! (submit + claim + finish on a running daemon), submit alone, and drain
-//! alone, with default durability and with NRVNA_FSYNC=0.
+//! alone, with default durability, with NRVNA_FSYNC=0, and with the
+//! daemon's spare files off (NRVNA_SPARES=0).
 //!
 //! `fsync_enabled()` reads NRVNA_FSYNC once per process, so each variant
-//! runs in a child process (`nrvna-bench --queue-child`) with its own
-//! environment; the child prints its figures as one JSON line.
+//! runs in a child process (`nrvna-bench --queue-child VARIANT`) with its
+//! own environment; the child prints its figures as one JSON line.
+//!
+//! No workspace is removed until every variant has run: on ext4 without a
+//! journal, 40,000 files freed just before a variant make every file it
+//! creates slower (the allocator skips recently freed inodes), and the
+//! figures would measure the previous variant's cleanup. Each variant also
+//! times plain file creation in its temp directory before it starts, so a
+//! filesystem slowed by deletions elsewhere shows in the table.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -114,7 +122,14 @@ fn echo_argv(ws: &Path, drain: bool) -> Vec<std::ffi::OsString> {
 
 /// Submit + claim + finish on a running daemon: from the first publish
 /// until all jobs are in output/ (polled every 20 ms).
-fn end_to_end(ctx: &Ctx, n: usize, denv: &Env, tag: &str, problems: &mut Vec<String>) -> Result<Value> {
+fn end_to_end(
+    ctx: &Ctx,
+    n: usize,
+    denv: &Env,
+    tag: &str,
+    problems: &mut Vec<String>,
+    kept: &mut Vec<PathBuf>,
+) -> Result<Value> {
     let tmp = TempWs::new(&format!("queue-{tag}-e2e"))?;
     let ws = Workspace::create(tmp.path())?;
     let label = format!("queue-{tag}-end-to-end");
@@ -169,6 +184,7 @@ fn end_to_end(ctx: &Ctx, n: usize, denv: &Env, tag: &str, problems: &mut Vec<Str
     }
     let secs = (t_end - t0).as_secs_f64();
     let submit_secs = submit_end.map(|t| (t - t0).as_secs_f64());
+    kept.push(tmp.keep());
     Ok(json!({
         "daemon": d.record(),
         "published": counters.ok.load(Ordering::SeqCst),
@@ -184,7 +200,14 @@ fn end_to_end(ctx: &Ctx, n: usize, denv: &Env, tag: &str, problems: &mut Vec<Str
 }
 
 /// Submit alone into a fresh workspace, then drain it alone with `--drain`.
-fn submit_then_drain(ctx: &Ctx, n: usize, denv: &Env, tag: &str, problems: &mut Vec<String>) -> Result<(Value, Value)> {
+fn submit_then_drain(
+    ctx: &Ctx,
+    n: usize,
+    denv: &Env,
+    tag: &str,
+    problems: &mut Vec<String>,
+    kept: &mut Vec<PathBuf>,
+) -> Result<(Value, Value)> {
     let tmp = TempWs::new(&format!("queue-{tag}-drain"))?;
     let ws = Workspace::create(tmp.path())?;
     let counters = Arc::new(Published::default());
@@ -242,6 +265,7 @@ fn submit_then_drain(ctx: &Ctx, n: usize, denv: &Env, tag: &str, problems: &mut 
     }
     let wall = exit.wall.as_secs_f64();
     let load = d.load().map(|l| l.as_secs_f64());
+    kept.push(tmp.keep());
     let drain = json!({
         "daemon": d.record(),
         "done": done,
@@ -256,20 +280,58 @@ fn submit_then_drain(ctx: &Ctx, n: usize, denv: &Env, tag: &str, problems: &mut 
     Ok((submit, drain))
 }
 
-/// `nrvna-bench --queue-child`: one durability variant, as JSON.
-pub fn child(ctx: &Ctx) -> Result<Value> {
+/// Mean time to create an empty file in a fresh directory under the temp
+/// dir, in µs (500 files, kept until the scenario ends): what the
+/// filesystem charges per inode right now.
+fn create_cost(kept: &mut Vec<PathBuf>) -> Result<f64> {
+    const FILES: u32 = 500;
+    let tmp = TempWs::new("queue-create-cost")?;
+    let t0 = Instant::now();
+    for i in 0..FILES {
+        std::fs::File::create(tmp.path().join(i.to_string()))
+            .with_context(|| format!("creating a file in {}", tmp.path().display()))?;
+    }
+    let us = t0.elapsed().as_secs_f64() * 1e6 / f64::from(FILES);
+    kept.push(tmp.keep());
+    Ok(us)
+}
+
+/// The queue scenario's variants: name, `--queue-child` value, fsync, spares.
+const VARIANTS: [(&str, &str, bool, bool); 3] = [
+    ("default (fsync)", "fsync", true, true),
+    ("NRVNA_FSYNC=0", "nofsync", false, true),
+    ("NRVNA_SPARES=0 (fsync)", "nospares", true, false),
+];
+
+/// `nrvna-bench --queue-child VARIANT`: one variant, as JSON. Its
+/// workspaces stay; the JSON lists them for the parent to remove.
+pub fn child(ctx: &Ctx, variant: &str) -> Result<Value> {
+    let Some(&(_, tag, want_fsync, spares)) = VARIANTS.iter().find(|v| v.1 == variant) else {
+        bail!("unknown queue variant {variant:?}");
+    };
     let fsync = fsync_enabled();
-    let tag = if fsync { "fsync" } else { "nofsync" };
+    if fsync != want_fsync {
+        bail!("queue variant {variant} runs with fsync {want_fsync}, but NRVNA_FSYNC says {fsync}");
+    }
     let n = if ctx.quick { 500 } else { 10_000 };
-    let denv = if fsync { env(&[]) } else { env(&[("NRVNA_FSYNC", "0")]) };
+    let mut pairs = Vec::new();
+    if !fsync {
+        pairs.push(("NRVNA_FSYNC", "0"));
+    }
+    if !spares {
+        pairs.push(("NRVNA_SPARES", "0"));
+    }
+    let denv = env(&pairs);
     let mut problems = Vec::new();
+    let mut kept = Vec::new();
+    let create_us = create_cost(&mut kept).map_err(|e| problems.push(format!("{e:#}"))).ok();
     eprintln!("queue ({tag}): end to end, {n} jobs");
-    let e2e = end_to_end(ctx, n, &denv, tag, &mut problems).unwrap_or_else(|e| {
+    let e2e = end_to_end(ctx, n, &denv, tag, &mut problems, &mut kept).unwrap_or_else(|e| {
         problems.push(format!("queue {tag} end to end: {e:#}"));
         json!({ "error": format!("{e:#}") })
     });
     eprintln!("queue ({tag}): submit alone, then drain alone");
-    let (submit, drain) = submit_then_drain(ctx, n, &denv, tag, &mut problems).unwrap_or_else(|e| {
+    let (submit, drain) = submit_then_drain(ctx, n, &denv, tag, &mut problems, &mut kept).unwrap_or_else(|e| {
         problems.push(format!("queue {tag} submit/drain: {e:#}"));
         (
             json!({ "error": format!("{e:#}") }),
@@ -278,17 +340,20 @@ pub fn child(ctx: &Ctx) -> Result<Value> {
     });
     Ok(json!({
         "fsync": fsync,
+        "spares": spares,
         "jobs": n,
         "publisher_threads": PUBLISHERS,
+        "create_us_at_start": create_us,
         "end_to_end": e2e,
         "submit": submit,
         "drain": drain,
         "problems": problems,
+        "workspaces": kept,
     }))
 }
 
 /// Runs one variant as a child process and reads its JSON.
-fn variant(ctx: &Ctx, fsync: bool) -> Result<Value> {
+fn variant(ctx: &Ctx, tag: &str, fsync: bool) -> Result<Value> {
     let e = if fsync {
         Env::new()
     } else {
@@ -296,6 +361,7 @@ fn variant(ctx: &Ctx, fsync: bool) -> Result<Value> {
     };
     let mut c = command(&ctx.bins.me, &e);
     c.arg("--queue-child")
+        .arg(tag)
         .arg("--out")
         .arg(&ctx.out)
         .arg("--model")
@@ -319,8 +385,8 @@ fn variant(ctx: &Ctx, fsync: bool) -> Result<Value> {
 pub fn run(ctx: &Ctx) -> Result<Section> {
     let mut sec = Section::new("queue");
     let mut variants = Vec::new();
-    for (name, fsync) in [("default (fsync)", true), ("NRVNA_FSYNC=0", false)] {
-        let v = variant(ctx, fsync).unwrap_or_else(|e| json!({ "error": format!("{e:#}") }));
+    for (name, tag, fsync, _) in VARIANTS {
+        let v = variant(ctx, tag, fsync).unwrap_or_else(|e| json!({ "error": format!("{e:#}") }));
         if let Some(e) = v["error"].as_str() {
             sec.problems.push(format!("queue {name}: {e}"));
         }
@@ -329,6 +395,13 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
                 .push(format!("queue {name}: {}", p.as_str().unwrap_or_default()));
         }
         variants.push((name, v));
+    }
+    for (_, v) in &variants {
+        for w in v["workspaces"].as_array().into_iter().flatten() {
+            if let Some(w) = w.as_str() {
+                let _ = std::fs::remove_dir_all(w);
+            }
+        }
     }
     let f = |v: &Value, path: &[&str]| {
         let mut x = v;
@@ -358,23 +431,31 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             opt(f(v, &["drain", "daemon", "cpu_s"]), 1)
         ));
         r.push(opt(f(v, &["drain", "daemon", "others_cores"]), 2));
+        r.push(opt(f(v, &["create_us_at_start"]), 0));
         rows.push(r);
     }
-    let (on, off) = (&variants[0].1, &variants[1].1);
-    let mut cost = serde_json::Map::new();
-    let mut cost_row = vec!["fsync cost (off / on)".to_owned()];
-    for (name, p) in &rate_paths {
-        let c = ratio(f(off, p), f(on, p));
-        cost.insert((*name).to_owned(), json!(c));
-        cost_row.push(c.map_or("–".into(), |x| format!("{x:.2}x")));
-    }
-    cost_row.extend(std::iter::repeat_n(String::new(), 5));
-    rows.push(cost_row);
+    let (on, off, nospares) = (&variants[0].1, &variants[1].1, &variants[2].1);
+    let mut ratios = |label: &str, num: &Value, den: &Value| {
+        let mut m = serde_json::Map::new();
+        let mut row = vec![label.to_owned()];
+        for (name, p) in &rate_paths {
+            let c = ratio(f(num, p), f(den, p));
+            m.insert((*name).to_owned(), json!(c));
+            row.push(c.map_or("–".into(), |x| format!("{x:.2}x")));
+        }
+        row.extend(std::iter::repeat_n(String::new(), 6));
+        rows.push(row);
+        m
+    };
+    let cost = ratios("fsync cost (off / on)", off, on);
+    let spares_gain = ratios("spare files (on / off, fsync)", on, nospares);
     let n = on["jobs"].as_u64().or(off["jobs"].as_u64()).unwrap_or(0);
     sec.json = json!({
         "default": on,
         "nofsync": off,
+        "nospares": nospares,
         "fsync_cost_ratio": cost,
+        "spares_gain_ratio": spares_gain,
     });
     sec.md = format!(
         "## Queue alone: {n} jobs, echo engine\n\n\
@@ -383,9 +464,13 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
          jobs are in output/ (counted every 20 ms) on a running daemon. Submit alone: publishing into \
          a workspace with no daemon. Drain alone: `--drain` on that pre-filled workspace, from spawn \
          until all jobs are in output/ (the drain wall also includes the idle check and exit). \
-         Each variant runs in its own process; NRVNA_FSYNC=0 applies to the publisher and the daemon. \
+         Each variant runs in its own process; NRVNA_FSYNC=0 applies to the publisher and the daemon; \
+         NRVNA_SPARES=0 makes the daemon free the files it replaces instead of keeping them as spares. \
+         No workspace is removed before all variants ran. \
          Other load is the CPU the rest of the machine used during the drain (this benchmark's \
-         20 ms polling included), in cores.\n\n{}",
+         20 ms polling included), in cores. File create µs: the mean time to create an empty file \
+         in a fresh directory of the same temp dir just before the variant ran (on ext4 without a \
+         journal it grows with the files freed nearby in the last minutes).\n\n{}",
         table(
             &[
                 "durability",
@@ -398,6 +483,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
                 "peak RSS MB (drain)",
                 "daemon CPU s (end to end / drain)",
                 "other load (cores, drain)",
+                "file create µs at start",
             ],
             &rows,
         )
