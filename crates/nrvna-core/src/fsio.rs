@@ -108,10 +108,10 @@ fn replace_file(dir: &Path, name: &str, data: &[u8], durable: bool) -> io::Resul
 /// spares enabled ([`crate::spare::enable`]) a plain file of ours is kept as
 /// a spare instead of freed.
 pub fn retire(dir: &Path, name: &str) -> io::Result<()> {
-    if crate::spare::global().is_some_and(|s| s.keep(dir, name)) {
-        return Ok(());
+    match crate::spare::global() {
+        Some(s) => s.retire(dir, name),
+        None => clear_entry(dir, name),
     }
-    clear_entry(dir, name)
 }
 
 /// Removes whatever is at `dir/name` without following it: a file, a

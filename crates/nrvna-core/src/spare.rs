@@ -203,14 +203,27 @@ impl Spares {
     /// Otherwise the entry is left where it is.
     pub fn keep(&self, dir: &Path, name: &str) -> bool {
         let p = dir.join(name);
-        let Ok(m) = fs::symlink_metadata(&p) else {
-            return false;
-        };
+        fs::symlink_metadata(&p).is_ok_and(|m| self.keep_file(&p, &m))
+    }
+
+    /// Removes `dir/name` like [`crate::fsio::clear_entry`] (nothing there
+    /// is fine), unless it can be kept as a spare; one lookup either way.
+    pub fn retire(&self, dir: &Path, name: &str) -> io::Result<()> {
+        let p = dir.join(name);
+        match fs::symlink_metadata(&p) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Ok(m) if self.keep_file(&p, &m) => Ok(()),
+            _ => crate::fsio::clear_entry(dir, name),
+        }
+    }
+
+    /// [`Spares::keep`] for an entry already looked up (`m`, not followed).
+    fn keep_file(&self, p: &Path, m: &fs::Metadata) -> bool {
         if !m.file_type().is_file() || m.nlink() != 1 || m.uid() != self.euid || self.len() >= CAP {
             return false;
         }
         let spare = OsString::from(format!("{}-{}", self.tag, self.next.fetch_add(1, Ordering::Relaxed)));
-        if fs::rename(&p, self.dir.join(&spare)).is_err() {
+        if fs::rename(p, self.dir.join(&spare)).is_err() {
             return false;
         }
         self.names

@@ -34,6 +34,7 @@ pub enum WorkspaceError {
 #[derive(Clone, Debug)]
 pub struct Workspace {
     root: PathBuf,
+    /// One per state directory, indexed by `State as usize`.
     syncs: Arc<[DirSync; 5]>,
 }
 
@@ -90,14 +91,7 @@ impl Workspace {
     /// durable, sharing the fsync with other threads of this process that
     /// need the same (see [`DirSync`]).
     pub fn sync_state_dir(&self, s: State) -> io::Result<()> {
-        let i = match s {
-            State::Writing => 0,
-            State::Ready => 1,
-            State::Processing => 2,
-            State::Done => 3,
-            State::Failed => 4,
-        };
-        self.syncs[i].sync(&self.dir(s))
+        self.syncs[s as usize].sync(&self.dir(s))
     }
 
     pub fn root(&self) -> &Path {

@@ -120,16 +120,24 @@ fn echo_argv(ws: &Path, drain: bool) -> Vec<std::ffi::OsString> {
     a
 }
 
+/// One variant's run: its settings, and what it gathers along the way.
+struct Run<'a> {
+    ctx: &'a Ctx,
+    /// Jobs per measurement.
+    n: usize,
+    /// The daemon's environment.
+    denv: Env,
+    tag: &'static str,
+    problems: Vec<String>,
+    /// Workspaces left for the parent to remove once every variant ran.
+    kept: Vec<PathBuf>,
+}
+
 /// Submit + claim + finish on a running daemon: from the first publish
 /// until all jobs are in output/ (polled every 20 ms).
-fn end_to_end(
-    ctx: &Ctx,
-    n: usize,
-    denv: &Env,
-    tag: &str,
-    problems: &mut Vec<String>,
-    kept: &mut Vec<PathBuf>,
-) -> Result<Value> {
+fn end_to_end(r: &mut Run) -> Result<Value> {
+    let (ctx, n, tag) = (r.ctx, r.n, r.tag);
+    let (denv, problems, kept) = (&r.denv, &mut r.problems, &mut r.kept);
     let tmp = TempWs::new(&format!("queue-{tag}-e2e"))?;
     let ws = Workspace::create(tmp.path())?;
     let label = format!("queue-{tag}-end-to-end");
@@ -200,14 +208,9 @@ fn end_to_end(
 }
 
 /// Submit alone into a fresh workspace, then drain it alone with `--drain`.
-fn submit_then_drain(
-    ctx: &Ctx,
-    n: usize,
-    denv: &Env,
-    tag: &str,
-    problems: &mut Vec<String>,
-    kept: &mut Vec<PathBuf>,
-) -> Result<(Value, Value)> {
+fn submit_then_drain(r: &mut Run) -> Result<(Value, Value)> {
+    let (ctx, n, tag) = (r.ctx, r.n, r.tag);
+    let (denv, problems, kept) = (&r.denv, &mut r.problems, &mut r.kept);
     let tmp = TempWs::new(&format!("queue-{tag}-drain"))?;
     let ws = Workspace::create(tmp.path())?;
     let counters = Arc::new(Published::default());
@@ -313,7 +316,6 @@ pub fn child(ctx: &Ctx, variant: &str) -> Result<Value> {
     if fsync != want_fsync {
         bail!("queue variant {variant} runs with fsync {want_fsync}, but NRVNA_FSYNC says {fsync}");
     }
-    let n = if ctx.quick { 500 } else { 10_000 };
     let mut pairs = Vec::new();
     if !fsync {
         pairs.push(("NRVNA_FSYNC", "0"));
@@ -321,18 +323,25 @@ pub fn child(ctx: &Ctx, variant: &str) -> Result<Value> {
     if !spares {
         pairs.push(("NRVNA_SPARES", "0"));
     }
-    let denv = env(&pairs);
-    let mut problems = Vec::new();
-    let mut kept = Vec::new();
-    let create_us = create_cost(&mut kept).map_err(|e| problems.push(format!("{e:#}"))).ok();
-    eprintln!("queue ({tag}): end to end, {n} jobs");
-    let e2e = end_to_end(ctx, n, &denv, tag, &mut problems, &mut kept).unwrap_or_else(|e| {
-        problems.push(format!("queue {tag} end to end: {e:#}"));
+    let mut r = Run {
+        ctx,
+        n: if ctx.quick { 500 } else { 10_000 },
+        denv: env(&pairs),
+        tag,
+        problems: Vec::new(),
+        kept: Vec::new(),
+    };
+    let create_us = create_cost(&mut r.kept)
+        .map_err(|e| r.problems.push(format!("{e:#}")))
+        .ok();
+    eprintln!("queue ({tag}): end to end, {} jobs", r.n);
+    let e2e = end_to_end(&mut r).unwrap_or_else(|e| {
+        r.problems.push(format!("queue {tag} end to end: {e:#}"));
         json!({ "error": format!("{e:#}") })
     });
     eprintln!("queue ({tag}): submit alone, then drain alone");
-    let (submit, drain) = submit_then_drain(ctx, n, &denv, tag, &mut problems, &mut kept).unwrap_or_else(|e| {
-        problems.push(format!("queue {tag} submit/drain: {e:#}"));
+    let (submit, drain) = submit_then_drain(&mut r).unwrap_or_else(|e| {
+        r.problems.push(format!("queue {tag} submit/drain: {e:#}"));
         (
             json!({ "error": format!("{e:#}") }),
             json!({ "error": format!("{e:#}") }),
@@ -341,14 +350,14 @@ pub fn child(ctx: &Ctx, variant: &str) -> Result<Value> {
     Ok(json!({
         "fsync": fsync,
         "spares": spares,
-        "jobs": n,
+        "jobs": r.n,
         "publisher_threads": PUBLISHERS,
         "create_us_at_start": create_us,
         "end_to_end": e2e,
         "submit": submit,
         "drain": drain,
-        "problems": problems,
-        "workspaces": kept,
+        "problems": r.problems,
+        "workspaces": r.kept,
     }))
 }
 
