@@ -328,7 +328,7 @@ impl<'m> Engine<'m> {
                 let prepared = self.prompt(&req).and_then(|(toks, media, max_gen)| {
                     let sampler = req
                         .sampling
-                        .chain(&self.model.llama, req.grammar.as_deref())
+                        .sampler(&self.model.llama, req.grammar.as_deref())
                         .map_err(RunError::Rejected)?;
                     Ok(Seq {
                         st: SeqState::new(toks),

@@ -135,7 +135,7 @@ fn run_text(
     let n_ctx = n_ctx.min(limit.div_ceil(64) * 64);
     let sampler = req
         .sampling
-        .chain(&model.llama, req.grammar.as_deref())
+        .sampler(&model.llama, req.grammar.as_deref())
         .map_err(RunError::Rejected)?;
     let (params, n_batch) = single_sequence(cfg, n_ctx, threads);
     let mut ctx = new_context(model, params)?;

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use llama_cpp_2::sampling::LlamaSampler;
+use crate::sampling::TokenSampler;
 use llama_cpp_2::token::LlamaToken;
 
 use crate::model::Model;
@@ -12,7 +12,7 @@ use crate::{Finish, Observer};
 
 /// The text side of a generating sequence.
 pub struct Generation {
-    pub sampler: LlamaSampler,
+    pub sampler: TokenSampler,
     pending: Vec<u8>,
     piece: Vec<u8>,
     pub text: String,
@@ -24,7 +24,7 @@ pub struct Generation {
 }
 
 impl Generation {
-    pub fn new(sampler: LlamaSampler, max_tokens: u32, stop: Vec<String>, obs: Arc<dyn Observer>) -> Generation {
+    pub fn new(sampler: TokenSampler, max_tokens: u32, stop: Vec<String>, obs: Arc<dyn Observer>) -> Generation {
         Generation {
             sampler,
             pending: Vec::new(),
