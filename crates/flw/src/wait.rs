@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use nrvna_core::live::Progress;
-use nrvna_core::wait::wait_for;
+use nrvna_core::wait::{wait_for, wait_for_polling_first};
 use nrvna_core::{JobId, State, Workspace};
 
 use crate::scope::{Scope, ScopeCache};
@@ -24,6 +24,9 @@ pub fn state_dirs(ws: &Workspace) -> Vec<std::path::PathBuf> {
         .to_vec()
 }
 
+/// How long `-w` looks every millisecond before it watches with inotify.
+const EARLY: Duration = Duration::from_millis(250);
+
 fn deadline(timeout: Option<Duration>) -> Option<Instant> {
     timeout.map(|t| Instant::now() + t)
 }
@@ -35,7 +38,9 @@ pub fn wait_one(ws: &Workspace, id: &JobId, timeout: Option<Duration>, json: boo
     let dirs = state_dirs(ws);
     let dirs: Vec<&std::path::Path> = dirs.iter().map(|d| d.as_path()).collect();
     let mut ticker = Ticker::new();
-    let found = wait_for(&dirs, deadline(timeout), || match ws.locate(id) {
+    // Most waits piped from wrk are for short jobs: see
+    // wait_for_polling_first for why the first quarter second polls.
+    let found = wait_for_polling_first(&dirs, deadline(timeout), EARLY, || match ws.locate(id) {
         None => Some(None),
         Some(s) if s.is_terminal() => Some(Some(s)),
         Some(s) => {

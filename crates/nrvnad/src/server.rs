@@ -15,7 +15,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use nrvna_core::fsio::{iso8601_utc, write_atomic};
 use nrvna_core::lifecycle::{read_pid, unlocked_owner, DaemonLock};
-use nrvna_core::wait::DirWaker;
+use nrvna_core::wait::{DirWaker, Poker};
 use nrvna_core::workspace::READY_FILE;
 use nrvna_core::{State, Workspace};
 use serde_json::json;
@@ -266,7 +266,7 @@ pub fn serve(cfg: Config) -> Result<ExitCode> {
 
     shutdown.store(true, Ordering::SeqCst);
     pool.close();
-    let _ = poke.send(());
+    poke.poke();
     let deadline = Instant::now() + cfg.stop_grace;
     let stopped = join_workers(&events, workers.len(), deadline)
         && join_by(scanner, deadline)
@@ -341,7 +341,7 @@ fn wait_for_end(
     events: &Receiver<Event>,
     pool: &Pool,
     mut failures: u64,
-    poke: &mpsc::Sender<()>,
+    poke: &Poker,
     unsettled: &dyn Fn() -> bool,
 ) -> End {
     let bar = (cfg.drain && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
@@ -393,7 +393,7 @@ fn wait_for_end(
         match idle_since {
             None => {
                 idle_since = Some((scans, false));
-                let _ = poke.send(());
+                poke.poke();
             }
             // A full scan began after the pool went idle and found nothing new.
             Some((s, _)) if scans >= s + 2 => {
@@ -403,7 +403,7 @@ fn wait_for_end(
             // Ask for the second scan now rather than at the next tick.
             Some((s, false)) if scans == s + 1 => {
                 idle_since = Some((s, true));
-                let _ = poke.send(());
+                poke.poke();
             }
             Some(_) => {}
         }
