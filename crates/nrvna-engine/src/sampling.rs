@@ -64,17 +64,7 @@ impl Sampling {
             parts.push(grammar_sampler(model, g).map_err(|e| e.to_string())?);
         }
         if self.temp > 0.0 {
-            if self.top_k > 0 {
-                parts.push(LlamaSampler::top_k(self.top_k));
-            }
-            if self.top_p < 1.0 {
-                parts.push(LlamaSampler::top_p(self.top_p, 1));
-            }
-            if self.min_p > 0.0 {
-                parts.push(LlamaSampler::min_p(self.min_p, 1));
-            }
-            parts.push(LlamaSampler::temp(self.temp));
-            parts.push(LlamaSampler::dist(self.seed.unwrap_or(0)));
+            self.push_draw(&mut parts);
         } else if !parts.is_empty() {
             parts.push(LlamaSampler::greedy());
         }
@@ -106,19 +96,24 @@ impl Sampling {
         if self.temp <= 0.0 {
             parts.push(LlamaSampler::greedy());
         } else {
-            if self.top_k > 0 {
-                parts.push(LlamaSampler::top_k(self.top_k));
-            }
-            if self.top_p < 1.0 {
-                parts.push(LlamaSampler::top_p(self.top_p, 1));
-            }
-            if self.min_p > 0.0 {
-                parts.push(LlamaSampler::min_p(self.min_p, 1));
-            }
-            parts.push(LlamaSampler::temp(self.temp));
-            parts.push(LlamaSampler::dist(self.seed.unwrap_or(0)));
+            self.push_draw(&mut parts);
         }
         Ok(LlamaSampler::chain_simple(parts))
+    }
+
+    /// Temperature sampling: top-k, top-p, min-p, temperature, seeded draw.
+    fn push_draw(&self, parts: &mut Vec<LlamaSampler>) {
+        if self.top_k > 0 {
+            parts.push(LlamaSampler::top_k(self.top_k));
+        }
+        if self.top_p < 1.0 {
+            parts.push(LlamaSampler::top_p(self.top_p, 1));
+        }
+        if self.min_p > 0.0 {
+            parts.push(LlamaSampler::min_p(self.min_p, 1));
+        }
+        parts.push(LlamaSampler::temp(self.temp));
+        parts.push(LlamaSampler::dist(self.seed.unwrap_or(0)));
     }
 }
 
