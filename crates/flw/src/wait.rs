@@ -24,7 +24,7 @@ pub fn state_dirs(ws: &Workspace) -> Vec<std::path::PathBuf> {
         .to_vec()
 }
 
-/// How long `-w` looks every millisecond before it watches with inotify.
+/// How long `-w` looks every few milliseconds before it watches with inotify.
 const EARLY: Duration = Duration::from_millis(250);
 
 fn deadline(timeout: Option<Duration>) -> Option<Instant> {

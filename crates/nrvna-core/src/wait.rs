@@ -64,16 +64,16 @@ impl DirWaker {
     /// A waker without filesystem events: wakes every `poll` (or when
     /// poked). For network filesystems, where events miss other hosts' writes.
     pub fn polling(poll: Duration) -> DirWaker {
-        DirWaker {
-            inotify: None,
-            poke: eventfd(),
-            poll,
-        }
+        DirWaker::with(None, poll)
     }
 
     fn watching_for(dirs: &[&Path], poll: Duration, mask: u32) -> DirWaker {
+        DirWaker::with(watch(dirs, mask), poll)
+    }
+
+    fn with(inotify: Option<OwnedFd>, poll: Duration) -> DirWaker {
         DirWaker {
-            inotify: watch(dirs, mask),
+            inotify,
             poke: eventfd(),
             poll,
         }
@@ -97,15 +97,11 @@ impl DirWaker {
             t = t.min(d.saturating_duration_since(Instant::now()));
         }
         let ms = i32::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX);
-        let fds: Vec<i32> = [self.inotify.as_ref(), self.poke.as_deref()]
+        let mut pfds: Vec<libc::pollfd> = [self.inotify.as_ref(), self.poke.as_deref()]
             .into_iter()
             .flatten()
-            .map(AsRawFd::as_raw_fd)
-            .collect();
-        let mut pfds: Vec<libc::pollfd> = fds
-            .iter()
-            .map(|&fd| libc::pollfd {
-                fd,
+            .map(|fd| libc::pollfd {
+                fd: fd.as_raw_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             })
@@ -163,7 +159,7 @@ fn drain(fd: i32) {
     }
 }
 
-/// Like [`wait_for`], but first looks every millisecond for up to `early`
+/// Like [`wait_for`], but first looks every [`EARLY_NAP`] for up to `early`
 /// before it sets up the watch. For waits that are usually short, such as
 /// `wrk WS PROMPT | flw WS -w` on a small job: closing an inotify
 /// descriptor that held watches waits for a kernel grace period (SRCU, in
@@ -220,6 +216,19 @@ pub fn wait_for<T>(dirs: &[&Path], deadline: Option<Instant>, mut check: impl Fn
 mod tests {
     use super::*;
 
+    /// Runs `act` on another thread 50 ms from now and checks that it wakes
+    /// `waker` long before its poll interval.
+    fn wakes_on(waker: &DirWaker, act: impl FnOnce() + Send + 'static) {
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            act();
+        });
+        let start = Instant::now();
+        waker.wait(None);
+        assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
+        t.join().unwrap();
+    }
+
     #[test]
     fn listing_a_watched_directory_does_not_wake_the_waiter() {
         let d = tempfile::tempdir().unwrap();
@@ -265,14 +274,7 @@ mod tests {
             DirWaker::polling(Duration::from_secs(10)),
         ] {
             let poker = waker.poker();
-            let t = std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(50));
-                poker.poke();
-            });
-            let start = Instant::now();
-            waker.wait(None);
-            assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
-            t.join().unwrap();
+            wakes_on(&waker, move || poker.poke());
             // The poke was read: the next wait runs to its deadline.
             let start = Instant::now();
             waker.wait(Some(Instant::now() + Duration::from_millis(200)));
@@ -305,8 +307,7 @@ mod tests {
         let p = d.path().join("partial.txt");
         std::fs::write(&p, "a").unwrap();
         let waker = DirWaker::new(&[d.path()], Duration::from_secs(10));
-        let t = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
+        wakes_on(&waker, move || {
             use std::io::Write;
             std::fs::OpenOptions::new()
                 .append(true)
@@ -315,10 +316,6 @@ mod tests {
                 .write_all(b"b")
                 .unwrap();
         });
-        let start = Instant::now();
-        waker.wait(None);
-        assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
-        t.join().unwrap();
     }
 
     #[test]
@@ -341,7 +338,7 @@ mod tests {
         let made = t.join().unwrap();
         assert!(seen.saturating_duration_since(made) < Duration::from_millis(200));
         assert!(looks.get() >= 3, "looked {} times", looks.get());
-        // After the early phase the watch wakes it (poll interval 10 s).
+        // After the early phase, wait_for's watch (or its slow poll) sees it.
         std::fs::remove_dir(&p).unwrap();
         let q = p.clone();
         let t = std::thread::spawn(move || {
@@ -380,13 +377,6 @@ mod tests {
         let waker = DirWaker::new(&[d.path()], Duration::from_secs(10));
         assert!(waker.watching());
         let p = d.path().join("x");
-        let t = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            std::fs::create_dir(p).unwrap();
-        });
-        let start = Instant::now();
-        waker.wait(None);
-        assert!(start.elapsed() < Duration::from_secs(5), "took {:?}", start.elapsed());
-        t.join().unwrap();
+        wakes_on(&waker, move || std::fs::create_dir(p).unwrap());
     }
 }
