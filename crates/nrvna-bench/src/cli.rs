@@ -8,13 +8,15 @@ const AFTER_HELP: &str = "\
 Scenarios:
   probe    engine-bound probe: a bare decode loop on llama.cpp for 1 and 16 sequences,
            flash attention on/off x unified/per-sequence KV x threads (runs first, and
-           always with w16: the throughput rows are divided by its best figures)
-  w16      16 jobs, per-job engine at 1/2/4 workers vs batched at 4/8/16 (--drain)
+           always with w16: it picks the best configurations the rows are divided by)
+  w16      16 jobs, per-job engine at 1/2/4 workers vs batched at 4/8/16 (--drain), in
+           --rounds rounds, each with the probe's best configurations run again; medians
   prefix   32 jobs sharing a ~400-token instruction, batched x8, prefix reuse on vs off
   latency  idle daemon: publish-to-claim latency, and `wrk | flw -w` end to end (50 each)
   queue    10,000 jobs through the echo engine, with and without fsync
   scale    the W16 job 64 and 256 times: per-job at nproc workers, batched x16
-  gemma    W16 and the probe on Gemma 3 270M (--gemma-model; scripts/fetch-model.sh gemma)
+  gemma    the probe, then W16 in rounds as above, on Gemma 3 270M (--gemma-model;
+           scripts/fetch-model.sh gemma)
 
 Every scenario runs on a fresh temporary workspace, spawning the release
 binaries found next to this executable. Targets are printed as PASS/MISS; a
@@ -44,6 +46,11 @@ pub struct Cli {
     /// are not comparable with the targets.
     #[arg(long)]
     pub quick: bool,
+    /// Rounds of the W16 and Gemma scenarios: each round runs the probe's
+    /// best configurations again and every daemon configuration once, and
+    /// the rows report medians (default 3; 1 with --quick).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=99))]
+    pub rounds: Option<u32>,
     /// The GGUF model the daemons load.
     #[arg(long, default_value = "models/SmolLM2-135M-Instruct.Q4_1.gguf")]
     pub model: PathBuf,

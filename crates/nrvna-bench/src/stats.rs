@@ -30,6 +30,27 @@ pub fn summary_ms(samples: &[f64]) -> Value {
     })
 }
 
+/// The index of the median of the present values (the lower of the two
+/// middle ones when their count is even): the run a row of repeated runs
+/// reports. `None` when no value is present.
+pub fn median_index(values: &[Option<f64>]) -> Option<usize> {
+    let mut present: Vec<(usize, f64)> = values
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| v.filter(|x| x.is_finite()).map(|x| (i, x)))
+        .collect();
+    if present.is_empty() {
+        return None;
+    }
+    present.sort_by(|a, b| a.1.total_cmp(&b.1));
+    Some(present[(present.len() - 1) / 2].0)
+}
+
+/// The median of the present values, as [`median_index`] picks it.
+pub fn median(values: &[Option<f64>]) -> Option<f64> {
+    median_index(values).and_then(|i| values[i])
+}
+
 /// `a / b`, or `None` when either is missing or `b` is not positive.
 pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
@@ -67,5 +88,15 @@ mod tests {
         assert_eq!(percentile(&[], 50.0), None);
         assert_eq!(mean(&[1.0, 2.0]), Some(1.5));
         assert_eq!(ratio(Some(3.0), Some(0.0)), None);
+    }
+
+    #[test]
+    fn medians_skip_missing_values_and_take_the_lower_middle() {
+        assert_eq!(median_index(&[Some(3.0), Some(1.0), Some(2.0)]), Some(2));
+        assert_eq!(median(&[Some(3.0), None, Some(1.0), Some(2.0)]), Some(2.0));
+        assert_eq!(median(&[Some(4.0), Some(1.0), Some(3.0), Some(2.0)]), Some(2.0));
+        assert_eq!(median(&[Some(f64::NAN), Some(5.0)]), Some(5.0));
+        assert_eq!(median_index(&[None, None]), None);
+        assert_eq!(median(&[]), None);
     }
 }

@@ -5,6 +5,7 @@ pub mod latency;
 pub mod prefix;
 pub mod probe;
 pub mod queue;
+pub mod rounds;
 pub mod scale;
 pub mod w16;
 
@@ -27,6 +28,8 @@ pub struct Ctx {
     /// Absolute path of the GGUF model.
     pub model: PathBuf,
     pub quick: bool,
+    /// Rounds of the W16 and Gemma scenarios (see [`rounds`]).
+    pub rounds: usize,
     /// The --out directory.
     pub out: PathBuf,
     /// Where the daemons' logs go.

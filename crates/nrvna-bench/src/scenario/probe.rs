@@ -68,15 +68,38 @@ impl Spec {
     }
 }
 
-/// The best probe figures of a run, for the daemon's rows.
+/// The best probe figures of a run, for the daemon's rows: each a tok/s
+/// and the configuration that gave it.
 #[derive(Clone, Debug, Default)]
 pub struct Best {
     /// Best tok/s with one sequence (jobs one after another, fresh context each).
-    pub single: Option<(f64, String)>,
+    pub single: Option<(f64, Spec)>,
     /// Best tok/s with the batch size of the W16 batched rows.
-    pub batch: Option<(f64, String)>,
+    pub batch: Option<(f64, Spec)>,
     /// That batch size.
     pub batch_seqs: u32,
+}
+
+impl Best {
+    pub fn single_tok_s(&self) -> Option<f64> {
+        self.single.as_ref().map(|b| b.0)
+    }
+
+    pub fn batch_tok_s(&self) -> Option<f64> {
+        self.batch.as_ref().map(|b| b.0)
+    }
+}
+
+/// A best figure as JSON (`{"tok_s", "config"}`), or null.
+pub fn best_json(b: &Option<(f64, Spec)>) -> Value {
+    b.as_ref()
+        .map_or(Value::Null, |(t, s)| json!({"tok_s": t, "config": s.label()}))
+}
+
+/// A best figure for prose: "121.5 tok/s (B=16 fa=on kv=per-seq threads=2)".
+pub fn best_text(b: &Option<(f64, Spec)>) -> String {
+    b.as_ref()
+        .map_or("–".into(), |(t, s)| format!("{t:.1} tok/s ({})", s.label()))
 }
 
 /// Sequences of the batch configurations (the W16 job count).
@@ -174,7 +197,8 @@ pub fn child(ctx: &Ctx, spec: &str) -> Result<Value> {
     }))
 }
 
-fn run_child(ctx: &Ctx, model: &Path, spec: Spec) -> Result<Value> {
+/// Runs one configuration in a child process; its figures as JSON.
+pub fn run_child(ctx: &Ctx, model: &Path, spec: Spec) -> Result<Value> {
     let mut c = command(&ctx.bins.me, &Env::new());
     c.arg("--probe-child")
         .arg(spec.to_arg())
@@ -238,7 +262,7 @@ pub fn run_specs(ctx: &Ctx, model: &Path, specs: &[Spec], problems: &mut Vec<Str
                 &mut best.batch
             };
             if slot.as_ref().is_none_or(|(b, _)| t > *b) {
-                *slot = Some((t, label.clone()));
+                *slot = Some((t, spec));
             }
         }
         rows.push(vec![
@@ -263,8 +287,8 @@ pub fn run_specs(ctx: &Ctx, model: &Path, specs: &[Spec], problems: &mut Vec<Str
     let json = json!({
         "model": model.display().to_string(),
         "runs": jruns,
-        "best_single": best.single.as_ref().map(|(t, l)| json!({"tok_s": t, "config": l})),
-        "best_batch": best.batch.as_ref().map(|(t, l)| json!({"tok_s": t, "config": l})),
+        "best_single": best_json(&best.single),
+        "best_batch": best_json(&best.batch),
     });
     let md = format!(
         "The W16 prompts (rendered with the chat template) through a minimal decode loop on \
@@ -276,13 +300,9 @@ pub fn run_specs(ctx: &Ctx, model: &Path, specs: &[Spec], problems: &mut Vec<Str
          sequence, as the daemon's prefix reuse does. tok/s is generated tokens over prefill plus generation time; \
          gen tok/s over generation only. Best B=1: {}; best B={}: {}.\n\n{}",
         best.batch_seqs,
-        best.single
-            .as_ref()
-            .map_or("–".into(), |(t, l)| format!("{t:.1} tok/s ({l})")),
+        best_text(&best.single),
         best.batch_seqs,
-        best.batch
-            .as_ref()
-            .map_or("–".into(), |(t, l)| format!("{t:.1} tok/s ({l})")),
+        best_text(&best.batch),
         table(
             &[
                 "B",

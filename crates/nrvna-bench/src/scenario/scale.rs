@@ -9,12 +9,11 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
-use super::probe::{self, Best};
-use super::w16::TOPICS;
-use super::{submit_and_drain_model, Ctx, Drained};
+use super::probe;
+use super::w16::{daemon_env, TOPICS};
+use super::{rounds, submit_and_drain_model, Ctx, Drained};
 use crate::report::{opt, table, Section, Target};
 use crate::stats::ratio;
-use crate::tools::env;
 
 const DEADLINE: Duration = Duration::from_secs(1800);
 
@@ -43,17 +42,16 @@ struct Row {
     engine: &'static str,
     workers: u32,
     d: Drained,
+    /// tok/s of every round, where the row is the median of several.
+    by_round: Option<String>,
+    /// The row's status, where rounds decide it (else the run's).
+    status: Option<String>,
 }
 
 /// Drains `n` jobs with each (engine, workers) on `model`; one table row each.
 fn drain_rows(ctx: &Ctx, model: &Path, tag: &str, sizes: &[usize], configs: &[(&'static str, u32)]) -> Vec<Row> {
     let predict: u32 = if ctx.quick { 16 } else { 64 };
-    let predict_s = predict.to_string();
-    let denv = env(&[
-        ("NRVNA_TEMP", "0"),
-        ("NRVNA_PREDICT", &predict_s),
-        ("NRVNA_MAX_CTX", "2048"),
-    ]);
+    let denv = daemon_env(predict);
     let mut rows = Vec::new();
     for &n in sizes {
         for &(engine, workers) in configs {
@@ -74,22 +72,31 @@ fn drain_rows(ctx: &Ctx, model: &Path, tag: &str, sizes: &[usize], configs: &[(&
                 engine,
                 workers,
                 d,
+                by_round: None,
+                status: None,
             });
         }
     }
     rows
 }
 
-fn rows_md(rows: &[Row], best: &Best, problems: &mut Vec<String>) -> (String, Vec<Value>) {
-    let pb = best.batch.as_ref().map(|b| b.0);
-    let ps = best.single.as_ref().map(|b| b.0);
+/// The rows as a table and as JSON; `ps` and `pb` are the probe's tok/s
+/// with one sequence and with a batch, and `batch_seqs` that batch's size.
+fn rows_md(
+    rows: &[Row],
+    (ps, pb, batch_seqs): (Option<f64>, Option<f64>, u32),
+    problems: &mut Vec<String>,
+) -> (String, Vec<Value>) {
+    let rounds = rows.iter().any(|r| r.by_round.is_some());
     let mut md_rows = Vec::new();
     let mut js = Vec::new();
     for r in rows {
         let (p, status) = r.d.problems(r.jobs);
-        problems.extend(p);
+        if r.status.is_none() {
+            problems.extend(p);
+        }
         let per_job_ms = ratio(r.d.processing(), Some(r.jobs as f64)).map(|s| s * 1000.0);
-        md_rows.push(vec![
+        let mut cells = vec![
             r.jobs.to_string(),
             r.engine.to_owned(),
             r.workers.to_string(),
@@ -97,13 +104,19 @@ fn rows_md(rows: &[Row], best: &Best, problems: &mut Vec<String>) -> (String, Ve
             opt(r.d.load, 2),
             opt(ratio(Some(r.d.totals.done as f64), r.d.wall), 2),
             opt(r.d.tok_s(), 1),
+        ];
+        if rounds {
+            cells.push(r.by_round.clone().unwrap_or_default());
+        }
+        cells.extend([
             opt(per_job_ms, 0),
             opt(ratio(r.d.tok_s(), ps), 2),
             opt(ratio(r.d.tok_s(), pb), 2),
             opt(r.d.peak_rss_mb(), 1),
             opt(r.d.others_cores, 2),
-            status,
+            r.status.clone().unwrap_or(status),
         ]);
+        md_rows.push(cells);
         let mut v = r.d.to_json();
         v["jobs_count"] = json!(r.jobs);
         v["engine"] = json!(r.engine);
@@ -113,24 +126,20 @@ fn rows_md(rows: &[Row], best: &Best, problems: &mut Vec<String>) -> (String, Ve
         v["tok_s_vs_probe_best_batch"] = json!(ratio(r.d.tok_s(), pb));
         js.push(v);
     }
-    let md = table(
-        &[
-            "jobs",
-            "engine",
-            "workers",
-            "wall s",
-            "load s",
-            "jobs/s",
-            "tok/s",
-            "processing ms/job",
-            "/ probe B=1 best",
-            &format!("/ probe B={} best", best.batch_seqs),
-            "peak RSS MB",
-            "other load (cores)",
-            "status",
-        ],
-        &md_rows,
-    );
+    let b_head = format!("/ probe B={batch_seqs} best");
+    let mut head = vec!["jobs", "engine", "workers", "wall s", "load s", "jobs/s", "tok/s"];
+    if rounds {
+        head.push("tok/s by round");
+    }
+    head.extend([
+        "processing ms/job",
+        "/ probe B=1 best",
+        &b_head,
+        "peak RSS MB",
+        "other load (cores)",
+        "status",
+    ]);
+    let md = table(&head, &md_rows);
     (md, js)
 }
 
@@ -153,7 +162,8 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
     );
     let mut sec = Section::new("scale");
     let best = ctx.probe.clone().unwrap_or_default();
-    let (table_md, js) = rows_md(&rows, &best, &mut sec.problems);
+    let probe = (best.single_tok_s(), best.batch_tok_s(), best.batch_seqs);
+    let (table_md, js) = rows_md(&rows, probe, &mut sec.problems);
     let (small, big) = (sizes[0], sizes[1]);
     let growth = ratio(batched_tok_s(&rows, big), batched_tok_s(&rows, small));
     sec.json = json!({ "runs": js, "batched_tok_s_big_vs_small": growth });
@@ -186,14 +196,38 @@ pub fn gemma(ctx: &Ctx, model: &Path) -> Result<Section> {
     let specs = probe::specs(ctx, false);
     let (probe_md, probe_json, best) = probe::run_specs(ctx, model, &specs, &mut sec.problems);
     let n = probe::batch_seqs(ctx.quick) as usize;
-    let rows = drain_rows(
-        ctx,
+    let predict: u32 = if ctx.quick { 16 } else { 64 };
+    let denv = daemon_env(predict);
+    let all = prompts(n);
+    let configs = [("per-job", 1), ("per-job", nproc()), ("batched", 16)];
+    let plan = rounds::Plan {
+        tag: "gemma",
         model,
-        "gemma",
-        &[n],
-        &[("per-job", 1), ("per-job", nproc()), ("batched", 16)],
-    );
-    let (table_md, js) = rows_md(&rows, &best, &mut sec.problems);
+        prompts: &all,
+        env: &denv,
+        configs: &configs,
+        deadline: DEADLINE,
+    };
+    let mut m = rounds::run(ctx, &plan, &best, ctx.rounds, &mut sec.problems);
+    let rows: Vec<Row> = std::mem::take(&mut m.configs)
+        .into_iter()
+        .map(|mut c| {
+            sec.problems.extend(c.problems(n));
+            let status = c.status(n);
+            let by_round = c.by_round();
+            let i = c.row_index(n);
+            Row {
+                jobs: n,
+                engine: c.engine,
+                workers: c.workers,
+                d: c.runs.swap_remove(i),
+                by_round: Some(by_round),
+                status: Some(status),
+            }
+        })
+        .collect();
+    let probe_medians = (m.probe_single(), m.probe_batch(), best.batch_seqs);
+    let (table_md, js) = rows_md(&rows, probe_medians, &mut sec.problems);
     let b = batched_tok_s(&rows, n);
     let pj_best_wall = rows
         .iter()
@@ -204,15 +238,26 @@ pub fn gemma(ctx: &Ctx, model: &Path) -> Result<Section> {
         .iter()
         .find(|r| r.engine == "batched" && r.d.complete(n))
         .and_then(|r| r.d.wall);
-    sec.json = json!({ "model": model.display().to_string(), "probe": probe_json, "runs": js });
+    sec.json = json!({
+        "model": model.display().to_string(),
+        "probe": probe_json,
+        "rounds": m.rounds,
+        "probe_rounds": m.probe_json(),
+        "runs": js,
+    });
     sec.md = format!(
         "## Gemma 3 270M (Q4_K_M): W{n} and the probe\n\n\
-         `{}`. The W16 job as above, then the probe with every core.\n\n{table_md}\n{probe_md}",
-        model.display()
+         `{}`. The probe with every core first (the table below this one), then the W{n} job \
+         in {} rounds as in W16: each round runs the probe's best configurations again \
+         ({}), then each daemon once; a row is the round with its median tok/s, and \
+         \"/ probe\" divides by the probe's medians.\n\n{table_md}\n{probe_md}",
+        model.display(),
+        m.rounds,
+        m.probe_text(),
     );
     sec.targets.push(Target::at_least(
         "Gemma W16 batched tok/s vs best probe configuration",
-        ratio(b, best.batch.as_ref().map(|x| x.0)),
+        ratio(b, probe_medians.1),
         0.9,
         "x",
     ));

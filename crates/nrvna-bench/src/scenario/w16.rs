@@ -7,10 +7,10 @@ use std::time::Duration;
 use anyhow::Result;
 use serde_json::{json, Value};
 
-use super::{submit_and_drain, Ctx, Drained};
+use super::{rounds, Ctx, Drained};
 use crate::report::{opt, table, Section, Target};
 use crate::stats::ratio;
-use crate::tools::env;
+use crate::tools::{env, Env};
 
 pub const TOPICS: [&str; 16] = [
     "the ocean",
@@ -40,17 +40,31 @@ const CONFIGS: [(&str, u32); 6] = [
     ("batched", 16),
 ];
 
+/// The daemons' environment in the W16 shape: greedy, `predict` tokens
+/// per job, a 2048-token context.
+pub fn daemon_env(predict: u32) -> Env {
+    env(&[
+        ("NRVNA_TEMP", "0"),
+        ("NRVNA_PREDICT", &predict.to_string()),
+        ("NRVNA_MAX_CTX", "2048"),
+    ])
+}
+
 /// A daemon run killed after this long is reported as timed out.
 const DEADLINE: Duration = Duration::from_secs(900);
 
-struct Run {
+/// One configuration's row: the round with the median tok/s.
+struct Run<'a> {
     engine: &'static str,
     workers: u32,
-    d: Drained,
+    d: &'a Drained,
     at_max: usize,
+    by_round: String,
+    tok_by_round: Vec<Option<f64>>,
+    status: String,
 }
 
-impl Run {
+impl Run<'_> {
     fn wall(&self) -> Option<f64> {
         self.d.wall
     }
@@ -65,36 +79,40 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         .map(|t| format!("Write a short paragraph about {t}."))
         .collect();
     let predict_s = predict.to_string();
-    let denv = env(&[
-        ("NRVNA_TEMP", "0"),
-        ("NRVNA_PREDICT", &predict_s),
-        ("NRVNA_MAX_CTX", "2048"),
-    ]);
-    let mut runs = Vec::new();
-    for (engine, workers) in CONFIGS {
-        let label = format!("w16-{engine}-x{workers}");
-        eprintln!("{label}: {n} jobs, {predict} tokens each");
-        let w = workers.to_string();
-        let d = submit_and_drain(
-            ctx,
-            &label,
-            &prompts,
-            &["--engine", engine, "--workers", &w],
-            &denv,
-            DEADLINE,
-        );
-        let at_max = d
-            .jobs
-            .iter()
-            .filter(|j| j.done() && j.num("generated_tokens") >= u64::from(predict))
-            .count();
-        runs.push(Run {
-            engine,
-            workers,
-            d,
-            at_max,
-        });
-    }
+    let denv = daemon_env(predict);
+    let mut sec = Section::new("w16");
+    let plan = rounds::Plan {
+        tag: "w16",
+        model: &ctx.model,
+        prompts: &prompts,
+        env: &denv,
+        configs: &CONFIGS,
+        deadline: DEADLINE,
+    };
+    let best = ctx.probe.clone().unwrap_or_default();
+    let m = rounds::run(ctx, &plan, &best, ctx.rounds, &mut sec.problems);
+    let runs: Vec<Run> = m
+        .configs
+        .iter()
+        .map(|c| {
+            sec.problems.extend(c.problems(n));
+            let d = c.row(n);
+            let at_max = d
+                .jobs
+                .iter()
+                .filter(|j| j.done() && j.num("generated_tokens") >= u64::from(predict))
+                .count();
+            Run {
+                engine: c.engine,
+                workers: c.workers,
+                d,
+                at_max,
+                by_round: c.by_round(),
+                tok_by_round: c.runs.iter().map(Drained::tok_s).collect(),
+                status: c.status(n),
+            }
+        })
+        .collect();
 
     let best_of = |engine: &str| {
         runs.iter()
@@ -104,11 +122,9 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
     let best_pj = best_of("per-job");
     let best_b = best_of("batched");
 
-    let probe_single = ctx.probe.as_ref().and_then(|p| p.single.clone());
-    let probe_batch = ctx.probe.as_ref().and_then(|p| p.batch.clone());
-    let vs_single = |r: &Run| ratio(r.d.tok_s(), probe_single.as_ref().map(|b| b.0));
-    let vs_batch = |r: &Run| ratio(r.d.tok_s(), probe_batch.as_ref().map(|b| b.0));
-    let mut sec = Section::new("w16");
+    let (probe_single, probe_batch) = (m.probe_single(), m.probe_batch());
+    let vs_single = |r: &Run| ratio(r.d.tok_s(), probe_single);
+    let vs_batch = |r: &Run| ratio(r.d.tok_s(), probe_batch);
     let mut rows = Vec::new();
     let mut jruns = Vec::new();
     for r in &runs {
@@ -124,8 +140,6 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             ),
             _ => None,
         };
-        let (problems, status) = r.d.problems(n);
-        sec.problems.extend(problems);
         rows.push(vec![
             r.engine.to_owned(),
             r.workers.to_string(),
@@ -134,6 +148,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             opt(r.d.last_done, 2),
             opt(ratio(Some(r.d.totals.done as f64), r.wall()), 2),
             opt(r.d.tok_s(), 1),
+            r.by_round.clone(),
             opt(r.d.tok_s_wall(), 1),
             format!("{}/{n}", r.at_max),
             opt(r.d.peak_rss_mb(), 1),
@@ -143,7 +158,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             vs_single(r).map_or("–".into(), |x| format!("{x:.2}")),
             vs_batch(r).map_or("–".into(), |x| format!("{x:.2}")),
             opt(r.d.others_cores, 2),
-            status,
+            r.status.clone(),
         ]);
         let results: serde_json::Map<String, Value> = topics
             .iter()
@@ -153,6 +168,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         let mut v = r.d.to_json();
         v["engine"] = json!(r.engine);
         v["workers"] = json!(r.workers);
+        v["tok_s_by_round"] = json!(r.tok_by_round);
         v["jobs_at_max_tokens"] = json!(r.at_max);
         v["wall_ratio_vs_perjob_best"] = json!(ratio(r.wall(), best_pj.and_then(Run::wall)));
         v["wall_speedup_vs_perjob_best"] = json!(speedup);
@@ -171,29 +187,27 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         "perjob_best_workers": best_pj.map(|r| r.workers),
         "batched_best_workers": best_b.map(|r| r.workers),
         "batched_best_vs_perjob_best_wall": headline,
-        "probe_best_single": probe_single.as_ref().map(|(t, l)| json!({"tok_s": t, "config": l})),
-        "probe_best_batch": probe_batch.as_ref().map(|(t, l)| json!({"tok_s": t, "config": l})),
+        "rounds": m.rounds,
+        "probe_rounds": m.probe_json(),
         "runs": jruns,
     });
     sec.md = format!(
         "## W16: {n} jobs, {predict} tokens each\n\n\
          Jobs \"Write a short paragraph about {{topic}}.\" pre-submitted with `wrk`, then \
          `nrvnad MODEL WS --drain --engine E --workers N` with NRVNA_TEMP=0 NRVNA_PREDICT={predict} \
-         NRVNA_MAX_CTX=2048. Wall is spawn to exit (load included); load is spawn until \
+         NRVNA_MAX_CTX=2048, in {} rounds: each round runs the probe's best single-sequence and \
+         best batch configurations again, then every row's daemon once, and a row is the round \
+         with its median tok/s (every round's tok/s in \"tok/s by round\"). Wall is spawn to exit (load included); load is spawn until \
          `.nrvnad.ready`; last job done is spawn until the latest meta.json `completed_at` \
          (the rest of the wall is the drain's idle check and shutdown); tok/s is the sum of meta.json `generated_tokens` over wall minus load \
          (and over wall). Speed-up (best per-job wall / this wall) and tok/s ratio are against \
          the per-job engine at its best worker count (x{}); \"identical\" counts the topics \
-         whose result.txt equals that run's. \"/ probe\" is this row's tok/s over the engine-bound \
-         probe's best tok/s of this run with one sequence ({}) and with {n} ({}). Other load is the CPU time the rest of the machine \
+         whose result.txt equals that run's. \"/ probe\" is this row's tok/s over the median tok/s of the \
+         probe's re-runs in these rounds: {}. Other load is the CPU time the rest of the machine \
          used during the run (/proc/stat busy time minus the daemon's rusage), in cores.\n\n{}",
+        m.rounds,
         best_pj.map_or("–".into(), |r| r.workers.to_string()),
-        probe_single
-            .as_ref()
-            .map_or("probe not run".into(), |(t, l)| format!("{t:.1} tok/s, {l}")),
-        probe_batch
-            .as_ref()
-            .map_or("probe not run".into(), |(t, l)| format!("{t:.1} tok/s, {l}")),
+        m.probe_text(),
         table(
             &[
                 "engine",
@@ -203,6 +217,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
                 "last job done s",
                 "jobs/s",
                 "tok/s",
+                "tok/s by round",
                 "tok/s (wall)",
                 "at max tokens",
                 "peak RSS MB",
@@ -230,7 +245,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         .max_by(f64::total_cmp);
     sec.targets.push(Target::at_least(
         "W16 batched best tok/s vs best probe configuration (same run)",
-        ratio(b_best_tok, probe_batch.as_ref().map(|b| b.0)),
+        ratio(b_best_tok, probe_batch),
         0.9,
         "x",
     ));
