@@ -172,7 +172,8 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
          The W16 job, {small} and {big} of them (past the 16 topics, numbered variations), \
          drained as in W16 by the per-job engine at {} workers and the batched engine at 16 \
          (more jobs than slots: each slot takes the next job as one finishes). Processing ms/job \
-         is (wall - load) / jobs. \"/ probe\" as in W16.\n\n{table_md}",
+         is (wall - load) / jobs. \"/ probe\" divides by the probe scenario's best figures \
+         (its single pass, not W16's medians: these runs are too long to repeat).\n\n{table_md}",
         nproc()
     );
     sec.targets.push(Target::at_least(
