@@ -207,3 +207,73 @@ pub fn run(ctx: &Ctx, plan: &Plan, best: &Best, rounds: usize, problems: &mut Ve
     }
     m
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jobs::Totals;
+
+    /// A drained run of 4 jobs, 100 tokens over `processing` seconds;
+    /// `done` of them finished.
+    fn run(processing: f64, done: usize) -> Drained {
+        Drained {
+            label: format!("r{processing}"),
+            daemon: None,
+            ok: true,
+            wall: Some(1.0 + processing),
+            load: Some(1.0),
+            rss_kib: None,
+            others_cores: None,
+            last_done: None,
+            jobs: Vec::new(),
+            totals: Totals {
+                done,
+                generated_tokens: 100,
+                ..Totals::default()
+            },
+            error: None,
+        }
+    }
+
+    fn config(runs: Vec<Drained>) -> Config {
+        Config {
+            engine: "batched",
+            workers: 8,
+            runs,
+        }
+    }
+
+    #[test]
+    fn the_row_is_the_median_round_of_the_complete_ones() {
+        // tok/s 50, 100 and 25: the median is the first round's 50.
+        let c = config(vec![run(2.0, 4), run(1.0, 4), run(4.0, 4)]);
+        assert_eq!(c.row_index(4), 0);
+        assert_eq!(c.by_round(), "50.0 / 100.0 / 25.0");
+        assert_eq!(c.status(4), "ok");
+        // The fastest round did not finish: the lower of the other two
+        // middles is reported, and the status says a round is missing.
+        let c = config(vec![run(2.0, 4), run(0.5, 3), run(4.0, 4)]);
+        assert_eq!(c.row_index(4), 2);
+        assert_eq!(c.status(4), "ok; 2 of 3 rounds complete");
+        assert_eq!(c.problems(4).len(), 0);
+        // No complete round: the last run, to show what went wrong.
+        let c = config(vec![run(1.0, 1), run(1.0, 2)]);
+        assert_eq!(c.row_index(4), 1);
+    }
+
+    #[test]
+    fn probe_medians_skip_failed_rounds() {
+        let p = ProbeRuns {
+            spec: Spec {
+                seqs: 16,
+                flash_attn: true,
+                kv_unified: false,
+                threads: 2,
+                tokens: 64,
+            },
+            tok_s: vec![Some(128.6), None, Some(118.7), Some(121.3)],
+        };
+        assert_eq!(p.median(), Some(121.3));
+        assert_eq!(p.by_round(), "128.6 / – / 118.7 / 121.3");
+    }
+}
