@@ -91,13 +91,13 @@ impl Best {
 }
 
 /// A best figure as JSON (`{"tok_s", "config"}`), or null.
-pub fn best_json(b: &Option<(f64, Spec)>) -> Value {
+fn best_json(b: &Option<(f64, Spec)>) -> Value {
     b.as_ref()
         .map_or(Value::Null, |(t, s)| json!({"tok_s": t, "config": s.label()}))
 }
 
 /// A best figure for prose: "121.5 tok/s (B=16 fa=on kv=per-seq threads=2)".
-pub fn best_text(b: &Option<(f64, Spec)>) -> String {
+fn best_text(b: &Option<(f64, Spec)>) -> String {
     b.as_ref()
         .map_or("–".into(), |(t, s)| format!("{t:.1} tok/s ({})", s.label()))
 }
@@ -117,7 +117,7 @@ pub fn specs(ctx: &Ctx, all_threads: bool) -> Vec<Spec> {
     let nproc = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
-    let tokens = if ctx.quick { 16 } else { 64 };
+    let tokens = super::w16::predict(ctx.quick);
     let mut threads = vec![nproc];
     if nproc > 1 && all_threads {
         threads.push(1);

@@ -52,19 +52,25 @@ impl Config {
         }
     }
 
+    /// tok/s of every round.
+    pub fn tok_s_by_round(&self) -> Vec<Option<f64>> {
+        self.runs.iter().map(Drained::tok_s).collect()
+    }
+
     /// tok/s of every round, for the table ("98.1 / 102.9 / 101.0").
     pub fn by_round(&self) -> String {
-        self.runs
-            .iter()
-            .map(|d| opt(d.tok_s(), 1))
-            .collect::<Vec<_>>()
-            .join(" / ")
+        joined(&self.tok_s_by_round())
     }
 
     /// Problems of every round, one line each.
     pub fn problems(&self, n: usize) -> Vec<String> {
         self.runs.iter().flat_map(|d| d.problems(n).0).collect()
     }
+}
+
+/// Figures of every round for a table cell: "98.1 / – / 101.0".
+fn joined(v: &[Option<f64>]) -> String {
+    v.iter().map(|t| opt(*t, 1)).collect::<Vec<_>>().join(" / ")
 }
 
 /// A probe configuration run again once per round.
@@ -80,7 +86,7 @@ impl ProbeRuns {
     }
 
     pub fn by_round(&self) -> String {
-        self.tok_s.iter().map(|t| opt(*t, 1)).collect::<Vec<_>>().join(" / ")
+        joined(&self.tok_s)
     }
 }
 

@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 use super::probe;
-use super::w16::{daemon_env, TOPICS};
+use super::w16::{daemon_env, predict, TOPICS};
 use super::{rounds, submit_and_drain_model, Ctx, Drained};
 use crate::report::{opt, table, Section, Target};
 use crate::stats::ratio;
@@ -44,13 +44,13 @@ struct Row {
     d: Drained,
     /// tok/s of every round, where the row is the median of several.
     by_round: Option<String>,
-    /// The row's status, where rounds decide it (else the run's).
-    status: Option<String>,
+    /// The table's status word(s).
+    status: String,
 }
 
 /// Drains `n` jobs with each (engine, workers) on `model`; one table row each.
 fn drain_rows(ctx: &Ctx, model: &Path, tag: &str, sizes: &[usize], configs: &[(&'static str, u32)]) -> Vec<Row> {
-    let predict: u32 = if ctx.quick { 16 } else { 64 };
+    let predict = predict(ctx.quick);
     let denv = daemon_env(predict);
     let mut rows = Vec::new();
     for &n in sizes {
@@ -71,9 +71,9 @@ fn drain_rows(ctx: &Ctx, model: &Path, tag: &str, sizes: &[usize], configs: &[(&
                 jobs: n,
                 engine,
                 workers,
+                status: d.problems(n).1,
                 d,
                 by_round: None,
-                status: None,
             });
         }
     }
@@ -82,19 +82,11 @@ fn drain_rows(ctx: &Ctx, model: &Path, tag: &str, sizes: &[usize], configs: &[(&
 
 /// The rows as a table and as JSON; `ps` and `pb` are the probe's tok/s
 /// with one sequence and with a batch, and `batch_seqs` that batch's size.
-fn rows_md(
-    rows: &[Row],
-    (ps, pb, batch_seqs): (Option<f64>, Option<f64>, u32),
-    problems: &mut Vec<String>,
-) -> (String, Vec<Value>) {
+fn rows_md(rows: &[Row], (ps, pb, batch_seqs): (Option<f64>, Option<f64>, u32)) -> (String, Vec<Value>) {
     let rounds = rows.iter().any(|r| r.by_round.is_some());
     let mut md_rows = Vec::new();
     let mut js = Vec::new();
     for r in rows {
-        let (p, status) = r.d.problems(r.jobs);
-        if r.status.is_none() {
-            problems.extend(p);
-        }
         let per_job_ms = ratio(r.d.processing(), Some(r.jobs as f64)).map(|s| s * 1000.0);
         let mut cells = vec![
             r.jobs.to_string(),
@@ -114,7 +106,7 @@ fn rows_md(
             opt(ratio(r.d.tok_s(), pb), 2),
             opt(r.d.peak_rss_mb(), 1),
             opt(r.d.others_cores, 2),
-            r.status.clone().unwrap_or(status),
+            r.status.clone(),
         ]);
         md_rows.push(cells);
         let mut v = r.d.to_json();
@@ -162,8 +154,11 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
     );
     let mut sec = Section::new("scale");
     let best = ctx.probe.clone().unwrap_or_default();
+    for r in &rows {
+        sec.problems.extend(r.d.problems(r.jobs).0);
+    }
     let probe = (best.single_tok_s(), best.batch_tok_s(), best.batch_seqs);
-    let (table_md, js) = rows_md(&rows, probe, &mut sec.problems);
+    let (table_md, js) = rows_md(&rows, probe);
     let (small, big) = (sizes[0], sizes[1]);
     let growth = ratio(batched_tok_s(&rows, big), batched_tok_s(&rows, small));
     sec.json = json!({ "runs": js, "batched_tok_s_big_vs_small": growth });
@@ -197,8 +192,7 @@ pub fn gemma(ctx: &Ctx, model: &Path) -> Result<Section> {
     let specs = probe::specs(ctx, false);
     let (probe_md, probe_json, best) = probe::run_specs(ctx, model, &specs, &mut sec.problems);
     let n = probe::batch_seqs(ctx.quick) as usize;
-    let predict: u32 = if ctx.quick { 16 } else { 64 };
-    let denv = daemon_env(predict);
+    let denv = daemon_env(predict(ctx.quick));
     let all = prompts(n);
     let configs = [("per-job", 1), ("per-job", nproc()), ("batched", 16)];
     let plan = rounds::Plan {
@@ -223,12 +217,12 @@ pub fn gemma(ctx: &Ctx, model: &Path) -> Result<Section> {
                 workers: c.workers,
                 d: c.runs.swap_remove(i),
                 by_round: Some(by_round),
-                status: Some(status),
+                status,
             }
         })
         .collect();
     let probe_medians = (m.probe_single(), m.probe_batch(), best.batch_seqs);
-    let (table_md, js) = rows_md(&rows, probe_medians, &mut sec.problems);
+    let (table_md, js) = rows_md(&rows, probe_medians);
     let b = batched_tok_s(&rows, n);
     let pj_best_wall = rows
         .iter()

@@ -40,6 +40,15 @@ const CONFIGS: [(&str, u32); 6] = [
     ("batched", 16),
 ];
 
+/// Tokens each W16-shaped job generates (fewer with --quick).
+pub fn predict(quick: bool) -> u32 {
+    if quick {
+        16
+    } else {
+        64
+    }
+}
+
 /// The daemons' environment in the W16 shape: greedy, `predict` tokens
 /// per job, a 2048-token context.
 pub fn daemon_env(predict: u32) -> Env {
@@ -53,15 +62,11 @@ pub fn daemon_env(predict: u32) -> Env {
 /// A daemon run killed after this long is reported as timed out.
 const DEADLINE: Duration = Duration::from_secs(900);
 
-/// One configuration's row: the round with the median tok/s.
+/// One configuration's row: its rounds, and the round with the median tok/s.
 struct Run<'a> {
-    engine: &'static str,
-    workers: u32,
+    c: &'a rounds::Config,
     d: &'a Drained,
     at_max: usize,
-    by_round: String,
-    tok_by_round: Vec<Option<f64>>,
-    status: String,
 }
 
 impl Run<'_> {
@@ -72,7 +77,8 @@ impl Run<'_> {
 
 pub fn run(ctx: &Ctx) -> Result<Section> {
     ctx.require_model()?;
-    let (n, predict): (usize, u32) = if ctx.quick { (4, 16) } else { (16, 64) };
+    let n: usize = if ctx.quick { 4 } else { 16 };
+    let predict = predict(ctx.quick);
     let topics = &TOPICS[..n];
     let prompts: Vec<String> = topics
         .iter()
@@ -102,21 +108,13 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
                 .iter()
                 .filter(|j| j.done() && j.num("generated_tokens") >= u64::from(predict))
                 .count();
-            Run {
-                engine: c.engine,
-                workers: c.workers,
-                d,
-                at_max,
-                by_round: c.by_round(),
-                tok_by_round: c.runs.iter().map(Drained::tok_s).collect(),
-                status: c.status(n),
-            }
+            Run { c, d, at_max }
         })
         .collect();
 
     let best_of = |engine: &str| {
         runs.iter()
-            .filter(|r| r.engine == engine && r.d.complete(n))
+            .filter(|r| r.c.engine == engine && r.d.complete(n))
             .min_by(|a, b| a.wall().unwrap_or(f64::MAX).total_cmp(&b.wall().unwrap_or(f64::MAX)))
     };
     let best_pj = best_of("per-job");
@@ -130,7 +128,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
     for r in &runs {
         let speedup = ratio(best_pj.and_then(Run::wall), r.wall());
         let tok_ratio = ratio(r.d.tok_s(), best_pj.and_then(|b| b.d.tok_s()));
-        let identical = match (r.engine, best_pj) {
+        let identical = match (r.c.engine, best_pj) {
             ("batched", Some(b)) => Some(
                 r.d.jobs
                     .iter()
@@ -141,14 +139,14 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             _ => None,
         };
         rows.push(vec![
-            r.engine.to_owned(),
-            r.workers.to_string(),
+            r.c.engine.to_owned(),
+            r.c.workers.to_string(),
             opt(r.wall(), 2),
             opt(r.d.load, 2),
             opt(r.d.last_done, 2),
             opt(ratio(Some(r.d.totals.done as f64), r.wall()), 2),
             opt(r.d.tok_s(), 1),
-            r.by_round.clone(),
+            r.c.by_round(),
             opt(r.d.tok_s_wall(), 1),
             format!("{}/{n}", r.at_max),
             opt(r.d.peak_rss_mb(), 1),
@@ -158,7 +156,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             vs_single(r).map_or("–".into(), |x| format!("{x:.2}")),
             vs_batch(r).map_or("–".into(), |x| format!("{x:.2}")),
             opt(r.d.others_cores, 2),
-            r.status.clone(),
+            r.c.status(n),
         ]);
         let results: serde_json::Map<String, Value> = topics
             .iter()
@@ -166,9 +164,9 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
             .map(|(t, j)| ((*t).to_owned(), json!(j.result)))
             .collect();
         let mut v = r.d.to_json();
-        v["engine"] = json!(r.engine);
-        v["workers"] = json!(r.workers);
-        v["tok_s_by_round"] = json!(r.tok_by_round);
+        v["engine"] = json!(r.c.engine);
+        v["workers"] = json!(r.c.workers);
+        v["tok_s_by_round"] = json!(r.c.tok_s_by_round());
         v["jobs_at_max_tokens"] = json!(r.at_max);
         v["wall_ratio_vs_perjob_best"] = json!(ratio(r.wall(), best_pj.and_then(Run::wall)));
         v["wall_speedup_vs_perjob_best"] = json!(speedup);
@@ -184,8 +182,8 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         "jobs": n,
         "max_tokens": predict,
         "env": {"NRVNA_TEMP": "0", "NRVNA_PREDICT": predict_s, "NRVNA_MAX_CTX": "2048"},
-        "perjob_best_workers": best_pj.map(|r| r.workers),
-        "batched_best_workers": best_b.map(|r| r.workers),
+        "perjob_best_workers": best_pj.map(|r| r.c.workers),
+        "batched_best_workers": best_b.map(|r| r.c.workers),
         "batched_best_vs_perjob_best_wall": headline,
         "rounds": m.rounds,
         "probe_rounds": m.probe_json(),
@@ -206,7 +204,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
          probe's re-runs in these rounds: {}. Other load is the CPU time the rest of the machine \
          used during the run (/proc/stat busy time minus the daemon's rusage), in cores.\n\n{}",
         m.rounds,
-        best_pj.map_or("–".into(), |r| r.workers.to_string()),
+        best_pj.map_or("–".into(), |r| r.c.workers.to_string()),
         m.probe_text(),
         table(
             &[
@@ -240,7 +238,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
     ));
     let b_best_tok = runs
         .iter()
-        .filter(|r| r.engine == "batched" && r.d.complete(n))
+        .filter(|r| r.c.engine == "batched" && r.d.complete(n))
         .filter_map(|r| r.d.tok_s())
         .max_by(f64::total_cmp);
     sec.targets.push(Target::at_least(
@@ -251,7 +249,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
     ));
     let pj1 = runs
         .iter()
-        .find(|r| r.engine == "per-job" && r.workers == 1 && r.d.complete(n));
+        .find(|r| r.c.engine == "per-job" && r.c.workers == 1 && r.d.complete(n));
     sec.targets.push(Target::at_least(
         "Per-job x1 tok/s vs best single-sequence probe (same run)",
         pj1.and_then(vs_single),
@@ -266,7 +264,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
     ));
     let b8 = runs
         .iter()
-        .find(|r| r.engine == "batched" && r.workers == 8)
+        .find(|r| r.c.engine == "batched" && r.c.workers == 8)
         .and_then(|r| r.d.peak_rss_mb());
     sec.targets
         .push(Target::at_most("Peak RSS, W16 batched 8 workers", b8, 220.0, " MB"));
