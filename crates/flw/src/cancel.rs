@@ -77,7 +77,7 @@ fn print_cancelled() -> Result<Outcome> {
 /// Asks the daemon to stop a running job and waits until it has.
 fn cancel_running(ws: &Workspace, id: &JobId, timeout: Duration) -> Result<Outcome> {
     let dir = ws.job_dir(State::Processing, id);
-    if let Err(e) = request_cancel(&dir) {
+    if let Err(e) = request_cancel(ws.io(), &dir) {
         // The job left processing/ in the meantime; see below where it went.
         if e.kind() != io::ErrorKind::NotFound {
             return Err(e).with_context(|| format!("writing the cancel request into {}", dir.display()));
@@ -86,7 +86,7 @@ fn cancel_running(ws: &Workspace, id: &JobId, timeout: Duration) -> Result<Outco
     let dirs = state_dirs(ws);
     let dirs: Vec<&std::path::Path> = dirs.iter().map(|d| d.as_path()).collect();
     let deadline = Instant::now() + timeout;
-    let end = wait_for(&dirs, Some(deadline), || match ws.locate(id) {
+    let end = wait_for(&dirs, ws.settings().wait_poll, Some(deadline), || match ws.locate(id) {
         Some(s) if s.is_terminal() => Some(Some(s)),
         None => Some(None),
         // Recovered to the queue by a restarting daemon: cancel it there.

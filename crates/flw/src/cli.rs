@@ -109,6 +109,11 @@ pub struct Args {
     /// With --export: print only the failed requests.
     #[arg(long, requires = "export")]
     pub errors: bool,
+
+    /// fsync, size limits and the waiters' poll (each also from its
+    /// NRVNA_* variable).
+    #[command(flatten)]
+    pub settings: nrvna_core::cli::SettingsArgs,
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {

@@ -169,7 +169,7 @@ fn done_body(job: &JobView, meta: &Meta) -> Result<Value, String> {
             let completion = tokens("generated_tokens");
             let created = [&meta.completed_at, &meta.submitted_at]
                 .into_iter()
-                .find_map(|t| t.as_deref().and_then(unix_seconds))
+                .find_map(|t| t.as_deref().and_then(nrvna_core::time::unix_seconds))
                 .unwrap_or(0);
             Ok(json!({
                 "id": format!("chatcmpl-{}", job.id),
@@ -189,54 +189,5 @@ fn done_body(job: &JobView, meta: &Meta) -> Result<Value, String> {
             }))
         }
         other => Err(format!("{other} has no OpenAI Batch response format")),
-    }
-}
-
-/// Seconds since the epoch of an ISO-8601 UTC time such as
-/// `2026-11-26T16:54:26.123456Z` (fraction optional).
-pub fn unix_seconds(s: &str) -> Option<i64> {
-    let s = s.strip_suffix('Z')?;
-    let (date, time) = s.split_once('T')?;
-    let mut d = date.splitn(3, '-');
-    let (y, mo, da): (i64, i64, i64) = (
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-        d.next()?.parse().ok()?,
-    );
-    let time = time.split('.').next()?;
-    let mut t = time.splitn(3, ':');
-    let (h, mi, se): (i64, i64, i64) = (
-        t.next()?.parse().ok()?,
-        t.next()?.parse().ok()?,
-        t.next()?.parse().ok()?,
-    );
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&da) || h > 23 || mi > 59 || se > 60 {
-        return None;
-    }
-    // Days from civil (H. Hinnant).
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + da - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + h * 3600 + mi * 60 + se)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unix_seconds_inverts_core_iso8601() {
-        use std::time::{Duration, UNIX_EPOCH};
-        for secs in [0u64, 951_782_400, 1_764_164_852, 4_102_444_800] {
-            let iso = nrvna_core::fsio::iso8601_utc(UNIX_EPOCH + Duration::from_secs(secs));
-            assert_eq!(unix_seconds(&iso), Some(secs as i64), "{iso}");
-        }
-        assert_eq!(unix_seconds("2026-01-01T00:00:00Z"), Some(1_767_225_600));
-        assert_eq!(unix_seconds("yesterday"), None);
-        assert_eq!(unix_seconds("2026-13-01T00:00:00Z"), None);
     }
 }

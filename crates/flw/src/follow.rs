@@ -43,7 +43,7 @@ pub fn follow(ws: &Workspace, id: &JobId, timeout: Option<Duration>) -> Result<O
             }
             let refs: Vec<&std::path::Path> = dirs.iter().map(|d| d.as_path()).collect();
             // How often to look when no filesystem events arrive.
-            waker = Some(DirWaker::new(&refs, nrvna_core::config::settings().wait_poll));
+            waker = Some(DirWaker::new(&refs, ws.settings().wait_poll));
             watched = Some(state);
             // Look again now that the watch is up, so no change is lost.
             continue;

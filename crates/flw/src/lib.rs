@@ -97,7 +97,7 @@ pub fn run_outcome(args: Args) -> Result<Outcome> {
 }
 
 fn open_workspace(args: &Args) -> Result<Workspace> {
-    Ok(Workspace::open(&args.workspace)?)
+    Ok(Workspace::open(&args.workspace)?.with_settings(args.settings.settings()))
 }
 
 /// Parses a job id given by the user.
@@ -140,14 +140,6 @@ pub fn first_word(r: impl BufRead) -> std::io::Result<String> {
         }
     }
     Ok(String::from_utf8_lossy(&word).into_owned())
-}
-
-/// Whether an error is a closed stdout (`flw ... | head -1`): exit 0 quietly.
-pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
 }
 
 #[cfg(test)]

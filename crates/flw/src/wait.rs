@@ -40,18 +40,20 @@ pub fn wait_one(ws: &Workspace, id: &JobId, timeout: Option<Duration>, json: boo
     let mut ticker = Ticker::new();
     // Most waits piped from wrk are for short jobs: see
     // wait_for_polling_first for why the first quarter second polls.
-    let found = wait_for_polling_first(&dirs, deadline(timeout), EARLY, || match ws.locate(id) {
-        None => Some(None),
-        Some(s) if s.is_terminal() => Some(Some(s)),
-        Some(s) => {
-            let detail = match s {
-                State::Processing => Progress::read(&ws.job_dir(s, id))
-                    .map(|p| format!(" ({} tokens, {:.1} tok/s)", p.tokens, p.tokens_per_s))
-                    .unwrap_or_default(),
-                _ => String::new(),
-            };
-            ticker.show(&format!("waiting for {id}: {}{detail}", s.label()));
-            None
+    let found = wait_for_polling_first(&dirs, ws.settings().wait_poll, deadline(timeout), EARLY, || {
+        match ws.locate(id) {
+            None => Some(None),
+            Some(s) if s.is_terminal() => Some(Some(s)),
+            Some(s) => {
+                let detail = match s {
+                    State::Processing => Progress::read(&ws.job_dir(s, id))
+                        .map(|p| format!(" ({} tokens, {:.1} tok/s)", p.tokens, p.tokens_per_s))
+                        .unwrap_or_default(),
+                    _ => String::new(),
+                };
+                ticker.show(&format!("waiting for {id}: {}{detail}", s.label()));
+                None
+            }
         }
     });
     ticker.clear();
@@ -92,7 +94,7 @@ pub fn wait_all(ws: &Workspace, scope: &Scope, timeout: Option<Duration>, json: 
     let mut ticker = Ticker::new();
     let mut cache = ScopeCache::default();
     let mut last = Counts::default();
-    let finished = wait_for(&dirs, deadline(timeout), || {
+    let finished = wait_for(&dirs, ws.settings().wait_poll, deadline(timeout), || {
         let mut c = Counts::default();
         for j in cache.jobs(ws, scope) {
             match j.state {

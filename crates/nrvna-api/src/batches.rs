@@ -18,8 +18,9 @@ use axum::extract::{Multipart, Path as AxPath, Query, State as AxState};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use nrvna_core::batch::{self, MAX_BATCH_BYTES};
 use nrvna_core::cancel::cancel_job;
-use nrvna_core::fsio::{read_limited, sync_dir, write_atomic};
+use nrvna_core::fsio::read_limited;
 use nrvna_core::{JobId, JobView, Meta, Params, Priority, State, Workspace};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -61,11 +62,12 @@ impl Store {
         serde_json::from_slice(&b).ok()
     }
 
-    fn write_json(dir: &Path, name: &str, v: &Value) -> Result<(), ApiError> {
+    fn write_json(&self, dir: &Path, name: &str, v: &Value) -> Result<(), ApiError> {
+        let io = self.ws.io();
         let mut b = serde_json::to_vec(v).unwrap_or_default();
         b.push(b'\n');
-        write_atomic(dir, name, &b)
-            .and_then(|()| sync_dir(dir))
+        io.write_atomic(dir, name, &b)
+            .and_then(|()| io.sync_dir(dir))
             .map_err(|e| ApiError::internal(format!("writing {}: {e}", dir.join(name).display())))
     }
 
@@ -92,11 +94,11 @@ impl Store {
                 continue;
             }
             let input = rec["input_file_id"].as_str().unwrap_or_default().to_owned();
-            let Ok(bytes) = read_limited(&self.files.join(format!("{input}.data")), wrk::batch::MAX_BATCH_BYTES) else {
+            let Ok(bytes) = read_limited(&self.files.join(format!("{input}.data")), MAX_BATCH_BYTES) else {
                 tracing::warn!("batch {id}: its input file {input} is gone; it cannot be completed");
                 continue;
             };
-            let subs = wrk::batch::parse(&bytes, &batch_defaults(), id)?;
+            let subs = batch::parse(&bytes, &batch_defaults(), id, self.ws.settings().max_prompt_bytes)?;
             let have: std::collections::HashSet<String> = tagged_jobs(&self.ws, id)
                 .iter()
                 .filter_map(|(_, m)| m.extra_str("custom_id").map(str::to_owned))
@@ -107,9 +109,10 @@ impl Store {
                 .collect();
             let ws = self.ws.clone();
             let n = missing.len();
-            tokio::task::spawn_blocking(move || wrk::batch::publish_all(&ws, &missing)).await??;
+            tokio::task::spawn_blocking(move || batch::publish_all(&ws, &missing)).await??;
             rec["published"] = true.into();
-            Store::write_json(&self.batches, &name, &rec).map_err(|e| anyhow::anyhow!(e.message))?;
+            self.write_json(&self.batches, &name, &rec)
+                .map_err(|e| anyhow::anyhow!(e.message))?;
             tracing::info!("batch {id}: published the {n} request(s) left unpublished by an earlier gateway");
         }
         Ok(())
@@ -117,8 +120,8 @@ impl Store {
 }
 
 /// Batch jobs yield to interactive ones.
-fn batch_defaults() -> wrk::batch::Defaults {
-    wrk::batch::Defaults {
+fn batch_defaults() -> batch::Defaults {
+    batch::Defaults {
         params: Params {
             priority: Some(Priority::Low),
             ..Params::default()
@@ -215,11 +218,14 @@ pub async fn upload(
         "filename": filename, "purpose": "batch", "status": "processed",
     });
     let dir = app.store.files.clone();
-    let (rec2, id2) = (rec.clone(), id.clone());
+    let (rec2, id2, app2) = (rec.clone(), id.clone(), app.clone());
     tokio::task::spawn_blocking(move || -> Result<(), ApiError> {
-        write_atomic(&dir, &format!("{id2}.data"), &bytes)
+        app2.store
+            .ws
+            .io()
+            .write_atomic(&dir, &format!("{id2}.data"), &bytes)
             .map_err(|e| ApiError::internal(format!("storing the upload in {}: {e}", dir.display())))?;
-        Store::write_json(&dir, &format!("{id2}.json"), &rec2)
+        app2.store.write_json(&dir, &format!("{id2}.json"), &rec2)
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
@@ -262,7 +268,7 @@ pub async fn file(AxState(app): AxState<Arc<App>>, AxPath(id): AxPath<String>) -
 pub async fn content(AxState(app): AxState<Arc<App>>, AxPath(id): AxPath<String>) -> Result<Response, ApiError> {
     let body = if app.store.upload(&id).is_some() {
         let path = app.store.files.join(format!("{id}.data"));
-        tokio::task::spawn_blocking(move || read_limited(&path, wrk::batch::MAX_BATCH_BYTES))
+        tokio::task::spawn_blocking(move || read_limited(&path, MAX_BATCH_BYTES))
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?
             .map_err(|e| ApiError::internal(format!("reading file {id}: {e}")))?
@@ -331,7 +337,7 @@ fn response_body(id: &JobId, fin: &Finished) -> Result<Value, ApiError> {
     let (p, c) = (fin.tokens("prompt_tokens"), fin.tokens("generated_tokens"));
     let created = [&fin.meta.completed_at, &fin.meta.submitted_at]
         .into_iter()
-        .find_map(|t| t.as_deref().and_then(flw::export::unix_seconds))
+        .find_map(|t| t.as_deref().and_then(nrvna_core::time::unix_seconds))
         .unwrap_or(0);
     match &fin.artifact {
         Some(("embedding.json", b)) => {
@@ -374,7 +380,7 @@ async fn describe(app: &App, mut rec: Value) -> Result<Value, ApiError> {
             State::Failed => failed += 1,
             _ => continue,
         }
-        if let Some(t) = meta.completed_at.as_deref().and_then(flw::export::unix_seconds) {
+        if let Some(t) = meta.completed_at.as_deref().and_then(nrvna_core::time::unix_seconds) {
             last_completed = last_completed.max(t);
         }
     }
@@ -480,11 +486,12 @@ pub async fn create(
     let id = format!("batch_{}", JobId::generate());
     let path = app.store.files.join(format!("{input}.data"));
     let tag = id.clone();
+    let max_prompt = app.jobs.ws.settings().max_prompt_bytes;
     let subs = tokio::task::spawn_blocking(move || {
-        let bytes = read_limited(&path, wrk::batch::MAX_BATCH_BYTES)
-            .map_err(|e| ApiError::internal(format!("reading {input}: {e}")))?;
-        wrk::batch::parse(&bytes, &batch_defaults(), &tag).map_err(|e| {
-            ApiError::invalid(format!("the input file is not a valid batch file: {e:#}")).param("input_file_id")
+        let bytes =
+            read_limited(&path, MAX_BATCH_BYTES).map_err(|e| ApiError::internal(format!("reading {input}: {e}")))?;
+        batch::parse(&bytes, &batch_defaults(), &tag, max_prompt).map_err(|e| {
+            ApiError::invalid(format!("the input file is not a valid batch file: {e}")).param("input_file_id")
         })
     })
     .await
@@ -499,9 +506,9 @@ pub async fn create(
         let _w = app.store.lock.lock().await;
         // The record first: a gateway killed while publishing finds it at
         // its next start and publishes the rest (Store::recover).
-        Store::write_json(&app.store.batches, &name, &rec)?;
+        app.store.write_json(&app.store.batches, &name, &rec)?;
         let ws = app.jobs.ws.clone();
-        let published = tokio::task::spawn_blocking(move || wrk::batch::publish_all(&ws, &subs))
+        let published = tokio::task::spawn_blocking(move || batch::publish_all(&ws, &subs))
             .await
             .map_err(|e| ApiError::internal(e.to_string()))?;
         if let Err(e) = published {
@@ -509,7 +516,7 @@ pub async fn create(
             return Err(ApiError::internal(format!("publishing batch {id}: {e:#}")));
         }
         rec["published"] = true.into();
-        Store::write_json(&app.store.batches, &name, &rec)?;
+        app.store.write_json(&app.store.batches, &name, &rec)?;
     }
     tracing::info!("batch {id}: published {} request(s)", rec["total"]);
     Ok(Json(describe(&app, rec).await?))
@@ -569,7 +576,7 @@ pub async fn cancel(AxState(app): AxState<Arc<App>>, AxPath(id): AxPath<String>)
     let mut rec = app.store.batch(&id).ok_or_else(|| not_found("batch", &id))?;
     if !rec["cancelling_at"].is_i64() {
         rec["cancelling_at"] = now_unix().into();
-        Store::write_json(&app.store.batches, &format!("{id}.json"), &rec)?;
+        app.store.write_json(&app.store.batches, &format!("{id}.json"), &rec)?;
     }
     let ws = app.jobs.ws.clone();
     let tag = id.clone();
@@ -607,10 +614,10 @@ mod tests {
         let id = "batch_1_1_000002";
         let rec =
             json!({"id": id, "input_file_id": "file-1_1_000001", "created_at": 1, "total": 3, "published": false});
-        Store::write_json(&store.batches, &format!("{id}.json"), &rec).unwrap();
+        store.write_json(&store.batches, &format!("{id}.json"), &rec).unwrap();
         // The killed gateway had published the first request only.
-        let subs = wrk::batch::parse(input.as_bytes(), &batch_defaults(), id).unwrap();
-        wrk::batch::publish_all(&ws, &subs[..1]).unwrap();
+        let subs = batch::parse(input.as_bytes(), &batch_defaults(), id, ws.settings().max_prompt_bytes).unwrap();
+        batch::publish_all(&ws, &subs[..1]).unwrap();
 
         store.recover().await.unwrap();
         store.recover().await.unwrap();

@@ -63,6 +63,11 @@ pub struct Args {
     /// Log level on stderr: error, warn, info, debug or trace.
     #[arg(long, env = "NRVNA_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// fsync, size limits and the waiters' poll for the jobs it publishes
+    /// (each also from its NRVNA_* variable).
+    #[command(flatten)]
+    pub settings: nrvna_core::cli::SettingsArgs,
 }
 
 /// The settings the server runs with.
@@ -75,6 +80,8 @@ pub struct Config {
     pub max_body: usize,
     pub timeout: Duration,
     pub log_level: String,
+    /// The workspace settings (fsync, limits, poll).
+    pub settings: nrvna_core::Settings,
 }
 
 impl Args {
@@ -99,6 +106,7 @@ impl Args {
             max_body: self.max_body,
             timeout: Duration::from_secs_f64(self.timeout),
             log_level: self.log_level,
+            settings: self.settings.settings(),
         })
     }
 }

@@ -58,13 +58,13 @@ impl Jobs {
     /// Publishes the jobs, all or none (staged first, then published).
     pub async fn publish(&self, subs: Vec<Submission>) -> Result<Vec<JobId>, ApiError> {
         for s in &subs {
-            s.validate()?;
+            s.validate(self.ws.settings().max_prompt_bytes)?;
         }
         let ws = self.ws.clone();
-        tokio::task::spawn_blocking(move || wrk::batch::publish_all(&ws, &subs))
+        tokio::task::spawn_blocking(move || nrvna_core::batch::publish_all(&ws, &subs))
             .await
             .map_err(|e| ApiError::internal(format!("publishing jobs: {e}")))?
-            .map_err(|e| ApiError::internal(format!("{e:#}")))
+            .map_err(|e| ApiError::internal(e.to_string()))
     }
 
     /// Waits until the job is done or failed; `None` at the deadline.

@@ -39,12 +39,14 @@ pub struct App {
 
 impl App {
     pub fn open(cfg: Config) -> Result<Arc<App>> {
-        let ws = Workspace::create(&cfg.workspace).with_context(|| {
-            format!(
-                "opening workspace {}; check that the path is a directory you can write to",
-                cfg.workspace.display()
-            )
-        })?;
+        let ws = Workspace::create(&cfg.workspace)
+            .with_context(|| {
+                format!(
+                    "opening workspace {}; check that the path is a directory you can write to",
+                    cfg.workspace.display()
+                )
+            })?
+            .with_settings(cfg.settings.clone());
         let store = batches::Store::open(&ws)
             .with_context(|| format!("creating {}/api/ for batches and files", ws.root().display()))?;
         Ok(Arc::new(App {

@@ -117,7 +117,7 @@ impl NrvnaMcp {
             if sub.job_type == JobType::Embed {
                 return Err("json_schema applies to text jobs, not embeddings".into());
             }
-            let grammar = crate::openai::check_schema(&schema).map_err(|e| format!("json_schema {e}"))?;
+            let grammar = nrvna_schema::check::check_schema(&schema).map_err(|e| format!("json_schema {e}"))?;
             sub.output = Some(OutputFormat::JsonSchema {
                 schema: format!("{schema:#}\n"),
                 grammar,

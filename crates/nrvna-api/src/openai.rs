@@ -122,7 +122,7 @@ pub async fn models(AxState(app): AxState<Arc<App>>) -> Json<Value> {
         .and_then(|i| {
             i.get("started_at")
                 .and_then(Value::as_str)
-                .and_then(flw::export::unix_seconds)
+                .and_then(nrvna_core::time::unix_seconds)
         })
         .unwrap_or(0);
     let data: Vec<Value> = served_models(&app)
@@ -138,10 +138,6 @@ fn sync_defaults() -> Params {
         priority: Some(Priority::High),
         ..Params::default()
     }
-}
-
-pub fn check_schema(v: &Value) -> Result<String, String> {
-    wrk::constraint::check_schema(v).map_err(|e| format!("{e:#}"))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -174,7 +170,7 @@ pub async fn chat(AxState(app): AxState<Arc<App>>, body: Result<Bytes, BytesReje
     let body = json_body(body)?;
     let model = check_model(&app, &body)?;
     let stream = stream_opts(&body)?;
-    let mut sub = openai::chat_submission(&body, &sync_defaults(), &check_schema)?;
+    let mut sub = openai::chat_submission(&body, &sync_defaults())?;
     sub.params.model = route(&app, &model);
     complete(app, sub, model, Kind::Chat, stream).await
 }
@@ -453,7 +449,7 @@ pub async fn embeddings(
         .map(|t| openai::embedding_submission(t, &defaults))
         .collect();
     for (i, s) in subs.iter().enumerate() {
-        s.validate().map_err(|e| {
+        s.validate(app.jobs.ws.settings().max_prompt_bytes).map_err(|e| {
             ApiError::from(RequestError {
                 param: Some("input".into()),
                 message: format!("input[{i}]: {e}"),
@@ -542,7 +538,7 @@ mod tests {
             beat_at,
             ..Default::default()
         };
-        let now = nrvna_core::fsio::iso8601_utc(std::time::SystemTime::now());
+        let now = nrvna_core::time::iso8601_utc(std::time::SystemTime::now());
         nrvna_core::members::write_member(&app.jobs.ws, &rec("a-1-1", "/m/gemma-3-270m.gguf", now.clone())).unwrap();
         nrvna_core::members::write_member(&app.jobs.ws, &rec("b-1-1", "/m/SmolLM2.gguf", now)).unwrap();
         // A member whose heartbeat is long past its lease serves nothing.

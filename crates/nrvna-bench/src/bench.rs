@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::SystemTime;
 
 use anyhow::{Context, Result};
-use nrvna_core::fsio::iso8601_utc;
+use nrvna_core::time::iso8601_utc;
 use serde_json::{json, Value};
 
 use crate::cli::{Cli, Scenario};
@@ -31,12 +31,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     };
     if let Some(spec) = &cli.probe_child {
         let v = scenario::probe::child(&ctx, spec)?;
-        println!("{v}");
-        return Ok(ExitCode::SUCCESS);
-    }
-    if let Some(variant) = &cli.queue_child {
-        std::fs::create_dir_all(&ctx.logs).with_context(|| format!("creating {}", ctx.logs.display()))?;
-        let v = scenario::queue::child(&ctx, variant)?;
         println!("{v}");
         return Ok(ExitCode::SUCCESS);
     }

@@ -57,11 +57,6 @@ pub struct Cli {
     /// The larger model of the gemma scenario.
     #[arg(long, default_value = "models/gemma-3-270m-q4_k_m.gguf")]
     pub gemma_model: PathBuf,
-    /// Internal: run one variant of the queue scenario (fsync, nofsync or
-    /// nospares) in this process and print it as JSON (re-executed with
-    /// NRVNA_FSYNC set, because the fsync switch is read once per process).
-    #[arg(long, hide = true)]
-    pub queue_child: Option<String>,
     /// Internal: run one probe configuration (SEQS,FA,UNIFIED,THREADS,TOKENS)
     /// in this process and print it as JSON.
     #[arg(long, hide = true)]

@@ -59,7 +59,7 @@ pub fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     }
 }
 
-pub use nrvna_core::fsio::parse_iso8601_micros;
+pub use nrvna_core::time::parse_iso8601_micros;
 
 #[cfg(test)]
 mod tests {

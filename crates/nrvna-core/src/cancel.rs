@@ -9,12 +9,12 @@
 use std::io;
 use std::time::SystemTime;
 
-use crate::fsio::{iso8601_utc, sync_dir, write_atomic};
 use crate::id::JobId;
 use crate::job::JobView;
 use crate::live::request_cancel;
 use crate::meta::Status;
 use crate::state::State;
+use crate::time::iso8601_utc;
 use crate::workspace::{Moved, Workspace};
 
 /// error.txt of a job cancelled before a worker claimed it (the text
@@ -47,7 +47,7 @@ pub fn cancel_job(ws: &Workspace, id: &JobId) -> io::Result<Cancelled> {
                     )))
                 }
             },
-            Some(State::Processing) => match request_cancel(&ws.job_dir(State::Processing, id)) {
+            Some(State::Processing) => match request_cancel(ws.io(), &ws.job_dir(State::Processing, id)) {
                 Ok(()) => return Ok(Cancelled::Requested),
                 // It finished in the meantime.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -77,9 +77,11 @@ pub fn cancel_queued(ws: &Workspace, id: &JobId, reason: &str) -> io::Result<Mov
     meta.completed_at = Some(iso8601_utc(SystemTime::now()));
     meta.duration_s = Some(0.0);
     meta.artifacts = Some(vec!["error.txt".into()]);
-    let written = write_atomic(&dir, "error.txt", format!("{reason}\n").as_bytes())
-        .and_then(|()| write_atomic(&dir, "meta.json", &meta.to_bytes()))
-        .and_then(|()| sync_dir(&dir));
+    let io = ws.io();
+    let written = io
+        .write_atomic(&dir, "error.txt", format!("{reason}\n").as_bytes())
+        .and_then(|()| io.write_atomic(&dir, "meta.json", &meta.to_bytes()))
+        .and_then(|()| io.sync_dir(&dir));
     match written {
         Ok(()) => ws.transition(id, State::Ready, State::Failed),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Moved::SourceGone),

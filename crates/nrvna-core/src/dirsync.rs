@@ -3,14 +3,13 @@
 //! started after each of their renames. Nobody returns before an fsync
 //! that covers its change has completed, so durability is unchanged; only
 //! the count of fsyncs (and of device flushes) goes down when jobs move
-//! close together.
+//! close together. Whether to fsync at all is the caller's setting
+//! (`FileIo::fsync`): this always does.
 
 use std::fs::File;
 use std::io;
 use std::path::Path;
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
-
-use crate::fsio::fsync_enabled;
 
 /// One directory's group commit. Generations count the fsyncs started;
 /// at most one runs at a time.
@@ -41,9 +40,6 @@ impl DirSync {
     /// for an fsync of `dir` that started after the call (running it
     /// itself when none is running).
     pub fn sync(&self, dir: &Path) -> io::Result<()> {
-        if !fsync_enabled() {
-            return Ok(());
-        }
         let mut g = self.lock();
         // An fsync running now may have started before our change: only
         // the next generation is sure to cover it.
@@ -106,9 +102,6 @@ mod tests {
 
     #[test]
     fn an_error_reaches_the_callers_it_covers() {
-        if !fsync_enabled() {
-            return;
-        }
         let d = tempfile::tempdir().unwrap();
         let s = DirSync::default();
         let e = s.sync(&d.path().join("gone")).unwrap_err();

@@ -3,9 +3,13 @@
 //! and the daemon's lifecycle files. `wrk` and `flw` need nothing else, so
 //! this crate never links llama.cpp.
 
+pub mod batch;
 pub mod cancel;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub mod config;
 pub mod dirsync;
+pub mod fileio;
 pub mod fsio;
 pub mod id;
 pub mod job;
@@ -19,9 +23,12 @@ pub mod params;
 pub mod spare;
 pub mod state;
 pub mod submit;
+pub mod time;
 pub mod wait;
 pub mod workspace;
 
+pub use config::Settings;
+pub use fileio::FileIo;
 pub use id::JobId;
 pub use job::JobView;
 pub use meta::Meta;

@@ -8,7 +8,6 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
-use crate::fsio::write_atomic;
 use crate::workspace::{Workspace, INFO_FILE, LOCK_FILE, PID_FILE, READY_FILE};
 
 /// The exclusive lock on a workspace; released when dropped (or when the
@@ -84,7 +83,7 @@ impl DaemonLock {
         // In place: the lock belongs to this inode, so it cannot be replaced.
         self._file.set_len(0)?;
         self._file.write_all_at(pid.as_bytes(), 0)?;
-        write_atomic(ws.root(), PID_FILE, pid.as_bytes())
+        ws.io().write_atomic(ws.root(), PID_FILE, pid.as_bytes())
     }
 
     /// Writes `.nrvnad.info` as one line of compact JSON (C++ readers find
@@ -92,7 +91,7 @@ impl DaemonLock {
     pub fn write_info(&self, ws: &Workspace, info: &serde_json::Value) -> io::Result<()> {
         let mut line = serde_json::to_vec(info).map_err(io::Error::other)?;
         line.push(b'\n');
-        write_atomic(ws.root(), INFO_FILE, &line)
+        ws.io().write_atomic(ws.root(), INFO_FILE, &line)
     }
 
     /// Removes the files that describe a live daemon (on clean exit).

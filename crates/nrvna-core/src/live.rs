@@ -8,7 +8,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fsio::{read_limited, write_atomic, write_atomic_volatile};
+use crate::fileio::FileIo;
+use crate::fsio::read_limited;
 
 /// The generated text so far, appended in whole UTF-8 characters.
 pub const PARTIAL_FILE: &str = "partial.txt";
@@ -44,17 +45,17 @@ impl Progress {
 
     /// Replaces `progress.json` in a job directory atomically (no fsync:
     /// it is rewritten every 100 ms and worthless after a crash).
-    pub fn write(&self, job_dir: &Path) -> io::Result<()> {
+    pub fn write(&self, io: &FileIo, job_dir: &Path) -> io::Result<()> {
         let mut b = serde_json::to_vec(self).map_err(io::Error::other)?;
         b.push(b'\n');
-        write_atomic_volatile(job_dir, PROGRESS_FILE, &b)
+        io.write_atomic_volatile(job_dir, PROGRESS_FILE, &b)
     }
 }
 
 /// Asks the daemon to stop a running job: an empty `cancel` file, written
 /// atomically into its `processing/<id>/` directory.
-pub fn request_cancel(job_dir: &Path) -> io::Result<()> {
-    write_atomic(job_dir, CANCEL_FILE, b"")
+pub fn request_cancel(io: &FileIo, job_dir: &Path) -> io::Result<()> {
+    io.write_atomic(job_dir, CANCEL_FILE, b"")
 }
 
 /// Whether someone asked to cancel the job in this directory.
@@ -75,7 +76,7 @@ mod tests {
             tokens_per_s: 3.5,
             updated_at: "2026-01-01T00:00:00.000000Z".into(),
         };
-        p.write(d.path()).unwrap();
+        p.write(&FileIo::default(), d.path()).unwrap();
         assert_eq!(Progress::read(d.path()), Some(p));
         std::fs::write(d.path().join(PROGRESS_FILE), br#"{"tokens":4}"#).unwrap();
         assert_eq!(Progress::read(d.path()).unwrap().tokens, 4);
@@ -87,7 +88,7 @@ mod tests {
     fn cancel_request_is_an_empty_file() {
         let d = tempfile::tempdir().unwrap();
         assert!(!cancel_requested(d.path()));
-        request_cancel(d.path()).unwrap();
+        request_cancel(&FileIo::default(), d.path()).unwrap();
         assert!(cancel_requested(d.path()));
         assert_eq!(std::fs::read(d.path().join(CANCEL_FILE)).unwrap(), b"");
     }

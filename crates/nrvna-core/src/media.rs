@@ -7,10 +7,7 @@ use std::path::Path;
 
 use crate::fsio::{read_limited, ReadError};
 
-/// Default `NRVNA_MAX_IMAGE_SIZE`: 50 MiB.
-pub const DEFAULT_MAX_IMAGE_BYTES: u64 = 50 * 1024 * 1024;
-/// Default `NRVNA_MAX_AUDIO_SIZE`: 200 MiB.
-pub const DEFAULT_MAX_AUDIO_BYTES: u64 = 200 * 1024 * 1024;
+use crate::config::Settings;
 /// Most media files one job may hold.
 pub const MAX_FILES: usize = 64;
 
@@ -38,9 +35,8 @@ impl MediaKind {
         }
     }
 
-    /// The size limit in force (from the settings).
-    pub fn max_bytes(self) -> u64 {
-        let s = crate::config::settings();
+    /// The size limit that `s` sets for this kind.
+    pub fn max_bytes(self, s: &Settings) -> u64 {
         match self {
             MediaKind::Image => s.max_image_bytes,
             MediaKind::Audio => s.max_audio_bytes,
@@ -147,7 +143,7 @@ pub enum MediaError {
 /// Reads a job's media of `kind`, in name order: `(images/NAME, bytes)`.
 /// No `images/` directory is an empty list. Links are never followed, and
 /// each file is checked for size and format before it reaches a decoder.
-pub fn read_job_media(job: &Path, kind: MediaKind) -> Result<Vec<(String, Vec<u8>)>, MediaError> {
+pub fn read_job_media(job: &Path, kind: MediaKind, limits: &Settings) -> Result<Vec<(String, Vec<u8>)>, MediaError> {
     let dir = job.join(kind.dir());
     match std::fs::symlink_metadata(&dir) {
         Ok(m) if m.is_dir() => {}
@@ -181,7 +177,7 @@ pub fn read_job_media(job: &Path, kind: MediaKind) -> Result<Vec<(String, Vec<u8
         }
     }
     names.sort();
-    let limit = kind.max_bytes();
+    let limit = kind.max_bytes(limits);
     let mut out = Vec::with_capacity(names.len());
     for n in names {
         let name = format!("{}/{n}", kind.dir());
@@ -222,7 +218,7 @@ pub struct MediaFile {
 /// Reads a file given on a submitter's command line and checks it: a
 /// readable regular file (a link to one is followed), not empty, within
 /// the size limit, in a format the daemon decodes.
-pub fn load_for_submit(path: &Path, kind: MediaKind) -> Result<MediaFile, String> {
+pub fn load_for_submit(path: &Path, kind: MediaKind, limits: &Settings) -> Result<MediaFile, String> {
     use std::io::Read;
     let shown = path.display();
     let what = kind.stem();
@@ -230,7 +226,7 @@ pub fn load_for_submit(path: &Path, kind: MediaKind) -> Result<MediaFile, String
     if !meta.is_file() {
         return Err(format!("{what} file {shown} is not a regular file"));
     }
-    let limit = kind.max_bytes();
+    let limit = kind.max_bytes(limits);
     if meta.len() > limit {
         return Err(format!(
             "{what} file {shown} is {} bytes, over the limit of {limit} bytes (raise {} to allow it)",
@@ -291,31 +287,41 @@ mod tests {
     #[test]
     fn a_job_s_media_are_read_in_order_and_bad_files_are_named() {
         let d = tempfile::tempdir().unwrap();
-        assert!(read_job_media(d.path(), MediaKind::Image).unwrap().is_empty());
+        assert!(read_job_media(d.path(), MediaKind::Image, &Settings::default())
+            .unwrap()
+            .is_empty());
         let img = d.path().join("images");
         std::fs::create_dir(&img).unwrap();
         std::fs::write(img.join("image_000001.png"), b"\x89PNG\r\n\x1a\nB").unwrap();
         std::fs::write(img.join("image_000000.png"), b"\x89PNG\r\n\x1a\nA").unwrap();
-        let got = read_job_media(d.path(), MediaKind::Image).unwrap();
+        let got = read_job_media(d.path(), MediaKind::Image, &Settings::default()).unwrap();
         let names: Vec<_> = got.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["images/image_000000.png", "images/image_000001.png"]);
 
         std::fs::write(img.join("image_000002.png"), b"").unwrap();
-        let e = read_job_media(d.path(), MediaKind::Image).unwrap_err().to_string();
+        let e = read_job_media(d.path(), MediaKind::Image, &Settings::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("image_000002.png is empty"), "{e}");
         std::fs::write(img.join("image_000002.png"), b"not an image").unwrap();
-        let e = read_job_media(d.path(), MediaKind::Image).unwrap_err().to_string();
+        let e = read_job_media(d.path(), MediaKind::Image, &Settings::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("is not png, jpg"), "{e}");
         std::fs::remove_file(img.join("image_000002.png")).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", img.join("image_000002.png")).unwrap();
-        let e = read_job_media(d.path(), MediaKind::Image).unwrap_err().to_string();
+        let e = read_job_media(d.path(), MediaKind::Image, &Settings::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("symlink"), "{e}");
 
         // images/ itself a link to a directory elsewhere.
         let other = tempfile::tempdir().unwrap();
         std::fs::remove_dir_all(&img).unwrap();
         std::os::unix::fs::symlink(other.path(), &img).unwrap();
-        let e = read_job_media(d.path(), MediaKind::Image).unwrap_err().to_string();
+        let e = read_job_media(d.path(), MediaKind::Image, &Settings::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("images/ is a symlink or not a directory"), "{e}");
     }
 }

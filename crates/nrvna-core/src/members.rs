@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::fsio::{clear_entry, read_limited, write_atomic, write_atomic_volatile};
+use crate::fileio::FileIo;
+use crate::fsio::{clear_entry, read_limited};
 use crate::workspace::Workspace;
 
 /// The members' directory, at the workspace root.
@@ -89,8 +90,8 @@ impl MemberRecord {
     /// the writer's: for people and probes only (clocks may disagree; the
     /// members themselves never judge liveness this way).
     pub fn heartbeat_age_s(&self) -> Option<f64> {
-        let at = crate::fsio::parse_iso8601_micros(&self.beat_at)?;
-        let now = crate::fsio::parse_iso8601_micros(&crate::fsio::iso8601_utc(std::time::SystemTime::now()))?;
+        let at = crate::time::parse_iso8601_micros(&self.beat_at)?;
+        let now = crate::time::parse_iso8601_micros(&crate::time::iso8601_utc(std::time::SystemTime::now()))?;
         Some(((now - at) as f64 / 1e6).max(0.0))
     }
 
@@ -162,7 +163,8 @@ pub fn write_member(ws: &Workspace, rec: &MemberRecord) -> io::Result<()> {
     let mut line = serde_json::to_vec(rec).map_err(io::Error::other)?;
     line.push(b'\n');
     // Not fsynced: a heartbeat lost in a crash is a missed heartbeat.
-    write_atomic_volatile(&d, &format!("{}.json", rec.member), &line)
+    ws.io()
+        .write_atomic_volatile(&d, &format!("{}.json", rec.member), &line)
 }
 
 /// Reads one member's record.
@@ -236,7 +238,7 @@ pub fn request_stop(ws: &Workspace, member: &str) -> io::Result<()> {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "not a member id"));
     }
     let d = ensure_members_dir(ws)?;
-    write_atomic(&d, &format!("{member}.stop"), b"stop\n")
+    ws.io().write_atomic(&d, &format!("{member}.stop"), b"stop\n")
 }
 
 /// Whether someone asked `member` to stop.
@@ -272,11 +274,11 @@ impl Claim {
 }
 
 /// Records `claim` in a job directory (replacing whatever is there).
-pub fn write_claim(job_dir: &Path, claim: &Claim) -> io::Result<()> {
+pub fn write_claim(io: &FileIo, job_dir: &Path, claim: &Claim) -> io::Result<()> {
     clear_entry(job_dir, CLAIM_FILE)?;
     // Not fsynced: a claim lost in a crash leaves a job without a holder,
     // which members recover once its lease would have expired.
-    write_atomic_volatile(
+    io.write_atomic_volatile(
         job_dir,
         CLAIM_FILE,
         format!("{} {}\n", claim.member, claim.token).as_bytes(),
@@ -419,10 +421,10 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         assert_eq!(read_claim(d.path()), None);
         let a = Claim::new("host-1-aa");
-        write_claim(d.path(), &a).unwrap();
+        write_claim(&FileIo::default(), d.path(), &a).unwrap();
         assert_eq!(read_claim(d.path()), Some(a.clone()));
         let b = Claim::new("host-2-bb");
-        write_claim(d.path(), &b).unwrap();
+        write_claim(&FileIo::default(), d.path(), &b).unwrap();
         let got = read_claim(d.path()).unwrap();
         assert_eq!(got, b);
         assert_ne!(got, a);

@@ -7,6 +7,8 @@ use serde_json::{Map, Value};
 
 use crate::params::Params;
 use crate::state::JobType;
+use nrvna_schema::check::check_schema;
+
 use crate::submit::{OutputFormat, Submission};
 
 /// A body that cannot become a job: which field (`param`, as OpenAI's error
@@ -25,21 +27,11 @@ fn bad<T>(param: &str, message: impl Into<String>) -> Result<T, RequestError> {
     })
 }
 
-/// Checks a JSON Schema before it becomes schema.json and returns the GBNF
-/// grammar that goes beside it (grammar.gbnf, which C++ daemons require),
-/// or why it is not usable. The caller brings it (a validator is a heavy
-/// dependency that this crate does without).
-pub type SchemaCheck<'a> = &'a dyn Fn(&Value) -> Result<String, String>;
-
 /// `/v1/chat/completions`: system (and developer) messages become the
 /// system prompt, the last message must be the user's and is the prompt,
 /// and earlier turns are rendered before it as `role: content` lines.
 /// Sampling fields override `defaults`.
-pub fn chat_submission(
-    body: &Map<String, Value>,
-    defaults: &Params,
-    check_schema: SchemaCheck,
-) -> Result<Submission, RequestError> {
+pub fn chat_submission(body: &Map<String, Value>, defaults: &Params) -> Result<Submission, RequestError> {
     let messages = match body.get("messages") {
         Some(Value::Array(m)) if !m.is_empty() => m,
         Some(Value::Array(_)) => return bad("messages", "messages is empty; give at least one user message"),
@@ -87,7 +79,7 @@ pub fn chat_submission(
     if !system.is_empty() {
         sub.params.system = Some(system.join("\n\n"));
     }
-    sub.output = response_format(body.get("response_format"), check_schema)?;
+    sub.output = response_format(body.get("response_format"))?;
     Ok(sub)
 }
 
@@ -245,8 +237,10 @@ fn number(v: &Value, key: &str) -> Result<f32, RequestError> {
 }
 
 /// `response_format`: `json_schema` becomes schema.json, `json_object` a
-/// schema that asks for any object, `text` nothing.
-fn response_format(rf: Option<&Value>, check_schema: SchemaCheck) -> Result<Option<OutputFormat>, RequestError> {
+/// schema that asks for any object, `text` nothing. A schema is checked
+/// (and its grammar, grammar.gbnf, which C++ daemons require, written)
+/// before it becomes schema.json.
+fn response_format(rf: Option<&Value>) -> Result<Option<OutputFormat>, RequestError> {
     let Some(rf) = rf.filter(|v| !v.is_null()) else {
         return Ok(None);
     };
@@ -254,7 +248,7 @@ fn response_format(rf: Option<&Value>, check_schema: SchemaCheck) -> Result<Opti
         Some("text") => Ok(None),
         Some("json_object") => {
             let schema = serde_json::json!({"type": "object"});
-            let grammar = check_schema(&schema).or_else(|e| bad("response_format", e))?;
+            let grammar = check_schema(&schema).or_else(|e| bad("response_format", e.to_string()))?;
             Ok(Some(OutputFormat::JsonSchema {
                 schema: format!("{schema}\n"),
                 grammar,
@@ -289,10 +283,6 @@ mod tests {
         serde_json::from_str(s).unwrap()
     }
 
-    fn any_schema(_: &Value) -> Result<String, String> {
-        Ok("root ::= \"{}\"".into())
-    }
-
     #[test]
     fn chat_fields_map_onto_params_over_the_defaults() {
         let defaults = Params {
@@ -307,7 +297,6 @@ mod tests {
                 "max_tokens":5,"top_k":3,"seed":7,"stop":["x"],"temperature":null}"#,
             ),
             &defaults,
-            &any_schema,
         )
         .unwrap();
         assert_eq!(s.prompt, "user: Hi\nassistant: Hello!\nGo");
@@ -336,17 +325,16 @@ mod tests {
                 "response_format",
             ),
         ] {
-            let e = chat_submission(&obj(body), &Params::default(), &any_schema).unwrap_err();
+            let e = chat_submission(&obj(body), &Params::default()).unwrap_err();
             assert_eq!(e.param.as_deref(), Some(param), "{body}: {e}");
         }
-        let refuse = |_: &Value| Err("is not a schema".to_string());
         let e = chat_submission(
-            &obj(r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"schema":{}}}}"#),
+            &obj(r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"schema":{"type":"strnig"}}}}"#),
             &Params::default(),
-            &refuse,
         )
         .unwrap_err();
-        assert!(e.message.contains("is not a schema"), "{e}");
+        assert_eq!(e.param.as_deref(), Some("response_format"));
+        assert!(e.message.contains("is not a valid JSON Schema"), "{e}");
     }
 
     #[test]

@@ -33,7 +33,7 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rustix::fs::{renameat_with, RenameFlags, CWD};
@@ -61,24 +61,14 @@ pub struct Spares {
     rest: Duration,
 }
 
-static GLOBAL: OnceLock<Spares> = OnceLock::new();
-
-/// Turns spares on for this process, in `ws_root/.nrvna-spare/` (created
-/// when missing); what is already there is adopted. Returns how many spares
-/// were adopted. Only the daemon calls this; the first call wins.
-pub fn enable(ws_root: &Path) -> io::Result<usize> {
-    let s = Spares::open(ws_root.join(SPARE_DIR), REST)?;
-    let n = s.len();
-    let _ = GLOBAL.set(s);
-    Ok(n)
-}
-
-/// The process's spares, when enabled.
-pub fn global() -> Option<&'static Spares> {
-    GLOBAL.get()
-}
-
 impl Spares {
+    /// Opens (creating) the spare directory of the workspace at `ws_root`
+    /// (`WS/.nrvna-spare/`), adopting what is there. Only the daemon keeps
+    /// spares; it hands them to its workspace's `FileIo`.
+    pub fn open_in(ws_root: &Path) -> io::Result<Spares> {
+        Spares::open(ws_root.join(SPARE_DIR), REST)
+    }
+
     /// Opens (creating) a spare directory and adopts its files, all usable
     /// at once (they rested while nobody ran).
     pub fn open(dir: PathBuf, rest: Duration) -> io::Result<Spares> {
@@ -327,8 +317,14 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", p.join("link")).unwrap();
         fs::write(p.join("linked"), b"x").unwrap();
         fs::hard_link(p.join("linked"), p.join("other")).unwrap();
-        let fifo = std::ffi::CString::new(p.join("fifo").to_str().unwrap()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &p.join("fifo"),
+            rustix::fs::FileType::Fifo,
+            rustix::fs::Mode::from_raw_mode(0o644),
+            0,
+        )
+        .unwrap();
         for n in ["dir", "link", "linked", "fifo", "missing"] {
             assert!(!s.keep(p, n), "{n} was kept");
         }

@@ -11,19 +11,12 @@ use std::time::SystemTime;
 
 use serde_json::Value;
 
-use crate::fsio::{iso8601_utc, sync_dir, write_atomic};
 use crate::id::JobId;
 use crate::meta::{valid_tag, Meta};
 use crate::params::Params;
 use crate::state::{JobType, State};
+use crate::time::iso8601_utc;
 use crate::workspace::{Moved, Workspace};
-
-pub use crate::config::DEFAULT_MAX_PROMPT_BYTES;
-
-/// The prompt size limit (`NRVNA_MAX_PROMPT_SIZE`, or the default).
-pub fn max_prompt_bytes() -> u64 {
-    crate::config::settings().max_prompt_bytes
-}
 
 /// The structured-output constraint of a job.
 #[derive(Clone, Debug, PartialEq)]
@@ -125,8 +118,9 @@ impl Submission {
         }
     }
 
-    /// Checks everything that can be checked before touching the disk.
-    pub fn validate(&self) -> Result<(), SubmitError> {
+    /// Checks everything that can be checked before touching the disk,
+    /// with prompts up to `max_prompt_bytes` (the workspace's setting).
+    pub fn validate(&self, max_prompt_bytes: u64) -> Result<(), SubmitError> {
         // A media job may have no prompt (the model describes the image,
         // transcribes the audio).
         if self.prompt.is_empty() && self.media.is_empty() {
@@ -135,7 +129,7 @@ impl Submission {
         if self.job_type == JobType::Tts && self.prompt.trim().is_empty() {
             return Err(SubmitError::BlankSpeech);
         }
-        let limit = max_prompt_bytes();
+        let limit = max_prompt_bytes;
         if self.prompt.len() as u64 > limit {
             return Err(SubmitError::PromptTooLarge {
                 size: self.prompt.len(),
@@ -182,28 +176,29 @@ impl Submission {
     /// any (a batch is all or nothing); a [`Staged`] dropped unpublished
     /// removes its directory.
     pub fn stage(&self, ws: &Workspace) -> Result<Staged, SubmitError> {
-        self.validate()?;
+        self.validate(ws.settings().max_prompt_bytes)?;
         let (id, dir) = stage_dir(ws)?;
+        let io = ws.io();
         let staged = Staged { id, dir, armed: true };
         let written = (|| -> io::Result<()> {
             let dir = &staged.dir;
-            write_atomic(dir, "prompt.txt", self.prompt.as_bytes())?;
+            io.write_atomic(dir, "prompt.txt", self.prompt.as_bytes())?;
             if self.job_type != JobType::Text {
-                write_atomic(dir, "type.txt", format!("{}\n", self.job_type.as_str()).as_bytes())?;
+                io.write_atomic(dir, "type.txt", format!("{}\n", self.job_type.as_str()).as_bytes())?;
             }
             if !self.params.is_empty() {
-                write_atomic(dir, "params.json", &self.params.to_bytes())?;
+                io.write_atomic(dir, "params.json", &self.params.to_bytes())?;
             }
             match &self.output {
                 Some(OutputFormat::JsonSchema { schema, grammar }) => {
-                    write_atomic(dir, "schema.json", schema.as_bytes())?;
-                    write_atomic(dir, "grammar.gbnf", grammar.as_bytes())?;
+                    io.write_atomic(dir, "schema.json", schema.as_bytes())?;
+                    io.write_atomic(dir, "grammar.gbnf", grammar.as_bytes())?;
                 }
-                Some(OutputFormat::Gbnf(g)) => write_atomic(dir, "grammar.gbnf", g.as_bytes())?,
+                Some(OutputFormat::Gbnf(g)) => io.write_atomic(dir, "grammar.gbnf", g.as_bytes())?,
                 None => {}
             }
             if let Some(b) = &self.batch {
-                write_atomic(dir, BATCH_FILE, &b.to_bytes())?;
+                io.write_atomic(dir, BATCH_FILE, &b.to_bytes())?;
             }
             let mut counts = [0usize; 2];
             for m in &self.media {
@@ -212,7 +207,7 @@ impl Submission {
                     fs::create_dir(&sub)?;
                 }
                 let n = &mut counts[m.kind as usize];
-                write_atomic(&sub, &crate::media::file_name(m.kind, *n, &m.ext), &m.bytes)?;
+                io.write_atomic(&sub, &crate::media::file_name(m.kind, *n, &m.ext), &m.bytes)?;
                 *n += 1;
             }
             for (k, n) in [crate::media::MediaKind::Image, crate::media::MediaKind::Audio]
@@ -220,11 +215,11 @@ impl Submission {
                 .zip(counts)
             {
                 if n > 0 {
-                    sync_dir(&dir.join(k.dir()))?;
+                    io.sync_dir(&dir.join(k.dir()))?;
                 }
             }
-            write_atomic(dir, "meta.json", &self.meta().to_bytes())?;
-            sync_dir(dir)?;
+            io.write_atomic(dir, "meta.json", &self.meta().to_bytes())?;
+            io.sync_dir(dir)?;
             Ok(())
         })();
         match written {

@@ -9,10 +9,13 @@
 //! kinds asked for in the watch mask arrive, never the access and open
 //! events that listing a watched directory raises.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustix::event::{eventfd, poll, EventfdFlags, PollFd, PollFlags, Timespec};
+use rustix::fs::inotify::{self, CreateFlags, WatchFlags};
 
 /// Blocks until something changes in the watched directories, a
 /// [`Poker`] pokes, or the poll interval passes, whichever comes first.
@@ -31,26 +34,28 @@ pub struct Poker(Option<Arc<OwnedFd>>);
 impl Poker {
     pub fn poke(&self) {
         if let Some(fd) = &self.0 {
-            let one: u64 = 1;
             // A full counter (never, in practice) still leaves it readable.
-            // SAFETY: writes 8 bytes from a live u64 to an eventfd we own.
-            unsafe { libc::write(fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            let _ = rustix::io::write(fd.as_fd(), &1u64.to_ne_bytes());
         }
     }
 }
 
 /// Entry changes that wake a waiter: arrivals, writes and attribute
 /// changes of entries, and the directory itself going away.
-const ARRIVALS: u32 =
-    libc::IN_CREATE | libc::IN_MOVED_TO | libc::IN_MODIFY | libc::IN_ATTRIB | libc::IN_DELETE_SELF | libc::IN_MOVE_SELF;
+const ARRIVALS: WatchFlags = WatchFlags::CREATE
+    .union(WatchFlags::MOVED_TO)
+    .union(WatchFlags::MODIFY)
+    .union(WatchFlags::ATTRIB)
+    .union(WatchFlags::DELETE_SELF)
+    .union(WatchFlags::MOVE_SELF);
 /// Departures, which wake every waiter but the Scanner.
-const DEPARTURES: u32 = libc::IN_DELETE | libc::IN_MOVED_FROM;
+const DEPARTURES: WatchFlags = WatchFlags::DELETE.union(WatchFlags::MOVED_FROM);
 
 impl DirWaker {
     /// Watches `dirs` (non-recursively). When watching is impossible the
     /// waker still works, by polling every `poll`.
     pub fn new(dirs: &[&Path], poll: Duration) -> DirWaker {
-        DirWaker::watching_for(dirs, poll, ARRIVALS | DEPARTURES)
+        DirWaker::watching_for(dirs, poll, ARRIVALS.union(DEPARTURES))
     }
 
     /// Like [`DirWaker::new`], but wakes only when an entry arrives (is
@@ -67,14 +72,16 @@ impl DirWaker {
         DirWaker::with(None, poll)
     }
 
-    fn watching_for(dirs: &[&Path], poll: Duration, mask: u32) -> DirWaker {
+    fn watching_for(dirs: &[&Path], poll: Duration, mask: WatchFlags) -> DirWaker {
         DirWaker::with(watch(dirs, mask), poll)
     }
 
     fn with(inotify: Option<OwnedFd>, poll: Duration) -> DirWaker {
         DirWaker {
             inotify,
-            poke: eventfd(),
+            poke: eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+                .ok()
+                .map(Arc::new),
             poll,
         }
     }
@@ -96,67 +103,46 @@ impl DirWaker {
         if let Some(d) = deadline {
             t = t.min(d.saturating_duration_since(Instant::now()));
         }
-        let ms = i32::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(i32::MAX);
-        let mut pfds: Vec<libc::pollfd> = [self.inotify.as_ref(), self.poke.as_deref()]
+        // poll(2) counts whole milliseconds: round up so that a wait never
+        // ends before `t`.
+        let t = Duration::from_millis(u64::try_from(t.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX));
+        let timeout = Timespec {
+            tv_sec: i64::try_from(t.as_secs()).unwrap_or(i64::MAX),
+            tv_nsec: i64::from(t.subsec_nanos()),
+        };
+        let fds: Vec<&OwnedFd> = [self.inotify.as_ref(), self.poke.as_deref()]
             .into_iter()
             .flatten()
-            .map(|fd| libc::pollfd {
-                fd: fd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
             .collect();
-        // SAFETY: pfds is a live array of pollfd of the length passed.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
-        if n <= 0 {
+        let mut pfds: Vec<PollFd<'_>> = fds.iter().map(|fd| PollFd::new(*fd, PollFlags::IN)).collect();
+        match poll(&mut pfds, Some(&timeout)) {
             // Timed out, or a signal interrupted: the caller looks again.
-            return;
-        }
-        for p in pfds.iter().filter(|p| p.revents != 0) {
-            drain(p.fd);
+            Ok(0) | Err(_) => {}
+            Ok(_) => {
+                let ready: Vec<bool> = pfds.iter().map(|p| !p.revents().is_empty()).collect();
+                for (fd, _) in fds.iter().zip(ready).filter(|(_, r)| *r) {
+                    drain(fd);
+                }
+            }
         }
     }
 }
 
 /// An inotify descriptor watching every directory of `dirs` with `mask`;
 /// `None` when any of them cannot be watched.
-fn watch(dirs: &[&Path], mask: u32) -> Option<OwnedFd> {
-    use std::os::unix::ffi::OsStrExt;
-    // SAFETY: plain syscall; the result is checked before use.
-    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: fd is a new descriptor that nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+fn watch(dirs: &[&Path], mask: WatchFlags) -> Option<OwnedFd> {
+    let fd = inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC).ok()?;
     for d in dirs {
-        let c = std::ffi::CString::new(d.as_os_str().as_bytes()).ok()?;
-        // SAFETY: c is a NUL-terminated path that outlives the call.
-        if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), c.as_ptr(), mask) } < 0 {
-            return None;
-        }
+        inotify::add_watch(&fd, *d, mask).ok()?;
     }
     Some(fd)
 }
 
-fn eventfd() -> Option<Arc<OwnedFd>> {
-    // SAFETY: plain syscall; the result is checked before use.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-    // SAFETY: fd is a new descriptor that nothing else owns.
-    (fd >= 0).then(|| Arc::new(unsafe { OwnedFd::from_raw_fd(fd) }))
-}
-
 /// Reads a non-blocking descriptor until it has nothing more.
-fn drain(fd: i32) {
+fn drain(fd: &OwnedFd) {
     // Room for many inotify events (16 bytes each plus the name).
     let mut buf = [0u8; 4096];
-    loop {
-        // SAFETY: reads at most buf.len() bytes into buf.
-        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
-        if n <= 0 {
-            return;
-        }
-    }
+    while matches!(rustix::io::read(fd, &mut buf), Ok(n) if n > 0) {}
 }
 
 /// Like [`wait_for`], but first looks every [`EARLY_NAP`] for up to `early`
@@ -169,6 +155,7 @@ fn drain(fd: i32) {
 /// few `stat`s.
 pub fn wait_for_polling_first<T>(
     dirs: &[&Path],
+    poll: Duration,
     deadline: Option<Instant>,
     early: Duration,
     mut check: impl FnMut() -> Option<T>,
@@ -183,7 +170,7 @@ pub fn wait_for_polling_first<T>(
             return None;
         }
         if now >= until {
-            return wait_for(dirs, deadline, check);
+            return wait_for(dirs, poll, deadline, check);
         }
         let mut nap = EARLY_NAP.min(until - now);
         if let Some(d) = deadline {
@@ -196,11 +183,16 @@ pub fn wait_for_polling_first<T>(
 /// The interval of [`wait_for_polling_first`]'s early looks.
 const EARLY_NAP: Duration = Duration::from_millis(2);
 
-/// Polls `check` until it returns `Some`, waking on events in `dirs`.
-/// Returns `None` at the deadline.
-pub fn wait_for<T>(dirs: &[&Path], deadline: Option<Instant>, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+/// Polls `check` until it returns `Some`, waking on events in `dirs` (and
+/// every `poll` where no event comes). Returns `None` at the deadline.
+pub fn wait_for<T>(
+    dirs: &[&Path],
+    poll: Duration,
+    deadline: Option<Instant>,
+    mut check: impl FnMut() -> Option<T>,
+) -> Option<T> {
     // Watch first, then check: an event between the two is not lost.
-    let waker = DirWaker::new(dirs, crate::config::settings().wait_poll);
+    let waker = DirWaker::new(dirs, poll);
     loop {
         if let Some(v) = check() {
             return Some(v);
@@ -215,6 +207,8 @@ pub fn wait_for<T>(dirs: &[&Path], deadline: Option<Instant>, mut check: impl Fn
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const POLL: Duration = Duration::from_millis(crate::config::DEFAULT_WAIT_POLL_MS);
 
     /// Runs `act` on another thread 50 ms from now and checks that it wakes
     /// `waker` long before its poll interval.
@@ -330,7 +324,7 @@ mod tests {
             std::fs::create_dir(q).unwrap();
             Instant::now()
         });
-        let seen = wait_for_polling_first(&[d.path()], None, Duration::from_millis(500), || {
+        let seen = wait_for_polling_first(&[d.path()], POLL, None, Duration::from_millis(500), || {
             looks.set(looks.get() + 1);
             p.exists().then(Instant::now)
         })
@@ -348,6 +342,7 @@ mod tests {
         let start = Instant::now();
         let r = wait_for_polling_first(
             &[d.path()],
+            POLL,
             Some(start + Duration::from_secs(8)),
             Duration::from_millis(20),
             || p.exists().then_some(()),
@@ -359,6 +354,7 @@ mod tests {
         let start = Instant::now();
         let r: Option<()> = wait_for_polling_first(
             &[d.path()],
+            POLL,
             Some(start + Duration::from_millis(50)),
             Duration::from_secs(1),
             || None,

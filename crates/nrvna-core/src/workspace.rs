@@ -10,7 +10,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::config::Settings;
 use crate::dirsync::DirSync;
+use crate::fileio::FileIo;
 use crate::id::JobId;
 use crate::state::State;
 
@@ -29,13 +31,16 @@ pub enum WorkspaceError {
     Create { path: String, source: io::Error },
 }
 
-/// A workspace root. Cheap to clone; clones share the group commit of
-/// the state directories' fsyncs.
+/// A workspace root with the settings it is used under (defaults unless
+/// [`Workspace::with_settings`] says otherwise). Cheap to clone; clones
+/// share the group commit of the state directories' fsyncs and the spares.
 #[derive(Clone, Debug)]
 pub struct Workspace {
     root: PathBuf,
     /// One per state directory, indexed by `State as usize`.
     syncs: Arc<[DirSync; 5]>,
+    settings: Arc<Settings>,
+    io: FileIo,
 }
 
 /// How a transition ended.
@@ -84,13 +89,44 @@ impl Workspace {
         Workspace {
             root,
             syncs: Arc::default(),
+            settings: Arc::default(),
+            io: FileIo::default(),
         }
+    }
+
+    /// The same workspace used under `settings` (fsync, size limits, the
+    /// waiters' poll). Keeps any spares already attached.
+    pub fn with_settings(self, settings: Settings) -> Workspace {
+        let io = FileIo::new(settings.fsync).with_spares_of(&self.io);
+        Workspace {
+            settings: Arc::new(settings),
+            io,
+            ..self
+        }
+    }
+
+    /// The same workspace writing through `io` (the daemon's, with spares).
+    pub fn with_io(self, io: FileIo) -> Workspace {
+        Workspace { io, ..self }
+    }
+
+    /// The settings this workspace is used under.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// How files are written here (fsync, spares).
+    pub fn io(&self) -> &FileIo {
+        &self.io
     }
 
     /// fsyncs a state directory so that the renames made in it so far are
     /// durable, sharing the fsync with other threads of this process that
-    /// need the same (see [`DirSync`]).
+    /// need the same (see [`DirSync`]). Nothing when fsync is off.
     pub fn sync_state_dir(&self, s: State) -> io::Result<()> {
+        if !self.io.fsync() {
+            return Ok(());
+        }
         self.syncs[s as usize].sync(&self.dir(s))
     }
 

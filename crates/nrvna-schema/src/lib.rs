@@ -14,6 +14,8 @@
 //! a fractional bound, ...): a job is never published with a grammar that
 //! lets through output its schema forbids.
 
+#[cfg(feature = "validate")]
+pub mod check;
 pub mod gbnf;
 pub mod pattern;
 pub mod range;

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 const AFTER_HELP: &str = "\
 Exit codes:
@@ -116,10 +116,6 @@ impl FlashAttnArg {
     }
 }
 
-fn switch(v: &str) -> Result<bool, String> {
-    nrvna_core::config::parse_switch(v).ok_or_else(|| format!("{v:?} is not a switch: use 1 or 0"))
-}
-
 fn lease_secs(v: &str) -> Result<f64, String> {
     match v.trim().parse::<f64>() {
         Ok(s) if s.is_finite() && (0.2..=86_400.0).contains(&s) => Ok(s),
@@ -192,26 +188,14 @@ pub struct ServeArgs {
     #[arg(long, env = "NRVNA_SCAN_INTERVAL_MS", default_value_t = 1000,
           value_parser = clap::value_parser!(u64).range(10..=3_600_000))]
     pub scan_interval_ms: u64,
-    /// fsync files and directories at every transition (0 for scratch workspaces).
-    #[arg(long, env = "NRVNA_FSYNC", default_value = "1", value_parser = switch)]
-    pub fsync: bool,
     /// Keep the files the daemon replaces or removes as spares in
     /// WS/.nrvna-spare/ and write its next files into them, instead of
     /// freeing an inode per job (0: free them, as a plain rename does).
-    #[arg(long, env = "NRVNA_SPARES", default_value = "1", value_parser = switch)]
+    #[arg(long, env = "NRVNA_SPARES", default_value = "1", value_parser = nrvna_core::cli::switch)]
     pub spares: bool,
-    /// Largest prompt.txt, in bytes.
-    #[arg(long, env = "NRVNA_MAX_PROMPT_SIZE", default_value_t = nrvna_core::config::DEFAULT_MAX_PROMPT_BYTES,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_prompt_size: u64,
-    /// Largest image a job may hold, in bytes (a larger one fails its job).
-    #[arg(long, env = "NRVNA_MAX_IMAGE_SIZE", default_value_t = nrvna_core::media::DEFAULT_MAX_IMAGE_BYTES,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_image_size: u64,
-    /// Largest audio file a job may hold, in bytes.
-    #[arg(long, env = "NRVNA_MAX_AUDIO_SIZE", default_value_t = nrvna_core::media::DEFAULT_MAX_AUDIO_BYTES,
-          value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_audio_size: u64,
+    /// fsync, size limits (each also from its NRVNA_* variable).
+    #[command(flatten)]
+    pub settings: nrvna_core::cli::SettingsArgs,
     /// A Jinja chat template that replaces the model's.
     #[arg(long, env = "NRVNA_CHAT_TEMPLATE_FILE")]
     pub chat_template_file: Option<PathBuf>,
@@ -293,30 +277,14 @@ pub struct ServeArgs {
 /// Parses the command line and the environment. A bad value from a
 /// variable is reported with the variable's name.
 pub fn parse() -> Cli {
-    match Cli::try_parse() {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    match Cli::try_parse_from(&argv) {
         Ok(c) => c,
         Err(e) => {
-            use clap::error::{ContextKind, ContextValue, ErrorKind};
-            if matches!(e.kind(), ErrorKind::InvalidValue | ErrorKind::ValueValidation) {
-                let arg = match e.get(ContextKind::InvalidArg) {
-                    Some(ContextValue::String(s)) => s.clone(),
-                    _ => String::new(),
-                };
-                let cmd = Cli::command();
-                let from_env = cmd.get_arguments().find_map(|a| {
-                    let long = a.get_long()?;
-                    let env = a.get_env()?;
-                    let flag_given =
-                        std::env::args().any(|x| x == format!("--{long}") || x.starts_with(&format!("--{long}=")));
-                    (arg.starts_with(&format!("--{long}")) && !flag_given && std::env::var_os(env).is_some())
-                        .then(|| env.to_string_lossy().into_owned())
-                });
-                if let Some(var) = from_env {
-                    let val = std::env::var(&var).unwrap_or_default();
-                    eprintln!("nrvnad: {var}={val:?} is not a valid value for {arg}; fix or unset {var}");
-                    let _ = e.print();
-                    std::process::exit(2);
-                }
+            if let Some(line) = nrvna_core::cli::env_value_error::<Cli>(&e, &argv) {
+                eprintln!("nrvnad: {line}");
+                let _ = e.print();
+                std::process::exit(2);
             }
             e.exit()
         }

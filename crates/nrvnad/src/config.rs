@@ -34,6 +34,8 @@ pub struct Config {
     pub poll: bool,
     /// Recycle replaced and removed files (`nrvna_core::spare`).
     pub spares: bool,
+    /// The workspace settings: fsync, size limits.
+    pub settings: nrvna_core::Settings,
 }
 
 impl Config {
@@ -46,14 +48,6 @@ impl Config {
         } else {
             resolve_model(model, &a.models_dir)?
         };
-        nrvna_core::config::install(nrvna_core::config::Settings {
-            fsync: a.fsync,
-            max_prompt_bytes: a.max_prompt_size,
-            max_image_bytes: a.max_image_size,
-            max_audio_bytes: a.max_audio_size,
-            ..nrvna_core::config::Settings::default()
-        })
-        .map_err(anyhow::Error::msg)?;
         let engine_cfg = EngineConfig {
             max_ctx: a.max_ctx,
             predict: a.predict,
@@ -102,6 +96,7 @@ impl Config {
             shared: a.shared.then(|| Duration::from_secs_f64(a.lease_ttl)),
             poll: a.poll,
             spares: a.spares,
+            settings: a.settings.settings(),
         })
     }
 }

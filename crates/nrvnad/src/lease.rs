@@ -21,10 +21,11 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use nrvna_core::fsio::iso8601_utc;
 use nrvna_core::members::{
     self, read_claim, read_member, remove_member, stop_requested, write_claim, write_member, Claim, MemberRecord,
 };
+use nrvna_core::time::iso8601_utc;
+use nrvna_core::FileIo;
 use nrvna_core::{JobId, State, Workspace};
 
 use crate::recovery::{recover_guarded, Recovery};
@@ -71,10 +72,10 @@ impl Membership {
     }
 
     /// Records this member as the holder of a job it just claimed.
-    pub fn claim(&self, id: &JobId, dir: &Path) -> io::Result<Claim> {
+    pub fn claim(&self, io: &FileIo, id: &JobId, dir: &Path) -> io::Result<Claim> {
         let c = Claim::new(&self.id);
         self.held().insert(id.clone(), c.clone());
-        write_claim(dir, &c)?;
+        write_claim(io, dir, &c)?;
         self.claimed.fetch_add(1, Ordering::Relaxed);
         Ok(c)
     }
@@ -439,7 +440,7 @@ mod tests {
         a.beat(&mut last);
         b.beat(&mut last);
         let id = job(&ws, "1700000000_1_1");
-        b.me.claim(&id, &ws.job_dir(State::Processing, &id)).unwrap();
+        b.me.claim(ws.io(), &id, &ws.job_dir(State::Processing, &id)).unwrap();
         // While b beats, a never takes its job, however long it watches.
         let until = Instant::now() + ttl * 3;
         let mut last_beat = Instant::now();
@@ -496,9 +497,9 @@ mod tests {
         let id = job(&ws, "1700000000_3_1");
         let dir = ws.job_dir(State::Processing, &id);
         let old = Claim::new("gone-1-aa");
-        write_claim(&dir, &old).unwrap();
+        write_claim(&FileIo::default(), &dir, &old).unwrap();
         // Someone claims it anew between the judgement and the rename.
-        write_claim(&dir, &Claim::new("other-2-bb")).unwrap();
+        write_claim(&FileIo::default(), &dir, &Claim::new("other-2-bb")).unwrap();
         a.recover(&id, Some(old), "test");
         assert_eq!(ws.locate(&id), Some(State::Processing));
         assert_eq!(a.me.recovered.load(Ordering::SeqCst), 0);

@@ -16,7 +16,6 @@ pub mod pool;
 pub mod processor;
 pub mod recovery;
 pub mod scanner;
-pub mod schema;
 pub mod server;
 pub mod signals;
 pub mod space;

@@ -32,7 +32,7 @@ where
             Level::DEBUG => "DEBUG",
             Level::TRACE => "TRACE",
         };
-        let now = nrvna_core::fsio::log_timestamp(std::time::SystemTime::now());
+        let now = nrvna_core::time::log_timestamp(std::time::SystemTime::now());
         let thread = std::thread::current();
         let name = thread.name().unwrap_or("main");
         write!(w, "[{now}] [{level}] [{name}] ")?;

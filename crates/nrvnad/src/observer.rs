@@ -14,9 +14,11 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use nrvna_core::fsio::{create_new, iso8601_utc};
+use nrvna_core::fsio::create_new;
 use nrvna_core::live::{cancel_requested, Progress as ProgressRecord, PARTIAL_FILE};
 use nrvna_core::members::Claim;
+use nrvna_core::time::iso8601_utc;
+use nrvna_core::FileIo;
 use nrvna_engine::Observer;
 
 use crate::lease::Membership;
@@ -68,6 +70,7 @@ struct Files {
 /// Observer of one job, handed to the engine.
 pub struct JobObserver {
     dir: PathBuf,
+    io: FileIo,
     shutdown: Arc<AtomicBool>,
     started: Instant,
     timeout: Option<Duration>,
@@ -82,10 +85,11 @@ pub struct JobObserver {
 pub const FENCE_INTERVAL: Duration = Duration::from_millis(500);
 
 impl JobObserver {
-    pub fn new(dir: PathBuf, shutdown: Arc<AtomicBool>, timeout_s: Option<f64>) -> JobObserver {
+    pub fn new(dir: PathBuf, io: FileIo, shutdown: Arc<AtomicBool>, timeout_s: Option<f64>) -> JobObserver {
         let now = Instant::now();
         JobObserver {
             dir,
+            io,
             shutdown,
             started: now,
             timeout: timeout_s.map(Duration::from_secs_f64),
@@ -171,7 +175,7 @@ impl JobObserver {
             tokens_per_s: (tps * 10.0).round() / 10.0,
             updated_at: iso8601_utc(SystemTime::now()),
         };
-        let _ = rec.write(&self.dir);
+        let _ = rec.write(&self.io, &self.dir);
     }
 }
 
@@ -252,7 +256,12 @@ mod tests {
     fn a_fifo_named_partial_txt_never_blocks_and_text_is_dropped_not_hung() {
         let d = tempfile::tempdir().unwrap();
         mkfifo(&d.path().join(PARTIAL_FILE));
-        let obs = JobObserver::new(d.path().to_owned(), Arc::new(AtomicBool::new(false)), None);
+        let obs = JobObserver::new(
+            d.path().to_owned(),
+            FileIo::default(),
+            Arc::new(AtomicBool::new(false)),
+            None,
+        );
         obs.on_text("hello", 1);
         let mut f = obs.files.lock().unwrap();
         obs.flush(&mut f); // would block forever if it opened the FIFO
@@ -264,14 +273,14 @@ mod tests {
     fn text_is_appended_and_stop_reasons_are_sticky() {
         let d = tempfile::tempdir().unwrap();
         let shutdown = Arc::new(AtomicBool::new(false));
-        let obs = JobObserver::new(d.path().to_owned(), shutdown.clone(), None);
+        let obs = JobObserver::new(d.path().to_owned(), FileIo::default(), shutdown.clone(), None);
         obs.on_text("a", 1);
         obs.flush(&mut obs.files.lock().unwrap());
         obs.on_text("b", 2);
         obs.flush(&mut obs.files.lock().unwrap());
         assert_eq!(std::fs::read_to_string(d.path().join(PARTIAL_FILE)).unwrap(), "ab");
         assert_eq!(obs.should_stop(), None);
-        nrvna_core::live::request_cancel(d.path()).unwrap();
+        nrvna_core::live::request_cancel(&FileIo::default(), d.path()).unwrap();
         obs.files.lock().unwrap().last_cancel_check -= FLUSH_INTERVAL;
         obs.poll();
         assert_eq!(obs.should_stop().as_deref(), Some("cancelled by user"));

@@ -6,8 +6,9 @@
 use std::fs;
 use std::time::{Duration, SystemTime};
 
-use nrvna_core::fsio::{clear_entry, iso8601_utc, read_optional, sync_dir, write_atomic};
+use nrvna_core::fsio::{clear_entry, read_optional};
 use nrvna_core::meta::{Meta, Status, MAX_META_BYTES};
+use nrvna_core::time::iso8601_utc;
 use nrvna_core::{JobId, Moved, State, Workspace};
 
 use nrvna_core::live::{CANCEL_FILE, PARTIAL_FILE, PROGRESS_FILE};
@@ -109,7 +110,7 @@ pub fn recover_guarded(ws: &Workspace, id: &JobId, max: u64, still: &dyn Fn() ->
             meta.set_extra("cancelled", true);
         }
         let _ = clear_entry(&dir, "error.txt");
-        let _ = write_atomic(&dir, "error.txt", format!("{why}\n").as_bytes());
+        let _ = ws.io().write_atomic(&dir, "error.txt", format!("{why}\n").as_bytes());
         tracing::warn!("{id}: {why}");
         State::Failed
     } else {
@@ -123,13 +124,13 @@ pub fn recover_guarded(ws: &Workspace, id: &JobId, max: u64, still: &dyn Fn() ->
         let _ = clear_entry(&dir, scratch);
     }
     let _ = clear_entry(&dir, "meta.json");
-    let _ = write_atomic(&dir, "meta.json", &meta.to_bytes());
+    let _ = ws.io().write_atomic(&dir, "meta.json", &meta.to_bytes());
     if !still() {
         tracing::warn!("{id} was claimed again while being recovered; left to its new holder");
         return Recovery::Left;
     }
     let _ = clear_entry(&dir, CLAIM_FILE);
-    let _ = sync_dir(&dir);
+    let _ = ws.io().sync_dir(&dir);
     match ws.transition(id, State::Processing, to) {
         Ok(Moved::Yes) if to == State::Ready => {
             tracing::info!("recovered {id} (attempt {})", attempts + 1);

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use nrvna_core::fsio::{iso8601_utc, write_atomic};
 use nrvna_core::lifecycle::{read_pid, unlocked_owner, DaemonLock};
+use nrvna_core::time::iso8601_utc;
 use nrvna_core::wait::{DirWaker, Poker};
 use nrvna_core::workspace::READY_FILE;
 use nrvna_core::{State, Workspace};
@@ -51,10 +51,34 @@ pub enum Event {
 /// Exit code of an engine fault (a supervisor should restart the daemon).
 pub const EXIT_FAULT: u8 = 3;
 
+/// The workspace writing into spare files kept in `WS/.nrvna-spare/`
+/// (adopting what is there); unchanged, with a warning, when that
+/// directory cannot be used.
+fn with_spares(ws: Workspace) -> Workspace {
+    let dir = ws.file(nrvna_core::spare::SPARE_DIR);
+    match nrvna_core::spare::Spares::open_in(ws.root()) {
+        Ok(s) => {
+            if !s.is_empty() {
+                tracing::info!("{} spare files in {}", s.len(), dir.display());
+            }
+            let io = ws.io().clone().with_spares(Arc::new(s));
+            ws.with_io(io)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "spare files are off: {}: {e}; every job frees an inode (fix that directory or pass --spares 0)",
+                dir.display()
+            );
+            ws
+        }
+    }
+}
+
 /// `nrvnad MODEL WS`: runs until a signal (or an idle queue with --drain).
 pub fn serve(cfg: Config) -> Result<ExitCode> {
-    let ws =
-        Workspace::create(&cfg.workspace).with_context(|| format!("opening workspace {}", cfg.workspace.display()))?;
+    let ws = Workspace::create(&cfg.workspace)
+        .with_context(|| format!("opening workspace {}", cfg.workspace.display()))?
+        .with_settings(cfg.settings.clone());
     let (tx, events) = mpsc::channel::<Event>();
     let term = Term::install(signals::to_events(tx.clone())).context("installing signal handlers")?;
     let lock = acquire(&ws, cfg.drain, &term, cfg.shared.is_some())?;
@@ -62,16 +86,7 @@ pub fn serve(cfg: Config) -> Result<ExitCode> {
         tracing::info!("signal received while waiting for the workspace; exiting");
         return Ok(ExitCode::SUCCESS);
     };
-    if cfg.spares {
-        match nrvna_core::spare::enable(ws.root()) {
-            Ok(0) => {}
-            Ok(n) => tracing::info!("{n} spare files in {}", ws.file(nrvna_core::spare::SPARE_DIR).display()),
-            Err(e) => tracing::warn!(
-                "spare files are off: {}: {e}; every job frees an inode (fix that directory or pass --spares 0)",
-                ws.file(nrvna_core::spare::SPARE_DIR).display()
-            ),
-        }
-    }
+    let ws = if cfg.spares { with_spares(ws) } else { ws };
     let membership = cfg.shared.map(|ttl| Arc::new(Membership::new(ttl)));
     let rec = match &membership {
         None => {
@@ -246,7 +261,8 @@ pub fn serve(cfg: Config) -> Result<ExitCode> {
     drop(tx);
 
     if membership.is_none() {
-        write_atomic(ws.root(), READY_FILE, format!("{started_at}\n").as_bytes())?;
+        ws.io()
+            .write_atomic(ws.root(), READY_FILE, format!("{started_at}\n").as_bytes())?;
     }
     tracing::info!(
         "nrvnad ready: {} with {} workers ({} engine) on {}",

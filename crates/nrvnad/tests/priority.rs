@@ -9,7 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use common::*;
 
 fn now_iso() -> String {
-    nrvna_core::fsio::iso8601_utc(SystemTime::now())
+    nrvna_core::time::iso8601_utc(SystemTime::now())
 }
 
 fn publish(ws: &TestWs, id: &str, prio: &str) {
@@ -29,7 +29,7 @@ fn publish(ws: &TestWs, id: &str, prio: &str) {
 fn claim_latency_ms(ws: &TestWs, id: &str) -> f64 {
     let m = ws.meta(DONE, id);
     let t = |k: &str| {
-        nrvna_core::fsio::parse_iso8601_micros(m[k].as_str().unwrap_or_else(|| panic!("{k} in {m}")))
+        nrvna_core::time::parse_iso8601_micros(m[k].as_str().unwrap_or_else(|| panic!("{k} in {m}")))
             .expect("timestamp")
     };
     (t("claimed_at") - t("submitted_at")) as f64 / 1000.0

@@ -14,11 +14,9 @@ The prompt comes from the PROMPT words (joined by single spaces), from stdin
 when PROMPT is `-`, or from stdin when no PROMPT is given and stdin is not a
 terminal. One trailing newline is stripped from stdin.
 
-Environment:
-  NRVNA_MAX_PROMPT_SIZE  largest prompt in bytes (default 1048576)
-  NRVNA_MAX_IMAGE_SIZE   largest --image file in bytes (default 52428800)
-  NRVNA_MAX_AUDIO_SIZE   largest --audio file in bytes (default 209715200)
-  NRVNA_FSYNC=0          skip fsync (scratch workspaces only)
+Environment: each workspace setting above may come from its variable
+(NRVNA_MAX_PROMPT_SIZE, NRVNA_MAX_IMAGE_SIZE, NRVNA_MAX_AUDIO_SIZE,
+NRVNA_FSYNC=0 to skip fsync on scratch workspaces); a flag wins over it.
 
 Examples:
   wrk ./ws 'Write a haiku about rivers'
@@ -154,4 +152,9 @@ pub struct Args {
     /// request's body overrides; --tag and --parent apply to every job.
     #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["prompt", "embed", "json_schema", "grammar", "images", "audio", "stt", "tts"])]
     pub batch: Option<PathBuf>,
+
+    /// fsync, size limits and the waiters' poll (each also from its
+    /// NRVNA_* variable).
+    #[command(flatten)]
+    pub settings: nrvna_core::cli::SettingsArgs,
 }

@@ -10,46 +10,24 @@
 
 use std::path::Path;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use nrvna_core::fsio::{read_limited, ReadError};
 use nrvna_core::OutputFormat;
+use nrvna_schema::check::{check_schema, MAX_CONSTRAINT_BYTES};
 use serde_json::Value;
-
-/// The largest schema or grammar file accepted.
-pub const MAX_CONSTRAINT_BYTES: u64 = 256 * 1024;
 
 /// Reads and checks a `--json-schema` file, and derives its grammar.
 pub fn json_schema_file(path: &Path) -> Result<OutputFormat> {
     let text = read_constraint_file(path, "--json-schema")?;
     let v: Value =
         serde_json::from_str(&text).map_err(|e| anyhow!("--json-schema {} is not valid JSON: {e}", path.display()))?;
-    let grammar = check_schema(&v).with_context(|| format!("--json-schema {}", path.display()))?;
+    let grammar = check_schema(&v).map_err(|e| anyhow!("--json-schema {} {e}", path.display()))?;
     Ok(OutputFormat::JsonSchema { schema: text, grammar })
 }
 
 /// Reads and checks a `--grammar` file (GBNF text; the daemon parses it).
 pub fn grammar_file(path: &Path) -> Result<OutputFormat> {
     Ok(OutputFormat::Gbnf(read_constraint_file(path, "--grammar")?))
-}
-
-/// Checks that `v` is a JSON Schema: valid against its meta-schema and
-/// compilable (patterns are valid regexes, local `$ref`s resolve), and
-/// that a grammar can express it. Returns that grammar (GBNF).
-pub fn check_schema(v: &Value) -> Result<String> {
-    if !v.is_object() {
-        bail!("is not a JSON Schema: a schema must be a JSON object such as {{\"type\": \"object\", ...}}");
-    }
-    jsonschema::meta::validate(v).map_err(|e| {
-        let at = e.instance_path().to_string();
-        if at.is_empty() {
-            anyhow!("is not a valid JSON Schema: {e}")
-        } else {
-            anyhow!("is not a valid JSON Schema: at {at}: {e}")
-        }
-    })?;
-    jsonschema::validator_for(v).map_err(|e| anyhow!("is not a usable JSON Schema: {e}"))?;
-    nrvna_schema::json_schema_to_gbnf(v)
-        .map_err(|e| anyhow!("cannot be turned into a grammar for constrained generation: {e}"))
 }
 
 fn read_constraint_file(path: &Path, flag: &str) -> Result<String> {
@@ -73,45 +51,4 @@ fn read_constraint_file(path: &Path, flag: &str) -> Result<String> {
         bail!("{flag} {shown} contains a NUL byte");
     }
     Ok(text)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn accepts_ordinary_schemas() {
-        for s in [
-            json!({"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}),
-            json!({"$schema": "https://json-schema.org/draft/2020-12/schema", "type": "array", "items": {"type": "integer"}}),
-            json!({"$defs": {"a": {"type": "string"}}, "$ref": "#/$defs/a"}),
-        ] {
-            let g = check_schema(&s).unwrap_or_else(|e| panic!("{s}: {e:#}"));
-            assert!(g.starts_with("root ::= "), "{g}");
-        }
-    }
-
-    #[test]
-    fn refuses_things_that_are_not_schemas() {
-        for s in [
-            json!([1, 2]),
-            json!("string"),
-            json!({"type": "strnig"}),
-            json!({"type": 5}),
-            json!({"required": "name"}),
-            json!({"properties": {"a": 1}}),
-            json!({"$ref": "#/$defs/nowhere"}),
-        ] {
-            assert!(check_schema(&s).is_err(), "{s} must be refused");
-        }
-    }
-
-    #[test]
-    fn refuses_a_valid_schema_that_no_grammar_can_enforce_with_the_reason() {
-        let e = check_schema(&json!({"type": "object", "properties": {"n": {"type": "number", "maximum": 1.5}}}))
-            .expect_err("a fractional number bound cannot be enforced");
-        let msg = format!("{e:#}");
-        assert!(msg.contains("#/properties/n") && msg.contains("maximum"), "{msg}");
-    }
 }

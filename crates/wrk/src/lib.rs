@@ -2,7 +2,6 @@
 //! and print its id. Everything is checked before anything is written, and
 //! a refused submission publishes nothing (see `shared/CONTRACT.md`).
 
-pub mod batch;
 pub mod cli;
 pub mod constraint;
 pub mod prompt;
@@ -11,8 +10,8 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Context, Result};
+use nrvna_core::batch;
 use nrvna_core::media::{load_for_submit, MediaKind};
-use nrvna_core::submit::max_prompt_bytes;
 use nrvna_core::{JobId, JobType, Params, Submission, Workspace};
 
 pub use cli::Args;
@@ -23,6 +22,7 @@ pub const VISION_DEFAULT_PROMPT: &str = "Describe the image.";
 /// Runs `wrk` with parsed arguments. Prints the job id (or the batch tag)
 /// on stdout; every error is returned for `main` to print.
 pub fn run(args: Args) -> Result<ExitCode> {
+    let settings = args.settings.settings();
     let params = params_from(&args);
     let parent = args
         .parent
@@ -46,8 +46,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .map_err(|e| anyhow!("invalid parameters: {e}"))?;
         let tag = batch::new_batch_tag();
         let bytes = batch::read_file(file)?;
-        let subs =
-            batch::parse(&bytes, &defaults, &tag).with_context(|| format!("refusing batch file {}", file.display()))?;
+        let subs = batch::parse(&bytes, &defaults, &tag, settings.max_prompt_bytes)
+            .with_context(|| format!("refusing batch file {}", file.display()))?;
         let ws = open_or_create(&args)?;
         batch::publish_all(&ws, &subs)
             .with_context(|| format!("submitting batch file {} to {}", file.display(), ws.root().display()))?;
@@ -72,7 +72,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         for (files, kind) in [(&args.images, MediaKind::Image), (&args.audio, MediaKind::Audio)] {
             for f in files {
                 sub.media
-                    .push(load_for_submit(f, kind).map_err(|e| anyhow!("refusing the job: {e}"))?);
+                    .push(load_for_submit(f, kind, &settings).map_err(|e| anyhow!("refusing the job: {e}"))?);
             }
         }
         sub.output = match (&args.json_schema, &args.grammar) {
@@ -84,7 +84,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         // With media the prompt may be empty: no PROMPT words on a terminal
         // is an empty prompt (a pipe is still read).
         sub.prompt = if sub.media.is_empty() || !args.prompt.is_empty() || !std::io::stdin().is_terminal() {
-            prompt::from_args_or_stdin(&args.prompt, max_prompt_bytes())?
+            prompt::from_args_or_stdin(&args.prompt, settings.max_prompt_bytes)?
         } else {
             String::new()
         };
@@ -94,7 +94,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         if sub.job_type == JobType::Vision && sub.prompt.is_empty() {
             sub.prompt = VISION_DEFAULT_PROMPT.to_owned();
         }
-        sub.validate()?;
+        sub.validate(settings.max_prompt_bytes)?;
         let ws = open_or_create(&args)?;
         sub.publish(&ws)
             .with_context(|| format!("submitting a job to {}", ws.root().display()))?
@@ -125,18 +125,11 @@ fn params_from(a: &Args) -> Params {
 }
 
 fn open_or_create(a: &Args) -> Result<Workspace> {
-    Workspace::create(&a.workspace).with_context(|| {
+    let ws = Workspace::create(&a.workspace).with_context(|| {
         format!(
             "opening workspace {}; check that the path is a directory you can write to",
             a.workspace.display()
         )
-    })
-}
-
-/// Whether an error is a closed stdout (`wrk ... | head -c0`): exit 0 quietly.
-pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
-    })
+    })?;
+    Ok(ws.with_settings(a.settings.settings()))
 }

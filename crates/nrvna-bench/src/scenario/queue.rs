@@ -4,9 +4,9 @@
 //! alone, with default durability, with NRVNA_FSYNC=0, and with the
 //! daemon's spare files off (NRVNA_SPARES=0).
 //!
-//! `fsync_enabled()` reads NRVNA_FSYNC once per process, so each variant
-//! runs in a child process (`nrvna-bench --queue-child VARIANT`) with its
-//! own environment; the child prints its figures as one JSON line.
+//! Each variant runs in this process: its publishers open the workspace
+//! with the variant's settings (fsync on or off), and its daemon gets the
+//! same through NRVNA_FSYNC and NRVNA_SPARES.
 //!
 //! No workspace is removed until every variant has run: on ext4 without a
 //! journal, 40,000 files freed just before a variant make every file it
@@ -16,21 +16,19 @@
 //! filesystem slowed by deletions elsewhere shows in the table.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use nrvna_core::fsio::fsync_enabled;
-use nrvna_core::{State, Submission, Workspace};
+use nrvna_core::{Settings, State, Submission, Workspace};
 use serde_json::{json, Value};
 
 use super::{args, Ctx};
 use crate::daemon::{kib_to_mb, Daemon, Ready};
 use crate::report::{opt, table, Section, Target};
 use crate::stats::ratio;
-use crate::tools::{command, env, stop_daemon, Env, TempWs};
+use crate::tools::{env, stop_daemon, Env, TempWs};
 
 const PUBLISHERS: usize = 2;
 const POLL: Duration = Duration::from_millis(20);
@@ -128,6 +126,8 @@ struct Run<'a> {
     /// The daemon's environment.
     denv: Env,
     tag: &'static str,
+    /// The publishers' workspace settings (fsync as the variant says).
+    settings: Settings,
     problems: Vec<String>,
     /// Workspaces left for the parent to remove once every variant ran.
     kept: Vec<PathBuf>,
@@ -139,7 +139,7 @@ fn end_to_end(r: &mut Run) -> Result<Value> {
     let (ctx, n, tag) = (r.ctx, r.n, r.tag);
     let (denv, problems, kept) = (&r.denv, &mut r.problems, &mut r.kept);
     let tmp = TempWs::new(&format!("queue-{tag}-e2e"))?;
-    let ws = Workspace::create(tmp.path())?;
+    let ws = Workspace::create(tmp.path())?.with_settings(r.settings.clone());
     let label = format!("queue-{tag}-end-to-end");
     let mut d = Daemon::spawn(
         &ctx.bins,
@@ -212,7 +212,7 @@ fn submit_then_drain(r: &mut Run) -> Result<(Value, Value)> {
     let (ctx, n, tag) = (r.ctx, r.n, r.tag);
     let (denv, problems, kept) = (&r.denv, &mut r.problems, &mut r.kept);
     let tmp = TempWs::new(&format!("queue-{tag}-drain"))?;
-    let ws = Workspace::create(tmp.path())?;
+    let ws = Workspace::create(tmp.path())?.with_settings(r.settings.clone());
     let counters = Arc::new(Published::default());
     let t0 = Instant::now();
     let submit_end = join(publish(&ws, n, &counters), problems).unwrap_or_else(Instant::now);
@@ -299,23 +299,16 @@ fn create_cost(kept: &mut Vec<PathBuf>) -> Result<f64> {
     Ok(us)
 }
 
-/// The queue scenario's variants: name, `--queue-child` value, fsync, spares.
+/// The queue scenario's variants: name, tag, fsync, spares.
 const VARIANTS: [(&str, &str, bool, bool); 3] = [
     ("default (fsync)", "fsync", true, true),
     ("NRVNA_FSYNC=0", "nofsync", false, true),
     ("NRVNA_SPARES=0 (fsync)", "nospares", true, false),
 ];
 
-/// `nrvna-bench --queue-child VARIANT`: one variant, as JSON. Its
-/// workspaces stay; the JSON lists them for the parent to remove.
-pub fn child(ctx: &Ctx, variant: &str) -> Result<Value> {
-    let Some(&(_, tag, want_fsync, spares)) = VARIANTS.iter().find(|v| v.1 == variant) else {
-        bail!("unknown queue variant {variant:?}");
-    };
-    let fsync = fsync_enabled();
-    if fsync != want_fsync {
-        bail!("queue variant {variant} runs with fsync {want_fsync}, but NRVNA_FSYNC says {fsync}");
-    }
+/// One variant, as JSON. Its workspaces stay; the JSON lists them for
+/// [`run`] to remove once every variant ran.
+fn variant(ctx: &Ctx, tag: &'static str, fsync: bool, spares: bool) -> Value {
     let mut pairs = Vec::new();
     if !fsync {
         pairs.push(("NRVNA_FSYNC", "0"));
@@ -328,6 +321,10 @@ pub fn child(ctx: &Ctx, variant: &str) -> Result<Value> {
         n: if ctx.quick { 500 } else { 10_000 },
         denv: env(&pairs),
         tag,
+        settings: Settings {
+            fsync,
+            ..Settings::default()
+        },
         problems: Vec::new(),
         kept: Vec::new(),
     };
@@ -347,7 +344,7 @@ pub fn child(ctx: &Ctx, variant: &str) -> Result<Value> {
             json!({ "error": format!("{e:#}") }),
         )
     });
-    Ok(json!({
+    json!({
         "fsync": fsync,
         "spares": spares,
         "jobs": r.n,
@@ -358,44 +355,14 @@ pub fn child(ctx: &Ctx, variant: &str) -> Result<Value> {
         "drain": drain,
         "problems": r.problems,
         "workspaces": r.kept,
-    }))
-}
-
-/// Runs one variant as a child process and reads its JSON.
-fn variant(ctx: &Ctx, tag: &str, fsync: bool) -> Result<Value> {
-    let e = if fsync {
-        Env::new()
-    } else {
-        env(&[("NRVNA_FSYNC", "0")])
-    };
-    let mut c = command(&ctx.bins.me, &e);
-    c.arg("--queue-child")
-        .arg(tag)
-        .arg("--out")
-        .arg(&ctx.out)
-        .arg("--model")
-        .arg(&ctx.model)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit());
-    if ctx.quick {
-        c.arg("--quick");
-    }
-    let out = c.output().context("running nrvna-bench --queue-child")?;
-    if !out.status.success() {
-        bail!(
-            "nrvna-bench --queue-child exited with {} (its messages are above)",
-            out.status
-        );
-    }
-    serde_json::from_slice(&out.stdout).context("parsing the output of nrvna-bench --queue-child")
+    })
 }
 
 pub fn run(ctx: &Ctx) -> Result<Section> {
     let mut sec = Section::new("queue");
     let mut variants = Vec::new();
-    for (name, tag, fsync, _) in VARIANTS {
-        let v = variant(ctx, tag, fsync).unwrap_or_else(|e| json!({ "error": format!("{e:#}") }));
+    for (name, tag, fsync, spares) in VARIANTS {
+        let v = variant(ctx, tag, fsync, spares);
         if let Some(e) = v["error"].as_str() {
             sec.problems.push(format!("queue {name}: {e}"));
         }

@@ -9,11 +9,12 @@ use std::io;
 use std::path::Path;
 use std::time::{Instant, SystemTime};
 
-use nrvna_core::fsio::{clear_entry, iso8601_utc, retire, sync_dir, write_atomic};
+use nrvna_core::fsio::clear_entry;
 use nrvna_core::live::{CANCEL_FILE, PARTIAL_FILE, PROGRESS_FILE};
 use nrvna_core::members::{self, Claim};
 use nrvna_core::meta::{two_decimals, Status};
 use nrvna_core::state::ARTIFACTS;
+use nrvna_core::time::iso8601_utc;
 use nrvna_core::{JobId, Meta, Moved, State, Workspace};
 use nrvna_engine::Output;
 use serde_json::Value;
@@ -202,18 +203,19 @@ impl Finisher<'_> {
                 (files, State::Failed, Some(reason))
             }
         };
+        let io = self.ws.io();
         let written = (|| -> io::Result<()> {
             // write_atomic replaces whatever was planted under these names
             // during the run (a directory included) without following it,
             // and meta.json is replaced in one rename, never removed first.
             for (name, bytes) in &files {
-                write_atomic(dir, name, bytes)?;
+                io.write_atomic(dir, name, bytes)?;
             }
-            write_atomic(dir, "meta.json", &meta.to_bytes())?;
+            io.write_atomic(dir, "meta.json", &meta.to_bytes())?;
             for scratch in SCRATCH {
-                retire(dir, scratch)?;
+                io.retire(dir, scratch)?;
             }
-            sync_dir(dir)
+            io.sync_dir(dir)
         })();
         if let Err(e) = written {
             let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
@@ -243,7 +245,7 @@ impl Finisher<'_> {
             return self.fenced(id, "its claim was replaced while the result was written");
         }
         if claim.is_some() {
-            let _ = retire(dir, members::CLAIM_FILE);
+            let _ = self.ws.io().retire(dir, members::CLAIM_FILE);
         }
         match self.move_to(id, to) {
             Ok(Moved::Yes) => match reason {

@@ -16,8 +16,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
-use nrvna_core::fsio::{iso8601_utc, read_optional, write_atomic};
+use nrvna_core::fsio::read_optional;
 use nrvna_core::meta::MAX_META_BYTES;
+use nrvna_core::time::iso8601_utc;
 use nrvna_core::{JobId, JobType, Meta, Moved, State, Workspace};
 use nrvna_engine::media::with_markers;
 use nrvna_engine::sampling::fresh_seed;
@@ -136,7 +137,7 @@ impl Processor {
         }
         let claim = match &membership {
             None => Ok(None),
-            Some(m) => m.claim(id, &dir).map(Some),
+            Some(m) => m.claim(self.ws.io(), id, &dir).map(Some),
         };
         let mut job = Claimed {
             id,
@@ -165,7 +166,7 @@ impl Processor {
             ));
             return self.finisher().finish(job, Ending::Failed(f));
         }
-        let spec = match JobSpec::read(&dir) {
+        let spec = match JobSpec::read(self.ws.io(), self.ws.settings(), &dir) {
             Ok(s) => s,
             Err(f) => {
                 job.meta = *f.meta;
@@ -182,7 +183,13 @@ impl Processor {
             Err(f) => return self.finisher().finish(job, Ending::Failed(f)),
         };
         let obs = Arc::new(
-            JobObserver::new(dir.clone(), self.shutdown.clone(), spec.params.timeout_s).with_fence(job.claim.clone()),
+            JobObserver::new(
+                dir.clone(),
+                self.ws.io().clone(),
+                self.shutdown.clone(),
+                spec.params.timeout_s,
+            )
+            .with_fence(job.claim.clone()),
         );
         if obs.cancel_requested() {
             let f = Failure {
@@ -239,7 +246,7 @@ impl Processor {
         }
         use nrvna_core::live::{PARTIAL_FILE, PROGRESS_FILE};
         for f in [PARTIAL_FILE, PROGRESS_FILE, nrvna_core::members::CLAIM_FILE] {
-            let _ = nrvna_core::fsio::retire(dir, f);
+            let _ = self.ws.io().retire(dir, f);
         }
         match self.ws.transition(id, State::Processing, State::Ready) {
             Ok(Moved::Yes) => {
@@ -322,7 +329,9 @@ impl Processor {
                         // Only schema.json (an older submitter): derive the
                         // grammar, and keep it as the job's effective one.
                         let g = inf.schema_to_grammar(&s).map_err(Failure::new)?;
-                        write_atomic(dir, "grammar.gbnf", g.as_bytes())
+                        self.ws
+                            .io()
+                            .write_atomic(dir, "grammar.gbnf", g.as_bytes())
                             .map_err(|e| Failure::new(format!("writing the derived grammar.gbnf: {e}")))?;
                         Some(g)
                     }
@@ -444,6 +453,6 @@ fn done(spec: &JobSpec, out: Output) -> Ending {
 fn check_json_output(text: &str, schema: &Value) -> Result<(), String> {
     let v: Value = serde_json::from_str(text.trim())
         .map_err(|e| format!("the output is not valid JSON ({e}); the raw output is in response.txt"))?;
-    crate::schema::validate(schema, &v)
+    nrvna_schema::check::validate_instance(schema, &v)
         .map_err(|e| format!("the output does not match schema.json: {e}; the raw output is in response.txt"))
 }

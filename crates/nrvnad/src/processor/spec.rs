@@ -4,12 +4,11 @@
 
 use std::path::Path;
 
-use nrvna_core::fsio::{read_limited, read_optional, write_atomic, ReadError};
+use nrvna_core::fsio::{read_limited, read_optional, ReadError};
 use nrvna_core::media::{read_job_media, MediaError, MediaKind};
 use nrvna_core::meta::{Meta, MAX_META_BYTES};
 use nrvna_core::params::{Params, MAX_PARAMS_BYTES};
-use nrvna_core::submit::max_prompt_bytes;
-use nrvna_core::JobType;
+use nrvna_core::{FileIo, JobType, Settings};
 use nrvna_engine::media::Media;
 use serde_json::Value;
 
@@ -98,7 +97,7 @@ fn utf8(file: &'static str, b: Vec<u8>) -> Result<String, SpecError> {
 impl JobSpec {
     /// Reads and checks everything the job directory holds. A `meta.json`
     /// that fails validation is kept as `meta.json.invalid`.
-    pub fn read(dir: &Path) -> Result<JobSpec, SpecFailure> {
+    pub fn read(io: &FileIo, limits: &Settings, dir: &Path) -> Result<JobSpec, SpecFailure> {
         let fresh = || {
             let mut m = Meta::new();
             m.mode = Some(JobType::Text);
@@ -108,7 +107,7 @@ impl JobSpec {
             Ok(Some(b)) => match Meta::parse(&b) {
                 Ok(m) => m,
                 Err(e) => {
-                    let _ = write_atomic(dir, "meta.json.invalid", &b);
+                    let _ = io.write_atomic(dir, "meta.json.invalid", &b);
                     return Err(SpecFailure {
                         error: SpecError::InvalidMeta(e.to_string()),
                         meta: Box::new(fresh()),
@@ -123,7 +122,7 @@ impl JobSpec {
                 })
             }
         };
-        match read_rest(dir, &meta) {
+        match read_rest(dir, &meta, limits) {
             Ok(((job_type, prompt, params, grammar, schema), (images, audio))) => Ok(JobSpec {
                 job_type,
                 prompt,
@@ -145,14 +144,14 @@ impl JobSpec {
 type Rest = (JobType, String, Params, Option<String>, Option<Value>);
 type MediaFiles = (Vec<Media>, Vec<Media>);
 
-fn read_media(dir: &Path, kind: MediaKind) -> Result<Vec<Media>, SpecError> {
-    Ok(read_job_media(dir, kind)?
+fn read_media(dir: &Path, kind: MediaKind, limits: &Settings) -> Result<Vec<Media>, SpecError> {
+    Ok(read_job_media(dir, kind, limits)?
         .into_iter()
         .map(|(name, bytes)| Media { name, bytes })
         .collect())
 }
 
-fn read_rest(dir: &Path, meta: &Meta) -> Result<(Rest, MediaFiles), SpecError> {
+fn read_rest(dir: &Path, meta: &Meta, limits: &Settings) -> Result<(Rest, MediaFiles), SpecError> {
     let job_type = match read_optional(&dir.join("type.txt"), MAX_TYPE_BYTES) {
         Ok(Some(b)) => {
             let s = String::from_utf8_lossy(&b);
@@ -176,16 +175,17 @@ fn read_rest(dir: &Path, meta: &Meta) -> Result<(Rest, MediaFiles), SpecError> {
         Ok(None) => Params::default(),
         Err(e) => return Err(unreadable("params.json", e)),
     };
-    let prompt = read_limited(&dir.join("prompt.txt"), max_prompt_bytes()).map_err(|e| unreadable("prompt.txt", e))?;
+    let prompt =
+        read_limited(&dir.join("prompt.txt"), limits.max_prompt_bytes).map_err(|e| unreadable("prompt.txt", e))?;
     let prompt = utf8("prompt.txt", prompt)?;
     // Only the job types that read media: the others never look at a
     // planted images/ or audio/ directory.
     let images = match job_type {
-        JobType::Vision | JobType::Embed => read_media(dir, MediaKind::Image)?,
+        JobType::Vision | JobType::Embed => read_media(dir, MediaKind::Image, limits)?,
         _ => Vec::new(),
     };
     let audio = match job_type {
-        JobType::Stt => read_media(dir, MediaKind::Audio)?,
+        JobType::Stt => read_media(dir, MediaKind::Audio, limits)?,
         _ => Vec::new(),
     };
     if job_type == JobType::Vision && images.is_empty() {
@@ -250,12 +250,14 @@ mod tests {
     #[test]
     fn a_prompt_alone_is_a_text_job_and_whitespace_is_a_prompt() {
         let d = job(&[("prompt.txt", b"   ")]);
-        let s = JobSpec::read(d.path()).unwrap();
+        let s = JobSpec::read(&FileIo::default(), &Settings::default(), d.path()).unwrap();
         assert_eq!(s.job_type, JobType::Text);
         assert_eq!(s.prompt, "   ");
         let d = job(&[("prompt.txt", b"")]);
         assert!(matches!(
-            JobSpec::read(d.path()).unwrap_err().error,
+            JobSpec::read(&FileIo::default(), &Settings::default(), d.path())
+                .unwrap_err()
+                .error,
             SpecError::EmptyPrompt
         ));
     }
@@ -281,7 +283,10 @@ mod tests {
         ];
         for (files, needle) in cases {
             let d = job(files);
-            let e = JobSpec::read(d.path()).unwrap_err().error.to_string();
+            let e = JobSpec::read(&FileIo::default(), &Settings::default(), d.path())
+                .unwrap_err()
+                .error
+                .to_string();
             assert!(e.contains(needle), "{e:?} should contain {needle:?}");
         }
     }
@@ -289,7 +294,7 @@ mod tests {
     #[test]
     fn an_invalid_meta_json_is_kept_aside_and_replaced_by_a_fresh_one() {
         let d = job(&[("prompt.txt", b"x"), ("meta.json", b"{\"tags\":7}")]);
-        let f = JobSpec::read(d.path()).unwrap_err();
+        let f = JobSpec::read(&FileIo::default(), &Settings::default(), d.path()).unwrap_err();
         assert!(matches!(f.error, SpecError::InvalidMeta(_)));
         assert_eq!(f.meta.mode, Some(JobType::Text));
         assert_eq!(fs::read(d.path().join("meta.json.invalid")).unwrap(), b"{\"tags\":7}");
