@@ -1,4 +1,4 @@
-//! The nrvna workspace contract (`shared/CONTRACT.md`): job ids, states and
+//! The nrvna workspace contract (`docs/FORMAT.md`): job ids, states and
 //! their directories, meta.json, params.json, publishing, reading, waiting,
 //! and the daemon's lifecycle files. `wrk` and `flw` need nothing else, so
 //! this crate never links llama.cpp.

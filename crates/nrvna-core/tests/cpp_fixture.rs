@@ -1,5 +1,5 @@
 //! A workspace laid out by the C++ nrvna tools (tests/fixtures/cpp-workspace)
-//! must keep parsing: this freezes the on-disk format of shared/CONTRACT.md.
+//! must keep parsing: this freezes the on-disk format of docs/FORMAT.md.
 
 use std::path::Path;
 

@@ -1,6 +1,6 @@
 //! `wrk`: submit one job (or a batch file of jobs) to an nrvna workspace
 //! and print its id. Everything is checked before anything is written, and
-//! a refused submission publishes nothing (see `shared/CONTRACT.md`).
+//! a refused submission publishes nothing (see `docs/FORMAT.md`).
 
 pub mod cli;
 pub mod constraint;

@@ -4,7 +4,7 @@
 //! deadline instead of fixed sleeps).
 //!
 //! State directories are spelled out here on purpose: they are the on-disk
-//! contract (shared/CONTRACT.md), and the tests freeze it.
+//! contract (docs/FORMAT.md), and the tests freeze it.
 
 #![allow(dead_code)]
 
