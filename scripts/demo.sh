@@ -34,7 +34,12 @@ NRVNA_MAX_CTX=2048 $bin/nrvnad "$model" "$ws" --drain --workers 4 2> "$ws/nrvnad
 for id in "${ids[@]}"; do
     echo "== $id"
     if [ "$(cat "$ws/output/$id/embedding.json" 2>/dev/null | head -c 1)" = "{" ]; then
-        $bin/flw "$ws" "$id" --json
+        # Its size and first values, not hundreds of floats across the screen.
+        $bin/flw "$ws" "$id" | python3 -c '
+import json, sys
+v = json.load(sys.stdin)["vector"]
+print("embedding: %d dims [%s, ...]" % (len(v), ", ".join("%.4f" % x for x in v[:4])))'
+        echo "(the whole vector: $bin/flw $ws $id)"
     else
         $bin/flw "$ws" "$id" || true
         echo

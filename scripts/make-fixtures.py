@@ -35,8 +35,8 @@ llama.cpp's own loaders accept, so the tests run the real code paths.
 
 Weights are drawn from a fixed seed: the files are the same on every run
 (the test suite relies on the same image giving the same answer, not on
-the bytes). Run it through scripts/fixtures.sh, which installs PyPI's
-`gguf` package into a virtual environment first.
+the bytes). Run it through scripts/fixtures.sh, which runs it with the
+tests' Python environment (scripts/pyenv.sh), where PyPI's `gguf` is.
 """
 
 import os

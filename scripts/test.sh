@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The whole test suite: fetch the model the tests run on and generate the
-# media fixtures (once each), then every
-# unit and integration test of the workspace, in release mode (llama.cpp is
-# slow unoptimised, and the binaries are shared with the demo and benchmark).
+# The whole test suite: fetch the model the tests run on, install the PyPI
+# packages they use into one virtual environment (scripts/pyenv.sh) and
+# generate the media fixtures (once each), then every unit and integration
+# test of the workspace, in release mode (llama.cpp is slow unoptimised, and
+# the binaries are shared with the demo and benchmark). Every test binary
+# runs even when an earlier one fails (--no-fail-fast).
 # As root it also runs the tests marked #[ignore] because they need root
 # (mounting a full or read-only tmpfs; members in their own pid and UTS
 # namespaces; a single-node Slurm cluster, installed from Debian when
@@ -11,6 +13,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/fetch-model.sh
+# The tests look for the environment there (see scripts/pyenv.sh).
+NRVNA_TEST_PYENV=$(scripts/pyenv.sh)
+export NRVNA_TEST_PYENV
 scripts/fixtures.sh
 extra=()
 if [ "$(id -u)" = 0 ]; then
@@ -18,4 +23,4 @@ if [ "$(id -u)" = 0 ]; then
 else
     echo "note: not root: the tests that need root (marked #[ignore]: tmpfs mounts, unshare, Slurm) do not run; run this as root to include them" >&2
 fi
-cargo test --release --workspace "$@" -- "${extra[@]}"
+cargo test --release --workspace --no-fail-fast "$@" -- "${extra[@]}"

@@ -1,12 +1,13 @@
 //! Real clients that nobody here wrote, against the real gateway and a real
 //! daemon on the real model: the official `openai` and `mcp` Python
-//! packages (installed from PyPI into a venv under the target directory,
-//! once) run the scenarios in tests/py/ against `nrvna-api` in front of
-//! `nrvnad` on a fresh workspace.
+//! packages (from PyPI, in the tests' Python environment) run the scenarios
+//! in tests/py/ against `nrvna-api` in front of `nrvnad` on a fresh
+//! workspace.
 //!
 //! Needs the model (scripts/fetch-model.sh), the release `nrvnad` binary
-//! (built by `cargo test --release --workspace`) and PyPI the first time;
-//! a missing piece fails the test with the command that provides it.
+//! (built by `cargo test --release --workspace`) and the Python environment
+//! (scripts/pyenv.sh); scripts/test.sh provides all three, and a missing
+//! piece fails the test with the command that provides it.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -47,41 +48,31 @@ fn nrvnad_bin() -> PathBuf {
     p
 }
 
-/// A venv with `openai` and `mcp` from PyPI, made once under the target dir.
+/// The tests' Python environment, with the official `openai` and `mcp`
+/// packages (pinned in scripts/pyenv-requirements.txt):
+/// `$NRVNA_TEST_PYENV` (a relative path is from the repository root), else
+/// `test-pyenv` in the target directory. scripts/pyenv.sh makes it
+/// (scripts/test.sh runs that first); this test installs nothing.
 fn python() -> PathBuf {
-    let target = api_bin()
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory")
-        .to_path_buf();
-    let venv = target.join("nrvna-api-pyenv");
-    let py = venv.join("bin/python");
-    let ready = |py: &Path| {
-        Command::new(py)
-            .args(["-c", "import openai, mcp"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
+    let venv = match std::env::var_os("NRVNA_TEST_PYENV") {
+        Some(v) => repo_root().join(v),
+        None => api_bin()
+            .parent()
+            .and_then(Path::parent)
+            .expect("target directory")
+            .join("test-pyenv"),
     };
-    if ready(&py) {
-        return py;
-    }
-    let setup = format!(
-        "python3 -m venv {v} && {v}/bin/pip install openai==3.57.0 mcp==2.3.0",
-        v = venv.display()
-    );
-    let ok = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
+    let py = venv.join("bin/python");
+    let ok = Command::new(&py)
+        .args(["-c", "import openai, mcp"])
+        .stderr(Stdio::null())
         .status()
-        .is_ok_and(|s| s.success())
-        && Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", "openai==3.57.0", "mcp==2.3.0"])
-            .status()
-            .is_ok_and(|s| s.success());
+        .is_ok_and(|s| s.success());
     assert!(
-        ok && ready(&py),
-        "could not install the official openai and mcp Python packages; run: {setup}"
+        ok,
+        "the tests' Python environment {} is missing or cannot import openai and mcp: run scripts/pyenv.sh \
+         (scripts/test.sh runs it before the tests; NRVNA_TEST_PYENV overrides the location)",
+        venv.display()
     );
     py
 }

@@ -994,9 +994,48 @@ mod tests {
 
     #[test]
     fn annotations_and_foreign_keywords_beside_ref_and_one_of_are_skipped() {
-        g(json!({"$ref": "#/$defs/a", "description": "d", "nullable": true, "$defs": {"a": {"type": "string"}}}));
-        g(
+        // The rules a grammar defines for the schema itself (not the
+        // built-in json-* and space rules).
+        fn own_rules(text: &str) -> Vec<&str> {
+            text.lines()
+                .filter(|l| !l.starts_with("json-") && !l.starts_with("space "))
+                .collect()
+        }
+
+        // OpenAPI's `nullable` is foreign here: it adds no null.
+        let text =
+            g(json!({"$ref": "#/$defs/a", "description": "d", "nullable": true, "$defs": {"a": {"type": "string"}}}));
+        assert_eq!(
+            own_rules(&text),
+            [
+                "root ::= ref-defs-a",
+                "ref-defs-a ::= ref-defs-a-body",
+                "ref-defs-a-body ::= json-string",
+            ],
+            "{text}"
+        );
+        assert!(!text.contains("null"), "{text}");
+        assert_eq!(
+            text,
+            g(json!({"$ref": "#/$defs/a", "$defs": {"a": {"type": "string"}}}))
+        );
+
+        let text = g(
             json!({"oneOf": [{"type": "object", "properties": {"kind": {"const": "a"}}}], "discriminator": {"propertyName": "kind"}, "title": "T"}),
+        );
+        assert_eq!(
+            own_rules(&text),
+            [
+                "root ::= root-0",
+                r#"root-0 ::= "{" space ( root-0-kind-kv )? space "}""#,
+                r#"root-0-kind ::= "\"a\"""#,
+                r#"root-0-kind-kv ::= "\"kind\"" space ":" space root-0-kind"#,
+            ],
+            "{text}"
+        );
+        assert_eq!(
+            text,
+            g(json!({"oneOf": [{"type": "object", "properties": {"kind": {"const": "a"}}}]}))
         );
     }
 

@@ -1,17 +1,15 @@
 //! The Kubernetes manifests in deploy/k8s: validated against the
-//! Kubernetes API schema by `kubernetes-validate` (PyPI, installed into a
-//! venv under the target directory), and their nrvnad command lines
+//! Kubernetes API schema by `kubernetes-validate` (PyPI, from the tests'
+//! Python environment made by scripts/pyenv.sh), and their nrvnad command lines
 //! checked against nrvnad's own parser, so that a renamed flag fails here.
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
-
-const VALIDATOR: &str = "kubernetes-validate==1.37.0";
 
 fn manifests() -> Vec<PathBuf> {
     let dir = repo_root().join("deploy/k8s");
@@ -26,32 +24,10 @@ fn manifests() -> Vec<PathBuf> {
     v
 }
 
-/// `kubernetes-validate` in a venv under the target directory, made once.
+/// `kubernetes-validate` from the tests' Python environment.
 fn validator() -> PathBuf {
-    let target = nrvnad_bin()
-        .parent()
-        .and_then(Path::parent)
-        .expect("target directory")
-        .to_path_buf();
-    let venv = target.join("nrvna-deploy-pyenv");
-    let exe = venv.join("bin/kubernetes-validate");
-    if exe.exists() {
-        return exe;
-    }
-    let ok = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .is_ok_and(|s| s.success())
-        && Command::new(venv.join("bin/pip"))
-            .args(["install", "--quiet", VALIDATOR])
-            .status()
-            .is_ok_and(|s| s.success());
-    assert!(
-        ok && exe.exists(),
-        "could not install {VALIDATOR}; run: python3 -m venv {v} && {v}/bin/pip install {VALIDATOR}",
-        v = venv.display()
-    );
+    let exe = test_pyenv("kubernetes_validate, yaml").join("bin/kubernetes-validate");
+    assert!(exe.is_file(), "{} is missing: run scripts/pyenv.sh", exe.display());
     exe
 }
 

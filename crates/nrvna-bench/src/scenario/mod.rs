@@ -7,6 +7,7 @@ pub mod probe;
 pub mod queue;
 pub mod rounds;
 pub mod scale;
+pub mod shape;
 pub mod w16;
 
 use std::ffi::OsString;

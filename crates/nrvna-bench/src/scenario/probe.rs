@@ -12,7 +12,7 @@ use std::process::Stdio;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
 
-use super::w16::TOPICS;
+use super::shape::{predict, TOPICS};
 use super::Ctx;
 use crate::report::{opt, table, Section};
 use crate::tools::{command, Env};
@@ -117,7 +117,7 @@ pub fn specs(ctx: &Ctx, all_threads: bool) -> Vec<Spec> {
     let nproc = std::thread::available_parallelism()
         .map(|n| n.get() as u32)
         .unwrap_or(1);
-    let tokens = super::w16::predict(ctx.quick);
+    let tokens = predict(ctx.quick);
     let mut threads = vec![nproc];
     if nproc > 1 && all_threads {
         threads.push(1);

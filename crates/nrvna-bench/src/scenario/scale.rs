@@ -10,7 +10,7 @@ use anyhow::{bail, Result};
 use serde_json::{json, Value};
 
 use super::probe;
-use super::w16::{daemon_env, predict, TOPICS};
+use super::shape::{daemon_env, predict, TOPICS};
 use super::{rounds, submit_and_drain_model, Ctx, Drained};
 use crate::report::{opt, table, Section, Target};
 use crate::stats::ratio;

@@ -7,29 +7,10 @@ use std::time::Duration;
 use anyhow::Result;
 use serde_json::{json, Value};
 
+use super::shape::{daemon_env, predict, TOPICS};
 use super::{rounds, Ctx, Drained};
 use crate::report::{opt, table, Section, Target};
 use crate::stats::ratio;
-use crate::tools::{env, Env};
-
-pub const TOPICS: [&str; 16] = [
-    "the ocean",
-    "mountains",
-    "coffee",
-    "bicycles",
-    "libraries",
-    "volcanoes",
-    "honeybees",
-    "the moon",
-    "trains",
-    "gardens",
-    "chess",
-    "rain",
-    "deserts",
-    "music",
-    "bridges",
-    "winter",
-];
 
 const CONFIGS: [(&str, u32); 6] = [
     ("per-job", 1),
@@ -39,25 +20,6 @@ const CONFIGS: [(&str, u32); 6] = [
     ("batched", 8),
     ("batched", 16),
 ];
-
-/// Tokens each W16-shaped job generates (fewer with --quick).
-pub fn predict(quick: bool) -> u32 {
-    if quick {
-        16
-    } else {
-        64
-    }
-}
-
-/// The daemons' environment in the W16 shape: greedy, `predict` tokens
-/// per job, a 2048-token context.
-pub fn daemon_env(predict: u32) -> Env {
-    env(&[
-        ("NRVNA_TEMP", "0"),
-        ("NRVNA_PREDICT", &predict.to_string()),
-        ("NRVNA_MAX_CTX", "2048"),
-    ])
-}
 
 /// A daemon run killed after this long is reported as timed out.
 const DEADLINE: Duration = Duration::from_secs(900);

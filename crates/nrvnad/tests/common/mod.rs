@@ -60,6 +60,36 @@ pub fn nrvnad_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_nrvnad"))
 }
 
+/// The tests' Python environment, with the PyPI packages pinned in
+/// scripts/pyenv-requirements.txt: `$NRVNA_TEST_PYENV` (a relative path is
+/// from the repository root), else `test-pyenv` in the target directory.
+/// scripts/pyenv.sh makes it (scripts/test.sh runs that first); a test
+/// installs nothing, so that parallel tests never race to create it. Fails
+/// with that command unless `import {modules}` works in it.
+pub fn test_pyenv(modules: &str) -> PathBuf {
+    let venv = match std::env::var_os("NRVNA_TEST_PYENV") {
+        Some(v) => repo_root().join(v),
+        None => nrvnad_bin()
+            .parent()
+            .and_then(Path::parent)
+            .expect("target directory")
+            .join("test-pyenv"),
+    };
+    let ok = Command::new(venv.join("bin/python"))
+        .arg("-c")
+        .arg(format!("import {modules}"))
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        ok,
+        "the tests' Python environment {} is missing or cannot import {modules}: run scripts/pyenv.sh \
+         (scripts/test.sh runs it before the tests; NRVNA_TEST_PYENV overrides the location)",
+        venv.display()
+    );
+    venv
+}
+
 /// `wrk` or `flw`, built next to `nrvnad` by `cargo test --release --workspace`.
 pub fn sibling_bin(name: &str) -> PathBuf {
     let p = nrvnad_bin().with_file_name(name);
