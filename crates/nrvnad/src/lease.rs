@@ -14,93 +14,21 @@
 //! way for a whole lease. See docs/CONTRACT-EXTENSIONS.md.
 
 use std::collections::{HashMap, HashSet};
-use std::io;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use nrvna_core::members::{
-    self, read_claim, read_member, remove_member, stop_requested, write_claim, write_member, Claim, MemberRecord,
+    self, read_claim, read_member, remove_member, stop_requested, write_member, Claim, MemberRecord,
 };
 use nrvna_core::time::iso8601_utc;
-use nrvna_core::FileIo;
 use nrvna_core::{JobId, State, Workspace};
 
+use crate::events::Event;
+use crate::membership::Membership;
 use crate::recovery::{recover_guarded, Recovery};
-use crate::server::Event;
-
-/// This member: its id, its lease, the claims it holds, and its counters.
-/// Shared by the processors (claim, release, fence) and the lease thread.
-#[derive(Debug)]
-pub struct Membership {
-    pub id: String,
-    pub ttl: Duration,
-    held: Mutex<HashMap<JobId, Claim>>,
-    /// Jobs claimed by this member.
-    pub claimed: AtomicU64,
-    /// Claiming renames that found the job gone: another member (or
-    /// worker) renamed it between the listing check and this rename.
-    pub lost_races: AtomicU64,
-    /// Results discarded because the job was claimed again elsewhere
-    /// while this member had lost its lease.
-    pub fenced: AtomicU64,
-    /// Jobs this member returned from expired members.
-    pub recovered: AtomicU64,
-    /// Jobs in `processing/` whose holder is not yet known to be alive or
-    /// dead (a `--drain` member waits for them).
-    pub unsettled: AtomicUsize,
-}
-
-impl Membership {
-    pub fn new(ttl: Duration) -> Membership {
-        Membership {
-            id: members::new_member_id(),
-            ttl,
-            held: Mutex::new(HashMap::new()),
-            claimed: AtomicU64::new(0),
-            lost_races: AtomicU64::new(0),
-            fenced: AtomicU64::new(0),
-            recovered: AtomicU64::new(0),
-            unsettled: AtomicUsize::new(0),
-        }
-    }
-
-    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Claim>> {
-        self.held.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Records this member as the holder of a job it just claimed.
-    pub fn claim(&self, io: &FileIo, id: &JobId, dir: &Path) -> io::Result<Claim> {
-        let c = Claim::new(&self.id);
-        self.held().insert(id.clone(), c.clone());
-        write_claim(io, dir, &c)?;
-        self.claimed.fetch_add(1, Ordering::Relaxed);
-        Ok(c)
-    }
-
-    /// Forgets a job (finished, fenced, or left for recovery).
-    pub fn release(&self, id: &JobId) {
-        self.held().remove(id);
-    }
-
-    /// Whether this member still holds the job: its claim file still
-    /// carries this claim's token.
-    pub fn still_holds(dir: &Path, claim: &Claim) -> bool {
-        read_claim(dir).as_ref() == Some(claim)
-    }
-
-    fn running(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.held().keys().map(|i| i.as_str().to_owned()).collect();
-        v.sort();
-        v
-    }
-
-    fn holds(&self, id: &JobId) -> bool {
-        self.held().contains_key(id)
-    }
-}
 
 /// How often a member with lease `ttl` beats (several beats per lease).
 pub fn beat_interval(ttl: Duration) -> Duration {
@@ -399,6 +327,8 @@ pub fn live_member_among_records(ws: &Workspace) -> Option<MemberRecord> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nrvna_core::members::write_claim;
+    use nrvna_core::FileIo;
 
     #[test]
     fn beats_come_several_times_per_lease() {

@@ -21,7 +21,7 @@ use nrvna_core::time::iso8601_utc;
 use nrvna_core::FileIo;
 use nrvna_engine::Observer;
 
-use crate::lease::Membership;
+use crate::membership::Membership;
 
 /// Partial output is written at least this often while a job generates.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(100);

@@ -14,8 +14,8 @@ use nrvna_core::params::{Params, MAX_PARAMS_BYTES};
 use nrvna_core::wait::DirWaker;
 use nrvna_core::{JobId, State, Workspace};
 
+use crate::events::Event;
 use crate::pool::{Pool, Priority};
-use crate::server::Event;
 
 /// The Scanner and the handles it uses.
 pub struct Scanner {

@@ -22,7 +22,9 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::engine::Inference;
-use crate::lease::{self, Lease, Membership, RecordInfo};
+use crate::events::Event;
+use crate::lease::{self, Lease, RecordInfo};
+use crate::membership::Membership;
 use crate::pool::Pool;
 use crate::processor::Processor;
 use crate::scanner::Scanner;
@@ -30,23 +32,6 @@ use crate::signals::{self, Term};
 use crate::space::SpaceGate;
 use crate::worker::Worker;
 use crate::{logging, recovery};
-
-/// What the main thread waits for.
-#[derive(Debug)]
-pub enum Event {
-    /// SIGINT or SIGTERM.
-    Signal,
-    /// The Scanner finished a pass over `input/ready/`.
-    Scanned,
-    /// A worker finished with a job (whatever the outcome).
-    JobEnded { failed: bool },
-    /// A worker met an engine fault.
-    Fault(String),
-    /// A worker thread ended.
-    WorkerExited,
-    /// A shared member's lease thread finished a heartbeat and reaping pass.
-    Lease,
-}
 
 /// Exit code of an engine fault (a supervisor should restart the daemon).
 pub const EXIT_FAULT: u8 = 3;

@@ -52,11 +52,11 @@ impl Term {
 }
 
 /// Forwards signals to the server's event channel.
-pub fn to_events(tx: Sender<crate::server::Event>) -> impl Fn() + Send + 'static {
+pub fn to_events(tx: Sender<crate::events::Event>) -> impl Fn() + Send + 'static {
     let tx = std::sync::Mutex::new(tx);
     move || {
         if let Ok(tx) = tx.lock() {
-            let _ = tx.send(crate::server::Event::Signal);
+            let _ = tx.send(crate::events::Event::Signal);
         }
     }
 }

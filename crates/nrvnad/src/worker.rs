@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use nrvna_core::{JobId, State, Workspace};
 
+use crate::events::Event;
 use crate::pool::{Message, Pool};
 use crate::processor::{Outcome, Processor};
 use crate::recovery::{recover_one, Recovery};
-use crate::server::Event;
 use crate::space::SpaceGate;
 
 /// A worker and the handles it uses.

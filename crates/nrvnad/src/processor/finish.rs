@@ -20,7 +20,7 @@ use nrvna_engine::Output;
 use serde_json::Value;
 
 use super::Outcome;
-use crate::lease::Membership;
+use crate::membership::Membership;
 use crate::space::SpaceGate;
 
 /// Files the daemon creates while a job runs; gone once it finishes.

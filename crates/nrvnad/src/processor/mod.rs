@@ -31,7 +31,7 @@ const STT_DEFAULT_PROMPT: &str = "Transcribe the audio.";
 use serde_json::{json, Value};
 
 use crate::engine::Inference;
-use crate::lease::Membership;
+use crate::membership::Membership;
 use crate::observer::{JobObserver, StopKind};
 use crate::space::SpaceGate;
 use finish::{Claimed, Ending, Failure, Finisher};
