@@ -36,12 +36,82 @@ pub fn beat_interval(ttl: Duration) -> Duration {
 }
 
 /// What this member knows of another one's heartbeat.
-struct Seen {
+#[derive(Debug)]
+pub struct Seen {
     beat: u64,
     /// When (on this clock) the counter last changed, or was first seen.
     since: Instant,
     /// The counter changed at least once while watched.
     confirmed: bool,
+}
+
+/// Which members are alive, as one pass of [`classify`] judged them.
+#[derive(Debug, Default)]
+pub struct Liveness {
+    /// Every member with a record (this one included).
+    pub present: HashSet<String>,
+    /// Members alive whose counter has not moved yet while watched, or
+    /// whose record could not be read: neither alive nor dead for sure.
+    pub unconfirmed: HashSet<String>,
+    /// Members whose counter stood still for their whole lease.
+    pub expired: HashMap<String, MemberRecord>,
+    /// Whether this member is the reaper (the live one with the smallest id).
+    pub reaper: bool,
+}
+
+/// What a reaping pass does with one job it does not hold.
+#[derive(Debug, PartialEq, Eq)]
+enum JobVerdict {
+    /// Return it to `input/ready/`, for this reason.
+    Recover(String),
+    /// Its holder is not yet known to be alive or dead.
+    Wait,
+    /// A live member holds it.
+    Held,
+}
+
+/// Judges the other members from their `records` (`None`: unreadable) as
+/// seen at `now`, updating what `seen` remembers of their counters. Pure:
+/// no clock and no files, so tests drive it with made-up instants.
+pub fn classify(
+    seen: &mut HashMap<String, Seen>,
+    me: &str,
+    records: Vec<(String, Option<MemberRecord>)>,
+    now: Instant,
+) -> Liveness {
+    let mut lv = Liveness::default();
+    lv.present.insert(me.to_owned());
+    lv.present.extend(records.iter().map(|(id, _)| id.clone()));
+    seen.retain(|k, _| lv.present.contains(k));
+    let mut live: Vec<&str> = vec![me];
+    for (id, rec) in &records {
+        let Some(rec) = rec else {
+            // Unreadable: neither alive nor dead; its jobs wait.
+            lv.unconfirmed.insert(id.clone());
+            continue;
+        };
+        let s = seen.entry(id.clone()).or_insert(Seen {
+            beat: rec.beat,
+            since: now,
+            confirmed: false,
+        });
+        if s.beat != rec.beat {
+            s.beat = rec.beat;
+            s.since = now;
+            s.confirmed = true;
+        }
+        let ttl = Duration::from_secs_f64(rec.lease_ttl_s.clamp(0.05, 86_400.0));
+        if now.duration_since(s.since) >= ttl {
+            lv.expired.insert(id.clone(), rec.clone());
+        } else {
+            live.push(id);
+            if !s.confirmed {
+                lv.unconfirmed.insert(id.clone());
+            }
+        }
+    }
+    lv.reaper = live.iter().min().is_some_and(|m| *m == me);
+    lv
 }
 
 /// The lease thread: heartbeat, stop requests, reaping.
@@ -134,100 +204,33 @@ impl Lease {
     fn reap(&mut self) {
         let now = Instant::now();
         let ids = members::member_ids(&self.ws);
-        let present: HashSet<&str> = ids.iter().map(String::as_str).collect();
-        self.seen.retain(|k, _| present.contains(k.as_str()));
-        let mut live: Vec<&str> = vec![self.me.id.as_str()];
-        let mut unconfirmed = HashSet::new();
-        let mut expired: HashMap<String, MemberRecord> = HashMap::new();
-        for id in &ids {
-            if *id == self.me.id {
-                continue;
-            }
-            let Ok(rec) = read_member(&self.ws, id) else {
-                // Unreadable: neither alive nor dead; its jobs wait.
-                unconfirmed.insert(id.clone());
-                continue;
-            };
-            let s = self.seen.entry(id.clone()).or_insert(Seen {
-                beat: rec.beat,
-                since: now,
-                confirmed: false,
-            });
-            if s.beat != rec.beat {
-                s.beat = rec.beat;
-                s.since = now;
-                s.confirmed = true;
-            }
-            let ttl = Duration::from_secs_f64(rec.lease_ttl_s.clamp(0.05, 86_400.0));
-            if now.duration_since(s.since) >= ttl {
-                expired.insert(id.clone(), rec);
-            } else {
-                live.push(id);
-                if !s.confirmed {
-                    unconfirmed.insert(id.clone());
-                }
-            }
-        }
-        let reaper = live.iter().min().is_some_and(|m| *m == self.me.id);
+        let records: Vec<(String, Option<MemberRecord>)> = ids
+            .into_iter()
+            .filter(|id| *id != self.me.id)
+            .map(|id| {
+                let rec = read_member(&self.ws, &id).ok();
+                (id, rec)
+            })
+            .collect();
+        let lv = classify(&mut self.seen, &self.me.id, records, now);
         let jobs = self.ws.list(State::Processing).unwrap_or_default();
-        let mut unsettled = 0;
         let listed: HashSet<JobId> = jobs.iter().cloned().collect();
         self.orphans.retain(|k, _| listed.contains(k));
+        let mut unsettled = 0;
         for id in jobs {
             if self.me.holds(&id) {
                 self.orphans.remove(&id);
                 continue;
             }
-            let dir = self.ws.job_dir(State::Processing, &id);
-            let claim = read_claim(&dir);
-            match &claim {
-                Some(c) if expired.contains_key(&c.member) => {
-                    self.orphans.remove(&id);
-                    if reaper {
-                        let rec = &expired[&c.member];
-                        self.recover(
-                            &id,
-                            claim.clone(),
-                            &format!(
-                                "held by member {} (host {}) whose heartbeat stood still for its {:.1} s lease",
-                                c.member, rec.host, rec.lease_ttl_s
-                            ),
-                        );
-                    } else {
-                        unsettled += 1;
-                    }
-                }
-                Some(c) if c.member != self.me.id && present.contains(c.member.as_str()) => {
-                    self.orphans.remove(&id);
-                    if unconfirmed.contains(&c.member) {
-                        unsettled += 1;
-                    }
-                }
-                // No claim, a claim by a member without a record, or a
-                // claim in this member's name that it does not hold.
-                _ => {
-                    let first = match self.orphans.get(&id) {
-                        Some((c, t)) if *c == claim => *t,
-                        _ => {
-                            self.orphans.insert(id.clone(), (claim.clone(), now));
-                            now
-                        }
-                    };
-                    if reaper && now.duration_since(first) >= self.me.ttl {
-                        let who = match &claim {
-                            Some(c) => format!("held by member {}, which has no record", c.member),
-                            None => "with no holder recorded".to_owned(),
-                        };
-                        self.recover(&id, claim.clone(), &format!("{who} for a whole lease"));
-                        self.orphans.remove(&id);
-                    } else {
-                        unsettled += 1;
-                    }
-                }
+            let claim = read_claim(&self.ws.job_dir(State::Processing, &id));
+            match self.judge_job(&lv, &id, claim.as_ref(), now) {
+                JobVerdict::Recover(why) => self.recover(&id, claim, &why),
+                JobVerdict::Wait => unsettled += 1,
+                JobVerdict::Held => {}
             }
         }
-        if reaper {
-            for (id, rec) in &expired {
+        if lv.reaper {
+            for (id, rec) in &lv.expired {
                 tracing::warn!(
                     "member {id} (host {}, pid {}) missed its lease; its record is removed",
                     rec.host,
@@ -238,6 +241,53 @@ impl Lease {
             }
         }
         self.me.unsettled.store(unsettled, Ordering::SeqCst);
+    }
+
+    /// What to do with a job in `processing/` that this member does not
+    /// hold, whose claim file says `claim`.
+    fn judge_job(&mut self, lv: &Liveness, id: &JobId, claim: Option<&Claim>, now: Instant) -> JobVerdict {
+        match claim {
+            Some(c) if lv.expired.contains_key(&c.member) => {
+                self.orphans.remove(id);
+                if !lv.reaper {
+                    return JobVerdict::Wait;
+                }
+                let rec = &lv.expired[&c.member];
+                JobVerdict::Recover(format!(
+                    "held by member {} (host {}) whose heartbeat stood still for its {:.1} s lease",
+                    c.member, rec.host, rec.lease_ttl_s
+                ))
+            }
+            Some(c) if c.member != self.me.id && lv.present.contains(&c.member) => {
+                self.orphans.remove(id);
+                if lv.unconfirmed.contains(&c.member) {
+                    JobVerdict::Wait
+                } else {
+                    JobVerdict::Held
+                }
+            }
+            // No claim, a claim by a member without a record, or a claim
+            // in this member's name that it does not hold.
+            _ => {
+                let first = match self.orphans.get(id) {
+                    Some((c, t)) if c.as_ref() == claim => *t,
+                    _ => {
+                        self.orphans.insert(id.clone(), (claim.cloned(), now));
+                        now
+                    }
+                };
+                if lv.reaper && now.duration_since(first) >= self.me.ttl {
+                    self.orphans.remove(id);
+                    let who = match claim {
+                        Some(c) => format!("held by member {}, which has no record", c.member),
+                        None => "with no holder recorded".to_owned(),
+                    };
+                    JobVerdict::Recover(format!("{who} for a whole lease"))
+                } else {
+                    JobVerdict::Wait
+                }
+            }
+        }
     }
 
     /// Returns one job to `input/ready/` if its claim is still `claim`.
@@ -433,5 +483,52 @@ mod tests {
         a.recover(&id, Some(old), "test");
         assert_eq!(ws.locate(&id), Some(State::Processing));
         assert_eq!(a.me.recovered.load(Ordering::SeqCst), 0);
+    }
+
+    fn record(id: &str, beat: u64, ttl_s: f64) -> MemberRecord {
+        let me = Membership::new(Duration::from_secs_f64(ttl_s));
+        let mut r = record_for(
+            &me,
+            RecordInfo {
+                model: Path::new("m.gguf"),
+                serves: vec![],
+                engine: "echo",
+                workers: 1,
+            },
+        );
+        r.member = id.to_owned();
+        r.beat = beat;
+        r
+    }
+
+    #[test]
+    fn classify_judges_by_counters_on_this_clock_alone() {
+        let mut seen = HashMap::new();
+        let t0 = Instant::now();
+        let recs = |a: u64, b: Option<u64>| {
+            vec![
+                ("a".to_owned(), Some(record("a", a, 1.0))),
+                ("c".to_owned(), b.map(|b| record("c", b, 1.0))),
+            ]
+        };
+        // First look: everyone alive but unconfirmed; "b" (me) is not the
+        // smallest live id, so "a" reaps.
+        let lv = classify(&mut seen, "b", recs(1, Some(1)), t0);
+        assert!(lv.expired.is_empty() && !lv.reaper);
+        assert_eq!(lv.unconfirmed, HashSet::from(["a".to_owned(), "c".to_owned()]));
+        assert_eq!(lv.present.len(), 3);
+        // "a" beats, "c" stands still; within the lease both are alive.
+        let lv = classify(&mut seen, "b", recs(2, Some(1)), t0 + Duration::from_millis(500));
+        assert!(lv.expired.is_empty());
+        assert_eq!(lv.unconfirmed, HashSet::from(["c".to_owned()]));
+        // "a" stands still past its lease: expired, and "b" is the reaper.
+        // "c"'s record is unreadable now: unconfirmed, never expired.
+        let lv = classify(&mut seen, "b", recs(2, None), t0 + Duration::from_millis(1600));
+        assert_eq!(lv.expired.keys().collect::<Vec<_>>(), ["a"]);
+        assert!(lv.reaper);
+        assert!(lv.unconfirmed.contains("c"));
+        // A member whose record is gone is forgotten.
+        let lv = classify(&mut seen, "b", vec![], t0 + Duration::from_secs(2));
+        assert!(seen.is_empty() && lv.reaper && lv.expired.is_empty());
     }
 }
