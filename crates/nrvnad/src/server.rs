@@ -16,7 +16,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use nrvna_core::lifecycle::{read_pid, unlocked_owner, DaemonLock};
 use nrvna_core::time::iso8601_utc;
 use nrvna_core::wait::{DirWaker, Poker};
-use nrvna_core::workspace::READY_FILE;
+use nrvna_core::workspace::{LOCK_FILE, READY_FILE};
 use nrvna_core::{State, Workspace};
 use serde_json::json;
 
@@ -61,29 +61,154 @@ fn with_spares(ws: Workspace) -> Workspace {
 
 /// `nrvnad MODEL WS`: runs until a signal (or an idle queue with --drain).
 pub fn serve(cfg: Config) -> Result<ExitCode> {
+    let Some(mut daemon) = start(cfg)? else {
+        tracing::info!("signal received while waiting for the workspace; exiting");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let end = daemon.wait();
+    let deadline = Instant::now() + daemon.cfg.stop_grace;
+    Ok(daemon.stop(end, deadline))
+}
+
+/// What this daemon holds in the workspace: the lock, and as a member of a
+/// shared workspace its membership (record, claims).
+struct Seat {
+    lock: DaemonLock,
+    membership: Option<Arc<Membership>>,
+}
+
+impl Seat {
+    /// Gives the workspace back: the lifecycle files, or the member record.
+    fn leave(&self, ws: &Workspace) {
+        match &self.membership {
+            Some(m) => {
+                let _ = nrvna_core::members::remove_member(ws, &m.id);
+            }
+            None => self.lock.clear_files(ws),
+        }
+    }
+}
+
+/// A started daemon: its threads run until [`Running::wait`] returns and
+/// [`Running::stop`] stops them.
+pub struct Running {
+    cfg: Config,
+    ws: Workspace,
+    seat: Seat,
+    inference: Arc<Inference>,
+    events: Receiver<Event>,
+    pool: Arc<Pool>,
+    shutdown: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+    scanner: JoinHandle<()>,
+    /// Wakes the Scanner for a pass now.
+    poke: Poker,
+    lease: Option<LeaseThread>,
+    /// Jobs failed by recovery at start (they count as failures of a drain).
+    failed_at_start: u64,
+    _term: Term,
+}
+
+/// The lease thread and what stops it.
+struct LeaseThread {
+    stop: Arc<AtomicBool>,
+    wake: mpsc::Sender<()>,
+    handle: JoinHandle<()>,
+}
+
+/// Takes the workspace, recovers it, loads the model and starts the
+/// threads. `Ok(None)`: a signal arrived while waiting for the workspace.
+pub fn start(cfg: Config) -> Result<Option<Running>> {
     let ws = Workspace::create(&cfg.workspace)
         .with_context(|| format!("opening workspace {}", cfg.workspace.display()))?
         .with_settings(cfg.settings.clone());
     let (tx, events) = mpsc::channel::<Event>();
     let term = Term::install(signals::to_events(tx.clone())).context("installing signal handlers")?;
-    let lock = acquire(&ws, cfg.drain, &term, cfg.shared.is_some())?;
-    let Some(lock) = lock else {
-        tracing::info!("signal received while waiting for the workspace; exiting");
-        return Ok(ExitCode::SUCCESS);
+    let Some(lock) = acquire(&ws, cfg.drain, &term, cfg.shared.is_some())? else {
+        return Ok(None);
     };
     let ws = if cfg.spares { with_spares(ws) } else { ws };
-    let membership = cfg.shared.map(|ttl| Arc::new(Membership::new(ttl)));
-    let rec = match &membership {
-        None => {
-            lock.write_pid(&ws)
-                .with_context(|| format!("writing the pid into {}", ws.file(".nrvnad.lock").display()))?;
-            let _ = std::fs::remove_file(ws.file(READY_FILE));
-            recovery::recover(&ws, cfg.max_recovery_attempts)
+    let seat = Seat {
+        lock,
+        membership: cfg.shared.map(|ttl| Arc::new(Membership::new(ttl))),
+    };
+    let failed_at_start = take_over(&cfg, &ws, &seat)?;
+    let mut serves: Vec<String> = [cfg.model.file_name(), cfg.model.file_stem()]
+        .into_iter()
+        .flatten()
+        .map(|n| n.to_string_lossy().into_owned())
+        .collect();
+    let mut record = member_record(&cfg, &ws, &seat, &serves)?;
+
+    let started_at = iso8601_utc(SystemTime::now());
+    let inference = load(&cfg).inspect_err(|_| seat.leave(&ws))?;
+    if !serves.iter().any(|n| n == inference.model_name()) && !inference.model_name().is_empty() {
+        serves.push(inference.model_name().to_owned());
+    }
+    if seat.membership.is_none() {
+        seat.lock.write_info(&ws, &info(&cfg, &inference, &started_at))?;
+    }
+
+    let pool = Arc::new(Pool::new());
+    let shutdown = Arc::new(AtomicBool::new(false));
+    let workers = spawn_workers(&cfg, &ws, &seat, &inference, &pool, &shutdown, &tx)?;
+    // The lease thread: started once the model is loaded, stopped only
+    // after the workers, so that every job this member holds stays leased.
+    let lease = match (&seat.membership, record.as_mut()) {
+        (Some(m), Some(r)) => {
+            r.serves = serves.clone();
+            r.extra.insert("state".into(), json!("ready"));
+            r.extra.insert("model_name".into(), json!(inference.model_name()));
+            Some(spawn_lease(&cfg, &ws, m, r.clone(), &tx)?)
         }
-        // Members never recover at start: jobs in processing/ may belong to
-        // live members; the lease thread takes back those of dead ones.
+        _ => None,
+    };
+    let (scanner, poke) = spawn_scanner(&cfg, &ws, &seat, &pool, &shutdown, &tx, serves)?;
+    drop(tx);
+
+    if seat.membership.is_none() {
+        ws.io()
+            .write_atomic(ws.root(), READY_FILE, format!("{started_at}\n").as_bytes())?;
+    }
+    tracing::info!(
+        "nrvnad ready: {} with {} workers ({} engine) on {}",
+        inference.model_name(),
+        cfg.workers,
+        cfg.engine.name(),
+        ws.root().display()
+    );
+    Ok(Some(Running {
+        cfg,
+        ws,
+        seat,
+        inference,
+        events,
+        pool,
+        shutdown,
+        workers,
+        scanner,
+        poke,
+        lease,
+        failed_at_start,
+        _term: term,
+    }))
+}
+
+/// Recovers what an earlier daemon left (an exclusive daemon only: jobs in
+/// processing/ of a shared workspace may belong to live members, and the
+/// lease thread takes back those of dead ones). Returns the jobs failed at
+/// the attempt ceiling.
+fn take_over(cfg: &Config, ws: &Workspace, seat: &Seat) -> Result<u64> {
+    let rec = match &seat.membership {
+        None => {
+            seat.lock
+                .write_pid(ws)
+                .with_context(|| format!("writing the pid into {}", ws.file(LOCK_FILE).display()))?;
+            let _ = std::fs::remove_file(ws.file(READY_FILE));
+            recovery::recover(ws, cfg.max_recovery_attempts)
+        }
         Some(_) => recovery::Recovered {
-            staging_removed: recovery::clean_staging(&ws, recovery::STAGING_MAX_AGE),
+            staging_removed: recovery::clean_staging(ws, recovery::STAGING_MAX_AGE),
             ..Default::default()
         },
     };
@@ -95,46 +220,48 @@ pub fn serve(cfg: Config) -> Result<ExitCode> {
             rec.staging_removed
         );
     }
-    let mut serves: Vec<String> = [cfg.model.file_name(), cfg.model.file_stem()]
-        .into_iter()
-        .flatten()
-        .map(|n| n.to_string_lossy().into_owned())
-        .collect();
-    let mut record = membership.as_ref().map(|m| {
-        lease::record_for(
-            m,
-            RecordInfo {
-                model: &cfg.model,
-                serves: serves.clone(),
-                engine: cfg.engine.name(),
-                workers: cfg.workers,
-            },
-        )
-    });
-    if let (Some(m), Some(r)) = (&membership, &mut record) {
-        r.extra.insert("state".into(), json!("starting"));
-        nrvna_core::members::write_member(&ws, r).with_context(|| {
-            format!(
-                "writing this member's record into {}",
-                nrvna_core::members::members_dir(&ws).display()
-            )
-        })?;
-        tracing::info!(
-            "joined {} as member {} (lease {:.1} s)",
-            ws.root().display(),
-            m.id,
-            m.ttl.as_secs_f64()
-        );
-    }
+    Ok(rec.failed as u64)
+}
 
-    let started_at = iso8601_utc(SystemTime::now());
-    let t0 = Instant::now();
-    let leave = |ws: &Workspace| match &membership {
-        Some(m) => {
-            let _ = nrvna_core::members::remove_member(ws, &m.id);
-        }
-        None => lock.clear_files(ws),
+/// A member's first record (state `starting`), written before the model
+/// loads; `None` for an exclusive daemon.
+fn member_record(
+    cfg: &Config,
+    ws: &Workspace,
+    seat: &Seat,
+    serves: &[String],
+) -> Result<Option<nrvna_core::members::MemberRecord>> {
+    let Some(m) = &seat.membership else {
+        return Ok(None);
     };
+    let mut r = lease::record_for(
+        m,
+        RecordInfo {
+            model: &cfg.model,
+            serves: serves.to_vec(),
+            engine: cfg.engine.name(),
+            workers: cfg.workers,
+        },
+    );
+    r.extra.insert("state".into(), json!("starting"));
+    nrvna_core::members::write_member(ws, &r).with_context(|| {
+        format!(
+            "writing this member's record into {}",
+            nrvna_core::members::members_dir(ws).display()
+        )
+    })?;
+    tracing::info!(
+        "joined {} as member {} (lease {:.1} s)",
+        ws.root().display(),
+        m.id,
+        m.ttl.as_secs_f64()
+    );
+    Ok(Some(r))
+}
+
+/// Loads the model (and projector, vocoder) into the configured engine.
+fn load(cfg: &Config) -> Result<Arc<Inference>> {
+    let t0 = Instant::now();
     let inference = Inference::start(
         cfg.engine,
         &cfg.model,
@@ -144,14 +271,14 @@ pub fn serve(cfg: Config) -> Result<ExitCode> {
         cfg.engine_cfg.clone(),
         cfg.workers,
     )
-    .map_err(anyhow::Error::msg)
-    .inspect_err(|_| leave(&ws))?;
-    let inference = Arc::new(inference);
+    .map_err(anyhow::Error::msg)?;
     tracing::info!("model ready in {:.2} s", t0.elapsed().as_secs_f64());
-    if !serves.iter().any(|n| n == inference.model_name()) && !inference.model_name().is_empty() {
-        serves.push(inference.model_name().to_owned());
-    }
-    let info = json!({
+    Ok(Arc::new(inference))
+}
+
+/// The `.nrvnad.info` record of an exclusive daemon.
+fn info(cfg: &Config, inference: &Inference, started_at: &str) -> serde_json::Value {
+    json!({
         "pid": std::process::id(),
         "model": cfg.model.display().to_string(),
         "mmproj": cfg.mmproj.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
@@ -163,58 +290,76 @@ pub fn serve(cfg: Config) -> Result<ExitCode> {
         "threads": cfg.engine_cfg.threads,
         "max_ctx": cfg.engine_cfg.max_ctx,
         "version": env!("CARGO_PKG_VERSION"),
-    });
-    if membership.is_none() {
-        lock.write_info(&ws, &info)?;
-    }
+    })
+}
 
-    let pool = Arc::new(Pool::new());
-    let shutdown = Arc::new(AtomicBool::new(false));
+/// Starts `Worker-0..N-1`, each with its own Processor and Runner.
+fn spawn_workers(
+    cfg: &Config,
+    ws: &Workspace,
+    seat: &Seat,
+    inference: &Arc<Inference>,
+    pool: &Arc<Pool>,
+    shutdown: &Arc<AtomicBool>,
+    tx: &mpsc::Sender<Event>,
+) -> Result<Vec<JoinHandle<()>>> {
     let space = Arc::new(SpaceGate::new(ws.root().to_owned(), cfg.min_free_bytes));
-    let mut workers = Vec::new();
-    for i in 0..cfg.workers {
-        let w = Worker {
-            pool: pool.clone(),
-            processor: Processor::new(
-                ws.clone(),
-                inference.clone(),
-                inference.runner(),
-                shutdown.clone(),
-                space.clone(),
-            )
-            .shared(membership.clone()),
-            ws: ws.clone(),
-            space: space.clone(),
-            shutdown: shutdown.clone(),
-            events: tx.clone(),
-            max_recovery_attempts: cfg.max_recovery_attempts,
-        };
-        let h = std::thread::Builder::new()
-            .name(format!("Worker-{i}"))
-            .spawn(move || w.run())
-            .context("starting a worker thread")?;
-        workers.push(h);
-    }
-    // The lease thread: started once the model is loaded, stopped only
-    // after the workers, so that every job this member holds stays leased.
-    let lease_stop = Arc::new(AtomicBool::new(false));
-    let (lease_poke, lease_wake) = mpsc::channel::<()>();
-    let lease_thread = match (&membership, record) {
-        (Some(m), Some(mut r)) => {
-            r.serves = serves.clone();
-            r.extra.insert("state".into(), json!("ready"));
-            r.extra.insert("model_name".into(), json!(inference.model_name()));
-            let lease = Lease::new(ws.clone(), m.clone(), r, tx.clone(), cfg.max_recovery_attempts);
-            let stop = lease_stop.clone();
-            Some(
-                std::thread::Builder::new()
-                    .name("Lease".into())
-                    .spawn(move || lease.run(stop, lease_wake))
-                    .context("starting the lease thread")?,
-            )
-        }
-        _ => None,
-    };
+    (0..cfg.workers)
+        .map(|i| {
+            let w = Worker {
+                pool: pool.clone(),
+                processor: Processor::new(
+                    ws.clone(),
+                    inference.clone(),
+                    inference.runner(),
+                    shutdown.clone(),
+                    space.clone(),
+                )
+                .shared(seat.membership.clone()),
+                ws: ws.clone(),
+                space: space.clone(),
+                shutdown: shutdown.clone(),
+                events: tx.clone(),
+                max_recovery_attempts: cfg.max_recovery_attempts,
+            };
+            std::thread::Builder::new()
+                .name(format!("Worker-{i}"))
+                .spawn(move || w.run())
+                .context("starting a worker thread")
+        })
+        .collect()
+}
+
+/// Starts a member's lease thread (heartbeat, stop requests, reaping).
+fn spawn_lease(
+    cfg: &Config,
+    ws: &Workspace,
+    m: &Arc<Membership>,
+    record: nrvna_core::members::MemberRecord,
+    tx: &mpsc::Sender<Event>,
+) -> Result<LeaseThread> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (wake, woken) = mpsc::channel::<()>();
+    let lease = Lease::new(ws.clone(), m.clone(), record, tx.clone(), cfg.max_recovery_attempts);
+    let flag = stop.clone();
+    let handle = std::thread::Builder::new()
+        .name("Lease".into())
+        .spawn(move || lease.run(flag, woken))
+        .context("starting the lease thread")?;
+    Ok(LeaseThread { stop, wake, handle })
+}
+
+/// Starts the Scanner, woken by inotify on `input/ready/` or, on network
+/// filesystems and with --poll, by its scan interval.
+fn spawn_scanner(
+    cfg: &Config,
+    ws: &Workspace,
+    seat: &Seat,
+    pool: &Arc<Pool>,
+    shutdown: &Arc<AtomicBool>,
+    tx: &mpsc::Sender<Event>,
+    serves: Vec<String>,
+) -> Result<(JoinHandle<()>, Poker)> {
     let network = nrvna_core::members::network_fs(ws.root());
     let waker = if cfg.poll || network.is_some() {
         tracing::info!(
@@ -230,84 +375,97 @@ pub fn serve(cfg: Config) -> Result<ExitCode> {
         DirWaker::arrivals(&[&ws.dir(State::Ready)], cfg.scan_interval)
     };
     let poke = waker.poker();
-    let spread_seed = membership.as_ref().map(|m| {
+    let spread_seed = seat.membership.as_ref().map(|m| {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         m.id.hash(&mut h);
         h.finish()
     });
     let scanner = Scanner::new(ws.clone(), pool.clone(), shutdown.clone(), tx.clone())
-        .serving(serves.clone())
+        .serving(serves)
         .spreading(spread_seed);
-    let scanner = std::thread::Builder::new()
+    let handle = std::thread::Builder::new()
         .name("Scanner".into())
         .spawn(move || scanner.run(waker))
         .context("starting the scanner thread")?;
-    drop(tx);
+    Ok((handle, poke))
+}
 
-    if membership.is_none() {
-        ws.io()
-            .write_atomic(ws.root(), READY_FILE, format!("{started_at}\n").as_bytes())?;
+impl Running {
+    /// Blocks until a signal, an engine fault, or (with --drain) an idle
+    /// queue.
+    pub fn wait(&mut self) -> End {
+        let membership = self.seat.membership.clone();
+        let unsettled = move || {
+            membership
+                .as_ref()
+                .is_some_and(|m| m.unsettled.load(Ordering::SeqCst) > 0)
+        };
+        let end = wait_for_end(
+            &self.cfg,
+            &self.events,
+            &self.pool,
+            self.failed_at_start,
+            &self.poke,
+            &unsettled,
+        );
+        logging::clear_bar();
+        end
     }
-    tracing::info!(
-        "nrvnad ready: {} with {} workers ({} engine) on {}",
-        inference.model_name(),
-        cfg.workers,
-        cfg.engine.name(),
-        ws.root().display()
-    );
 
-    let unsettled = || {
-        membership
-            .as_ref()
-            .is_some_and(|m| m.unsettled.load(Ordering::SeqCst) > 0)
-    };
-    let ended = wait_for_end(&cfg, &events, &pool, rec.failed as u64, &poke, &unsettled);
-    logging::clear_bar();
-
-    shutdown.store(true, Ordering::SeqCst);
-    pool.close();
-    poke.poke();
-    let deadline = Instant::now() + cfg.stop_grace;
-    let stopped = join_workers(&events, workers.len(), deadline)
-        && join_by(scanner, deadline)
-        && inference.shutdown_within(deadline.saturating_duration_since(Instant::now()));
-    if let Some(m) = &membership {
-        lease_stop.store(true, Ordering::SeqCst);
-        let _ = lease_poke.send(());
-        if let Some(h) = lease_thread {
+    /// Stops the threads (by `deadline`), gives the workspace back, and
+    /// says how the daemon ended. Past the deadline, what still runs stays
+    /// in processing/ and the process exits at once.
+    pub fn stop(self, end: End, deadline: Instant) -> ExitCode {
+        self.shutdown.store(true, Ordering::SeqCst);
+        self.pool.close();
+        self.poke.poke();
+        let stopped = join_workers(&self.events, self.workers.len(), deadline)
+            && join_by(self.scanner, deadline)
+            && self
+                .inference
+                .shutdown_within(deadline.saturating_duration_since(Instant::now()));
+        if let (Some(m), Some(l)) = (&self.seat.membership, self.lease) {
+            l.stop.store(true, Ordering::SeqCst);
+            let _ = l.wake.send(());
             if stopped {
-                let _ = join_by(h, Instant::now() + Duration::from_secs(5));
+                let _ = join_by(l.handle, Instant::now() + Duration::from_secs(5));
             }
+            tracing::info!(
+                "member {}: claimed {} jobs, lost {} claim races, {} results fenced, {} jobs recovered from other members",
+                m.id,
+                m.claimed.load(Ordering::Relaxed),
+                m.lost_races.load(Ordering::Relaxed),
+                m.fenced.load(Ordering::Relaxed),
+                m.recovered.load(Ordering::Relaxed)
+            );
         }
-        tracing::info!(
-            "member {}: claimed {} jobs, lost {} claim races, {} results fenced, {} jobs recovered from other members",
-            m.id,
-            m.claimed.load(Ordering::Relaxed),
-            m.lost_races.load(Ordering::Relaxed),
-            m.fenced.load(Ordering::Relaxed),
-            m.recovered.load(Ordering::Relaxed)
-        );
+        if !stopped {
+            let left = self.ws.list(State::Processing).unwrap_or_default();
+            tracing::error!(
+                "still running {:.1} s after shutdown began (--stop-grace); exiting anyway: {} jobs stay in processing/ and are recovered at the next start{}",
+                self.cfg.stop_grace.as_secs_f64(),
+                left.len(),
+                if left.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", left.iter().map(|i| i.as_str()).collect::<Vec<_>>().join(", "))
+                }
+            );
+            self.seat.leave(&self.ws);
+            // Threads are stuck inside a job or llama.cpp: leave without
+            // running destructors that could wait on them.
+            // SAFETY: _exit ends the process at once; nothing runs after it.
+            unsafe { libc::_exit(1) };
+        }
+        self.seat.leave(&self.ws);
+        exit_code(end)
     }
-    if !stopped {
-        let left = ws.list(State::Processing).unwrap_or_default();
-        tracing::error!(
-            "still running {:.1} s after shutdown began (--stop-grace); exiting anyway: {} jobs stay in processing/ and are recovered at the next start{}",
-            cfg.stop_grace.as_secs_f64(),
-            left.len(),
-            if left.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", left.iter().map(|i| i.as_str()).collect::<Vec<_>>().join(", "))
-            }
-        );
-        leave(&ws);
-        // Threads are stuck inside a job or the engine: leave without
-        // running destructors that could wait on them.
-        unsafe { libc::_exit(1) };
-    }
-    leave(&ws);
-    let code = match ended {
+}
+
+/// The exit code (and last log line) of a daemon that stopped cleanly.
+fn exit_code(end: End) -> ExitCode {
+    match end {
         End::Fault(why) => {
             tracing::error!("stopped after an engine fault ({why}); claimed jobs stay recoverable; restart the daemon");
             ExitCode::from(EXIT_FAULT)
@@ -324,12 +482,12 @@ pub fn serve(cfg: Config) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             }
         }
-    };
-    Ok(code)
+    }
 }
 
 /// Why the serving loop ended.
-enum End {
+#[derive(Debug)]
+pub enum End {
     Signal,
     Fault(String),
     Idle { failures: u64 },
