@@ -100,7 +100,7 @@ pub struct Running {
     pool: Arc<Pool>,
     shutdown: Arc<AtomicBool>,
     workers: Vec<JoinHandle<()>>,
-    scanner: JoinHandle<()>,
+    scanner: Joinable,
     /// Wakes the Scanner for a pass now.
     poke: Poker,
     lease: Option<LeaseThread>,
@@ -113,7 +113,7 @@ pub struct Running {
 struct LeaseThread {
     stop: Arc<AtomicBool>,
     wake: mpsc::Sender<()>,
-    handle: JoinHandle<()>,
+    handle: Joinable,
 }
 
 /// Takes the workspace, recovers it, loads the model and starts the
@@ -342,10 +342,7 @@ fn spawn_lease(
     let (wake, woken) = mpsc::channel::<()>();
     let lease = Lease::new(ws.clone(), m.clone(), record, tx.clone(), cfg.max_recovery_attempts);
     let flag = stop.clone();
-    let handle = std::thread::Builder::new()
-        .name("Lease".into())
-        .spawn(move || lease.run(flag, woken))
-        .context("starting the lease thread")?;
+    let handle = Joinable::spawn("Lease", move || lease.run(flag, woken)).context("starting the lease thread")?;
     Ok(LeaseThread { stop, wake, handle })
 }
 
@@ -359,7 +356,7 @@ fn spawn_scanner(
     shutdown: &Arc<AtomicBool>,
     tx: &mpsc::Sender<Event>,
     serves: Vec<String>,
-) -> Result<(JoinHandle<()>, Poker)> {
+) -> Result<(Joinable, Poker)> {
     let network = nrvna_core::members::network_fs(ws.root());
     let waker = if cfg.poll || network.is_some() {
         tracing::info!(
@@ -384,10 +381,7 @@ fn spawn_scanner(
     let scanner = Scanner::new(ws.clone(), pool.clone(), shutdown.clone(), tx.clone())
         .serving(serves)
         .spreading(spread_seed);
-    let handle = std::thread::Builder::new()
-        .name("Scanner".into())
-        .spawn(move || scanner.run(waker))
-        .context("starting the scanner thread")?;
+    let handle = Joinable::spawn("Scanner", move || scanner.run(waker)).context("starting the scanner thread")?;
     Ok((handle, poke))
 }
 
@@ -421,7 +415,7 @@ impl Running {
         self.pool.close();
         self.poke.poke();
         let stopped = join_workers(&self.events, self.workers.len(), deadline)
-            && join_by(self.scanner, deadline)
+            && self.scanner.join_by(deadline)
             && self
                 .inference
                 .shutdown_within(deadline.saturating_duration_since(Instant::now()));
@@ -429,7 +423,7 @@ impl Running {
             l.stop.store(true, Ordering::SeqCst);
             let _ = l.wake.send(());
             if stopped {
-                let _ = join_by(l.handle, Instant::now() + Duration::from_secs(5));
+                let _ = l.handle.join_by(Instant::now() + Duration::from_secs(5));
             }
             tracing::info!(
                 "member {}: claimed {} jobs, lost {} claim races, {} results fenced, {} jobs recovered from other members",
@@ -583,18 +577,35 @@ fn join_workers(events: &Receiver<Event>, n: usize, deadline: Instant) -> bool {
     true
 }
 
-/// Joins a thread if it ends before the deadline.
-fn join_by(h: JoinHandle<()>, deadline: Instant) -> bool {
-    while !h.is_finished() {
-        if Instant::now() >= deadline {
+/// A thread whose end can be awaited until a deadline, without polling:
+/// it holds the sending end of `ended`, which is dropped when the thread
+/// returns or unwinds.
+struct Joinable {
+    handle: JoinHandle<()>,
+    ended: Receiver<()>,
+}
+
+impl Joinable {
+    fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<Joinable> {
+        let (tx, ended) = mpsc::channel::<()>();
+        let handle = std::thread::Builder::new().name(name.into()).spawn(move || {
+            let _ended = tx;
+            f()
+        })?;
+        Ok(Joinable { handle, ended })
+    }
+
+    /// Joins the thread if it ends before the deadline.
+    fn join_by(self, deadline: Instant) -> bool {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if let Err(mpsc::RecvTimeoutError::Timeout) = self.ended.recv_timeout(left) {
             return false;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        if self.handle.join().is_err() {
+            tracing::error!("a daemon thread panicked while stopping");
+        }
+        true
     }
-    if h.join().is_err() {
-        tracing::error!("a daemon thread panicked while stopping");
-    }
-    true
 }
 
 /// Takes the workspace. Exclusive: the flock, no live daemon without one
