@@ -285,10 +285,86 @@ fn stream_job(
     deadline: Instant,
 ) -> Response {
     let (tx, rx) = mpsc::channel::<Event>(64);
-    let created = now_unix();
-    let rid = response_id(kind, &id);
-    let chunk = move |delta: Option<&str>, finish: Option<&str>, role: bool| -> Event {
-        let choice = match kind {
+    let out = Chunks {
+        tx,
+        kind,
+        rid: response_id(kind, &id),
+        created: now_unix(),
+        model,
+    };
+    // Text that may still be cut by a stop string is held back until the
+    // job ends, so the deltas always add up to result.txt.
+    let holdback = stops.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
+    tokio::spawn(async move {
+        let guard = guard;
+        if kind == Kind::Chat && !out.send(out.chunk(Some(""), None, true)).await {
+            return;
+        }
+        let mut sent = String::new();
+        loop {
+            let Some(job) = app.jobs.ws.job(&id) else {
+                let e = ApiError::internal(format!("job {id} disappeared from the workspace"));
+                out.error(&e).await;
+                return;
+            };
+            if job.state == State::Processing {
+                if !out.partial(&job, &mut sent, holdback).await {
+                    return;
+                }
+            } else if job.state.is_terminal() {
+                guard.disarm();
+                out.finish(&job, &id, &sent, include_usage).await;
+                return;
+            }
+            if Instant::now() >= deadline {
+                out.error(&timeout_error(&app, &id)).await;
+                return; // the guard cancels the job
+            }
+            tokio::select! {
+                _ = out.tx.closed() => return, // the client went away: the guard cancels the job
+                _ = app.jobs.changed(STREAM_POLL) => {}
+            }
+        }
+    });
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<Event, Infallible>(e), rx))
+    });
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}
+
+/// The events of one streamed response, in OpenAI's chunk format, sent
+/// to the client's connection.
+struct Chunks {
+    tx: mpsc::Sender<Event>,
+    kind: Kind,
+    rid: String,
+    created: i64,
+    model: String,
+}
+
+impl Chunks {
+    /// Sends an event; false when the client is gone.
+    async fn send(&self, e: Event) -> bool {
+        self.tx.send(e).await.is_ok()
+    }
+
+    /// Sends an error object (the stream ends after it).
+    async fn error(&self, e: &ApiError) {
+        let _ = self.send(Event::default().data(e.body().to_string())).await;
+    }
+
+    fn object(&self) -> &'static str {
+        match self.kind {
+            Kind::Chat => "chat.completion.chunk",
+            Kind::Completion => "text_completion",
+        }
+    }
+
+    /// One chunk: a text delta, a finish reason, and (chat) the role.
+    fn chunk(&self, delta: Option<&str>, finish: Option<&str>, role: bool) -> Event {
+        let choice = match self.kind {
             Kind::Chat => {
                 let mut d = Map::new();
                 if role {
@@ -303,110 +379,67 @@ fn stream_job(
                 json!({"index": 0, "text": delta.unwrap_or(""), "logprobs": null, "finish_reason": finish})
             }
         };
-        let object = if kind == Kind::Chat {
-            "chat.completion.chunk"
-        } else {
-            "text_completion"
-        };
         Event::default().data(
-            json!({"id": rid, "object": object, "created": created, "model": model, "choices": [choice]}).to_string(),
+            json!({"id": self.rid, "object": self.object(), "created": self.created, "model": self.model,
+                "choices": [choice]})
+            .to_string(),
         )
-    };
-    // Text that may still be cut by a stop string is held back until the
-    // job ends, so the deltas always add up to result.txt.
-    let holdback = stops.iter().map(|s| s.len().saturating_sub(1)).max().unwrap_or(0);
-    tokio::spawn(async move {
-        let guard = guard;
-        let send = |e: Event| {
-            let tx = tx.clone();
-            async move { tx.send(e).await.is_ok() }
+    }
+
+    /// Sends what partial.txt holds beyond `sent` (less the hold-back);
+    /// false when the client is gone.
+    async fn partial(&self, job: &nrvna_core::JobView, sent: &mut String, holdback: usize) -> bool {
+        let Ok(b) = read_limited(&job.dir.join(PARTIAL_FILE), crate::jobs::MAX_ARTIFACT_BYTES) else {
+            return true;
         };
-        if kind == Kind::Chat && !send(chunk(Some(""), None, true)).await {
+        let Some(delta) = next_delta(&b, sent, holdback) else {
+            return true;
+        };
+        let delta = delta.to_owned();
+        if !self.send(self.chunk(Some(&delta), None, false)).await {
+            return false;
+        }
+        sent.push_str(&delta);
+        true
+    }
+
+    /// The end of a finished job's stream: the rest of its text, the finish
+    /// reason, the usage when asked for, and `[DONE]`; or its error.
+    async fn finish(&self, job: &nrvna_core::JobView, id: &JobId, sent: &str, include_usage: bool) {
+        let fin = match Finished::read(job) {
+            Ok(f) => f,
+            Err(e) => return self.error(&e).await,
+        };
+        let Some(text) = fin.text() else {
+            return self.error(&fin.failure(id)).await;
+        };
+        match text.strip_prefix(sent) {
+            Some(rest) if !rest.is_empty() => {
+                if !self.send(self.chunk(Some(rest), None, false)).await {
+                    return;
+                }
+            }
+            Some(_) => {}
+            None => tracing::warn!(
+                "job {id}: result.txt does not begin with the partial output already streamed; \
+                 the streamed text differs from the result"
+            ),
+        }
+        let finish = fin.meta.extra_str("finish_reason").unwrap_or("stop").to_owned();
+        if !self.send(self.chunk(None, Some(&finish), false)).await {
             return;
         }
-        let mut sent = String::new();
-        loop {
-            let job = match app.jobs.ws.job(&id) {
-                Some(j) => j,
-                None => {
-                    let e = ApiError::internal(format!("job {id} disappeared from the workspace"));
-                    let _ = send(Event::default().data(e.body().to_string())).await;
-                    return;
-                }
-            };
-            if job.state == State::Processing {
-                if let Ok(b) = read_limited(&job.dir.join(PARTIAL_FILE), crate::jobs::MAX_ARTIFACT_BYTES) {
-                    if let Some(delta) = next_delta(&b, &sent, holdback) {
-                        let delta = delta.to_owned();
-                        if !send(chunk(Some(&delta), None, false)).await {
-                            return;
-                        }
-                        sent.push_str(&delta);
-                    }
-                }
-            } else if job.state.is_terminal() {
-                let fin = match Finished::read(&job) {
-                    Ok(f) => f,
-                    Err(e) => {
-                        let _ = send(Event::default().data(e.body().to_string())).await;
-                        guard.disarm();
-                        return;
-                    }
-                };
-                guard.disarm();
-                let Some(text) = fin.text() else {
-                    let _ = send(Event::default().data(fin.failure(&id).body().to_string())).await;
-                    return;
-                };
-                match text.strip_prefix(sent.as_str()) {
-                    Some(rest) if !rest.is_empty() => {
-                        if !send(chunk(Some(rest), None, false)).await {
-                            return;
-                        }
-                    }
-                    Some(_) => {}
-                    None => tracing::warn!(
-                        "job {id}: result.txt does not begin with the partial output already streamed; \
-                         the streamed text differs from the result"
-                    ),
-                }
-                let finish = fin.meta.extra_str("finish_reason").unwrap_or("stop").to_owned();
-                if !send(chunk(None, Some(&finish), false)).await {
-                    return;
-                }
-                if include_usage {
-                    let (p, c) = (fin.tokens("prompt_tokens"), fin.tokens("generated_tokens"));
-                    let object = if kind == Kind::Chat {
-                        "chat.completion.chunk"
-                    } else {
-                        "text_completion"
-                    };
-                    let usage = json!({"id": response_id(kind, &id), "object": object, "created": created,
-                        "model": fin.meta.extra_str("model").unwrap_or(""), "choices": [],
-                        "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}});
-                    if !send(Event::default().data(usage.to_string())).await {
-                        return;
-                    }
-                }
-                let _ = send(Event::default().data("[DONE]")).await;
+        if include_usage {
+            let (p, c) = (fin.tokens("prompt_tokens"), fin.tokens("generated_tokens"));
+            let usage = json!({"id": self.rid, "object": self.object(), "created": self.created,
+                "model": fin.meta.extra_str("model").unwrap_or(""), "choices": [],
+                "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}});
+            if !self.send(Event::default().data(usage.to_string())).await {
                 return;
             }
-            if Instant::now() >= deadline {
-                let _ = send(Event::default().data(timeout_error(&app, &id).body().to_string())).await;
-                return; // the guard cancels the job
-            }
-            tokio::select! {
-                _ = tx.closed() => return, // the client went away: the guard cancels the job
-                _ = app.jobs.changed(STREAM_POLL) => {}
-            }
         }
-    });
-    let events = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|e| (Ok::<Event, Infallible>(e), rx))
-    });
-    Sse::new(events)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
-        .into_response()
+        let _ = self.send(Event::default().data("[DONE]")).await;
+    }
 }
 
 /// The text of `partial` (the bytes of partial.txt) not yet sent, less the
