@@ -11,6 +11,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use nrvna_core::workspace::READY_FILE;
+use rustix::param::clock_ticks_per_second;
+use rustix::process::{kill_process, Pid, Signal};
 use serde_json::{json, Value};
 
 use crate::tools::{command, quote, Bins, Env};
@@ -206,7 +208,7 @@ impl Daemon {
             Ok(r) => self.record_exit(r),
             Err(RecvTimeoutError::Timeout) => {
                 self.killed = true;
-                unsafe { libc::kill(self.pid, libc::SIGKILL) };
+                sigkill(self.pid);
                 match self.reaped.recv() {
                     Ok(r) => self.record_exit(r),
                     Err(_) => self.lost(),
@@ -235,7 +237,7 @@ impl Daemon {
         let f: Vec<&str> = rest.split_whitespace().collect();
         // Fields 14 and 15 (utime, stime) are 11 and 12 after the command.
         let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-        let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+        let tck = clock_ticks_per_second();
         (tck > 0).then(|| ticks as f64 / tck as f64)
     }
 
@@ -302,7 +304,7 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         if self.exit.is_none() {
-            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            sigkill(self.pid);
             let _ = self.reaped.recv_timeout(Duration::from_secs(10));
         }
     }
@@ -324,8 +326,16 @@ pub fn busy_cpu_s() -> Option<f64> {
     }
     // user nice system idle iowait irq softirq steal (guest is inside user)
     let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
-    let tck = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let tck = clock_ticks_per_second();
     (tck > 0).then(|| busy as f64 / tck as f64)
+}
+
+/// SIGKILLs `pid`; an error (already reaped, say) is of no use to a caller
+/// that only wants it gone.
+fn sigkill(pid: libc::pid_t) {
+    if let Some(pid) = Pid::from_raw(pid) {
+        let _ = kill_process(pid, Signal::KILL);
+    }
 }
 
 fn timeval_s(t: libc::timeval) -> f64 {
@@ -336,19 +346,31 @@ fn timeval_s(t: libc::timeval) -> f64 {
 /// CPU seconds.
 fn reap(pid: libc::pid_t) -> (Status, i64, f64) {
     let mut status: libc::c_int = 0;
-    // SAFETY: rusage is plain data; wait4 fills it.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    loop {
-        let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
+    // The one raw call left in this crate: std's Child::wait and rustix's
+    // waitpid/waitid reap a child but drop its rusage, and neither has a
+    // getrusage (whose RUSAGE_CHILDREN would, besides, merge every child
+    // reaped so far rather than give this one's peak).
+    //
+    // SAFETY: `libc::rusage` is a C struct of integers and `timeval`s, for
+    // which all-zero bytes are a valid value. wait4(2) only writes through
+    // the two pointers, which point to a live, exclusively borrowed `c_int`
+    // and `rusage` of the right types for the length of the call, and keeps
+    // neither pointer past it.
+    let ru = loop {
+        let (r, ru) = unsafe {
+            let mut ru: libc::rusage = std::mem::zeroed();
+            let r = libc::wait4(pid, &mut status, 0, &mut ru);
+            (r, ru)
+        };
         if r == pid {
-            break;
+            break ru;
         }
         let e = std::io::Error::last_os_error();
         if r < 0 && e.raw_os_error() == Some(libc::EINTR) {
             continue;
         }
         return (Status::Unknown, 0, 0.0);
-    }
+    };
     let st = if libc::WIFEXITED(status) {
         Status::Code(libc::WEXITSTATUS(status))
     } else if libc::WIFSIGNALED(status) {

@@ -1,6 +1,9 @@
 //! SIGINT/SIGTERM through signal-hook: the first sets a flag and wakes the
 //! main thread (a blocking wait, no polling); a second, while the flag is
-//! set, exits the process at once with 130.
+//! set, exits the process at once with 130 (from the handler, so it works
+//! however stuck the rest of the daemon is). The second exits silently:
+//! signal-hook's safe API cannot print from a handler, and the first
+//! signal's log line says that a second exits at once.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -9,6 +12,9 @@ use std::sync::Arc;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::flag;
 use signal_hook::iterator::Signals;
+
+/// The exit status when a second signal arrives during the shutdown.
+pub const EXIT_ON_SECOND: i32 = 130;
 
 /// The process's shutdown signals.
 #[derive(Clone)]
@@ -22,18 +28,10 @@ impl Term {
     pub fn install(on_signal: impl Fn() + Send + 'static) -> std::io::Result<Term> {
         let term = Arc::new(AtomicBool::new(false));
         for sig in [SIGINT, SIGTERM] {
-            // Order matters: the exit only fires when the flag is already
-            // set, i.e. on the second signal. Only async-signal-safe calls.
-            let second = term.clone();
-            let exit_now = move || {
-                if second.load(Ordering::SeqCst) {
-                    const MSG: &[u8] = b"nrvnad: second signal, exiting now\n";
-                    unsafe { libc::write(2, MSG.as_ptr().cast(), MSG.len()) };
-                    signal_hook::low_level::exit(130);
-                }
-            };
-            // SAFETY: the action only loads an atomic, write(2)s and _exit(2)s.
-            unsafe { signal_hook::low_level::register(sig, exit_now)? };
+            // Order matters: a signal runs its actions in the order they
+            // were registered, so the exit (only when the flag is already
+            // set) comes first and fires on the second signal, not the first.
+            flag::register_conditional_shutdown(sig, EXIT_ON_SECOND, term.clone())?;
             flag::register(sig, term.clone())?;
         }
         let mut signals = Signals::new([SIGINT, SIGTERM])?;

@@ -13,11 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn mkfifo(p: &Path) {
-    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo {}", p.display());
-}
-
 const ECHO: [&str; 2] = ["--engine", "echo"];
 
 #[test]

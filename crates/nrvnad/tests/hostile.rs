@@ -15,11 +15,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn mkfifo(p: &Path) {
-    let c = std::ffi::CString::new(p.to_str().unwrap()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0, "mkfifo {}", p.display());
-}
-
 /// Asserts `id` failed with a one-line error.txt that contains `needle`.
 #[track_caller]
 fn assert_failed_with(ws: &TestWs, id: &str, needle: &str) {
@@ -359,11 +354,7 @@ fn stop_never_signals_a_process_that_does_not_hold_the_lock() {
         .write(true)
         .open(ws.path().join(".nrvnad.lock"))
         .unwrap();
-    use std::os::fd::AsRawFd;
-    assert_eq!(
-        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) },
-        0
-    );
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).unwrap();
     let mut innocent = Command::new("sleep").arg("30").spawn().unwrap();
     fs::write(ws.path().join(".nrvnad.pid"), format!("{}\n", innocent.id())).unwrap();
     let r = ws.ctl("stop", &["--timeout", "1"]);

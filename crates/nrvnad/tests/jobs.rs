@@ -6,7 +6,6 @@
 mod common;
 
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 
 use common::*;
 use serde_json::{json, Value};
@@ -189,8 +188,7 @@ fn bad_jobs_fail_with_a_one_line_reason_and_the_daemon_goes_on() {
     ws.make_job(READY, "1_5", &[]);
     std::os::unix::fs::symlink("/etc/passwd", p("1_5").join("prompt.txt")).unwrap();
     ws.make_job(READY, "1_6", &[]);
-    let fifo = std::ffi::CString::new(p("1_6").join("prompt.txt").as_os_str().as_bytes()).unwrap();
-    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0, "mkfifo");
+    mkfifo(&p("1_6").join("prompt.txt"));
     ws.make_job(READY, "1_7", &[("prompt.txt", b"Say hi."), ("type.txt", b"image\n")]);
     ws.make_job(
         READY,

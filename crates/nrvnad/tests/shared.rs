@@ -220,7 +220,7 @@ fn a_member_paused_past_its_lease_loses_its_job_and_publishes_nothing() {
 struct Incarnation {
     unshare: Child,
     /// nrvnad's pid as this test sees it (1 inside its namespace).
-    pid: i32,
+    pid: u32,
     log: PathBuf,
     started: SystemTime,
     /// When it was not running: paused (start, end) or killed (start, far future).
@@ -289,8 +289,8 @@ impl Cluster<'_> {
 
     fn kill(&mut self, slot: usize, sig: libc::c_int) {
         let m = &mut self.members[slot];
-        unsafe { libc::kill(m.pid, libc::SIGCONT) };
-        unsafe { libc::kill(m.pid, sig) };
+        let _ = send_signal(m.pid, libc::SIGCONT);
+        let _ = send_signal(m.pid, sig);
         let t = SystemTime::now();
         if let Some(p) = m.paused_since.take() {
             m.down.push((p, t));
@@ -309,14 +309,14 @@ impl Cluster<'_> {
 
     fn pause(&mut self, slot: usize) {
         let m = &mut self.members[slot];
-        unsafe { libc::kill(m.pid, libc::SIGSTOP) };
+        let _ = send_signal(m.pid, libc::SIGSTOP);
         m.paused_since = Some(SystemTime::now());
     }
 
     fn resume(&mut self, slot: usize) {
         let m = &mut self.members[slot];
         if let Some(p) = m.paused_since.take() {
-            unsafe { libc::kill(m.pid, libc::SIGCONT) };
+            let _ = send_signal(m.pid, libc::SIGCONT);
             m.down.push((p, SystemTime::now()));
         }
     }
@@ -340,7 +340,7 @@ impl Drop for Cluster<'_> {
         }
         // unshare --kill-child takes nrvnad with it.
         for m in self.members.iter_mut() {
-            unsafe { libc::kill(m.pid, libc::SIGCONT) };
+            let _ = send_signal(m.pid, libc::SIGCONT);
             let _ = m.unshare.kill();
             let _ = m.unshare.wait();
         }
@@ -383,7 +383,7 @@ static CHAOS: Mutex<()> = Mutex::new(());
 
 fn chaos(plan: ChaosPlan) {
     let _one = CHAOS.lock().unwrap_or_else(|e| e.into_inner());
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         panic!("this test needs root (unshare --pid --uts); run it as root or leave it ignored");
     }
     let ws = TestWs::new();

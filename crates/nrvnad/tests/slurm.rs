@@ -172,7 +172,10 @@ fn drain_with_array(cl: &Cluster, model: &Path, member_args: &str, env: &[(&str,
 #[test]
 #[ignore = "needs root (installs and runs slurm and munge); scripts/test.sh runs it as root"]
 fn a_slurm_array_of_shared_members_drains_a_workspace_exactly_once() {
-    assert_eq!(unsafe { libc::geteuid() }, 0, "run as root, or leave this test ignored");
+    assert!(
+        rustix::process::geteuid().is_root(),
+        "run as root, or leave this test ignored"
+    );
     let tmp = tempfile::Builder::new().prefix("nrvna-slurm-").tempdir().unwrap();
     let cl = Cluster::start(tmp.path());
     // A few hundred jobs on the echo engine.

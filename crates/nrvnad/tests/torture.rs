@@ -150,7 +150,7 @@ fn sigkill_the_daemon_at_random_moments_while_submitting() {
     for _ in 0..kills {
         let mut d = daemon(&ws, false, &log);
         std::thread::sleep(Duration::from_millis(rng.range(40, 700)));
-        unsafe { libc::kill(d.id() as i32, libc::SIGKILL) };
+        let _ = common::send_signal(d.id(), libc::SIGKILL);
         d.wait().unwrap();
         // The daemon is dead: the only moves now are wrk's publishes.
         static_dups.extend(duplicates(&snapshot(&ws)));
@@ -278,7 +278,7 @@ fn sigkill_wrk_mid_submit_never_publishes_a_partial_job() {
             let _ = stdin.write_all(p.as_bytes());
         });
         std::thread::sleep(Duration::from_micros(rng.range(0, 8000)));
-        unsafe { libc::kill(c.id() as i32, libc::SIGKILL) };
+        let _ = common::send_signal(c.id(), libc::SIGKILL);
         let out = c.wait_with_output().unwrap();
         let _ = feeder.join();
         if out.status.success() {

@@ -321,8 +321,9 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path();
         fs::write(p.join("prompt.txt"), "keep me").unwrap();
-        let fifo = std::ffi::CString::new(p.join(PARTIAL_FILE).to_str().unwrap()).unwrap();
-        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o644) }, 0);
+        let fifo = p.join(PARTIAL_FILE);
+        let (cwd, mode) = (rustix::fs::CWD, rustix::fs::Mode::from_raw_mode(0o644));
+        rustix::fs::mknodat(cwd, &fifo, rustix::fs::FileType::Fifo, mode, 0).unwrap();
         fs::create_dir_all(p.join("result.txt/inner")).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", p.join("error.txt")).unwrap();
         fs::write(p.join("meta.json.tmp"), "half").unwrap();

@@ -584,8 +584,7 @@ impl Daemon {
     }
 
     pub fn signal(&self, sig: libc::c_int) {
-        let rc = unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
-        assert_eq!(rc, 0, "kill({}, {sig})", self.pid());
+        send_signal(self.pid(), sig).unwrap_or_else(|e| panic!("kill({}, {sig}): {e}", self.pid()));
     }
 
     /// How many log lines contain `needle`.
@@ -632,4 +631,19 @@ pub fn parse_iso8601(s: &str) -> SystemTime {
 /// Quotes a path for `sh -c`.
 pub fn sh_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
+}
+
+/// Sends `sig` (a libc signal number, `libc::SIGTERM` say) to `pid`.
+pub fn send_signal(pid: u32, sig: libc::c_int) -> std::io::Result<()> {
+    use rustix::process::{kill_process, Pid, Signal};
+    let pid = i32::try_from(pid).ok().and_then(Pid::from_raw).expect("a positive pid");
+    let sig = Signal::from_named_raw(sig).expect("a named signal");
+    Ok(kill_process(pid, sig)?)
+}
+
+/// Makes a FIFO at `p` (mode 0644, less the umask), like mkfifo(3).
+pub fn mkfifo(p: &Path) {
+    use rustix::fs::{mknodat, FileType, Mode, CWD};
+    mknodat(CWD, p, FileType::Fifo, Mode::from_raw_mode(0o644), 0)
+        .unwrap_or_else(|e| panic!("mkfifo {}: {e}", p.display()));
 }
