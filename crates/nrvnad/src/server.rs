@@ -144,7 +144,6 @@ pub fn serve(cfg: Config) -> Result<ExitCode> {
         cfg.engine_cfg.clone(),
         cfg.workers,
     )
-    .map_err(anyhow::Error::msg)
     .inspect_err(|_| leave(&ws))?;
     let inference = Arc::new(inference);
     tracing::info!("model ready in {:.2} s", t0.elapsed().as_secs_f64());
