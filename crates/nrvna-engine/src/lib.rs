@@ -28,4 +28,5 @@ pub use model::Model;
 pub use plan::config::{EngineConfig, FlashAttn};
 pub use plan::sampling::Sampling;
 pub use plan::{config, sampling, template};
+pub use run::parts::ModelParts;
 pub use run::{batched, embed, media, perjob, probe, sched, tts};

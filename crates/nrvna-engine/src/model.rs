@@ -1,7 +1,7 @@
 //! The loaded model, the top of the crate: the text model's weights, its
 //! chat template, and the multimodal projector and speech pipeline when
 //! the daemon loads them, joined in one value that every worker shares.
-//! The runners see it through [`ModelParts`].
+//! The engines see it through [`ModelParts`].
 
 use std::path::Path;
 
@@ -12,8 +12,8 @@ use crate::error::{EngineError, TemplateError};
 use crate::llama::Weights;
 use crate::plan::template::ChatTemplate;
 use crate::run::media::Projector;
+use crate::run::parts::ModelParts;
 use crate::run::tts::Speech;
-use crate::run::ModelParts;
 
 /// A loaded GGUF model and what the engines need to know about it.
 ///

@@ -35,12 +35,10 @@ use crate::job::{Observer, Output, Request, Runner, TextRequest, POLL_INTERVAL};
 use crate::llama::new_context;
 use crate::plan::config::EngineConfig;
 use crate::plan::prompt::plan_text;
-use crate::run::embed::{embed_many, embed_media};
+use crate::run::embed::embed_many;
 use crate::run::generation::Generation;
-use crate::run::media::plan_media;
+use crate::run::parts::ModelParts;
 use crate::run::sched::{Sched, SeqState};
-use crate::run::tts::speak;
-use crate::run::ModelParts;
 
 type Reply = SyncSender<Result<Output, RunError>>;
 
@@ -140,7 +138,7 @@ impl Runner for BatchedRunner {
     /// observer's `poll` on this (the worker's) thread meanwhile.
     fn run(&mut self, req: Request, obs: Arc<dyn Observer>) -> Result<Output, RunError> {
         if let Request::Speech(s) = req {
-            return speak(&*self.model, &self.cfg, self.speech_threads, s, obs);
+            return self.model.speak(&self.cfg, self.speech_threads, s, obs);
         }
         let (reply, rx) = mpsc::sync_channel(1);
         self.tx
@@ -312,7 +310,7 @@ impl<'m> Engine<'m> {
                 reply,
             } => {
                 // Its own context, like every embedding: the shared one is untouched.
-                let _ = reply.send(embed_media(self.model, self.cfg.threads, &text, &media));
+                let _ = reply.send(self.model.embed_media(self.cfg.threads, &text, &media));
                 false
             }
             Msg::Job {
@@ -322,7 +320,7 @@ impl<'m> Engine<'m> {
             } => {
                 // Runners voice speech on their own thread; should one
                 // arrive here, it still gets its own context.
-                let _ = reply.send(speak(self.model, &self.cfg, self.cfg.threads, s, obs));
+                let _ = reply.send(self.model.speak(&self.cfg, self.cfg.threads, s, obs));
                 false
             }
             Msg::Job {
@@ -364,7 +362,7 @@ impl<'m> Engine<'m> {
             let (toks, max_gen) = plan_text(self.model.weights(), limit, &req.prompt, req.max_tokens)?;
             return Ok((toks, None, max_gen));
         };
-        let (chunks, n, max_gen) = plan_media(self.model, limit, req, m)?;
+        let (chunks, n, max_gen) = self.model.plan_media(limit, req, m)?;
         if self.model.require_projector("a media job")?.mrope {
             return Err(RunError::Rejected(
                 "this projector places media with M-RoPE positions, which the batched engine does not track; run nrvnad with --engine per-job for this model".into(),

@@ -13,8 +13,7 @@ use llama_cpp_2::token::LlamaToken;
 use crate::error::RunError;
 use crate::job::{Media, Output};
 use crate::llama::{new_context, Weights};
-use crate::run::media::{cells, with_markers};
-use crate::run::ModelParts;
+use crate::run::media::{cells, with_markers, Projector};
 
 /// Why an embedding vector is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -58,10 +57,14 @@ const EMBED_CTX: u32 = 8192;
 /// Embeds text and images together in their own context (the images
 /// encoded by the projector, the text after them attending to them).
 /// Pooled over the last decode call of the prompt, as the C++ daemon does.
-pub fn embed_media(model: &dyn ModelParts, threads: u32, text: &str, media: &[Media]) -> Result<Output, RunError> {
+pub fn embed_media(
+    weights: &Weights,
+    proj: &Projector,
+    threads: u32,
+    text: &str,
+    media: &[Media],
+) -> Result<Output, RunError> {
     let start = Instant::now();
-    let proj = model.require_projector("an embedding with images")?;
-    let weights = model.weights();
     let prompt = with_markers(text, media.len());
     let chunks = proj.tokenize(&prompt, media, false)?;
     let n = cells(&chunks);

@@ -18,7 +18,6 @@ pub use crate::job::Media;
 use crate::job::{MediaInput, TextRequest};
 use crate::llama::check_file;
 use crate::plan::prompt::fit_media;
-use crate::run::ModelParts;
 
 /// The loaded projector.
 pub struct Projector {
@@ -131,22 +130,24 @@ impl Projector {
     }
 }
 
+/// What a media job is, for the error that asks for a projector.
+pub fn job_kind(media: &MediaInput) -> &'static str {
+    if media.audio {
+        "a speech-to-text job"
+    } else {
+        "a vision job"
+    }
+}
+
 /// A media job's prompt: its chunks (text tokens, images or audio), the KV
 /// cells they take, and the most new tokens that fit after them in `limit`.
 pub fn plan_media(
-    model: &dyn ModelParts,
+    projector: &Projector,
     limit: u32,
     req: &TextRequest,
     media: &MediaInput,
 ) -> Result<(MtmdInputChunks, u32, u32), RunError> {
-    let what = if media.audio {
-        "a speech-to-text job"
-    } else {
-        "a vision job"
-    };
-    let chunks = model
-        .require_projector(what)?
-        .tokenize(&req.prompt, &media.files, media.audio)?;
+    let chunks = projector.tokenize(&req.prompt, &media.files, media.audio)?;
     let n = cells(&chunks);
     let max_gen = fit_media(n, limit, req.max_tokens)?;
     Ok((chunks, n, max_gen))

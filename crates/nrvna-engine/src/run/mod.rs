@@ -1,7 +1,8 @@
 //! The runners: what turns a [`crate::Request`] into an [`crate::Output`]
-//! on llama.cpp. Each takes the parts of the loaded model it needs through
-//! [`ModelParts`]; `generation`, `sched`, `embed` and `media` are shared
-//! by the per-job and batched engines.
+//! on llama.cpp. Each takes only the parts of the loaded model it needs
+//! (weights, projector, speech); the per-job and batched engines reach
+//! them through [`parts::ModelParts`]. `generation`, `sched`, `embed` and
+//! `media` are shared by both engines.
 
 pub mod batched;
 pub mod embed;
@@ -12,5 +13,3 @@ pub mod perjob;
 pub mod probe;
 pub mod sched;
 pub mod tts;
-
-pub use parts::ModelParts;

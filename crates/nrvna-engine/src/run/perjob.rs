@@ -14,11 +14,9 @@ use crate::job::{Observer, Output, Request, Runner, TextRequest, POLL_INTERVAL};
 use crate::llama::{new_context, single_sequence};
 use crate::plan::config::EngineConfig;
 use crate::plan::prompt::{job_ctx, plan_text};
-use crate::run::embed::{embed_media, embed_one};
+use crate::run::embed::embed_one;
 use crate::run::generation::Generation;
-use crate::run::media::plan_media;
-use crate::run::tts::speak;
-use crate::run::ModelParts;
+use crate::run::parts::ModelParts;
 
 /// A worker's runner: a fresh context per job.
 pub struct PerJobRunner {
@@ -41,8 +39,8 @@ impl Runner for PerJobRunner {
         match req {
             Request::Text(t) => run_text(model, &self.cfg, self.threads, t, obs),
             Request::Embed(s) => embed_one(model.weights(), self.threads, &s),
-            Request::EmbedMedia { text, media } => embed_media(model, self.threads, &text, &media),
-            Request::Speech(s) => speak(model, &self.cfg, self.threads, s, obs),
+            Request::EmbedMedia { text, media } => model.embed_media(self.threads, &text, &media),
+            Request::Speech(s) => model.speak(&self.cfg, self.threads, s, obs),
         }
     }
 }
@@ -63,7 +61,7 @@ fn run_text(
             (toks, None, n, max_gen)
         }
         Some(m) => {
-            let (chunks, n, max_gen) = plan_media(model, limit, &req, m)?;
+            let (chunks, n, max_gen) = model.plan_media(limit, &req, m)?;
             (Vec::new(), Some(chunks), n, max_gen)
         }
     };

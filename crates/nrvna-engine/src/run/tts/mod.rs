@@ -33,7 +33,6 @@ pub use crate::job::SpeechRequest;
 use crate::job::{Finish, Observer, Output};
 use crate::llama::{backend, check_file, new_context, new_context_for, single_sequence, Weights};
 use crate::plan::config::EngineConfig;
-use crate::run::ModelParts;
 use audio::{Istft, SAMPLE_RATE};
 use text::{Speaker, Version};
 
@@ -368,20 +367,20 @@ impl Seq<'_> {
 
 /// Voices `req.text` with the model's OuteTTS layout and the vocoder.
 pub fn speak(
-    model: &dyn ModelParts,
+    weights: &Weights,
+    speech: &Speech,
     cfg: &EngineConfig,
     threads: u32,
     req: SpeechRequest,
     obs: Arc<dyn Observer>,
 ) -> Result<Output, RunError> {
-    let speech = model.require_speech()?;
     let words = text::words(&req.text, speech.layout.version);
     if words.is_empty() {
         return Err(RunError::Rejected(
             "the text has nothing to say: no letters or numbers are left after normalising it".into(),
         ));
     }
-    let mut v = Voicing::new(model.weights(), speech, cfg, threads, words, &req)?;
+    let mut v = Voicing::new(weights, speech, cfg, threads, words, &req)?;
     let start = Instant::now();
     v.voice_all(&*obs)?;
     let gen_secs = start.elapsed().as_secs_f64();
