@@ -28,7 +28,7 @@ fn every_configuration_generates_every_token_and_the_choice_measures_both() {
                 n_ctx: 768,
                 n_batch: 32,
             };
-            let r = run(&m, &cfg, &prompts, 5).unwrap_or_else(|e| panic!("{cfg:?}: {e}"));
+            let r = run(&m.weights, &cfg, &prompts, 5).unwrap_or_else(|e| panic!("{cfg:?}: {e}"));
             assert_eq!(r.generated, 15, "{cfg:?}");
             assert_eq!(r.prompt_tokens, prompts.iter().map(Vec::len).sum::<usize>());
             // The chat template's preamble is decoded once and copied.
@@ -46,6 +46,6 @@ fn every_configuration_generates_every_token_and_the_choice_measures_both() {
     };
     // 16 sequences of 64 prompt tokens do not fit in 256 cells: the
     // measurement sizes its own context.
-    let (_, on, off) = choose_flash_attn(&m, &base, 16).unwrap();
+    let (_, on, off) = choose_flash_attn(&m.weights, &base, 16).unwrap();
     assert!(on > 0.0 && off > 0.0, "on {on}, off {off}");
 }

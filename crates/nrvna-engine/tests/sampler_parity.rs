@@ -35,12 +35,12 @@ fn sampling(temp: f32, repeat_penalty: f32, repeat_last_n: i32, seed: u32) -> Sa
 /// ours picks the same token from the same logits at every step. Returns
 /// the tokens and how many distinct ones there were.
 fn compare(model: &Model, label: &str, s: &Sampling, grammar: Option<&str>, prompt: &str) -> (Vec<LlamaToken>, usize) {
-    let backend = nrvna_engine::model::backend().expect("backend");
+    let backend = nrvna_engine::llama::backend().expect("backend");
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(512))
         .with_n_threads(2)
         .with_n_threads_batch(2);
-    let mut ctx = model.llama.new_context(backend, params).expect("context");
+    let mut ctx = model.weights.llama.new_context(backend, params).expect("context");
     let toks = model.tokenize(&model.render(None, prompt).expect("render"));
     let mut batch = LlamaBatch::new(512, 1);
     let last = toks.len() - 1;
@@ -48,8 +48,8 @@ fn compare(model: &Model, label: &str, s: &Sampling, grammar: Option<&str>, prom
         batch.add(t, i as i32, &[0], i == last).expect("batch");
     }
     ctx.decode(&mut batch).expect("prefill");
-    let mut ours = s.sampler(&model.llama, grammar).expect("our sampler");
-    let mut theirs = s.llama_chain(&model.llama, grammar).expect("llama.cpp chain");
+    let mut ours = s.sampler(&model.weights.llama, grammar).expect("our sampler");
+    let mut theirs = s.llama_chain(&model.weights.llama, grammar).expect("llama.cpp chain");
     let mut out = Vec::new();
     for (step, pos) in (0..STEPS).zip(toks.len() as i32..) {
         let mine = ours.pick(ctx.get_logits_ith(-1));
@@ -60,7 +60,7 @@ fn compare(model: &Model, label: &str, s: &Sampling, grammar: Option<&str>, prom
         );
         ours.accept(t);
         out.push(t);
-        if model.llama.vocab().is_eog(t) {
+        if model.weights.llama.vocab().is_eog(t) {
             break;
         }
         batch.clear();

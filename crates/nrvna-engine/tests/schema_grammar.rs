@@ -30,9 +30,9 @@ fn model() -> &'static Model {
 /// and then stop: every token of it is allowed in turn, then end of text.
 fn accepts(grammar: &str, text: &str) -> bool {
     let m = model();
-    let mut s = LlamaSampler::grammar(&m.llama, grammar, "root")
+    let mut s = LlamaSampler::grammar(&m.weights.llama, grammar, "root")
         .unwrap_or_else(|e| panic!("llama.cpp refused the grammar ({e}):\n{grammar}"));
-    let vocab = m.llama.vocab();
+    let vocab = m.weights.llama.vocab();
     let allowed = |s: &mut LlamaSampler, tok| {
         let mut arr = LlamaTokenDataArray::new(vec![LlamaTokenData::new(tok, 0.0, 0.0)], false);
         s.apply(&mut arr);

@@ -33,7 +33,7 @@ impl Inference {
         speaker: Option<&std::path::Path>,
         cfg: EngineConfig,
         workers: u32,
-    ) -> Result<Inference, String> {
+    ) -> anyhow::Result<Inference> {
         if kind == EngineKind::Echo {
             return Ok(Inference {
                 kind,
@@ -67,13 +67,13 @@ impl Inference {
                 );
             }
         } else if speaker.is_some() {
-            return Err("--speaker is for text-to-speech jobs, which need --vocoder FILE too".into());
+            anyhow::bail!("--speaker is for text-to-speech jobs, which need --vocoder FILE too");
         }
         let model = Arc::new(model);
         tracing::info!(
             "loaded {} (training context {}, chat template from {})",
             model.file_name(),
-            model.n_ctx_train,
+            model.n_ctx_train(),
             model.template.source
         );
         let mut cfg = cfg;
@@ -107,7 +107,7 @@ impl Inference {
     /// Renders a prompt with the model's chat template.
     pub fn render(&self, system: Option<&str>, prompt: &str) -> Result<String, String> {
         match &self.model {
-            Some(m) => m.render(system, prompt),
+            Some(m) => m.render(system, prompt).map_err(|e| e.to_string()),
             None => Ok(match system {
                 Some(s) => format!("{s}\n\n{prompt}"),
                 None => prompt.to_owned(),
@@ -117,7 +117,7 @@ impl Inference {
 
     /// Converts a JSON Schema into GBNF with llama.cpp's converter.
     pub fn schema_to_grammar(&self, schema: &str) -> Result<String, String> {
-        nrvna_engine::sampling::schema_to_grammar(schema)
+        nrvna_engine::sampling::schema_to_grammar(schema).map_err(|e| e.to_string())
     }
 
     /// Checks a GBNF grammar. llama.cpp prints its parser's reason on
@@ -127,7 +127,7 @@ impl Inference {
         let Some(m) = &self.model else {
             return Ok(());
         };
-        match nrvna_engine::sampling::check_grammar(&m.llama, g) {
+        match nrvna_engine::sampling::check_grammar(m.llama(), g) {
             Ok(()) => Ok(()),
             Err(rejected) => Err(match explain_grammar(&self.model_path, g) {
                 Some(reason) => format!("llama.cpp rejected the grammar: {reason}"),
@@ -170,7 +170,7 @@ fn choose_flash_attn(model: &Model, cfg: &EngineConfig, kind: EngineKind, worker
         n_batch: 256,
     };
     let t = std::time::Instant::now();
-    match nrvna_engine::probe::choose_flash_attn(model, &base, seqs) {
+    match nrvna_engine::probe::choose_flash_attn(&model.weights, &base, seqs) {
         Ok((on, on_tok_s, off_tok_s)) => {
             tracing::info!(
                 "flash attention {} (auto: {seqs} sequences x {threads} threads measured {on_tok_s:.1} tok/s with it, \
@@ -241,7 +241,7 @@ pub fn explain_grammar_main(model: &std::path::Path) -> anyhow::Result<std::proc
     use std::io::Read;
     let mut g = String::new();
     std::io::stdin().read_to_string(&mut g)?;
-    let vocab = Model::load_vocab(model).map_err(anyhow::Error::msg)?;
+    let vocab = Model::load_vocab(model)?;
     Ok(match nrvna_engine::sampling::check_grammar(&vocab, &g) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(_) => std::process::ExitCode::from(1),
@@ -268,7 +268,7 @@ fn echo_embedding(bytes: impl Iterator<Item = u8>) -> Result<Output, RunError> {
     }
     v[0] += 1.0;
     Ok(Output {
-        embedding: Some(nrvna_engine::embed::normalize(&v).map_err(RunError::Rejected)?),
+        embedding: Some(nrvna_engine::embed::normalize(&v).map_err(|e| RunError::Rejected(e.to_string()))?),
         prompt_tokens: 1,
         ..Output::default()
     })

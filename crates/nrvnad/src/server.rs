@@ -270,8 +270,7 @@ fn load(cfg: &Config) -> Result<Arc<Inference>> {
         cfg.speaker.as_deref(),
         cfg.engine_cfg.clone(),
         cfg.workers,
-    )
-    .map_err(anyhow::Error::msg)?;
+    )?;
     tracing::info!("model ready in {:.2} s", t0.elapsed().as_secs_f64());
     Ok(Arc::new(inference))
 }

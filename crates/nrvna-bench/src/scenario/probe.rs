@@ -157,10 +157,10 @@ const SINGLE_JOBS: usize = 4;
 pub fn child(ctx: &Ctx, spec: &str) -> Result<Value> {
     let spec = Spec::parse(spec)?;
     ctx.require_model()?;
-    let model = nrvna_engine::Model::load(&ctx.model, 0, None).map_err(anyhow::Error::msg)?;
+    let model = nrvna_engine::Model::load(&ctx.model, 0, None)?;
     let prompt = |i: usize| -> Result<Vec<_>> {
         let text = format!("Write a short paragraph about {}.", TOPICS[i % TOPICS.len()]);
-        Ok(model.tokenize(&model.render(None, &text).map_err(anyhow::Error::msg)?))
+        Ok(model.tokenize(&model.render(None, &text)?))
     };
     let cfg = nrvna_engine::probe::ProbeConfig {
         flash_attn: spec.flash_attn,
@@ -179,7 +179,7 @@ pub fn child(ctx: &Ctx, spec: &str) -> Result<Value> {
     };
     for g in groups {
         let prompts = g.iter().map(|&i| prompt(i)).collect::<Result<Vec<_>>>()?;
-        let r = nrvna_engine::probe::run(&model, &cfg, &prompts, spec.tokens as usize).map_err(anyhow::Error::msg)?;
+        let r = nrvna_engine::probe::run(&model.weights, &cfg, &prompts, spec.tokens as usize)?;
         total.prompt_tokens += r.prompt_tokens;
         total.shared_prefix += r.shared_prefix;
         total.generated += r.generated;

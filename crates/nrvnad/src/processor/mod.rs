@@ -422,7 +422,7 @@ fn done(spec: &JobSpec, out: Output) -> Ending {
                 bytes,
                 out,
             },
-            Some(Err(e)) => Ending::Failed(Failure::new(e)),
+            Some(Err(e)) => Ending::Failed(Failure::new(e.to_string())),
             None => Ending::Failed(Failure::new("the engine returned no audio for a tts job")),
         },
         _ => {

@@ -26,12 +26,11 @@ pub struct Istft {
 }
 
 impl Istft {
-    /// For a vocoder that outputs `n_out` values per code (`n_fft + 2`).
-    pub fn for_output_width(n_out: usize) -> Result<Istft, String> {
+    /// For a vocoder that outputs `n_out` values per code (`n_fft + 2`);
+    /// `None` for a width no WavTokenizer decoder has.
+    pub fn for_output_width(n_out: usize) -> Option<Istft> {
         if n_out < 10 || n_out % 2 != 0 || (n_out - 2) % 4 != 0 {
-            return Err(format!(
-                "the vocoder gives {n_out} values per code; a WavTokenizer decoder gives n_fft + 2 (1282 for WavTokenizer-Large-75)"
-            ));
+            return None;
         }
         let n_fft = n_out - 2;
         // A periodic Hann window.
@@ -39,7 +38,7 @@ impl Istft {
             .map(|i| 0.5 - 0.5 * (2.0 * std::f32::consts::PI * i as f32 / n_fft as f32).cos())
             .collect();
         let plan = RealFftPlanner::<f32>::new().plan_fft_inverse(n_fft);
-        Ok(Istft {
+        Some(Istft {
             n_fft,
             hop: n_fft / 4,
             window,
@@ -95,8 +94,17 @@ impl Istft {
     }
 }
 
+/// Writing WAV bytes failed at `step` ("the WAV header", "the WAV samples").
+#[derive(Debug, thiserror::Error)]
+#[error("writing {step}: {source}")]
+pub struct WavError {
+    pub step: &'static str,
+    pub source: hound::Error,
+}
+
 /// 16-bit PCM mono WAV bytes of `samples` (floats in [-1, 1], clipped).
-pub fn wav_bytes(samples: &[f32]) -> Result<Vec<u8>, String> {
+pub fn wav_bytes(samples: &[f32]) -> Result<Vec<u8>, WavError> {
+    let fail = |step| move |source| WavError { step, source };
     let spec = hound::WavSpec {
         channels: 1,
         sample_rate: SAMPLE_RATE,
@@ -105,14 +113,14 @@ pub fn wav_bytes(samples: &[f32]) -> Result<Vec<u8>, String> {
     };
     let mut buf = Cursor::new(Vec::with_capacity(44 + samples.len() * 2));
     {
-        let mut w = hound::WavWriter::new(&mut buf, spec).map_err(|e| format!("writing the WAV header: {e}"))?;
+        let mut w = hound::WavWriter::new(&mut buf, spec).map_err(fail("the WAV header"))?;
         let mut w16 = w.get_i16_writer(samples.len() as u32);
         for s in samples {
             let s = if s.is_finite() { *s } else { 0.0 };
             w16.write_sample((s * 32767.0).clamp(-32768.0, 32767.0) as i16);
         }
-        w16.flush().map_err(|e| format!("writing the WAV samples: {e}"))?;
-        w.finalize().map_err(|e| format!("finishing the WAV file: {e}"))?;
+        w16.flush().map_err(fail("the WAV samples"))?;
+        w.finalize().map_err(fail("the end of the WAV file"))?;
     }
     Ok(buf.into_inner())
 }
@@ -158,8 +166,14 @@ mod tests {
 
     #[test]
     fn other_widths_are_refused_with_the_reason() {
-        assert!(Istft::for_output_width(1283).err().unwrap().contains("1282"));
-        assert!(Istft::for_output_width(4).is_err());
+        assert!(Istft::for_output_width(1283).is_none());
+        assert!(Istft::for_output_width(4).is_none());
+        // The reason the vocoder's loader gives for such a width.
+        let e = crate::error::EngineError::VocoderWidth {
+            path: "v.gguf".into(),
+            n_out: 1283,
+        };
+        assert!(e.to_string().contains("1282"), "{e}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use crate::sampling::Sampling;
+use crate::plan::sampling::Sampling;
 
 /// Settings shared by both engines.
 #[derive(Clone, Debug)]
@@ -25,7 +25,7 @@ pub struct EngineConfig {
     pub chat_template_file: Option<PathBuf>,
     /// Flash attention: `Auto` lets llama.cpp decide per context; the
     /// daemon resolves it to `On` or `Off` by a measurement at start
-    /// ([`crate::probe::choose_flash_attn`]).
+    /// ([`crate::run::probe::choose_flash_attn`]).
     pub flash_attn: FlashAttn,
     /// Milliseconds of a tts job's audio silenced at the start (the
     /// vocoder's onset artefact).

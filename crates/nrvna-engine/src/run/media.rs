@@ -13,21 +13,11 @@ use llama_cpp_2::mtmd::{
     mtmd_default_marker, MtmdBitmap, MtmdContext, MtmdContextParams, MtmdInputChunks, MtmdInputText,
 };
 
-use crate::RunError;
-
-/// One media file of a job, read into memory by the daemon.
-#[derive(Clone)]
-pub struct Media {
-    /// The file's name in the job (`images/image_000000.png`), for errors.
-    pub name: String,
-    pub bytes: Vec<u8>,
-}
-
-impl std::fmt::Debug for Media {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Media({}, {} bytes)", self.name, self.bytes.len())
-    }
-}
+use crate::error::{EngineError, RunError};
+pub use crate::job::Media;
+use crate::job::{MediaInput, TextRequest};
+use crate::llama::check_file;
+use crate::plan::prompt::fit_media;
 
 /// The loaded projector.
 pub struct Projector {
@@ -44,22 +34,20 @@ pub struct Projector {
 impl Projector {
     /// Loads `path` as a projector for `model`. Errors name the file and
     /// say what to check.
-    pub fn load(path: &Path, model: &LlamaModel, threads: u32, use_gpu: bool) -> Result<Projector, String> {
-        crate::model::check_file(path, "projector", "pass the mmproj .gguf that belongs to the model")?;
+    pub fn load(path: &Path, model: &LlamaModel, threads: u32, use_gpu: bool) -> Result<Projector, EngineError> {
+        check_file(path, "projector", "pass the mmproj .gguf that belongs to the model")?;
         let s = path
             .to_str()
-            .ok_or_else(|| format!("projector path {} is not UTF-8", path.display()))?;
+            .ok_or_else(|| EngineError::ProjectorPath { path: path.to_owned() })?;
         let params = MtmdContextParams {
             use_gpu,
             print_timings: false,
             n_threads: threads.max(1) as i32,
             ..MtmdContextParams::default()
         };
-        let ctx = MtmdContext::init_from_file(s, model, &params).map_err(|e| {
-            format!(
-                "llama.cpp could not load {} as a projector for this model ({e}); check that it is the mmproj file made for the model (the llama.cpp log above says why)",
-                path.display()
-            )
+        let ctx = MtmdContext::init_from_file(s, model, &params).map_err(|source| EngineError::ProjectorLoad {
+            path: path.to_owned(),
+            source,
         })?;
         Ok(Projector {
             vision: ctx.support_vision(),
@@ -140,6 +128,35 @@ impl Projector {
             .eval_chunks(&mut ctx, lctx, n_past, seq, n_batch, true)
             .map_err(|e| RunError::Rejected(format!("encoding the job's media failed ({e}); see the daemon log")))
     }
+}
+
+/// What a media job is, for the error that asks for a projector.
+pub fn job_kind(media: &MediaInput) -> &'static str {
+    if media.audio {
+        "a speech-to-text job"
+    } else {
+        "a vision job"
+    }
+}
+
+/// A media job's prompt: its chunks (text tokens, images or audio), the KV
+/// cells they take, and the most new tokens that fit after them in `limit`.
+pub fn plan_media(
+    projector: &Projector,
+    limit: u32,
+    req: &TextRequest,
+    media: &MediaInput,
+) -> Result<(MtmdInputChunks, u32, u32), RunError> {
+    let chunks = projector.tokenize(&req.prompt, &media.files, media.audio)?;
+    let n = cells(&chunks);
+    let max_gen = fit_media(n, limit, req.max_tokens)?;
+    Ok((chunks, n, max_gen))
+}
+
+/// The KV cells a prompt's chunks take: their tokens, or their positions
+/// where M-RoPE gives a chunk more positions than tokens.
+pub fn cells(chunks: &MtmdInputChunks) -> u32 {
+    chunks.total_tokens().max(chunks.total_positions().max(0) as usize) as u32
 }
 
 /// The marker that stands for one media file in a prompt.

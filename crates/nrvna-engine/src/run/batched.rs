@@ -9,7 +9,7 @@
 //! sequence is attached to the cells of an active sequence, or of the
 //! prefix-cache sequence that keeps the last finished prompt. The decisions
 //! (admission, prefix matching, preemption, cell accounting) live in
-//! [`crate::sched`]; this file applies them to the llama.cpp context.
+//! [`crate::run::sched`]; this file applies them to the llama.cpp context.
 //!
 //! Faults: a decode that fails for a reason no single job's input explains
 //! ends the engine thread; every job it held gets [`RunError::Fault`], and
@@ -30,12 +30,15 @@ use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::mtmd::MtmdInputChunks;
 use llama_cpp_2::token::LlamaToken;
 
-use crate::config::EngineConfig;
-use crate::model::Model;
-use crate::perjob::{embed_many, embed_media, new_context, plan, plan_media};
-use crate::sched::{Sched, SeqState};
-use crate::text::Generation;
-use crate::{Observer, Output, Request, RunError, Runner, POLL_INTERVAL};
+use crate::error::{EngineError, RunError};
+use crate::job::{Observer, Output, Request, Runner, TextRequest, POLL_INTERVAL};
+use crate::llama::new_context;
+use crate::plan::config::EngineConfig;
+use crate::plan::prompt::plan_text;
+use crate::run::embed::embed_many;
+use crate::run::generation::Generation;
+use crate::run::parts::ModelParts;
+use crate::run::sched::{Sched, SeqState};
 
 type Reply = SyncSender<Result<Output, RunError>>;
 
@@ -55,7 +58,7 @@ pub struct BatchedEngine {
     thread: Mutex<Option<JoinHandle<()>>>,
     /// For speech jobs, which run on the worker's thread in a context of
     /// their own (their tokens follow the OuteTTS layout, not the batch).
-    model: Arc<Model>,
+    model: Arc<dyn ModelParts>,
     cfg: EngineConfig,
     slots: u32,
 }
@@ -63,7 +66,7 @@ pub struct BatchedEngine {
 /// A worker's handle on the shared engine.
 pub struct BatchedRunner {
     tx: Sender<Msg>,
-    model: Arc<Model>,
+    model: Arc<dyn ModelParts>,
     cfg: EngineConfig,
     /// llama.cpp threads for a speech job's own context.
     speech_threads: u32,
@@ -72,14 +75,14 @@ pub struct BatchedRunner {
 impl BatchedEngine {
     /// Starts the engine thread with room for `slots` concurrent sequences.
     /// The context is created before this returns, so errors surface here.
-    pub fn start(model: Arc<Model>, cfg: EngineConfig, slots: u32) -> Result<BatchedEngine, String> {
+    pub fn start(model: Arc<dyn ModelParts>, cfg: EngineConfig, slots: u32) -> Result<BatchedEngine, EngineError> {
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let (m, c) = (model.clone(), cfg.clone());
         let thread = std::thread::Builder::new()
             .name("Engine".into())
             .spawn(move || engine_main(m, c, slots.max(1), rx, ready_tx))
-            .map_err(|e| format!("starting the engine thread: {e}"))?;
+            .map_err(|source| EngineError::EngineThread { source })?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(BatchedEngine {
                 tx,
@@ -89,7 +92,7 @@ impl BatchedEngine {
                 slots: slots.max(1),
             }),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err("the engine thread died while starting".into()),
+            Err(_) => Err(EngineError::EngineThreadDied),
         }
     }
 
@@ -135,7 +138,7 @@ impl Runner for BatchedRunner {
     /// observer's `poll` on this (the worker's) thread meanwhile.
     fn run(&mut self, req: Request, obs: Arc<dyn Observer>) -> Result<Output, RunError> {
         if let Request::Speech(s) = req {
-            return crate::tts::speak(&self.model, &self.cfg, self.speech_threads, s, obs);
+            return self.model.speak(&self.cfg, self.speech_threads, s, obs);
         }
         let (reply, rx) = mpsc::sync_channel(1);
         self.tx
@@ -177,7 +180,7 @@ struct Seq {
 }
 
 struct Engine<'m> {
-    model: &'m Model,
+    model: &'m dyn ModelParts,
     cfg: EngineConfig,
     ctx: LlamaContext<'m>,
     sched: Sched<LlamaToken>,
@@ -196,13 +199,13 @@ struct Engine<'m> {
 }
 
 fn engine_main(
-    model: Arc<Model>,
+    model: Arc<dyn ModelParts>,
     cfg: EngineConfig,
     slots: u32,
     rx: Receiver<Msg>,
-    ready: SyncSender<Result<(), String>>,
+    ready: SyncSender<Result<(), EngineError>>,
 ) {
-    let n_ctx = model.cap_ctx(cfg.max_ctx);
+    let n_ctx = model.weights().cap_ctx(cfg.max_ctx);
     let n_batch = cfg.n_batch.min(n_ctx).max(slots);
     let params = LlamaContextParams::default()
         .with_n_ctx(NonZeroU32::new(n_ctx))
@@ -213,10 +216,10 @@ fn engine_main(
         .with_flash_attention_policy(cfg.flash_attn.policy())
         .with_n_threads(cfg.threads as i32)
         .with_n_threads_batch(cfg.threads as i32);
-    let ctx = match new_context(&model, params) {
+    let ctx = match new_context(&model.weights().llama, params) {
         Ok(c) => c,
         Err(e) => {
-            let _ = ready.send(Err(e.to_string()));
+            let _ = ready.send(Err(e));
             return;
         }
     };
@@ -228,7 +231,7 @@ fn engine_main(
     );
     let min_reuse = cfg.prefix_reuse_min as usize;
     let mut e = Engine {
-        model: &model,
+        model: &*model,
         cfg,
         ctx,
         sched: Sched::new(n_ctx as usize, n_batch as usize, slots, min_reuse),
@@ -307,7 +310,7 @@ impl<'m> Engine<'m> {
                 reply,
             } => {
                 // Its own context, like every embedding: the shared one is untouched.
-                let _ = reply.send(embed_media(self.model, self.cfg.threads, &text, &media));
+                let _ = reply.send(self.model.embed_media(self.cfg.threads, &text, &media));
                 false
             }
             Msg::Job {
@@ -317,7 +320,7 @@ impl<'m> Engine<'m> {
             } => {
                 // Runners voice speech on their own thread; should one
                 // arrive here, it still gets its own context.
-                let _ = reply.send(crate::tts::speak(self.model, &self.cfg, self.cfg.threads, s, obs));
+                let _ = reply.send(self.model.speak(&self.cfg, self.cfg.threads, s, obs));
                 false
             }
             Msg::Job {
@@ -328,8 +331,8 @@ impl<'m> Engine<'m> {
                 let prepared = self.prompt(&req).and_then(|(toks, media, max_gen)| {
                     let sampler = req
                         .sampling
-                        .sampler(&self.model.llama, req.grammar.as_deref())
-                        .map_err(RunError::Rejected)?;
+                        .sampler(&self.model.weights().llama, req.grammar.as_deref())
+                        .map_err(|e| RunError::Rejected(e.to_string()))?;
                     Ok(Seq {
                         st: SeqState::new(toks),
                         fed: 0,
@@ -353,17 +356,14 @@ impl<'m> Engine<'m> {
 
     /// A job's prompt tokens (placeholders for a media job, with its
     /// chunks) and the most tokens it may generate.
-    fn prompt(
-        &mut self,
-        req: &crate::TextRequest,
-    ) -> Result<(Vec<LlamaToken>, Option<MtmdInputChunks>, u32), RunError> {
+    fn prompt(&mut self, req: &TextRequest) -> Result<(Vec<LlamaToken>, Option<MtmdInputChunks>, u32), RunError> {
         let limit = self.sched.n_ctx as u32;
         let Some(m) = &req.media else {
-            let (toks, max_gen) = plan(self.model, limit, req)?;
+            let (toks, max_gen) = plan_text(self.model.weights(), limit, &req.prompt, req.max_tokens)?;
             return Ok((toks, None, max_gen));
         };
-        let (chunks, n, max_gen) = plan_media(self.model, limit, req, m)?;
-        if self.model.projector("a media job")?.mrope {
+        let (chunks, n, max_gen) = self.model.plan_media(limit, req, m)?;
+        if self.model.require_projector("a media job")?.mrope {
             return Err(RunError::Rejected(
                 "this projector places media with M-RoPE positions, which the batched engine does not track; run nrvnad with --engine per-job for this model".into(),
             ));
@@ -385,7 +385,7 @@ impl<'m> Engine<'m> {
         };
         let res = self
             .model
-            .projector("a media job")
+            .require_projector("a media job")
             .and_then(|p| p.eval(chunks, &mut self.ctx, 0, slot, self.sched.n_batch as i32));
         match res {
             Ok(_) => {
@@ -394,7 +394,7 @@ impl<'m> Engine<'m> {
                     return;
                 }
                 let t = s.gen.sampler.sample(&self.ctx, -1);
-                if s.gen.push(self.model, t) {
+                if s.gen.push(&self.model.weights().llama, t) {
                     s.st.toks.push(t);
                 } else {
                     let s = self.active.swap_remove(i);
@@ -472,7 +472,7 @@ impl<'m> Engine<'m> {
     fn run_embeds(&mut self) {
         let jobs = std::mem::take(&mut self.embeds);
         let texts: Vec<&str> = jobs.iter().map(|(t, _)| t.as_str()).collect();
-        let results = embed_many(self.model, self.cfg.threads, &texts);
+        let results = embed_many(self.model.weights(), self.cfg.threads, &texts);
         if jobs.len() > 1 {
             tracing::debug!("computed {} embeddings in one batch", jobs.len());
         }
@@ -591,7 +591,7 @@ impl<'m> Engine<'m> {
                 continue;
             };
             let t = s.gen.sampler.sample(&self.ctx, ib);
-            if s.gen.push(model, t) {
+            if s.gen.push(&model.weights().llama, t) {
                 s.st.toks.push(t);
                 i += 1;
             } else {

@@ -9,6 +9,8 @@
 
 use serde::Deserialize;
 
+use crate::error::SpeakerError;
+
 /// The OuteTTS prompt layout of a model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Version {
@@ -66,7 +68,7 @@ pub struct SpeakerWord {
 
 /// OuteTTS's default English voice `en_male_1`, the one llama.cpp's tts
 /// example and the C++ nrvna speak with.
-const DEFAULT_SPEAKER: &str = include_str!("../../data/outetts-speaker-en-male-1.json");
+const DEFAULT_SPEAKER: &str = include_str!("../../../data/outetts-speaker-en-male-1.json");
 
 impl Speaker {
     pub fn default_voice() -> Speaker {
@@ -74,14 +76,10 @@ impl Speaker {
     }
 
     /// Parses an OuteTTS speaker profile (JSON).
-    pub fn parse(json: &str) -> Result<Speaker, String> {
-        let s: Speaker = serde_json::from_str(json).map_err(|e| {
-            format!(
-                "not an OuteTTS speaker profile ({e}); expected {{\"words\": [{{\"word\", \"duration\", \"codes\"}}]}}"
-            )
-        })?;
+    pub fn parse(json: &str) -> Result<Speaker, SpeakerError> {
+        let s: Speaker = serde_json::from_str(json).map_err(|source| SpeakerError::Json { source })?;
         if s.words.is_empty() || s.words.iter().any(|w| w.codes.is_empty() || w.word.is_empty()) {
-            return Err("the speaker profile has no words, or a word without codes".into());
+            return Err(SpeakerError::Empty);
         }
         Ok(s)
     }
@@ -364,7 +362,10 @@ mod tests {
     #[test]
     fn a_speaker_profile_is_checked() {
         assert!(Speaker::parse("{\"words\": []}").is_err());
-        assert!(Speaker::parse("[1]").unwrap_err().contains("speaker profile"));
+        assert!(Speaker::parse("[1]")
+            .unwrap_err()
+            .to_string()
+            .contains("speaker profile"));
         let s = Speaker::parse("{\"text\":\"a\",\"words\":[{\"word\":\"a\",\"duration\":0.1,\"codes\":[5]}]}").unwrap();
         assert_eq!(s.max_code(), 5);
     }

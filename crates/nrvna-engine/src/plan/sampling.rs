@@ -57,11 +57,11 @@ pub fn fresh_seed() -> u32 {
 impl Sampling {
     /// Builds the sampler of one generation. `grammar` must already have
     /// been checked with [`check_grammar`].
-    pub fn sampler(&self, model: &LlamaModel, grammar: Option<&str>) -> Result<TokenSampler, String> {
+    pub fn sampler(&self, model: &LlamaModel, grammar: Option<&str>) -> Result<TokenSampler, GrammarRejected> {
         let penalty = Penalty::new(self.repeat_penalty, self.repeat_last_n);
         let mut parts = Vec::new();
         if let Some(g) = grammar {
-            parts.push(grammar_sampler(model, g).map_err(|e| e.to_string())?);
+            parts.push(grammar_sampler(model, g)?);
         }
         if self.temp > 0.0 {
             self.push_draw(&mut parts);
@@ -79,10 +79,10 @@ impl Sampling {
     /// The same sampling as one llama.cpp chain (penalties sampler
     /// included), for comparing [`TokenSampler`] with it.
     #[doc(hidden)]
-    pub fn llama_chain(&self, model: &LlamaModel, grammar: Option<&str>) -> Result<LlamaSampler, String> {
+    pub fn llama_chain(&self, model: &LlamaModel, grammar: Option<&str>) -> Result<LlamaSampler, GrammarRejected> {
         let mut parts = Vec::new();
         if let Some(g) = grammar {
-            parts.push(grammar_sampler(model, g).map_err(|e| e.to_string())?);
+            parts.push(grammar_sampler(model, g)?);
         }
         if self.repeat_penalty != 1.0 && self.repeat_last_n != 0 {
             parts.push(LlamaSampler::penalties(
@@ -293,15 +293,11 @@ fn grammar_sampler(model: &LlamaModel, g: &str) -> Result<LlamaSampler, GrammarR
     // llama.cpp's logger lines (through the log callback, on this thread)
     // say that and where it failed; the parser's own reason goes to stderr,
     // which is never redirected here: see `GrammarRejected`.
-    match crate::model::with_captured_llama_errors(|| LlamaSampler::grammar(model, g, "root")) {
-        Ok((Ok(s), _)) => Ok(s),
-        Ok((Err(e), logs)) => Err(GrammarRejected {
+    match crate::llama::with_captured_llama_errors(|| LlamaSampler::grammar(model, g, "root")) {
+        (Ok(s), _) => Ok(s),
+        (Err(e), logs) => Err(GrammarRejected {
             error: e.to_string(),
             logs,
-        }),
-        Err(e) => Err(GrammarRejected {
-            error: e,
-            logs: Vec::new(),
         }),
     }
 }
@@ -311,20 +307,30 @@ fn grammar_sampler(model: &LlamaModel, g: &str) -> Result<LlamaSampler, GrammarR
 /// `Undefined rule identifier ...`) is printed on stderr by llama.cpp
 /// itself, so the daemon obtains it from a child process
 /// (`nrvnad explain-grammar`) whose stderr it reads.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("llama.cpp rejected the grammar: {}", self.reason())]
 pub struct GrammarRejected {
+    /// llama-cpp-2's error.
     pub error: String,
     pub logs: Vec<String>,
 }
 
-impl std::fmt::Display for GrammarRejected {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl GrammarRejected {
+    /// The logger's lines when there are any, else llama-cpp-2's error.
+    fn reason(&self) -> String {
         if self.logs.is_empty() {
-            write!(f, "llama.cpp rejected the grammar: {}", self.error)
+            self.error.clone()
         } else {
-            write!(f, "llama.cpp rejected the grammar: {}", self.logs.join("; "))
+            self.logs.join("; ")
         }
     }
+}
+
+/// llama.cpp's converter refused a JSON Schema.
+#[derive(Debug, thiserror::Error)]
+#[error("llama.cpp could not convert schema.json to a grammar: {source}")]
+pub struct SchemaError {
+    source: llama_cpp_2::LlamaCppError,
 }
 
 /// Checks that llama.cpp accepts a GBNF grammar.
@@ -349,9 +355,8 @@ pub fn grammar_reason(stderr: &str) -> Vec<String> {
 }
 
 /// Converts a JSON Schema to a GBNF grammar with llama.cpp's converter.
-pub fn schema_to_grammar(schema: &str) -> Result<String, String> {
-    llama_cpp_2::json_schema_to_grammar(schema)
-        .map_err(|e| format!("llama.cpp could not convert schema.json to a grammar: {e}"))
+pub fn schema_to_grammar(schema: &str) -> Result<String, SchemaError> {
+    llama_cpp_2::json_schema_to_grammar(schema).map_err(|source| SchemaError { source })
 }
 
 #[cfg(test)]

@@ -7,13 +7,38 @@
 use std::num::NonZeroU32;
 use std::time::Instant;
 
+use llama_cpp_2::context::kv_cache::KvCacheConversionError;
 use llama_cpp_2::context::params::LlamaContextParams;
 use llama_cpp_2::context::session::LlamaStateSeqFlags;
-use llama_cpp_2::llama_batch::LlamaBatch;
+use llama_cpp_2::context::LlamaContext;
+use llama_cpp_2::llama_batch::{BatchAddError, LlamaBatch};
 use llama_cpp_2::token::LlamaToken;
+use llama_cpp_2::{DecodeError, StateSeqError};
 
-use crate::model::Model;
-use crate::perjob::new_context;
+use crate::error::EngineError;
+use crate::llama::{new_context, Weights};
+
+/// Why a probe run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("the probe needs at least one non-empty prompt")]
+    NoPrompt,
+    #[error("the model's tokenizer returned no tokens")]
+    NoTokens,
+    #[error(transparent)]
+    Context(#[from] EngineError),
+    #[error("adding a token to the batch: {0}")]
+    Batch(#[from] BatchAddError),
+    /// `what`: the decode that failed ("prefill", "step 3").
+    #[error("{what} decode: {source}")]
+    Decode { what: String, source: DecodeError },
+    #[error("copying the shared prefix: {0}")]
+    CopyPrefix(#[from] KvCacheConversionError),
+    #[error("reading sequence 0's KV data: {0}")]
+    ReadState(StateSeqError),
+    #[error("copying KV data into sequence {seq}: {source}")]
+    WriteState { seq: usize, source: StateSeqError },
+}
 
 /// One configuration of the context.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,12 +99,17 @@ pub fn context_params(cfg: &ProbeConfig, seqs: u32) -> LlamaContextParams {
 /// the others before their own tokens, so that the probe does no more
 /// prefill than the daemon's prefix reuse (a whole-sequence copy, which
 /// per-sequence KV streams allow too).
-pub fn run(model: &Model, cfg: &ProbeConfig, prompts: &[Vec<LlamaToken>], gen: usize) -> Result<ProbeRun, String> {
+pub fn run(
+    model: &Weights,
+    cfg: &ProbeConfig,
+    prompts: &[Vec<LlamaToken>],
+    gen: usize,
+) -> Result<ProbeRun, ProbeError> {
     let b = prompts.len();
     if b == 0 || prompts.iter().any(Vec::is_empty) {
-        return Err("the probe needs at least one non-empty prompt".into());
+        return Err(ProbeError::NoPrompt);
     }
-    let mut ctx = new_context(model, context_params(cfg, b as u32)).map_err(|e| e.to_string())?;
+    let mut ctx = new_context(&model.llama, context_params(cfg, b as u32))?;
     let n_batch = cfg.n_batch.max(b as u32) as usize;
     let mut batch = LlamaBatch::new(n_batch, 1);
     let mut out = ProbeRun {
@@ -109,8 +139,7 @@ pub fn run(model: &Model, cfg: &ProbeConfig, prompts: &[Vec<LlamaToken>], gen: u
     prefill(&mut ctx, &mut batch, prompts, &prefix, n_batch, "prefix")?;
     if shared > 0 {
         for s in 1..b {
-            ctx.copy_kv_cache_seq(0, s as i32, None, None)
-                .map_err(|e| format!("copying the shared prefix: {e}"))?;
+            ctx.copy_kv_cache_seq(0, s as i32, None, None)?;
         }
     }
     prefill(&mut ctx, &mut batch, prompts, &rest, n_batch, "prefill")?;
@@ -133,18 +162,21 @@ pub fn run(model: &Model, cfg: &ProbeConfig, prompts: &[Vec<LlamaToken>], gen: u
 /// moved on. Reading the logits waits for the decode on any backend (on a
 /// GPU, decode returns before the work is done).
 fn decode_step(
-    ctx: &mut llama_cpp_2::context::LlamaContext<'_>,
+    ctx: &mut LlamaContext<'_>,
     batch: &mut LlamaBatch,
     next: &mut [LlamaToken],
     pos: &mut [usize],
     step: usize,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     batch.clear();
     for (s, (&t, p)) in next.iter().zip(pos.iter_mut()).enumerate() {
-        batch.add(t, *p as i32, &[s as i32], true).map_err(|e| e.to_string())?;
+        batch.add(t, *p as i32, &[s as i32], true)?;
         *p += 1;
     }
-    ctx.decode(batch).map_err(|e| format!("decode at step {step}: {e}"))?;
+    ctx.decode(batch).map_err(|source| ProbeError::Decode {
+        what: format!("step {step}"),
+        source,
+    })?;
     for (s, t) in next.iter_mut().enumerate() {
         *t = argmax(ctx.get_logits_ith(s as i32));
     }
@@ -154,21 +186,22 @@ fn decode_step(
 /// Decodes prompt tokens, given as (sequence, position) pairs, in chunks
 /// of `n_batch`, without logits.
 fn prefill(
-    ctx: &mut llama_cpp_2::context::LlamaContext<'_>,
+    ctx: &mut LlamaContext<'_>,
     batch: &mut LlamaBatch,
     prompts: &[Vec<LlamaToken>],
     items: &[(usize, usize)],
     n_batch: usize,
     what: &str,
-) -> Result<(), String> {
+) -> Result<(), ProbeError> {
     for chunk in items.chunks(n_batch) {
         batch.clear();
         for &(s, i) in chunk {
-            batch
-                .add(prompts[s][i], i as i32, &[s as i32], false)
-                .map_err(|e| e.to_string())?;
+            batch.add(prompts[s][i], i as i32, &[s as i32], false)?;
         }
-        ctx.decode(batch).map_err(|e| format!("{what} decode: {e}"))?;
+        ctx.decode(batch).map_err(|source| ProbeError::Decode {
+            what: what.to_owned(),
+            source,
+        })?;
     }
     Ok(())
 }
@@ -204,14 +237,14 @@ pub const CHOICE_MAX_SEQS: u32 = 16;
 /// where a `seq_cp` would share the same cells). Each setting then times
 /// 7 decode steps and keeps the median, so one step slowed by another
 /// process does not decide.
-pub fn choose_flash_attn(model: &Model, base: &ProbeConfig, seqs: u32) -> Result<(bool, f64, f64), String> {
+pub fn choose_flash_attn(model: &Weights, base: &ProbeConfig, seqs: u32) -> Result<(bool, f64, f64), ProbeError> {
     let seqs = seqs.clamp(1, CHOICE_MAX_SEQS) as usize;
     let text = "The lighthouse keeper wrote in his log every evening about the sea, the ships \
                 that passed the point, the weather that came in from the west, and the birds \
                 that rested on the rail of the gallery before they flew on to the south.";
     let mut prompt = model.tokenize(text);
     if prompt.is_empty() {
-        return Err("the model's tokenizer returned no tokens".into());
+        return Err(ProbeError::NoTokens);
     }
     while prompt.len() < CHOICE_CELLS_PER_SEQ {
         prompt.extend_from_within(..);
@@ -232,8 +265,13 @@ pub fn choose_flash_attn(model: &Model, base: &ProbeConfig, seqs: u32) -> Result
 /// Fills `seqs` sequences with `prompt` (prefilled once, copied to the
 /// others), then decodes one token per sequence [`CHOICE_STEPS`] times;
 /// returns tokens per second of the median step.
-fn median_step_tok_s(model: &Model, cfg: &ProbeConfig, seqs: usize, prompt: &[LlamaToken]) -> Result<f64, String> {
-    let mut ctx = new_context(model, context_params(cfg, seqs as u32)).map_err(|e| e.to_string())?;
+fn median_step_tok_s(
+    model: &Weights,
+    cfg: &ProbeConfig,
+    seqs: usize,
+    prompt: &[LlamaToken],
+) -> Result<f64, ProbeError> {
+    let mut ctx = new_context(&model.llama, context_params(cfg, seqs as u32))?;
     let n_batch = cfg.n_batch.max(seqs as u32) as usize;
     let mut batch = LlamaBatch::new(n_batch, 1);
     let last = prompt.len() - 1;
@@ -242,10 +280,10 @@ fn median_step_tok_s(model: &Model, cfg: &ProbeConfig, seqs: usize, prompt: &[Ll
     if seqs > 1 {
         let state = ctx
             .state_seq_get(0, LlamaStateSeqFlags::empty())
-            .map_err(|e| format!("reading sequence 0's KV data: {e}"))?;
-        for s in 1..seqs {
-            ctx.state_seq_set(&state, s as i32)
-                .map_err(|e| format!("copying KV data into sequence {s}: {e}"))?;
+            .map_err(ProbeError::ReadState)?;
+        for seq in 1..seqs {
+            ctx.state_seq_set(&state, seq as i32)
+                .map_err(|source| ProbeError::WriteState { seq, source })?;
         }
     }
     let mut next = vec![prompt[last]; seqs];

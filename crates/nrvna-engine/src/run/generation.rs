@@ -4,11 +4,11 @@
 
 use std::sync::Arc;
 
-use crate::sampling::TokenSampler;
+use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
-use crate::model::Model;
-use crate::{Finish, Observer};
+use crate::job::{Finish, Observer};
+use crate::plan::sampling::TokenSampler;
 
 /// The text side of a generating sequence.
 pub struct Generation {
@@ -40,8 +40,8 @@ impl Generation {
 
     /// Takes the token just sampled. Returns `true` when generation goes on
     /// (the token must be decoded next), `false` when the sequence is done.
-    pub fn push(&mut self, model: &Model, t: LlamaToken) -> bool {
-        let vocab = model.llama.vocab();
+    pub fn push(&mut self, llama: &LlamaModel, t: LlamaToken) -> bool {
+        let vocab = llama.vocab();
         if vocab.is_eog(t) {
             self.flush_pending();
             self.finish = Some(Finish::Eog);

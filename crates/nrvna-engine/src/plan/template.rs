@@ -6,6 +6,8 @@
 
 use minijinja::{context, Environment, Error, ErrorKind};
 
+use crate::error::TemplateError;
+
 /// A compiled chat template, or none (raw prompts).
 pub struct ChatTemplate {
     env: Option<Environment<'static>>,
@@ -25,17 +27,15 @@ impl ChatTemplate {
         model_template: Option<String>,
         override_file: Option<&std::path::Path>,
         llama: &llama_cpp_2::model::LlamaModel,
-    ) -> Result<ChatTemplate, String> {
+    ) -> Result<ChatTemplate, TemplateError> {
         let vocab = llama.vocab();
         let piece = |t| String::from_utf8_lossy(&vocab.token_to_piece(t, true, None)).into_owned();
         let (bos, eos) = (piece(vocab.bos()), piece(vocab.eos()));
         let (src, origin) = match override_file {
             Some(f) => {
-                let s = std::fs::read_to_string(f).map_err(|e| {
-                    format!(
-                        "chat template file {} (NRVNA_CHAT_TEMPLATE_FILE): {e}; point it at a readable Jinja file or unset it",
-                        f.display()
-                    )
+                let s = std::fs::read_to_string(f).map_err(|source| TemplateError::File {
+                    path: f.to_owned(),
+                    source,
                 })?;
                 (Some(s), format!("file {}", f.display()))
             }
@@ -45,7 +45,12 @@ impl ChatTemplate {
     }
 
     /// Compiles template source (`None`: raw prompts).
-    pub fn compile(src: Option<String>, bos: String, eos: String, origin: String) -> Result<ChatTemplate, String> {
+    pub fn compile(
+        src: Option<String>,
+        bos: String,
+        eos: String,
+        origin: String,
+    ) -> Result<ChatTemplate, TemplateError> {
         let Some(src) = src else {
             return Ok(ChatTemplate {
                 env: None,
@@ -58,8 +63,9 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", |_fmt: String| -> String { String::new() });
-        env.add_template_owned("chat", src)
-            .map_err(|e| format!("the chat template from {origin} does not compile: {e}"))?;
+        if let Err(source) = env.add_template_owned("chat", src) {
+            return Err(TemplateError::Compile { origin, source });
+        }
         Ok(ChatTemplate {
             env: Some(env),
             bos,
@@ -70,7 +76,7 @@ impl ChatTemplate {
 
     /// Renders one turn: optional system message, then the user message,
     /// ending with the assistant's opening.
-    pub fn render(&self, system: Option<&str>, user: &str) -> Result<String, String> {
+    pub fn render(&self, system: Option<&str>, user: &str) -> Result<String, TemplateError> {
         let Some(env) = &self.env else {
             return Ok(match system {
                 Some(s) => format!("{s}\n\n{user}"),
@@ -82,14 +88,19 @@ impl ChatTemplate {
             messages.push(context! { role => "system", content => s });
         }
         messages.push(context! { role => "user", content => user });
-        let tmpl = env.get_template("chat").map_err(|e| e.to_string())?;
-        tmpl.render(context! {
-            messages => messages,
-            add_generation_prompt => true,
-            bos_token => self.bos.as_str(),
-            eos_token => self.eos.as_str(),
-        })
-        .map_err(|e| format!("rendering the chat template ({}) failed: {e}", self.source))
+        env.get_template("chat")
+            .and_then(|tmpl| {
+                tmpl.render(context! {
+                    messages => messages,
+                    add_generation_prompt => true,
+                    bos_token => self.bos.as_str(),
+                    eos_token => self.eos.as_str(),
+                })
+            })
+            .map_err(|source| TemplateError::Render {
+                origin: self.source.clone(),
+                source,
+            })
     }
 }
 
@@ -138,7 +149,7 @@ mod tests {
         let src = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('no system') }}{% endif %}{{ bos_token }}{{ messages[0]['content'].strip() | upper }}";
         let t = ChatTemplate::compile(Some(src.into()), "<bos>".into(), "".into(), "test".into()).unwrap();
         assert_eq!(t.render(None, "  hi  ").unwrap(), "<bos>HI");
-        assert!(t.render(Some("x"), "hi").unwrap_err().contains("no system"));
+        assert!(t.render(Some("x"), "hi").unwrap_err().to_string().contains("no system"));
     }
 
     #[test]

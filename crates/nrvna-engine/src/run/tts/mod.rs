@@ -28,22 +28,13 @@ use llama_cpp_2::model::params::LlamaModelParams;
 use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::token::LlamaToken;
 
-use crate::config::EngineConfig;
-use crate::model::{backend, Model, CONTEXT_LOCK};
-use crate::perjob::{new_context, single_sequence};
-use crate::{Finish, Observer, Output, RunError};
+use crate::error::{EngineError, RunError};
+pub use crate::job::SpeechRequest;
+use crate::job::{Finish, Observer, Output};
+use crate::llama::{backend, check_file, new_context, new_context_for, single_sequence, Weights};
+use crate::plan::config::EngineConfig;
 use audio::{Istft, SAMPLE_RATE};
 use text::{Speaker, Version};
-
-/// A speech request: the text, and how to pick among the model's choices.
-#[derive(Clone, Debug)]
-pub struct SpeechRequest {
-    pub text: String,
-    /// 0: always the most likely choice.
-    pub temp: f32,
-    pub top_k: u32,
-    pub seed: u32,
-}
 
 /// The top-k of llama.cpp's tts example and the C++ nrvna.
 pub const DEFAULT_TOP_K: u32 = 4;
@@ -66,36 +57,33 @@ pub struct Vocoder {
     istft: Istft,
 }
 
-// SAFETY: as for `Model`: read-only after loading; contexts are created
-// under CONTEXT_LOCK.
-unsafe impl Sync for Vocoder {}
-unsafe impl Send for Vocoder {}
-
 impl Vocoder {
-    pub fn load(path: &Path) -> Result<Vocoder, String> {
-        crate::model::check_file(path, "vocoder", "give --vocoder the path of a WavTokenizer .gguf")?;
+    pub fn load(path: &Path) -> Result<Vocoder, EngineError> {
+        check_file(path, "vocoder", "give --vocoder the path of a WavTokenizer .gguf")?;
         // The vocoder is small and runs once per job: the CPU is enough,
         // and the C++ daemon keeps it there too.
         let params = LlamaModelParams::default().with_n_gpu_layers(0);
-        let llama = LlamaModel::load_from_file(backend()?, path, &params).map_err(|e| {
-            format!("llama.cpp could not load the vocoder {} ({e}); it must be a WavTokenizer decoder GGUF such as WavTokenizer-Large-75", path.display())
-        })?;
+        let llama =
+            LlamaModel::load_from_file(backend()?, path, &params).map_err(|source| EngineError::VocoderLoad {
+                path: path.to_owned(),
+                source,
+            })?;
         let arch = llama.meta_val_str("general.architecture").unwrap_or_default();
         if arch != "wavtokenizer-dec" {
-            return Err(format!(
-                "{} is a {arch:?} model, not a WavTokenizer decoder (architecture \"wavtokenizer-dec\"); give --vocoder a WavTokenizer GGUF such as WavTokenizer-Large-75",
-                path.display()
-            ));
+            return Err(EngineError::NotAVocoder {
+                path: path.to_owned(),
+                arch,
+            });
         }
         let n_codes = u32::try_from(llama.n_vocab()).unwrap_or(0);
         if n_codes == 0 {
-            return Err(format!(
-                "vocoder {} declares no codebook (wavtokenizer-dec.vocab_size)",
-                path.display()
-            ));
+            return Err(EngineError::NoCodebook { path: path.to_owned() });
         }
-        let istft = Istft::for_output_width(llama.n_embd_out().max(0) as usize)
-            .map_err(|e| format!("vocoder {}: {e}", path.display()))?;
+        let n_out = llama.n_embd_out().max(0) as usize;
+        let istft = Istft::for_output_width(n_out).ok_or_else(|| EngineError::VocoderWidth {
+            path: path.to_owned(),
+            n_out,
+        })?;
         Ok(Vocoder {
             llama,
             path: path.to_owned(),
@@ -131,12 +119,7 @@ impl Vocoder {
             .with_pooling_type(LlamaPoolingType::None)
             .with_n_threads(threads as i32)
             .with_n_threads_batch(threads as i32);
-        let mut ctx = {
-            let _g = CONTEXT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-            self.llama
-                .new_context(backend().map_err(RunError::Fault)?, params)
-                .map_err(|e| RunError::Fault(format!("creating the vocoder's context for {n} codes: {e}")))?
-        };
+        let mut ctx = new_context_for(&self.llama, params, format!("the vocoder's context for {n} codes"), "")?;
         let mut batch = LlamaBatch::new(codes.len(), 1);
         for (i, c) in codes.iter().enumerate() {
             batch
@@ -172,7 +155,7 @@ pub struct Layout {
 impl Layout {
     /// Reads the OuteTTS tokens from `model`'s vocabulary; codes at or
     /// above `n_codes` (the vocoder's codebook) are left out.
-    pub fn read(model: &LlamaModel, name: &str, n_codes: u32) -> Result<Layout, String> {
+    pub fn read(model: &LlamaModel, name: &str, n_codes: u32) -> Result<Layout, EngineError> {
         let vocab = model.vocab();
         let single = |s: &str| -> Option<LlamaToken> {
             match vocab.tokenize(s.as_bytes(), false, true).as_slice() {
@@ -183,10 +166,10 @@ impl Layout {
         let needed = ["<|im_start|>", "<|text_start|>", "<|text_end|>", "<|audio_start|>"];
         let missing: Vec<&str> = needed.iter().copied().filter(|s| single(s).is_none()).collect();
         if !missing.is_empty() {
-            return Err(format!(
-                "{name} is not an OuteTTS model: its vocabulary lacks {}; text-to-speech needs nrvnad started with an OuteTTS GGUF (0.2 or 0.3) as MODEL",
-                missing.join(", ")
-            ));
+            return Err(EngineError::NotOuteTts {
+                model: name.to_owned(),
+                missing: missing.join(", "),
+            });
         }
         let version = if single("<|space|>").is_some() {
             Version::V03
@@ -211,14 +194,16 @@ impl Layout {
             }
         }
         if code_of.is_empty() || durations.is_empty() {
-            return Err(format!(
-                "{name} has no audio-code tokens <|0|>.. or duration tokens <|t_0.00|>..: it is not an OuteTTS model"
-            ));
+            return Err(EngineError::NoAudioTokens { model: name.to_owned() });
         }
         let close_s = version.code_close();
-        let close = single(close_s).ok_or_else(|| format!("{name} has no {close_s} token"))?;
+        let no_token = |token| EngineError::MissingToken {
+            model: name.to_owned(),
+            token,
+        };
+        let close = single(close_s).ok_or_else(|| no_token(close_s))?;
         let open = match version.code_open() {
-            Some(s) => Some(single(s).ok_or_else(|| format!("{name} has no {s} token"))?),
+            Some(s) => Some(single(s).ok_or_else(|| no_token(s))?),
             None => None,
         };
         let mut code_tokens: Vec<LlamaToken> = code_of.keys().copied().collect();
@@ -251,24 +236,19 @@ pub struct Speech {
 
 impl Speech {
     /// Loads the vocoder, reads the model's OuteTTS tokens and the voice.
-    pub fn load(model: &LlamaModel, name: &str, vocoder: &Path, speaker: Option<&Path>) -> Result<Speech, String> {
+    pub fn load(model: &LlamaModel, name: &str, vocoder: &Path, speaker: Option<&Path>) -> Result<Speech, EngineError> {
         let vocoder = Vocoder::load(vocoder)?;
         let layout = Layout::read(model, name, vocoder.n_codes)?;
         let (speaker, speaker_source) = match speaker {
-            Some(p) => {
-                let s = std::fs::read_to_string(p)
-                    .map_err(|e| format!("speaker profile {}: {e}", p.display()))
-                    .and_then(|j| Speaker::parse(&j).map_err(|e| format!("speaker profile {}: {e}", p.display())))?;
-                (s, p.display().to_string())
-            }
+            Some(p) => (load_speaker(p)?, p.display().to_string()),
             None => (Speaker::default_voice(), "built-in en_male_1".to_owned()),
         };
         if speaker.max_code() >= vocoder.n_codes {
-            return Err(format!(
-                "the voice ({speaker_source}) uses audio code {} but the vocoder's codebook has {}; use a speaker profile made for this vocoder",
-                speaker.max_code(),
-                vocoder.n_codes
-            ));
+            return Err(EngineError::VoiceCodebook {
+                voice: speaker_source,
+                max_code: speaker.max_code(),
+                n_codes: vocoder.n_codes,
+            });
         }
         Ok(Speech {
             layout,
@@ -277,6 +257,18 @@ impl Speech {
             speaker_source,
         })
     }
+}
+
+/// Reads an OuteTTS speaker profile (JSON) from `path`.
+fn load_speaker(path: &Path) -> Result<Speaker, EngineError> {
+    let json = std::fs::read_to_string(path).map_err(|source| EngineError::SpeakerFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    Speaker::parse(&json).map_err(|source| EngineError::Speaker {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Picks tokens among an allowed set: top-k, temperature, a seeded draw.
@@ -375,156 +367,35 @@ impl Seq<'_> {
 
 /// Voices `req.text` with the model's OuteTTS layout and the vocoder.
 pub fn speak(
-    model: &Model,
+    weights: &Weights,
+    speech: &Speech,
     cfg: &EngineConfig,
     threads: u32,
     req: SpeechRequest,
     obs: Arc<dyn Observer>,
 ) -> Result<Output, RunError> {
-    let speech = model.speech.as_ref().ok_or_else(|| {
-        RunError::Rejected(format!(
-            "a text-to-speech job needs a vocoder, and this daemon has none; start nrvnad with --vocoder FILE (a WavTokenizer GGUF such as WavTokenizer-Large-75) and an OuteTTS model, or put the vocoder beside {}",
-            model.file_name()
-        ))
-    })?;
-    let layout = &speech.layout;
-    let words = text::words(&req.text, layout.version);
+    let words = text::words(&req.text, speech.layout.version);
     if words.is_empty() {
         return Err(RunError::Rejected(
             "the text has nothing to say: no letters or numbers are left after normalising it".into(),
         ));
     }
-    let vocab = model.llama.vocab();
-    let tokens_of = |s: &str| vocab.tokenize(s.as_bytes(), false, true);
-    let word_toks: Vec<Vec<LlamaToken>> = words.iter().map(|w| tokens_of(w)).collect();
-    let per_sec = speech.vocoder.codes_per_sec();
-    let max_word_codes = (MAX_WORD_SECS * per_sec).ceil() as usize;
-    // Room word i may take: its text, duration, open and close, codes, newline.
-    let room = |i: usize| word_toks[i].len() + 3 + layout.newline.len() + max_word_codes;
-    // The context: what the whole text may need, within NRVNA_MAX_CTX.
-    let cap = model.cap_ctx(cfg.max_ctx) as usize;
-    let mut full_prompt = Some(tokens_of(&text::prompt(layout.version, &speech.speaker, &words)));
-    let need = full_prompt.as_ref().map_or(0, Vec::len) + (0..words.len()).map(room).sum::<usize>();
-    let limit = need.next_multiple_of(256).min(cap) as u32;
-    let (params, n_batch) = single_sequence(cfg, limit, threads);
-    let mut seq = Seq {
-        ctx: new_context(model, params)?,
-        batch: LlamaBatch::new(n_batch as usize, 1),
-        n_batch: n_batch as usize,
-        n_past: 0,
-    };
-    let mut picker = Picker::new(req.seed, req.temp, req.top_k);
+    let mut v = Voicing::new(weights, speech, cfg, threads, words, &req)?;
     let start = Instant::now();
-    let mut codes: Vec<u32> = Vec::new();
-    let mut spoken: Vec<&str> = Vec::new();
-    let (mut generated, mut prompt_tokens) = (0u32, 0u32);
-    let stopped = |reason: String, spoken: &[&str], generated: u32| RunError::Stopped {
-        reason,
-        partial: spoken.join(" "),
-        generated_tokens: generated,
-    };
-    let mut next = 0;
-    while next < words.len() {
-        // The prompt lists the words still to say; fewer when the list
-        // itself would crowd out the voicing.
-        let mut listed = words.len() - next;
-        let prompt = loop {
-            // The first part lists every word: that prompt is tokenised already.
-            let p = match full_prompt.take() {
-                Some(p) => p,
-                None => tokens_of(&text::prompt(
-                    layout.version,
-                    &speech.speaker,
-                    &words[next..next + listed],
-                )),
-            };
-            if p.len() + room(next) <= limit as usize || listed == 1 {
-                break p;
-            }
-            listed = listed.div_ceil(2);
-        };
-        if prompt.len() + room(next) > limit as usize {
-            return Err(RunError::Rejected(format!(
-                "the voice prompt takes {} tokens and a word up to {} more, but the context holds {limit} (NRVNA_MAX_CTX, capped by the model); raise NRVNA_MAX_CTX",
-                prompt.len(),
-                room(next)
-            )));
-        }
-        if prompt_tokens == 0 {
-            prompt_tokens = prompt.len() as u32;
-        } else {
-            tracing::debug!(
-                "voicing words {}.. of {} in a new part (the context holds {limit})",
-                next + 1,
-                words.len()
-            );
-        }
-        seq.ctx.clear_kv_cache();
-        seq.n_past = 0;
-        seq.feed(&prompt)?;
-        let mut in_part = 0;
-        let first = next;
-        for i in first..first + listed {
-            if in_part > 0 && seq.n_past as usize + room(i) > limit as usize {
-                break;
-            }
-            let w = words[i].as_str();
-            if word_toks[i].is_empty() {
-                next += 1;
-                continue;
-            }
-            // The word, then its duration.
-            seq.feed(&word_toks[i])?;
-            let dur = picker
-                .pick(seq.logits(), layout.durations.iter().map(|d| d.0))
-                .ok_or_else(|| RunError::Fault("no duration token had a finite logit".into()))?;
-            let secs = layout.durations.iter().find(|d| d.0 == dur).map_or(0.0, |d| d.1);
-            let mut head = vec![dur];
-            head.extend(layout.open);
-            seq.feed(&head)?;
-            generated += 1;
-            // Its codes, until the model closes the word or its time is up.
-            let cap = ((secs * per_sec * 2.0).ceil() as usize + 10).min(max_word_codes);
-            let mut n = 0;
-            loop {
-                if let Some(reason) = obs.should_stop() {
-                    return Err(stopped(reason, &spoken, generated));
-                }
-                let tok = if n >= cap {
-                    layout.close
-                } else {
-                    let close = (n > 0).then_some(layout.close);
-                    picker
-                        .pick(seq.logits(), layout.code_tokens.iter().copied().chain(close))
-                        .ok_or_else(|| RunError::Fault("no audio-code token had a finite logit".into()))?
-                };
-                generated += 1;
-                if tok == layout.close {
-                    let mut tail = vec![tok];
-                    tail.extend_from_slice(&layout.newline);
-                    seq.feed(&tail)?;
-                    break;
-                }
-                codes.push(layout.code_of[&tok]);
-                n += 1;
-                seq.feed(&[tok])?;
-            }
-            spoken.push(w);
-            obs.on_text(&format!("{w} "), generated);
-            next += 1;
-            in_part += 1;
-        }
-    }
+    v.voice_all(&*obs)?;
     let gen_secs = start.elapsed().as_secs_f64();
     if let Some(reason) = obs.should_stop() {
-        return Err(stopped(reason, &spoken, generated));
+        return Err(v.stopped(reason));
     }
-    drop(seq);
-    let mut samples = speech.vocoder.samples(&codes, threads)?;
-    // The first moments are the vocoder's onset artefact: silence them
-    // (llama.cpp's tts example and the C++ daemon do the same).
-    let mute = (SAMPLE_RATE as usize * cfg.tts_mute_ms as usize / 1000).min(samples.len());
-    samples[..mute].fill(0.0);
+    let Voicing {
+        words,
+        spoken,
+        codes,
+        generated,
+        prompt_tokens,
+        ..
+    } = v;
+    let samples = vocode(&speech.vocoder, &codes, threads, cfg.tts_mute_ms)?;
     tracing::debug!(
         "voiced {} words as {} codes ({:.2} s of audio) in {:.2} s",
         spoken.len(),
@@ -533,7 +404,7 @@ pub fn speak(
         start.elapsed().as_secs_f64()
     );
     Ok(Output {
-        text: spoken.join(" "),
+        text: said(&words, &spoken),
         audio: Some(samples),
         prompt_tokens,
         generated_tokens: generated,
@@ -541,6 +412,238 @@ pub fn speak(
         finish: Some(Finish::Eog),
         ..Output::default()
     })
+}
+
+/// The waveform of `codes`, its first `mute_ms` silenced: they are the
+/// vocoder's onset artefact (llama.cpp's tts example and the C++ daemon
+/// do the same).
+fn vocode(vocoder: &Vocoder, codes: &[u32], threads: u32, mute_ms: u32) -> Result<Vec<f32>, RunError> {
+    let mut samples = vocoder.samples(codes, threads)?;
+    let mute = (SAMPLE_RATE as usize * mute_ms as usize / 1000).min(samples.len());
+    samples[..mute].fill(0.0);
+    Ok(samples)
+}
+
+/// The words voiced so far, as the job's text.
+fn said(words: &[String], spoken: &[usize]) -> String {
+    spoken.iter().map(|&i| words[i].as_str()).collect::<Vec<_>>().join(" ")
+}
+
+/// A speech job in progress: its words, the context they are voiced in,
+/// and the codes and words done so far.
+struct Voicing<'a> {
+    llama: &'a LlamaModel,
+    layout: &'a Layout,
+    speaker: &'a Speaker,
+    words: Vec<String>,
+    word_toks: Vec<Vec<LlamaToken>>,
+    /// The prompt that lists every word, tokenised while sizing the
+    /// context; the first part takes it.
+    full_prompt: Option<Vec<LlamaToken>>,
+    per_sec: f32,
+    max_word_codes: usize,
+    /// The context's cells.
+    limit: usize,
+    seq: Seq<'a>,
+    picker: Picker,
+    codes: Vec<u32>,
+    /// Indices of the words voiced.
+    spoken: Vec<usize>,
+    generated: u32,
+    /// The first part's prompt tokens.
+    prompt_tokens: u32,
+}
+
+impl<'a> Voicing<'a> {
+    /// Tokenises the words and creates a context for what the whole text
+    /// may need, within NRVNA_MAX_CTX.
+    fn new(
+        weights: &'a Weights,
+        speech: &'a Speech,
+        cfg: &EngineConfig,
+        threads: u32,
+        words: Vec<String>,
+        req: &SpeechRequest,
+    ) -> Result<Voicing<'a>, RunError> {
+        let llama = &weights.llama;
+        let layout = &speech.layout;
+        let word_toks: Vec<Vec<LlamaToken>> = words.iter().map(|w| tokens_of(llama, w)).collect();
+        let per_sec = speech.vocoder.codes_per_sec();
+        let max_word_codes = (MAX_WORD_SECS * per_sec).ceil() as usize;
+        let full_prompt = tokens_of(llama, &text::prompt(layout.version, &speech.speaker, &words));
+        let need = full_prompt.len()
+            + word_toks
+                .iter()
+                .map(|t| word_room(t, layout, max_word_codes))
+                .sum::<usize>();
+        let limit = need.next_multiple_of(256).min(weights.cap_ctx(cfg.max_ctx) as usize);
+        let (params, n_batch) = single_sequence(limit as u32, cfg.n_batch, cfg.flash_attn.policy(), threads);
+        let seq = Seq {
+            ctx: new_context(llama, params)?,
+            batch: LlamaBatch::new(n_batch as usize, 1),
+            n_batch: n_batch as usize,
+            n_past: 0,
+        };
+        Ok(Voicing {
+            llama,
+            layout,
+            speaker: &speech.speaker,
+            words,
+            word_toks,
+            full_prompt: Some(full_prompt),
+            per_sec,
+            max_word_codes,
+            limit,
+            seq,
+            picker: Picker::new(req.seed, req.temp, req.top_k),
+            codes: Vec::new(),
+            spoken: Vec::new(),
+            generated: 0,
+            prompt_tokens: 0,
+        })
+    }
+
+    /// The cells word `i` may take (see [`word_room`]).
+    fn room(&self, i: usize) -> usize {
+        word_room(&self.word_toks[i], self.layout, self.max_word_codes)
+    }
+
+    /// The job's failure when its observer stops it.
+    fn stopped(&self, reason: String) -> RunError {
+        RunError::Stopped {
+            reason,
+            partial: said(&self.words, &self.spoken),
+            generated_tokens: self.generated,
+        }
+    }
+
+    /// Voices every word, in as many parts as the context needs.
+    fn voice_all(&mut self, obs: &dyn Observer) -> Result<(), RunError> {
+        let mut next = 0;
+        while next < self.words.len() {
+            next = self.voice_part(next, obs)?;
+        }
+        Ok(())
+    }
+
+    /// Voices words from `next` on after a fresh speaker prompt, as many
+    /// as the context holds; returns the first word left.
+    fn voice_part(&mut self, first: usize, obs: &dyn Observer) -> Result<usize, RunError> {
+        let (prompt, listed) = self.part_prompt(first)?;
+        if self.prompt_tokens == 0 {
+            self.prompt_tokens = prompt.len() as u32;
+        } else {
+            tracing::debug!(
+                "voicing words {}.. of {} in a new part (the context holds {})",
+                first + 1,
+                self.words.len(),
+                self.limit
+            );
+        }
+        self.seq.ctx.clear_kv_cache();
+        self.seq.n_past = 0;
+        self.seq.feed(&prompt)?;
+        let mut in_part = 0;
+        for i in first..first + listed {
+            if in_part > 0 && self.seq.n_past as usize + self.room(i) > self.limit {
+                return Ok(i);
+            }
+            if !self.word_toks[i].is_empty() {
+                self.voice_word(i, obs)?;
+                in_part += 1;
+            }
+        }
+        Ok(first + listed)
+    }
+
+    /// The prompt of a part that starts at word `next`, and how many words
+    /// it lists: all that are left, fewer when the list itself would crowd
+    /// out the voicing.
+    fn part_prompt(&mut self, next: usize) -> Result<(Vec<LlamaToken>, usize), RunError> {
+        let mut listed = self.words.len() - next;
+        let prompt = loop {
+            // The first part lists every word: that prompt is tokenised already.
+            let p = match self.full_prompt.take() {
+                Some(p) => p,
+                None => {
+                    let text = text::prompt(self.layout.version, self.speaker, &self.words[next..next + listed]);
+                    tokens_of(self.llama, &text)
+                }
+            };
+            if p.len() + self.room(next) <= self.limit || listed == 1 {
+                break p;
+            }
+            listed = listed.div_ceil(2);
+        };
+        if prompt.len() + self.room(next) > self.limit {
+            return Err(RunError::Rejected(format!(
+                "the voice prompt takes {} tokens and a word up to {} more, but the context holds {} (NRVNA_MAX_CTX, capped by the model); raise NRVNA_MAX_CTX",
+                prompt.len(),
+                self.room(next),
+                self.limit
+            )));
+        }
+        Ok((prompt, listed))
+    }
+
+    /// Voices word `i`: its text, the duration the model picks, then its codes.
+    fn voice_word(&mut self, i: usize, obs: &dyn Observer) -> Result<(), RunError> {
+        let layout = self.layout;
+        self.seq.feed(&self.word_toks[i])?;
+        let dur = self
+            .picker
+            .pick(self.seq.logits(), layout.durations.iter().map(|d| d.0))
+            .ok_or_else(|| RunError::Fault("no duration token had a finite logit".into()))?;
+        let secs = layout.durations.iter().find(|d| d.0 == dur).map_or(0.0, |d| d.1);
+        let mut head = vec![dur];
+        head.extend(layout.open);
+        self.seq.feed(&head)?;
+        self.generated += 1;
+        let cap = ((secs * self.per_sec * 2.0).ceil() as usize + 10).min(self.max_word_codes);
+        self.word_codes(cap, obs)?;
+        self.spoken.push(i);
+        obs.on_text(&format!("{} ", self.words[i]), self.generated);
+        Ok(())
+    }
+
+    /// A word's codes, until the model closes the word or `cap` codes
+    /// (its duration's worth) are out.
+    fn word_codes(&mut self, cap: usize, obs: &dyn Observer) -> Result<(), RunError> {
+        let layout = self.layout;
+        for n in 0.. {
+            if let Some(reason) = obs.should_stop() {
+                return Err(self.stopped(reason));
+            }
+            let tok = if n >= cap {
+                layout.close
+            } else {
+                let close = (n > 0).then_some(layout.close);
+                self.picker
+                    .pick(self.seq.logits(), layout.code_tokens.iter().copied().chain(close))
+                    .ok_or_else(|| RunError::Fault("no audio-code token had a finite logit".into()))?
+            };
+            self.generated += 1;
+            if tok == layout.close {
+                let mut tail = vec![tok];
+                tail.extend_from_slice(&layout.newline);
+                return self.seq.feed(&tail);
+            }
+            self.codes.push(layout.code_of[&tok]);
+            self.seq.feed(&[tok])?;
+        }
+        Ok(())
+    }
+}
+
+/// The cells a word may take: its text, duration, open and close, codes,
+/// newline.
+fn word_room(toks: &[LlamaToken], layout: &Layout, max_word_codes: usize) -> usize {
+    toks.len() + 3 + layout.newline.len() + max_word_codes
+}
+
+/// `s` as tokens, special tokens parsed.
+fn tokens_of(llama: &LlamaModel, s: &str) -> Vec<LlamaToken> {
+    llama.vocab().tokenize(s.as_bytes(), false, true)
 }
 
 #[cfg(test)]
