@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use nrvna_core::batch::{self, MAX_BATCH_BYTES};
 use nrvna_core::cancel::cancel_job;
+use nrvna_core::files::Artifact;
 use nrvna_core::fsio::read_limited;
 use nrvna_core::{JobId, JobView, Meta, Params, Priority, State, Workspace};
 use serde::Deserialize;
@@ -340,9 +341,10 @@ fn response_body(id: &JobId, fin: &Finished) -> Result<Value, ApiError> {
         .find_map(|t| t.as_deref().and_then(nrvna_core::time::unix_seconds))
         .unwrap_or(0);
     match &fin.artifact {
-        Some(("embedding.json", b)) => {
-            let v: Value = serde_json::from_slice(b)
-                .map_err(|e| ApiError::internal(format!("embedding.json is not valid JSON: {e}")))?;
+        Some((Artifact::Embedding, b)) => {
+            let v: Value = serde_json::from_slice(b).map_err(|e| {
+                ApiError::internal(format!("{} is not valid JSON: {e}", Artifact::Embedding.file_name()))
+            })?;
             Ok(json!({
                 "object": "list",
                 "data": [{"object": "embedding", "index": 0, "embedding": v.get("vector").cloned().unwrap_or(Value::Null)}],
