@@ -11,10 +11,9 @@ use nrvna_core::meta::{Meta, MAX_META_BYTES};
 use nrvna_core::params::{Params, MAX_PARAMS_BYTES};
 use nrvna_core::{FileIo, JobType, Settings};
 use nrvna_engine::media::Media;
+use nrvna_schema::check::MAX_CONSTRAINT_BYTES;
 use serde_json::Value;
 
-/// Largest schema.json / grammar.gbnf the daemon reads.
-pub const MAX_CONSTRAINT_BYTES: u64 = 256 * 1024;
 /// Largest type.txt.
 const MAX_TYPE_BYTES: u64 = 64;
 
