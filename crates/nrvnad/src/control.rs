@@ -9,7 +9,9 @@ use anyhow::{Context, Result};
 use nrvna_core::lifecycle::{daemon_status, is_nrvnad, lock_held, read_info, read_pid, unlocked_owner, DaemonStatus};
 use std::collections::HashMap;
 
-use nrvna_core::members::{list_members, member_ids, read_member, remove_stop_request, request_stop, MemberRecord};
+use nrvna_core::members::{
+    list_members, member_ids, read_member, remove_stop_request, request_stop, MemberRecord, MemberState,
+};
 use nrvna_core::workspace::{LOCK_FILE, PID_FILE};
 use nrvna_core::Workspace;
 use rustix::process::{kill_process, Pid, Signal};
@@ -76,7 +78,7 @@ pub fn status(ws_path: &Path, json: bool, local: bool) -> Result<ExitCode> {
 /// The status of a shared workspace's members.
 fn shared_status(members: &[MemberRecord], json: bool) -> Result<ExitCode> {
     let fresh = |m: &&MemberRecord| m.heartbeat_age_s().is_some_and(|a| a < m.lease_ttl_s);
-    let (word, code) = if members.iter().filter(fresh).any(|m| m.state() == "ready") {
+    let (word, code) = if members.iter().filter(fresh).any(|m| m.state() == MemberState::Ready) {
         ("ready", 0)
     } else if members.iter().any(|m| fresh(&m)) {
         ("starting", 2)
