@@ -12,6 +12,7 @@ use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use nrvna_core::files::ERROR_FILE;
 use nrvna_core::lifecycle::{daemon_status, DaemonStatus};
 use nrvna_core::live::request_cancel;
 use nrvna_core::wait::wait_for;
@@ -140,7 +141,7 @@ fn cancel_running(ws: &Workspace, id: &JobId, timeout: Duration) -> Result<Outco
                 }
                 _ => eprintln!(
                     "job {id} failed before the cancel took effect: {}",
-                    job.error().unwrap_or_else(|| "(no error.txt)".into())
+                    job.error().unwrap_or_else(|| format!("(no {ERROR_FILE})"))
                 ),
             }
             Ok(Outcome::Done)

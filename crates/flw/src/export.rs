@@ -11,9 +11,9 @@
 use std::io::{self, Write};
 
 use anyhow::{bail, Result};
+use nrvna_core::files::{Artifact, BATCH_FILE, META_FILE};
 use nrvna_core::fsio::read_limited;
 use nrvna_core::meta::valid_tag;
-use nrvna_core::submit::BATCH_FILE;
 use nrvna_core::{BatchRequest, JobView, Meta, State, Workspace};
 use serde_json::{json, Value};
 
@@ -127,7 +127,7 @@ fn request_of(job: &JobView, meta: &Meta) -> Result<BatchRequest, String> {
             line: line.unwrap_or(u64::MAX),
         }),
         _ => Err(format!(
-            "it has no {BATCH_FILE} and its meta.json has no custom_id (a C++ daemon drops unknown meta.json keys at finish)"
+            "it has no {BATCH_FILE} and its {META_FILE} has no custom_id (a C++ daemon drops unknown {META_FILE} keys at finish)"
         )),
     }
 }
@@ -146,18 +146,18 @@ fn done_body(job: &JobView, meta: &Meta) -> Result<Value, String> {
     let model = meta.extra_str("model").unwrap_or("unknown");
     let tokens = |k: &str| meta.extra(k).and_then(Value::as_u64).unwrap_or(0);
     let prompt_tokens = tokens("prompt_tokens");
-    let name = job
+    let artifact = job
         .primary_artifact()
         .ok_or_else(|| "the job is done but holds no artifact".to_string())?;
+    let name = artifact.file_name();
     let bytes = read_limited(&job.dir.join(name), MAX_ARTIFACT_BYTES).map_err(|e| format!("{name} {e}"))?;
-    match name {
-        "embedding.json" => {
-            let v: Value =
-                serde_json::from_slice(&bytes).map_err(|e| format!("embedding.json is not valid JSON: {e}"))?;
+    match artifact {
+        Artifact::Embedding => {
+            let v: Value = serde_json::from_slice(&bytes).map_err(|e| format!("{name} is not valid JSON: {e}"))?;
             let vector = v
                 .get("vector")
                 .filter(|x| x.is_array())
-                .ok_or_else(|| "embedding.json has no \"vector\" array".to_string())?;
+                .ok_or_else(|| format!("{name} has no \"vector\" array"))?;
             Ok(json!({
                 "object": "list",
                 "data": [{"object": "embedding", "index": 0, "embedding": vector}],
@@ -165,7 +165,7 @@ fn done_body(job: &JobView, meta: &Meta) -> Result<Value, String> {
                 "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
             }))
         }
-        "result.txt" | "transcript.txt" => {
+        Artifact::Result | Artifact::Transcript => {
             let completion = tokens("generated_tokens");
             let created = [&meta.completed_at, &meta.submitted_at]
                 .into_iter()
@@ -188,6 +188,6 @@ fn done_body(job: &JobView, meta: &Meta) -> Result<Value, String> {
                 },
             }))
         }
-        other => Err(format!("{other} has no OpenAI Batch response format")),
+        Artifact::Audio => Err(format!("{name} has no OpenAI Batch response format")),
     }
 }

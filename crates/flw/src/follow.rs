@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use nrvna_core::files::{Artifact, PARTIAL_FILE, RESPONSE_FILE};
 use nrvna_core::fsio::{open_regular, read_optional, ReadError};
-use nrvna_core::live::PARTIAL_FILE;
 use nrvna_core::wait::DirWaker;
 use nrvna_core::{JobId, State, Workspace};
 
@@ -79,13 +79,13 @@ pub fn follow(ws: &Workspace, id: &JobId, timeout: Option<Duration>) -> Result<O
                     return show(ws, id, false);
                 }
                 let dir = ws.job_dir(State::Done, id);
-                finish(&mut out, &printed, &dir, "result.txt", ws, id)?;
+                finish(&mut out, &printed, &dir, Artifact::Result.file_name(), ws, id)?;
                 return Ok(Outcome::Done);
             }
             Some(State::Failed) => {
                 ticker.clear();
                 let dir = ws.job_dir(State::Failed, id);
-                finish(&mut out, &printed, &dir, "response.txt", ws, id)?;
+                finish(&mut out, &printed, &dir, RESPONSE_FILE, ws, id)?;
                 drop(out);
                 if let Some(job) = ws.job(id) {
                     print_error(&job);

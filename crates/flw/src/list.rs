@@ -8,6 +8,7 @@
 use std::io::{self, Write};
 
 use anyhow::Result;
+use nrvna_core::files::Artifact;
 use nrvna_core::live::Progress;
 use nrvna_core::{JobView, State, Workspace};
 
@@ -82,7 +83,10 @@ pub fn row(j: &JobView) -> (String, String) {
             .error()
             .and_then(|e| e.lines().next().map(|l| truncate(l, 80)))
             .unwrap_or_default(),
-        State::Done => j.primary_artifact().unwrap_or("(no artifact)").to_owned(),
+        State::Done => j
+            .primary_artifact()
+            .map_or("(no artifact)", Artifact::file_name)
+            .to_owned(),
         State::Ready | State::Writing => String::new(),
     };
     let detail = match meta.as_ref().and_then(|m| m.extra_str("custom_id")) {

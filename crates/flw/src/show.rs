@@ -7,6 +7,7 @@ use std::io::{self, IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use nrvna_core::files::{Artifact, ERROR_FILE};
 use nrvna_core::{JobId, JobView, State, Workspace};
 use serde_json::json;
 
@@ -73,7 +74,7 @@ pub fn eprintln_missing(ws: &Workspace, id: &JobId) {
 pub fn print_error(job: &JobView) {
     match job.error() {
         Some(e) => eprintln!("{e}"),
-        None => eprintln!("flw: job {} failed (it has no error.txt)", job.id),
+        None => eprintln!("flw: job {} failed (it has no {ERROR_FILE})", job.id),
     }
 }
 
@@ -81,16 +82,18 @@ pub fn print_error(job: &JobView) {
 /// stored (no newline added); audio.wav's bytes when stdout is a pipe or a
 /// file (`flw WS ID > out.wav`, `| aplay`), its path on a terminal.
 pub fn print_artifact(job: &JobView) -> Result<()> {
-    let Some(name) = job.primary_artifact() else {
+    let Some(artifact) = job.primary_artifact() else {
         bail!(
-            "job {} is done but holds no artifact (none of result.txt, transcript.txt, audio.wav, embedding.json); look inside {}",
+            "job {} is done but holds no artifact (none of {}); look inside {}",
             job.id,
+            Artifact::ALL.map(Artifact::file_name).join(", "),
             job.dir.display()
         );
     };
+    let name = artifact.file_name();
     let path = job.dir.join(name);
     let mut out = io::stdout().lock();
-    if name == "audio.wav" && io::stdout().is_terminal() {
+    if artifact == Artifact::Audio && io::stdout().is_terminal() {
         writeln!(out, "{}", path.display())?;
     } else {
         copy_file(&path, &mut out).with_context(|| format!("reading {name} of job {}", job.id))?;

@@ -20,10 +20,11 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use nrvna_core::batch::{self, MAX_BATCH_BYTES};
 use nrvna_core::cancel::cancel_job;
-use nrvna_core::fsio::read_limited;
+use nrvna_core::files::Artifact;
+use nrvna_core::fsio::{read_limited, ReadError};
 use nrvna_core::{JobId, JobView, Meta, Params, Priority, State, Workspace};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
 
 use crate::error::ApiError;
 use crate::jobs::{now_unix, Finished};
@@ -31,6 +32,58 @@ use crate::openai::json_body;
 use crate::App;
 
 const ENDPOINTS: [&str; 2] = ["/v1/chat/completions", "/v1/embeddings"];
+
+/// What a batch was asked to do: `WS/api/batches/<batch-id>.json`. Its
+/// fields in the order they are written (the order of the batch object
+/// the gateway answers with); keys it does not know are kept.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchRecord {
+    pub id: String,
+    #[serde(default = "batch_object")]
+    pub object: String,
+    pub endpoint: String,
+    pub input_file_id: String,
+    #[serde(default = "default_window")]
+    pub completion_window: String,
+    pub created_at: i64,
+    /// An object, or null.
+    #[serde(default)]
+    pub metadata: Value,
+    /// How many requests the input file holds.
+    pub total: u64,
+    /// Whether every request is a job (false while publishing, and after a
+    /// gateway died publishing, until `Store::recover`).
+    #[serde(default)]
+    pub published: bool,
+    /// When a cancel was asked for (unix seconds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cancelling_at: Option<i64>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+fn batch_object() -> String {
+    "batch".into()
+}
+
+fn default_window() -> String {
+    "24h".into()
+}
+
+/// A batch's status, OpenAI's words. The gateway derives it from the jobs
+/// each time it is asked; it never stores it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchStatus {
+    Validating,
+    Failed,
+    InProgress,
+    Finalizing,
+    Completed,
+    Expired,
+    Cancelling,
+    Cancelled,
+}
 
 /// Where the gateway keeps its own records inside a workspace.
 pub struct Store {
@@ -62,7 +115,7 @@ impl Store {
         serde_json::from_slice(&b).ok()
     }
 
-    fn write_json(&self, dir: &Path, name: &str, v: &Value) -> Result<(), ApiError> {
+    fn write_json(&self, dir: &Path, name: &str, v: &impl Serialize) -> Result<(), ApiError> {
         let io = self.ws.io();
         let mut b = serde_json::to_vec(v).unwrap_or_default();
         b.push(b'\n');
@@ -71,9 +124,34 @@ impl Store {
             .map_err(|e| ApiError::internal(format!("writing {}: {e}", dir.join(name).display())))
     }
 
-    fn batch(&self, id: &str) -> Option<Value> {
+    fn write_batch(&self, rec: &BatchRecord) -> Result<(), ApiError> {
+        self.write_json(&self.batches, &format!("{}.json", rec.id), rec)
+    }
+
+    /// A batch's record; `None` when there is none, or when it is
+    /// unreadable or malformed (then with a warning naming the file).
+    fn batch(&self, id: &str) -> Option<BatchRecord> {
         batch_job_id(id)?;
-        Store::read_json(&self.batches, &format!("{id}.json"))
+        let path = self.batches.join(format!("{id}.json"));
+        let bytes = match read_limited(&path, 16 << 20) {
+            Ok(b) => b,
+            Err(ReadError::Missing) => return None,
+            Err(e) => {
+                tracing::warn!("skipping batch record {}: {e}", path.display());
+                return None;
+            }
+        };
+        match serde_json::from_slice::<BatchRecord>(&bytes) {
+            Ok(rec) if rec.id == id => Some(rec),
+            Ok(rec) => {
+                tracing::warn!("skipping batch record {}: it names batch {:?}", path.display(), rec.id);
+                None
+            }
+            Err(e) => {
+                tracing::warn!("skipping batch record {}: {e}", path.display());
+                None
+            }
+        }
     }
 
     fn upload(&self, id: &str) -> Option<Value> {
@@ -90,10 +168,10 @@ impl Store {
             let name = entry?.file_name().to_string_lossy().into_owned();
             let Some(id) = name.strip_suffix(".json") else { continue };
             let Some(mut rec) = self.batch(id) else { continue };
-            if rec["published"] == true {
+            if rec.published {
                 continue;
             }
-            let input = rec["input_file_id"].as_str().unwrap_or_default().to_owned();
+            let input = rec.input_file_id.clone();
             let Ok(bytes) = read_limited(&self.files.join(format!("{input}.data")), MAX_BATCH_BYTES) else {
                 tracing::warn!("batch {id}: its input file {input} is gone; it cannot be completed");
                 continue;
@@ -110,9 +188,8 @@ impl Store {
             let ws = self.ws.clone();
             let n = missing.len();
             tokio::task::spawn_blocking(move || batch::publish_all(&ws, &missing)).await??;
-            rec["published"] = true.into();
-            self.write_json(&self.batches, &name, &rec)
-                .map_err(|e| anyhow::anyhow!(e.message))?;
+            rec.published = true;
+            self.write_batch(&rec).map_err(|e| anyhow::anyhow!(e.message))?;
             tracing::info!("batch {id}: published the {n} request(s) left unpublished by an earlier gateway");
         }
         Ok(())
@@ -252,11 +329,7 @@ pub async fn file(AxState(app): AxState<Arc<App>>, AxPath(id): AxPath<String>) -
         return Err(not_found("file", &id));
     };
     let (_, body) = result_lines(&app, &batch, errors).await?;
-    let created = app
-        .store
-        .batch(&batch)
-        .and_then(|b| b["created_at"].as_i64())
-        .unwrap_or(0);
+    let created = app.store.batch(&batch).map_or(0, |b| b.created_at);
     Ok(Json(json!({
         "id": id, "object": "file", "bytes": body.len(), "created_at": created,
         "filename": format!("{batch}_{}.jsonl", if errors { "errors" } else { "output" }),
@@ -340,9 +413,10 @@ fn response_body(id: &JobId, fin: &Finished) -> Result<Value, ApiError> {
         .find_map(|t| t.as_deref().and_then(nrvna_core::time::unix_seconds))
         .unwrap_or(0);
     match &fin.artifact {
-        Some(("embedding.json", b)) => {
-            let v: Value = serde_json::from_slice(b)
-                .map_err(|e| ApiError::internal(format!("embedding.json is not valid JSON: {e}")))?;
+        Some((Artifact::Embedding, b)) => {
+            let v: Value = serde_json::from_slice(b).map_err(|e| {
+                ApiError::internal(format!("{} is not valid JSON: {e}", Artifact::Embedding.file_name()))
+            })?;
             Ok(json!({
                 "object": "list",
                 "data": [{"object": "embedding", "index": 0, "embedding": v.get("vector").cloned().unwrap_or(Value::Null)}],
@@ -365,14 +439,14 @@ fn response_body(id: &JobId, fin: &Finished) -> Result<Value, ApiError> {
 }
 
 /// A batch record with its state read from the workspace.
-async fn describe(app: &App, mut rec: Value) -> Result<Value, ApiError> {
-    let id = rec["id"].as_str().unwrap_or_default().to_owned();
+async fn describe(app: &App, rec: BatchRecord) -> Result<Value, ApiError> {
+    let id = rec.id.clone();
     let ws = app.jobs.ws.clone();
     let tag = id.clone();
     let jobs = tokio::task::spawn_blocking(move || tagged_jobs(&ws, &tag))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?;
-    let total = rec["total"].as_u64().unwrap_or(0);
+    let total = rec.total;
     let (mut done, mut failed, mut last_completed) = (0u64, 0u64, 0i64);
     for (job, meta) in &jobs {
         match job.state {
@@ -385,46 +459,45 @@ async fn describe(app: &App, mut rec: Value) -> Result<Value, ApiError> {
         }
     }
     let finished = done + failed;
-    let published = rec["published"] == true;
-    let cancelling = rec["cancelling_at"].is_i64();
+    let (published, created_at) = (rec.published, rec.created_at);
     let status = if !published {
-        "validating"
-    } else if cancelling {
+        BatchStatus::Validating
+    } else if rec.cancelling_at.is_some() {
         if finished >= jobs.len() as u64 {
-            "cancelled"
+            BatchStatus::Cancelled
         } else {
-            "cancelling"
+            BatchStatus::Cancelling
         }
     } else if finished >= total {
-        "completed"
+        BatchStatus::Completed
     } else {
-        "in_progress"
+        BatchStatus::InProgress
     };
-    let over = matches!(status, "completed" | "cancelled");
-    let o = rec.as_object_mut().expect("a batch record is an object");
+    let over = matches!(status, BatchStatus::Completed | BatchStatus::Cancelled);
+    let mut o = match serde_json::to_value(rec) {
+        Ok(Value::Object(o)) => o,
+        Ok(_) => return Err(ApiError::internal(format!("batch {id}: its record is no JSON object"))),
+        Err(e) => return Err(ApiError::internal(format!("batch {id}: {e}"))),
+    };
     o.remove("published");
     o.remove("total");
-    o.insert("status".into(), status.into());
+    o.insert("status".into(), json!(status));
     o.insert(
         "request_counts".into(),
         json!({"total": total, "completed": done, "failed": failed}),
     );
     o.insert(
         "in_progress_at".into(),
-        if published {
-            o["created_at"].clone()
-        } else {
-            Value::Null
-        },
+        if published { created_at.into() } else { Value::Null },
     );
     let end = if over {
-        json!(last_completed.max(o["created_at"].as_i64().unwrap_or(0)))
+        json!(last_completed.max(created_at))
     } else {
         Value::Null
     };
     o.insert(
         "finalizing_at".into(),
-        if status == "completed" {
+        if status == BatchStatus::Completed {
             end.clone()
         } else {
             Value::Null
@@ -432,7 +505,7 @@ async fn describe(app: &App, mut rec: Value) -> Result<Value, ApiError> {
     );
     o.insert(
         "completed_at".into(),
-        if status == "completed" {
+        if status == BatchStatus::Completed {
             end.clone()
         } else {
             Value::Null
@@ -440,7 +513,11 @@ async fn describe(app: &App, mut rec: Value) -> Result<Value, ApiError> {
     );
     o.insert(
         "cancelled_at".into(),
-        if status == "cancelled" { end } else { Value::Null },
+        if status == BatchStatus::Cancelled {
+            end
+        } else {
+            Value::Null
+        },
     );
     let out = (over && done > 0).then(|| format!("file-{id}-output"));
     let err = (over && failed > 0).then(|| format!("file-{id}-errors"));
@@ -449,7 +526,7 @@ async fn describe(app: &App, mut rec: Value) -> Result<Value, ApiError> {
     for k in ["errors", "expires_at", "expired_at", "failed_at"] {
         o.entry(k).or_insert(Value::Null);
     }
-    Ok(rec)
+    Ok(Value::Object(o))
 }
 
 /// `POST /v1/batches`.
@@ -462,6 +539,7 @@ pub async fn create(
         Some(Value::String(s)) => s.clone(),
         _ => return Err(ApiError::invalid("input_file_id is missing or not a string").param("input_file_id")),
     };
+    let input_file_id = input.clone();
     let endpoint = match body.get("endpoint").and_then(Value::as_str) {
         Some(e) if ENDPOINTS.contains(&e) => e.to_owned(),
         _ => {
@@ -496,17 +574,25 @@ pub async fn create(
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))??;
-    let mut rec = json!({
-        "id": id, "object": "batch", "endpoint": endpoint, "input_file_id": body["input_file_id"],
-        "completion_window": window, "created_at": now_unix(), "metadata": metadata,
-        "total": subs.len(), "published": false,
-    });
+    let mut rec = BatchRecord {
+        id: id.clone(),
+        object: batch_object(),
+        endpoint,
+        input_file_id: input_file_id.clone(),
+        completion_window: window,
+        created_at: now_unix(),
+        metadata,
+        total: subs.len() as u64,
+        published: false,
+        cancelling_at: None,
+        extra: Map::new(),
+    };
     let name = format!("{id}.json");
     {
         let _w = app.store.lock.lock().await;
         // The record first: a gateway killed while publishing finds it at
         // its next start and publishes the rest (Store::recover).
-        app.store.write_json(&app.store.batches, &name, &rec)?;
+        app.store.write_batch(&rec)?;
         let ws = app.jobs.ws.clone();
         let published = tokio::task::spawn_blocking(move || batch::publish_all(&ws, &subs))
             .await
@@ -515,10 +601,10 @@ pub async fn create(
             let _ = std::fs::remove_file(app.store.batches.join(&name));
             return Err(ApiError::internal(format!("publishing batch {id}: {e:#}")));
         }
-        rec["published"] = true.into();
-        app.store.write_json(&app.store.batches, &name, &rec)?;
+        rec.published = true;
+        app.store.write_batch(&rec)?;
     }
-    tracing::info!("batch {id}: published {} request(s)", rec["total"]);
+    tracing::info!("batch {id}: published {} request(s)", rec.total);
     Ok(Json(describe(&app, rec).await?))
 }
 
@@ -574,9 +660,9 @@ pub async fn list(
 pub async fn cancel(AxState(app): AxState<Arc<App>>, AxPath(id): AxPath<String>) -> Result<Json<Value>, ApiError> {
     let _w = app.store.lock.lock().await;
     let mut rec = app.store.batch(&id).ok_or_else(|| not_found("batch", &id))?;
-    if !rec["cancelling_at"].is_i64() {
-        rec["cancelling_at"] = now_unix().into();
-        app.store.write_json(&app.store.batches, &format!("{id}.json"), &rec)?;
+    if rec.cancelling_at.is_none() {
+        rec.cancelling_at = Some(now_unix());
+        app.store.write_batch(&rec)?;
     }
     let ws = app.jobs.ws.clone();
     let tag = id.clone();
@@ -612,8 +698,10 @@ mod tests {
         let input = format!("{}\n{}\n{}\n", line("a"), line("b"), line("c"));
         std::fs::write(store.files.join("file-1_1_000001.data"), &input).unwrap();
         let id = "batch_1_1_000002";
-        let rec =
-            json!({"id": id, "input_file_id": "file-1_1_000001", "created_at": 1, "total": 3, "published": false});
+        let rec = json!({
+            "id": id, "object": "batch", "endpoint": "/v1/chat/completions", "input_file_id": "file-1_1_000001",
+            "completion_window": "24h", "created_at": 1, "metadata": null, "total": 3, "published": false,
+        });
         store.write_json(&store.batches, &format!("{id}.json"), &rec).unwrap();
         // The killed gateway had published the first request only.
         let subs = batch::parse(input.as_bytes(), &batch_defaults(), id, ws.settings().max_prompt_bytes).unwrap();
@@ -627,7 +715,17 @@ mod tests {
             .map(|(_, m)| m.extra_str("custom_id").unwrap().to_owned())
             .collect();
         assert_eq!(ids, ["a", "b", "c"]);
-        assert_eq!(store.batch(id).unwrap()["published"], true);
+        assert!(store.batch(id).unwrap().published);
+        // Written back as it was, but published.
+        let mut want = rec.to_string().into_bytes();
+        want.push(b'\n');
+        let want = String::from_utf8(want)
+            .unwrap()
+            .replace(r#""published":false"#, r#""published":true"#);
+        assert_eq!(
+            std::fs::read_to_string(store.batches.join(format!("{id}.json"))).unwrap(),
+            want
+        );
         let p = std::fs::read_to_string(jobs[1].0.dir.join("params.json")).unwrap();
         assert!(p.contains(r#""priority": "low""#), "{p}");
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
 use nrvna_core::cancel::{cancel_job, Cancelled};
+use nrvna_core::files::{Artifact, ERROR_FILE};
 use nrvna_core::fsio::read_limited;
 use nrvna_core::{JobId, JobView, Meta, State, Submission, Workspace};
 use serde_json::Value;
@@ -144,8 +145,8 @@ impl Drop for CancelGuard {
 /// What a finished job gives a response.
 pub struct Finished {
     pub meta: Meta,
-    /// The primary artifact's name and bytes (done jobs).
-    pub artifact: Option<(&'static str, Vec<u8>)>,
+    /// The primary artifact and its bytes (done jobs).
+    pub artifact: Option<(Artifact, Vec<u8>)>,
     /// error.txt (failed jobs).
     pub error: Option<String>,
 }
@@ -158,21 +159,25 @@ impl Finished {
             .unwrap_or_default();
         match job.state {
             State::Done => {
-                let name = job
+                let artifact = job
                     .primary_artifact()
                     .ok_or_else(|| ApiError::internal(format!("job {} is done but holds no artifact", job.id)))?;
+                let name = artifact.file_name();
                 let bytes = read_limited(&job.dir.join(name), MAX_ARTIFACT_BYTES)
                     .map_err(|e| ApiError::internal(format!("job {}: reading {name}: {e}", job.id)))?;
                 Ok(Finished {
                     meta,
-                    artifact: Some((name, bytes)),
+                    artifact: Some((artifact, bytes)),
                     error: None,
                 })
             }
             _ => Ok(Finished {
                 meta,
                 artifact: None,
-                error: Some(job.error().unwrap_or_else(|| "the job failed (no error.txt)".into())),
+                error: Some(
+                    job.error()
+                        .unwrap_or_else(|| format!("the job failed (no {ERROR_FILE})")),
+                ),
             }),
         }
     }
@@ -183,7 +188,7 @@ impl Finished {
 
     pub fn text(&self) -> Option<String> {
         match &self.artifact {
-            Some(("result.txt" | "transcript.txt", b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            Some((Artifact::Result | Artifact::Transcript, b)) => Some(String::from_utf8_lossy(b).into_owned()),
             _ => None,
         }
     }

@@ -16,8 +16,8 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::Engine as _;
+use nrvna_core::files::{Artifact, PARTIAL_FILE};
 use nrvna_core::fsio::read_limited;
-use nrvna_core::live::PARTIAL_FILE;
 use nrvna_core::openai::{self, RequestError};
 use nrvna_core::{JobId, Params, Priority, State, Submission};
 use serde_json::{json, Map, Value};
@@ -499,15 +499,16 @@ pub async fn embeddings(
             return Err(timeout_error(&app, id));
         };
         let fin = Finished::read(&job)?;
-        let Some(("embedding.json", bytes)) = &fin.artifact else {
+        let embedding = Artifact::Embedding.file_name();
+        let Some((Artifact::Embedding, bytes)) = &fin.artifact else {
             return Err(if fin.artifact.is_some() {
-                ApiError::internal(format!("job {id} produced no embedding.json"))
+                ApiError::internal(format!("job {id} produced no {embedding}"))
             } else {
                 fin.failure(id)
             });
         };
         let v: Value = serde_json::from_slice(bytes)
-            .map_err(|e| ApiError::internal(format!("job {id}: embedding.json is not valid JSON: {e}")))?;
+            .map_err(|e| ApiError::internal(format!("job {id}: {embedding} is not valid JSON: {e}")))?;
         let vector: Vec<f32> = v
             .get("vector")
             .and_then(Value::as_array)

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use nrvna_core::files::{Artifact, ERROR_FILE, META_FILE};
 use nrvna_core::{JobId, State, Workspace};
 use serde_json::{json, Value};
 
@@ -53,16 +54,16 @@ pub fn collect(ws: &Path, ids: &[String]) -> Vec<JobResult> {
             };
             r.state = state.label();
             let dir = w.job_dir(state, &jid);
-            r.meta = std::fs::read(dir.join("meta.json"))
+            r.meta = std::fs::read(dir.join(META_FILE))
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok())
                 .unwrap_or(Value::Null);
             if state == State::Done {
-                r.result = std::fs::read_to_string(dir.join("result.txt")).ok();
+                r.result = std::fs::read_to_string(dir.join(Artifact::Result.file_name())).ok();
             }
             if state == State::Failed {
                 r.error = Some(
-                    std::fs::read_to_string(dir.join("error.txt"))
+                    std::fs::read_to_string(dir.join(ERROR_FILE))
                         .map(|s| s.trim().to_owned())
                         .unwrap_or_else(|e| format!("(no error.txt: {e})")),
                 );

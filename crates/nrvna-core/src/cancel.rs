@@ -9,6 +9,7 @@
 use std::io;
 use std::time::SystemTime;
 
+use crate::files::{ERROR_FILE, META_FILE};
 use crate::id::JobId;
 use crate::job::JobView;
 use crate::live::request_cancel;
@@ -76,11 +77,11 @@ pub fn cancel_queued(ws: &Workspace, id: &JobId, reason: &str) -> io::Result<Mov
     meta.set_extra("cancelled", true);
     meta.completed_at = Some(iso8601_utc(SystemTime::now()));
     meta.duration_s = Some(0.0);
-    meta.artifacts = Some(vec!["error.txt".into()]);
+    meta.artifacts = Some(vec![ERROR_FILE.into()]);
     let io = ws.io();
     let written = io
-        .write_atomic(&dir, "error.txt", format!("{reason}\n").as_bytes())
-        .and_then(|()| io.write_atomic(&dir, "meta.json", &meta.to_bytes()))
+        .write_atomic(&dir, ERROR_FILE, format!("{reason}\n").as_bytes())
+        .and_then(|()| io.write_atomic(&dir, META_FILE, &meta.to_bytes()))
         .and_then(|()| io.sync_dir(&dir));
     match written {
         Ok(()) => ws.transition(id, State::Ready, State::Failed),

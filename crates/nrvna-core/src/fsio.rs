@@ -117,7 +117,7 @@ mod tests {
         fs::create_dir(p.join("dir")).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &p.join("fifo"),
+            p.join("fifo"),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o644),
             0,

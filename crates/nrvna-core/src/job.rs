@@ -6,11 +6,12 @@ use std::path::PathBuf;
 
 use serde_json::{json, Value};
 
+use crate::files::{Artifact, BATCH_FILE, ERROR_FILE, META_FILE, RESPONSE_FILE};
 use crate::fsio::{read_optional, ReadError};
 use crate::id::JobId;
 use crate::meta::{Meta, MAX_META_BYTES};
-use crate::state::{artifact_kind, State, ARTIFACTS};
-use crate::submit::{BatchRequest, BATCH_FILE};
+use crate::state::State;
+use crate::submit::BatchRequest;
 use crate::workspace::Workspace;
 
 /// The largest error.txt shown to a user.
@@ -97,36 +98,36 @@ impl JobView {
 
     /// meta.json, if present and valid.
     pub fn meta(&self) -> Result<Option<Meta>, String> {
-        match read_optional(&self.dir.join("meta.json"), MAX_META_BYTES) {
-            Ok(Some(b)) => Meta::parse(&b).map(Some).map_err(|e| format!("meta.json {e}")),
+        match read_optional(&self.dir.join(META_FILE), MAX_META_BYTES) {
+            Ok(Some(b)) => Meta::parse(&b).map(Some).map_err(|e| format!("{META_FILE} {e}")),
             Ok(None) => Ok(None),
-            Err(e) => Err(format!("meta.json {e}")),
+            Err(e) => Err(format!("{META_FILE} {e}")),
         }
     }
 
-    /// The primary artifact's file name: the first present of the contract's list.
-    pub fn primary_artifact(&self) -> Option<&'static str> {
-        ARTIFACTS
+    /// The primary artifact: the first present of the contract's list.
+    pub fn primary_artifact(&self) -> Option<Artifact> {
+        Artifact::ALL
             .into_iter()
-            .find(|name| std::fs::symlink_metadata(self.dir.join(name)).is_ok_and(|m| m.file_type().is_file()))
+            .find(|a| std::fs::symlink_metadata(self.dir.join(a.file_name())).is_ok_and(|m| m.file_type().is_file()))
     }
 
     /// error.txt, trimmed, if present.
     pub fn error(&self) -> Option<String> {
-        match read_optional(&self.dir.join("error.txt"), MAX_ERROR_BYTES) {
+        match read_optional(&self.dir.join(ERROR_FILE), MAX_ERROR_BYTES) {
             Ok(Some(b)) => Some(String::from_utf8_lossy(&b).trim_end().to_owned()),
             Ok(None) => None,
-            Err(ReadError::TooLarge { .. }) => Some("(error.txt is too large to show)".into()),
-            Err(e) => Some(format!("(error.txt unreadable: {e})")),
+            Err(ReadError::TooLarge { .. }) => Some(format!("({ERROR_FILE} is too large to show)")),
+            Err(e) => Some(format!("({ERROR_FILE} unreadable: {e})")),
         }
     }
 
     /// response.txt of a failed job (its partial output), if present.
     pub fn partial(&self) -> Option<String> {
-        match read_optional(&self.dir.join("response.txt"), MAX_TEXT_BYTES) {
+        match read_optional(&self.dir.join(RESPONSE_FILE), MAX_TEXT_BYTES) {
             Ok(Some(b)) => Some(String::from_utf8_lossy(&b).into_owned()),
             Ok(None) => None,
-            Err(e) => Some(format!("(response.txt unreadable: {e})")),
+            Err(e) => Some(format!("({RESPONSE_FILE} unreadable: {e})")),
         }
     }
 
@@ -192,14 +193,14 @@ impl JobView {
     }
 
     /// `artifact_kind`, `artifact_path` and the artifact's content inline.
-    fn add_artifact(&self, o: &mut serde_json::Map<String, Value>, name: &str) {
+    fn add_artifact(&self, o: &mut serde_json::Map<String, Value>, artifact: Artifact) {
+        let name = artifact.file_name();
         let path = self.dir.join(name);
         let abs = std::path::absolute(&path).unwrap_or(path.clone());
-        let kind = artifact_kind(name);
         o.insert("artifact".into(), name.into());
-        o.insert("artifact_kind".into(), kind.into());
+        o.insert("artifact_kind".into(), artifact.kind().into());
         o.insert("artifact_path".into(), abs.display().to_string().into());
-        if kind == "audio" {
+        if artifact == Artifact::Audio {
             o.insert("audio_path".into(), abs.display().to_string().into());
             return;
         }
@@ -211,8 +212,8 @@ impl JobView {
                 return;
             }
         };
-        match kind {
-            "embedding" => match serde_json::from_slice::<Value>(&bytes) {
+        match artifact {
+            Artifact::Embedding => match serde_json::from_slice::<Value>(&bytes) {
                 Ok(e) => {
                     o.insert("embedding".into(), e);
                 }
@@ -220,8 +221,11 @@ impl JobView {
                     o.insert("artifact_error".into(), format!("{name} is not valid JSON: {e}").into());
                 }
             },
-            k => {
-                o.insert(k.into(), String::from_utf8_lossy(&bytes).into_owned().into());
+            _ => {
+                o.insert(
+                    artifact.kind().into(),
+                    String::from_utf8_lossy(&bytes).into_owned().into(),
+                );
             }
         }
     }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod dirsync;
 pub mod fileio;
+pub mod files;
 pub mod fsio;
 pub mod id;
 pub mod job;

@@ -9,14 +9,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::fileio::FileIo;
+use crate::files::{CANCEL_FILE, PROGRESS_FILE};
 use crate::fsio::read_limited;
-
-/// The generated text so far, appended in whole UTF-8 characters.
-pub const PARTIAL_FILE: &str = "partial.txt";
-/// `{"tokens":N,"tokens_per_s":F,"updated_at":"ISO"}`, atomically replaced.
-pub const PROGRESS_FILE: &str = "progress.json";
-/// An empty file in `processing/<id>/`: a user asks the daemon to stop the job.
-pub const CANCEL_FILE: &str = "cancel";
 
 /// The largest `progress.json` a reader accepts.
 const MAX_PROGRESS_BYTES: u64 = 64 * 1024;

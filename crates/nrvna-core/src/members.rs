@@ -68,8 +68,73 @@ pub struct MemberRecord {
     pub running: Vec<String>,
     #[serde(default)]
     pub version: String,
+    /// `starting` or `ready`; absent (or not a string) reads as ready. The
+    /// last named field, so a record's keys keep the order they had when
+    /// `state` was an extra written first.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "state_if_string"
+    )]
+    pub state: Option<MemberState>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// A member's stage (`state` in its record), written as its word.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberState {
+    /// Loading its model; it claims no job yet.
+    Starting,
+    /// Serving jobs.
+    Ready,
+    /// A word this version does not know (another version's record).
+    Other(String),
+}
+
+impl MemberState {
+    pub fn parse(word: &str) -> MemberState {
+        match word {
+            "starting" => MemberState::Starting,
+            "ready" => MemberState::Ready,
+            other => MemberState::Other(other.to_owned()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            MemberState::Starting => "starting",
+            MemberState::Ready => "ready",
+            MemberState::Other(word) => word,
+        }
+    }
+}
+
+impl std::fmt::Display for MemberState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl Serialize for MemberState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for MemberState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(|w| MemberState::parse(&w))
+    }
+}
+
+/// A record's `state`: a state when it is a string, else none (as before
+/// it was typed, when a record with any `state` value still parsed).
+fn state_if_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<MemberState>, D::Error> {
+    Ok(match Value::deserialize(d)? {
+        Value::String(w) => Some(MemberState::parse(&w)),
+        _ => None,
+    })
 }
 
 impl MemberRecord {
@@ -95,9 +160,10 @@ impl MemberRecord {
         Some(((now - at) as f64 / 1e6).max(0.0))
     }
 
-    /// `starting` (loading its model) or `ready`.
-    pub fn state(&self) -> &str {
-        self.extra.get("state").and_then(Value::as_str).unwrap_or("ready")
+    /// `starting` (loading its model) or `ready` (also when the record
+    /// says nothing).
+    pub fn state(&self) -> MemberState {
+        self.state.clone().unwrap_or(MemberState::Ready)
     }
 
     /// One line for people: id, host, pid, state, model, workers,
@@ -370,6 +436,27 @@ pub fn network_fs(path: &Path) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_is_its_word_on_disk_and_any_other_value_still_parses() {
+        let base = r#"{"member":"m","host":"h","boot_id":"","pid":0,"pid_ns":0,"model":"","serves":[],"engine":"","workers":0,"started_at":"","lease_ttl_s":30.0,"beat":1,"beat_at":"","running":[],"version":"""#;
+        for (state, want) in [
+            (r#","state":"starting""#, MemberState::Starting),
+            (r#","state":"ready""#, MemberState::Ready),
+            (r#","state":"draining""#, MemberState::Other("draining".into())),
+            ("", MemberState::Ready),
+            (r#","state":7"#, MemberState::Ready),
+        ] {
+            let text = format!(r#"{base}{state},"model_name":"x"}}"#);
+            let r: MemberRecord = serde_json::from_str(&text).unwrap();
+            assert_eq!(r.state(), want, "{text}");
+            assert_eq!(r.extra.get("model_name"), Some(&Value::from("x")));
+            if !state.ends_with('7') {
+                // Written back byte for byte, `state` where it was.
+                assert_eq!(serde_json::to_string(&r).unwrap(), text);
+            }
+        }
+    }
 
     #[test]
     fn records_round_trip_and_keep_unknown_keys() {

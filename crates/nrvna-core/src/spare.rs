@@ -319,7 +319,7 @@ mod tests {
         fs::hard_link(p.join("linked"), p.join("other")).unwrap();
         rustix::fs::mknodat(
             rustix::fs::CWD,
-            &p.join("fifo"),
+            p.join("fifo"),
             rustix::fs::FileType::Fifo,
             rustix::fs::Mode::from_raw_mode(0o644),
             0,

@@ -89,22 +89,6 @@ impl JobType {
     }
 }
 
-/// Artifact file names in the contract's priority order: the primary
-/// artifact is the first one present.
-pub const ARTIFACTS: [&str; 4] = ["result.txt", "transcript.txt", "audio.wav", "embedding.json"];
-
-/// What kind of artifact a file name is (`artifact_kind` in `flw --json`;
-/// the contract's words, which are also the C++ `flw`'s).
-pub fn artifact_kind(name: &str) -> &'static str {
-    match name {
-        "result.txt" => "result",
-        "transcript.txt" => "transcript",
-        "audio.wav" => "audio",
-        "embedding.json" => "embedding",
-        _ => "unknown",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,15 +115,5 @@ mod tests {
         }
         assert_eq!(JobType::parse("Text"), None);
         assert_eq!(JobType::parse("image"), None);
-    }
-
-    #[test]
-    fn artifact_priority_is_result_transcript_audio_embedding() {
-        assert_eq!(
-            ARTIFACTS,
-            ["result.txt", "transcript.txt", "audio.wav", "embedding.json"]
-        );
-        let kinds = ARTIFACTS.map(artifact_kind);
-        assert_eq!(kinds, ["result", "transcript", "audio", "embedding"]);
     }
 }

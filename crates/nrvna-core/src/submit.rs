@@ -11,6 +11,7 @@ use std::time::SystemTime;
 
 use serde_json::Value;
 
+use crate::files::{BATCH_FILE, GRAMMAR_FILE, META_FILE, PARAMS_FILE, PROMPT_FILE, SCHEMA_FILE, TYPE_FILE};
 use crate::id::JobId;
 use crate::meta::{valid_tag, Meta};
 use crate::params::Params;
@@ -56,9 +57,6 @@ pub struct BatchRequest {
     /// The line of the batch file (from 1).
     pub line: u64,
 }
-
-/// The name of the file that holds a job's [`BatchRequest`].
-pub const BATCH_FILE: &str = "batch.json";
 
 impl BatchRequest {
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -182,19 +180,19 @@ impl Submission {
         let staged = Staged { id, dir, armed: true };
         let written = (|| -> io::Result<()> {
             let dir = &staged.dir;
-            io.write_atomic(dir, "prompt.txt", self.prompt.as_bytes())?;
+            io.write_atomic(dir, PROMPT_FILE, self.prompt.as_bytes())?;
             if self.job_type != JobType::Text {
-                io.write_atomic(dir, "type.txt", format!("{}\n", self.job_type.as_str()).as_bytes())?;
+                io.write_atomic(dir, TYPE_FILE, format!("{}\n", self.job_type.as_str()).as_bytes())?;
             }
             if !self.params.is_empty() {
-                io.write_atomic(dir, "params.json", &self.params.to_bytes())?;
+                io.write_atomic(dir, PARAMS_FILE, &self.params.to_bytes())?;
             }
             match &self.output {
                 Some(OutputFormat::JsonSchema { schema, grammar }) => {
-                    io.write_atomic(dir, "schema.json", schema.as_bytes())?;
-                    io.write_atomic(dir, "grammar.gbnf", grammar.as_bytes())?;
+                    io.write_atomic(dir, SCHEMA_FILE, schema.as_bytes())?;
+                    io.write_atomic(dir, GRAMMAR_FILE, grammar.as_bytes())?;
                 }
-                Some(OutputFormat::Gbnf(g)) => io.write_atomic(dir, "grammar.gbnf", g.as_bytes())?,
+                Some(OutputFormat::Gbnf(g)) => io.write_atomic(dir, GRAMMAR_FILE, g.as_bytes())?,
                 None => {}
             }
             if let Some(b) = &self.batch {
@@ -218,7 +216,7 @@ impl Submission {
                     io.sync_dir(&dir.join(k.dir()))?;
                 }
             }
-            io.write_atomic(dir, "meta.json", &self.meta().to_bytes())?;
+            io.write_atomic(dir, META_FILE, &self.meta().to_bytes())?;
             io.sync_dir(dir)?;
             Ok(())
         })();

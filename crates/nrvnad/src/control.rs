@@ -9,8 +9,12 @@ use anyhow::{Context, Result};
 use nrvna_core::lifecycle::{daemon_status, is_nrvnad, lock_held, read_info, read_pid, unlocked_owner, DaemonStatus};
 use std::collections::HashMap;
 
-use nrvna_core::members::{list_members, member_ids, read_member, remove_stop_request, request_stop, MemberRecord};
+use nrvna_core::members::{
+    list_members, member_ids, read_member, remove_stop_request, request_stop, MemberRecord, MemberState,
+};
+use nrvna_core::workspace::{LOCK_FILE, PID_FILE};
 use nrvna_core::Workspace;
+use rustix::process::{kill_process, Pid, Signal};
 
 /// `nrvnad status WS [--json] [--local]`: 0 ready, 2 starting, 1 not running.
 pub fn status(ws_path: &Path, json: bool, local: bool) -> Result<ExitCode> {
@@ -74,7 +78,7 @@ pub fn status(ws_path: &Path, json: bool, local: bool) -> Result<ExitCode> {
 /// The status of a shared workspace's members.
 fn shared_status(members: &[MemberRecord], json: bool) -> Result<ExitCode> {
     let fresh = |m: &&MemberRecord| m.heartbeat_age_s().is_some_and(|a| a < m.lease_ttl_s);
-    let (word, code) = if members.iter().filter(fresh).any(|m| m.state() == "ready") {
+    let (word, code) = if members.iter().filter(fresh).any(|m| m.state() == MemberState::Ready) {
         ("ready", 0)
     } else if members.iter().any(|m| fresh(&m)) {
         ("starting", 2)
@@ -103,10 +107,19 @@ fn shared_status(members: &[MemberRecord], json: bool) -> Result<ExitCode> {
     Ok(ExitCode::from(code))
 }
 
+/// Sends SIGTERM to `pid` (a positive process id; never a process group).
+fn terminate(pid: u32) -> std::io::Result<()> {
+    let pid = i32::try_from(pid)
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a process id"))?;
+    Ok(kill_process(pid, Signal::TERM)?)
+}
+
 /// The inode of the lock file, to match against /proc/locks.
 fn lock_inode(ws: &Workspace) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
-    std::fs::metadata(ws.file(".nrvnad.lock")).ok().map(|m| m.ino())
+    std::fs::metadata(ws.file(LOCK_FILE)).ok().map(|m| m.ino())
 }
 
 /// Whether `pid` is an nrvnad that holds the FLOCK on the workspace's lock file.
@@ -145,9 +158,9 @@ pub fn stop(ws_path: &Path, timeout: f64, all: bool) -> Result<ExitCode> {
         eprintln!("nrvnad: not running on {}", ws.root().display());
         return Ok(ExitCode::SUCCESS);
     }
-    let pid = read_pid(&ws).context(
-        "the workspace is locked but .nrvnad.pid is unreadable; find the process with: fuser WS/.nrvnad.lock",
-    )?;
+    let pid = read_pid(&ws).with_context(|| {
+        format!("the workspace is locked but {PID_FILE} is unreadable; find the process with: fuser WS/{LOCK_FILE}")
+    })?;
     let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
     let mut signalled = false;
     loop {
@@ -160,13 +173,11 @@ pub fn stop(ws_path: &Path, timeout: f64, all: bool) -> Result<ExitCode> {
         if !signalled {
             if !is_lock_holder(&ws, pid) {
                 anyhow::bail!(
-                    "pid {pid} in .nrvnad.pid is not the nrvnad holding {}; refusing to signal it (the pid file is stale)",
-                    ws.file(".nrvnad.lock").display()
+                    "pid {pid} in {PID_FILE} is not the nrvnad holding {}; refusing to signal it (the pid file is stale)",
+                    ws.file(LOCK_FILE).display()
                 );
             }
-            if unsafe { libc::kill(pid as i32, libc::SIGTERM) } != 0 {
-                anyhow::bail!("signalling pid {pid}: {}", std::io::Error::last_os_error());
-            }
+            terminate(pid).map_err(|e| anyhow::anyhow!("signalling pid {pid}: {e}"))?;
             signalled = true;
         }
         if Instant::now() >= deadline {
@@ -197,7 +208,7 @@ fn stop_members(ws: &Workspace, timeout: f64, all: bool) -> Result<ExitCode> {
     for m in &targets {
         request_stop(ws, &m.member).with_context(|| format!("asking member {} to stop", m.member))?;
         if m.pid_is_ours_to_see() && is_nrvnad(m.pid) {
-            unsafe { libc::kill(m.pid as i32, libc::SIGTERM) };
+            let _ = terminate(m.pid);
         }
     }
     let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
@@ -255,9 +266,7 @@ fn stop_members(ws: &Workspace, timeout: f64, all: bool) -> Result<ExitCode> {
 /// Stops a daemon that holds no lock (an older C++ nrvnad named by
 /// `.nrvnad.pid`): SIGTERM while it is still a live nrvnad, then wait.
 fn stop_unlocked(pid: u32, timeout: f64) -> Result<ExitCode> {
-    if unsafe { libc::kill(pid as i32, libc::SIGTERM) } != 0 {
-        anyhow::bail!("signalling pid {pid}: {}", std::io::Error::last_os_error());
-    }
+    terminate(pid).map_err(|e| anyhow::anyhow!("signalling pid {pid}: {e}"))?;
     let deadline = Instant::now() + Duration::from_secs_f64(timeout.max(0.0));
     while is_nrvnad(pid) {
         if Instant::now() >= deadline {

@@ -333,6 +333,7 @@ pub fn record_for(me: &Membership, info: RecordInfo<'_>) -> MemberRecord {
         beat_at: String::new(),
         running: Vec::new(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
+        state: None,
         extra: Default::default(),
     }
 }

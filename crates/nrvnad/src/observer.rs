@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
+use nrvna_core::files::PARTIAL_FILE;
 use nrvna_core::fsio::create_new;
-use nrvna_core::live::{cancel_requested, Progress as ProgressRecord, PARTIAL_FILE};
+use nrvna_core::live::{cancel_requested, Progress as ProgressRecord};
 use nrvna_core::members::Claim;
 use nrvna_core::time::iso8601_utc;
 use nrvna_core::FileIo;

@@ -11,7 +11,7 @@ use nrvna_core::meta::{Meta, Status, MAX_META_BYTES};
 use nrvna_core::time::iso8601_utc;
 use nrvna_core::{JobId, Moved, State, Workspace};
 
-use nrvna_core::live::{CANCEL_FILE, PARTIAL_FILE, PROGRESS_FILE};
+use nrvna_core::files::{CANCEL_FILE, ERROR_FILE, META_FILE, PARTIAL_FILE, PROGRESS_FILE};
 use nrvna_core::members::CLAIM_FILE;
 
 /// Staging directories older than this are leftovers of a killed submitter.
@@ -78,7 +78,7 @@ pub fn recover_guarded(ws: &Workspace, id: &JobId, max: u64, still: &dyn Fn() ->
         return back("not a directory");
     }
     remove_temp_files(&dir);
-    let meta = match read_optional(&dir.join("meta.json"), MAX_META_BYTES) {
+    let meta = match read_optional(&dir.join(META_FILE), MAX_META_BYTES) {
         Ok(Some(b)) => Meta::parse(&b).map_err(|e| e.to_string()),
         Ok(None) => Ok(Meta::new()),
         Err(e) => Err(e.to_string()),
@@ -105,12 +105,12 @@ pub fn recover_guarded(ws: &Workspace, id: &JobId, max: u64, still: &dyn Fn() ->
         };
         meta.status = Some(Status::Failed);
         meta.completed_at = Some(iso8601_utc(SystemTime::now()));
-        meta.artifacts = Some(vec!["error.txt".into()]);
+        meta.artifacts = Some(vec![ERROR_FILE.into()]);
         if cancelled {
             meta.set_extra("cancelled", true);
         }
-        let _ = clear_entry(&dir, "error.txt");
-        let _ = ws.io().write_atomic(&dir, "error.txt", format!("{why}\n").as_bytes());
+        let _ = clear_entry(&dir, ERROR_FILE);
+        let _ = ws.io().write_atomic(&dir, ERROR_FILE, format!("{why}\n").as_bytes());
         tracing::warn!("{id}: {why}");
         State::Failed
     } else {
@@ -123,8 +123,8 @@ pub fn recover_guarded(ws: &Workspace, id: &JobId, max: u64, still: &dyn Fn() ->
     for scratch in [PARTIAL_FILE, PROGRESS_FILE] {
         let _ = clear_entry(&dir, scratch);
     }
-    let _ = clear_entry(&dir, "meta.json");
-    let _ = ws.io().write_atomic(&dir, "meta.json", &meta.to_bytes());
+    let _ = clear_entry(&dir, META_FILE);
+    let _ = ws.io().write_atomic(&dir, META_FILE, &meta.to_bytes());
     if !still() {
         tracing::warn!("{id} was claimed again while being recovered; left to its new holder");
         return Recovery::Left;

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 
+use nrvna_core::files::PARAMS_FILE;
 use nrvna_core::fsio::read_optional;
 use nrvna_core::params::{Params, MAX_PARAMS_BYTES};
 use nrvna_core::wait::DirWaker;
@@ -172,7 +173,7 @@ impl Scanner {
     /// is normal priority, any model (the processor reports a bad
     /// params.json when it reads the job).
     fn params(&self, id: &JobId) -> (Priority, Option<String>) {
-        let path = self.ws.job_dir(State::Ready, id).join("params.json");
+        let path = self.ws.job_dir(State::Ready, id).join(PARAMS_FILE);
         let Ok(Some(bytes)) = read_optional(&path, MAX_PARAMS_BYTES) else {
             return (Priority::Normal, None);
         };

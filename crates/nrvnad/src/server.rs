@@ -14,6 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use nrvna_core::lifecycle::{read_pid, unlocked_owner, DaemonLock};
+use nrvna_core::members::MemberState;
 use nrvna_core::time::iso8601_utc;
 use nrvna_core::wait::{DirWaker, Poker};
 use nrvna_core::workspace::{LOCK_FILE, READY_FILE};
@@ -157,7 +158,7 @@ pub fn start(cfg: Config) -> Result<Option<Running>> {
     let lease = match (&seat.membership, record.as_mut()) {
         (Some(m), Some(r)) => {
             r.serves = serves.clone();
-            r.extra.insert("state".into(), json!("ready"));
+            r.state = Some(MemberState::Ready);
             r.extra.insert("model_name".into(), json!(inference.model_name()));
             Some(spawn_lease(&cfg, &ws, m, r.clone(), &tx)?)
         }
@@ -243,7 +244,7 @@ fn member_record(
             workers: cfg.workers,
         },
     );
-    r.extra.insert("state".into(), json!("starting"));
+    r.state = Some(MemberState::Starting);
     nrvna_core::members::write_member(ws, &r).with_context(|| {
         format!(
             "writing this member's record into {}",

@@ -7,6 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use nrvna_core::files::{ERROR_FILE, META_FILE};
 use nrvna_core::{JobId, State, Workspace};
 use serde_json::{json, Value};
 
@@ -40,10 +41,10 @@ fn pickup_once(ctx: &Ctx, ws: &Path, i: usize) -> Result<f64> {
     };
     let dir = w.job_dir(state, &jid);
     if state == State::Failed {
-        let why = std::fs::read_to_string(dir.join("error.txt")).unwrap_or_default();
+        let why = std::fs::read_to_string(dir.join(ERROR_FILE)).unwrap_or_default();
         bail!("job {id} failed: {}", why.trim());
     }
-    let meta: Value = serde_json::from_slice(&std::fs::read(dir.join("meta.json"))?)
+    let meta: Value = serde_json::from_slice(&std::fs::read(dir.join(META_FILE))?)
         .with_context(|| format!("parsing meta.json of {id}"))?;
     let stamp = |k: &str| {
         meta[k]

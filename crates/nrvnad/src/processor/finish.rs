@@ -9,11 +9,10 @@ use std::io;
 use std::path::Path;
 use std::time::{Instant, SystemTime};
 
+use nrvna_core::files::{Artifact, CANCEL_FILE, ERROR_FILE, META_FILE, PARTIAL_FILE, PROGRESS_FILE, RESPONSE_FILE};
 use nrvna_core::fsio::clear_entry;
-use nrvna_core::live::{CANCEL_FILE, PARTIAL_FILE, PROGRESS_FILE};
 use nrvna_core::members::{self, Claim};
 use nrvna_core::meta::{two_decimals, Status};
-use nrvna_core::state::ARTIFACTS;
 use nrvna_core::time::iso8601_utc;
 use nrvna_core::{JobId, Meta, Moved, State, Workspace};
 use nrvna_engine::Output;
@@ -29,12 +28,12 @@ pub const SCRATCH: [&str; 3] = [PARTIAL_FILE, PROGRESS_FILE, CANCEL_FILE];
 /// Every name the daemon writes in a job directory (besides meta.json,
 /// which it rewrites and whose reader never follows or blocks).
 pub const DAEMON_FILES: [&str; 8] = [
-    ARTIFACTS[0],
-    ARTIFACTS[1],
-    ARTIFACTS[2],
-    ARTIFACTS[3],
-    "error.txt",
-    "response.txt",
+    Artifact::ALL[0].file_name(),
+    Artifact::ALL[1].file_name(),
+    Artifact::ALL[2].file_name(),
+    Artifact::ALL[3].file_name(),
+    ERROR_FILE,
+    RESPONSE_FILE,
     PARTIAL_FILE,
     PROGRESS_FILE,
 ];
@@ -76,7 +75,7 @@ impl Failure {
 /// How a job ends.
 pub enum Ending {
     Done {
-        artifact: &'static str,
+        artifact: Artifact,
         bytes: Vec<u8>,
         out: Output,
     },
@@ -168,7 +167,7 @@ impl Finisher<'_> {
             Ending::Done { artifact, bytes, out } => {
                 meta.status = Some(Status::Done);
                 meta.remove_extra("cancelled");
-                meta.artifacts = Some(vec![artifact.to_owned()]);
+                meta.artifacts = Some(vec![artifact.file_name().to_owned()]);
                 meta.set_extra("prompt_tokens", out.prompt_tokens);
                 meta.set_extra("generated_tokens", out.generated_tokens);
                 meta.set_extra("reused_prompt_tokens", out.reused_tokens);
@@ -182,18 +181,18 @@ impl Finisher<'_> {
                 if let Some(f) = out.finish {
                     meta.set_extra("finish_reason", f.as_str());
                 }
-                (vec![(artifact, bytes)], State::Done, None)
+                (vec![(artifact.file_name(), bytes)], State::Done, None)
             }
             Ending::Failed(f) => {
                 let reason = one_line(&f.reason);
                 meta.status = Some(Status::Failed);
-                let mut artifacts = vec!["error.txt"];
+                let mut artifacts = vec![ERROR_FILE];
                 let mut files = Vec::new();
                 if let Some(p) = f.partial {
-                    artifacts.push("response.txt");
-                    files.push(("response.txt", p.into_bytes()));
+                    artifacts.push(RESPONSE_FILE);
+                    files.push((RESPONSE_FILE, p.into_bytes()));
                 }
-                files.push(("error.txt", format!("{reason}\n").into_bytes()));
+                files.push((ERROR_FILE, format!("{reason}\n").into_bytes()));
                 meta.artifacts = Some(artifacts.into_iter().map(str::to_owned).collect());
                 if f.cancelled {
                     meta.set_extra("cancelled", true);
@@ -211,7 +210,7 @@ impl Finisher<'_> {
             for (name, bytes) in &files {
                 io.write_atomic(dir, name, bytes)?;
             }
-            io.write_atomic(dir, "meta.json", &meta.to_bytes())?;
+            io.write_atomic(dir, META_FILE, &meta.to_bytes())?;
             for scratch in SCRATCH {
                 io.retire(dir, scratch)?;
             }

@@ -16,6 +16,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+use nrvna_core::files::{Artifact, GRAMMAR_FILE, META_FILE, PARTIAL_FILE, PROGRESS_FILE};
 use nrvna_core::fsio::read_optional;
 use nrvna_core::meta::MAX_META_BYTES;
 use nrvna_core::time::iso8601_utc;
@@ -156,7 +157,7 @@ impl Processor {
             return self.finisher().finish(job, Ending::Failed(f));
         }
         if let Err(e) = finish::clear_daemon_files(&dir) {
-            job.meta = read_optional(&dir.join("meta.json"), MAX_META_BYTES)
+            job.meta = read_optional(&dir.join(META_FILE), MAX_META_BYTES)
                 .ok()
                 .flatten()
                 .and_then(|b| Meta::parse(&b).ok())
@@ -244,7 +245,6 @@ impl Processor {
         if !Membership::still_holds(dir, claim) {
             return finish::fenced(self.membership.as_deref(), id, reason);
         }
-        use nrvna_core::live::{PARTIAL_FILE, PROGRESS_FILE};
         for f in [PARTIAL_FILE, PROGRESS_FILE, nrvna_core::members::CLAIM_FILE] {
             let _ = self.ws.io().retire(dir, f);
         }
@@ -331,7 +331,7 @@ impl Processor {
                         let g = inf.schema_to_grammar(&s).map_err(Failure::new)?;
                         self.ws
                             .io()
-                            .write_atomic(dir, "grammar.gbnf", g.as_bytes())
+                            .write_atomic(dir, GRAMMAR_FILE, g.as_bytes())
                             .map_err(|e| Failure::new(format!("writing the derived grammar.gbnf: {e}")))?;
                         Some(g)
                     }
@@ -411,14 +411,14 @@ fn done(spec: &JobSpec, out: Output) -> Ending {
         JobType::Embed => {
             let v = out.embedding.clone().unwrap_or_default();
             Ending::Done {
-                artifact: "embedding.json",
+                artifact: Artifact::Embedding,
                 bytes: format!("{}\n", json!({ "dim": v.len(), "vector": v })).into_bytes(),
                 out,
             }
         }
         JobType::Tts => match out.audio.as_deref().map(nrvna_engine::tts::audio::wav_bytes) {
             Some(Ok(bytes)) => Ending::Done {
-                artifact: "audio.wav",
+                artifact: Artifact::Audio,
                 bytes,
                 out,
             },
@@ -438,9 +438,9 @@ fn done(spec: &JobSpec, out: Output) -> Ending {
             }
             Ending::Done {
                 artifact: if spec.job_type == JobType::Stt {
-                    "transcript.txt"
+                    Artifact::Transcript
                 } else {
-                    "result.txt"
+                    Artifact::Result
                 },
                 bytes: text.into_bytes(),
                 out,

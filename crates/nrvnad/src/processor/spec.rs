@@ -4,16 +4,16 @@
 
 use std::path::Path;
 
+use nrvna_core::files::{GRAMMAR_FILE, META_FILE, PARAMS_FILE, PROMPT_FILE, SCHEMA_FILE, TYPE_FILE};
 use nrvna_core::fsio::{read_limited, read_optional, ReadError};
 use nrvna_core::media::{read_job_media, MediaError, MediaKind};
 use nrvna_core::meta::{Meta, MAX_META_BYTES};
 use nrvna_core::params::{Params, MAX_PARAMS_BYTES};
 use nrvna_core::{FileIo, JobType, Settings};
 use nrvna_engine::media::Media;
+use nrvna_schema::check::MAX_CONSTRAINT_BYTES;
 use serde_json::Value;
 
-/// Largest schema.json / grammar.gbnf the daemon reads.
-pub const MAX_CONSTRAINT_BYTES: u64 = 256 * 1024;
 /// Largest type.txt.
 const MAX_TYPE_BYTES: u64 = 64;
 
@@ -82,7 +82,7 @@ pub struct SpecFailure {
 
 fn unreadable(file: &'static str, source: ReadError) -> SpecError {
     match source {
-        ReadError::TooLarge { limit } if file == "prompt.txt" => SpecError::PromptTooLarge { limit },
+        ReadError::TooLarge { limit } if file == PROMPT_FILE => SpecError::PromptTooLarge { limit },
         source => SpecError::Unreadable { file, source },
     }
 }
@@ -103,7 +103,7 @@ impl JobSpec {
             m.mode = Some(JobType::Text);
             m
         };
-        let meta = match read_optional(&dir.join("meta.json"), MAX_META_BYTES) {
+        let meta = match read_optional(&dir.join(META_FILE), MAX_META_BYTES) {
             Ok(Some(b)) => match Meta::parse(&b) {
                 Ok(m) => m,
                 Err(e) => {
@@ -117,7 +117,7 @@ impl JobSpec {
             Ok(None) => fresh(),
             Err(e) => {
                 return Err(SpecFailure {
-                    error: unreadable("meta.json", e),
+                    error: unreadable(META_FILE, e),
                     meta: Box::new(fresh()),
                 })
             }
@@ -152,16 +152,16 @@ fn read_media(dir: &Path, kind: MediaKind, limits: &Settings) -> Result<Vec<Medi
 }
 
 fn read_rest(dir: &Path, meta: &Meta, limits: &Settings) -> Result<(Rest, MediaFiles), SpecError> {
-    let job_type = match read_optional(&dir.join("type.txt"), MAX_TYPE_BYTES) {
+    let job_type = match read_optional(&dir.join(TYPE_FILE), MAX_TYPE_BYTES) {
         Ok(Some(b)) => {
             let s = String::from_utf8_lossy(&b);
             JobType::parse(s.trim()).ok_or_else(|| SpecError::UnknownType(s.trim().to_owned()))?
         }
         Ok(None) => meta.mode.unwrap_or(JobType::Text),
         Err(ReadError::TooLarge { .. }) => return Err(SpecError::TypeTooLong),
-        Err(e) => return Err(unreadable("type.txt", e)),
+        Err(e) => return Err(unreadable(TYPE_FILE, e)),
     };
-    let params = match read_optional(&dir.join("params.json"), MAX_PARAMS_BYTES) {
+    let params = match read_optional(&dir.join(PARAMS_FILE), MAX_PARAMS_BYTES) {
         Ok(Some(b)) => {
             let (p, unknown) = Params::parse_lenient(&b).map_err(|e| SpecError::BadParams(e.to_string()))?;
             if !unknown.is_empty() {
@@ -173,11 +173,11 @@ fn read_rest(dir: &Path, meta: &Meta, limits: &Settings) -> Result<(Rest, MediaF
             p
         }
         Ok(None) => Params::default(),
-        Err(e) => return Err(unreadable("params.json", e)),
+        Err(e) => return Err(unreadable(PARAMS_FILE, e)),
     };
     let prompt =
-        read_limited(&dir.join("prompt.txt"), limits.max_prompt_bytes).map_err(|e| unreadable("prompt.txt", e))?;
-    let prompt = utf8("prompt.txt", prompt)?;
+        read_limited(&dir.join(PROMPT_FILE), limits.max_prompt_bytes).map_err(|e| unreadable(PROMPT_FILE, e))?;
+    let prompt = utf8(PROMPT_FILE, prompt)?;
     // Only the job types that read media: the others never look at a
     // planted images/ or audio/ directory.
     let images = match job_type {
@@ -210,12 +210,12 @@ fn read_rest(dir: &Path, meta: &Meta, limits: &Settings) -> Result<(Rest, MediaF
     if prompt.contains('\0') {
         return Err(SpecError::NulInPrompt);
     }
-    let grammar = match read_optional(&dir.join("grammar.gbnf"), MAX_CONSTRAINT_BYTES) {
-        Ok(Some(b)) => Some(utf8("grammar.gbnf", b)?),
+    let grammar = match read_optional(&dir.join(GRAMMAR_FILE), MAX_CONSTRAINT_BYTES) {
+        Ok(Some(b)) => Some(utf8(GRAMMAR_FILE, b)?),
         Ok(None) => None,
-        Err(e) => return Err(unreadable("grammar.gbnf", e)),
+        Err(e) => return Err(unreadable(GRAMMAR_FILE, e)),
     };
-    let schema = match read_optional(&dir.join("schema.json"), MAX_CONSTRAINT_BYTES) {
+    let schema = match read_optional(&dir.join(SCHEMA_FILE), MAX_CONSTRAINT_BYTES) {
         Ok(Some(b)) => match serde_json::from_slice::<Value>(&b) {
             Ok(v @ (Value::Object(_) | Value::Bool(_))) => Some(v),
             Ok(_) => {
@@ -226,7 +226,7 @@ fn read_rest(dir: &Path, meta: &Meta, limits: &Settings) -> Result<(Rest, MediaF
             Err(e) => return Err(SpecError::BadSchema(format!("is not valid JSON: {e}"))),
         },
         Ok(None) => None,
-        Err(e) => return Err(unreadable("schema.json", e)),
+        Err(e) => return Err(unreadable(SCHEMA_FILE, e)),
     };
     if job_type == JobType::Embed && (grammar.is_some() || schema.is_some()) {
         return Err(SpecError::ConstraintOnEmbed);
