@@ -641,7 +641,7 @@ fn acquire(ws: &Workspace, drain: bool, term: &Term, shared: bool) -> Result<Opt
 
 /// One try at the workspace: the lock, or who holds it.
 fn try_take(ws: &Workspace, shared: bool) -> Result<std::result::Result<DaemonLock, String>> {
-    let lock_path = ws.file(".nrvnad.lock");
+    let lock_path = ws.file(LOCK_FILE);
     let patience = Duration::from_millis(300);
     let taken = if shared {
         DaemonLock::acquire_shared(ws, patience)
@@ -666,7 +666,7 @@ fn try_take(ws: &Workspace, shared: bool) -> Result<std::result::Result<DaemonLo
     if let Some(pid) = unlocked_owner(ws) {
         return Ok(Err(format!(
             "pid {pid}, an nrvnad that holds no workspace lock (an older C++ nrvnad; if that process does not serve this workspace, remove {})",
-            ws.file(".nrvnad.pid").display()
+            ws.file(nrvna_core::workspace::PID_FILE).display()
         )));
     }
     if !shared {
