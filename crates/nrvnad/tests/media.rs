@@ -95,7 +95,14 @@ fn a_vision_job_runs_on_both_engines_and_its_image_reaches_the_model() {
         args.extend(["--engine".into(), engine.into()]);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let t0 = Instant::now();
-        let mut d = ws.drain(&args, &[("NRVNA_PREDICT", "16"), ("NRVNA_WORKERS", "2")]);
+        let mut d = ws.drain(
+            &args,
+            &[
+                ("NRVNA_PREDICT", "16"),
+                ("NRVNA_WORKERS", "2"),
+                ("NRVNA_PREFIX_REUSE_MIN", "0"),
+            ],
+        );
         let wall = t0.elapsed();
         assert_eq!(d.code(), 0, "{engine}: the drain saw a failure");
         for id in [&a1, &a2, &b1, &bare, &text] {
@@ -439,8 +446,15 @@ fn media_jobs_written_by_the_cpp_wrk_run_here() {
     );
     let mut d = ws.drain(&["--mmproj", audio.to_str().unwrap()], &[]);
     assert_eq!(d.code(), 0);
-    assert!(!ws.read(DONE, s, "transcript.txt").is_empty());
-    assert_eq!(ws.meta(DONE, s)["artifacts"], serde_json::json!(["transcript.txt"]));
+    // The projector is a random-weight fixture: what it makes the model
+    // say is arbitrary (on an AMX host its first token is the end of the
+    // text), so only the transcript's presence and record are checked here;
+    // a_speech_to_text_job_writes_its_transcript_on_both_engines checks text.
+    let _transcript = ws.read(DONE, s, "transcript.txt");
+    let m = ws.meta(DONE, s);
+    assert_eq!(m["artifacts"], serde_json::json!(["transcript.txt"]));
+    assert_eq!(m["mode"], "stt");
+    assert!(m["generated_tokens"].is_u64(), "{m}");
 }
 
 /// What our `wrk` writes for media jobs is what the C++ daemon reads:
