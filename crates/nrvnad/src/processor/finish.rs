@@ -134,6 +134,50 @@ pub fn one_line(s: &str) -> String {
     }
 }
 
+/// Records how the job ended in its meta.json and says what to write and
+/// where the job goes: (files, final state, failure reason).
+fn record_ending(meta: &mut Meta, ending: Ending) -> (Vec<JobFile>, State, Option<String>) {
+    match ending {
+        Ending::Done { artifact, bytes, out } => {
+            meta.status = Some(Status::Done);
+            meta.remove_extra("cancelled");
+            meta.artifacts = Some(vec![artifact.file_name().to_owned()]);
+            meta.set_extra("prompt_tokens", out.prompt_tokens);
+            meta.set_extra("generated_tokens", out.generated_tokens);
+            meta.set_extra("reused_prompt_tokens", out.reused_tokens);
+            meta.set_extra("generation_s", two_decimals(out.gen_secs));
+            if out.gen_secs > 0.0 && out.generated_tokens > 0 {
+                meta.set_extra(
+                    "tokens_per_s",
+                    two_decimals(f64::from(out.generated_tokens) / out.gen_secs),
+                );
+            }
+            if let Some(f) = out.finish {
+                meta.set_extra("finish_reason", f.as_str());
+            }
+            (vec![(artifact.file_name(), bytes)], State::Done, None)
+        }
+        Ending::Failed(f) => {
+            let reason = one_line(&f.reason);
+            meta.status = Some(Status::Failed);
+            let mut artifacts = vec![ERROR_FILE];
+            let mut files = Vec::new();
+            if let Some(p) = f.partial {
+                artifacts.push(RESPONSE_FILE);
+                files.push((RESPONSE_FILE, p.into_bytes()));
+            }
+            files.push((ERROR_FILE, format!("{reason}\n").into_bytes()));
+            meta.artifacts = Some(artifacts.into_iter().map(str::to_owned).collect());
+            if f.cancelled {
+                meta.set_extra("cancelled", true);
+            } else {
+                meta.remove_extra("cancelled");
+            }
+            (files, State::Failed, Some(reason))
+        }
+    }
+}
+
 impl Finisher<'_> {
     /// Writes the job's files and moves it to its final state.
     pub fn finish(&self, job: Claimed<'_>, ending: Ending) -> Outcome {
@@ -151,71 +195,9 @@ impl Finisher<'_> {
         if !holds() {
             return self.fenced(id, "its claim was replaced before the result was written");
         }
-        if let Some(c) = &claim {
-            meta.set_extra("member", c.member.as_str());
-            meta.set_extra("host", members::host_name());
-        }
-        meta.set_extra("claimed_at", claimed_at.clone());
-        meta.completed_at = Some(iso8601_utc(SystemTime::now()));
-        meta.duration_s = Some(claimed.elapsed().as_secs_f64());
-        meta.set_extra("model", self.model);
-        meta.set_extra("engine", self.engine);
-        if let Some(u) = &used {
-            meta.set_extra("params", u.clone());
-        }
-        let (files, to, reason): (Vec<JobFile>, State, Option<String>) = match ending {
-            Ending::Done { artifact, bytes, out } => {
-                meta.status = Some(Status::Done);
-                meta.remove_extra("cancelled");
-                meta.artifacts = Some(vec![artifact.file_name().to_owned()]);
-                meta.set_extra("prompt_tokens", out.prompt_tokens);
-                meta.set_extra("generated_tokens", out.generated_tokens);
-                meta.set_extra("reused_prompt_tokens", out.reused_tokens);
-                meta.set_extra("generation_s", two_decimals(out.gen_secs));
-                if out.gen_secs > 0.0 && out.generated_tokens > 0 {
-                    meta.set_extra(
-                        "tokens_per_s",
-                        two_decimals(f64::from(out.generated_tokens) / out.gen_secs),
-                    );
-                }
-                if let Some(f) = out.finish {
-                    meta.set_extra("finish_reason", f.as_str());
-                }
-                (vec![(artifact.file_name(), bytes)], State::Done, None)
-            }
-            Ending::Failed(f) => {
-                let reason = one_line(&f.reason);
-                meta.status = Some(Status::Failed);
-                let mut artifacts = vec![ERROR_FILE];
-                let mut files = Vec::new();
-                if let Some(p) = f.partial {
-                    artifacts.push(RESPONSE_FILE);
-                    files.push((RESPONSE_FILE, p.into_bytes()));
-                }
-                files.push((ERROR_FILE, format!("{reason}\n").into_bytes()));
-                meta.artifacts = Some(artifacts.into_iter().map(str::to_owned).collect());
-                if f.cancelled {
-                    meta.set_extra("cancelled", true);
-                } else {
-                    meta.remove_extra("cancelled");
-                }
-                (files, State::Failed, Some(reason))
-            }
-        };
-        let io = self.ws.io();
-        let written = (|| -> io::Result<()> {
-            // write_atomic replaces whatever was planted under these names
-            // during the run (a directory included) without following it,
-            // and meta.json is replaced in one rename, never removed first.
-            for (name, bytes) in &files {
-                io.write_atomic(dir, name, bytes)?;
-            }
-            io.write_atomic(dir, META_FILE, &meta.to_bytes())?;
-            for scratch in SCRATCH {
-                io.retire(dir, scratch)?;
-            }
-            io.sync_dir(dir)
-        })();
+        self.stamp(&mut meta, claim.as_ref(), &claimed_at, claimed, used.as_ref());
+        let (files, to, reason) = record_ending(&mut meta, ending);
+        let written = self.write(dir, &files, &meta);
         if let Err(e) = written {
             let names: Vec<&str> = files.iter().map(|(n, _)| *n).collect();
             if out_of_space(&e) {
@@ -246,6 +228,52 @@ impl Finisher<'_> {
         if claim.is_some() {
             let _ = self.ws.io().retire(dir, members::CLAIM_FILE);
         }
+        self.publish(id, to, reason, claimed)
+    }
+
+    /// The meta.json keys every finished job gets: who ran it, when, how
+    /// long, on what, with which parameters.
+    fn stamp(
+        &self,
+        meta: &mut Meta,
+        claim: Option<&Claim>,
+        claimed_at: &str,
+        claimed: std::time::Instant,
+        used: Option<&serde_json::Value>,
+    ) {
+        if let Some(c) = claim {
+            meta.set_extra("member", c.member.as_str());
+            meta.set_extra("host", members::host_name());
+        }
+        meta.set_extra("claimed_at", claimed_at);
+        meta.completed_at = Some(iso8601_utc(SystemTime::now()));
+        meta.duration_s = Some(claimed.elapsed().as_secs_f64());
+        meta.set_extra("model", self.model);
+        meta.set_extra("engine", self.engine);
+        if let Some(u) = used {
+            meta.set_extra("params", u.clone());
+        }
+    }
+
+    /// Writes the job's files and its meta.json, retires the scratch files,
+    /// and fsyncs the directory. write_atomic replaces whatever was planted
+    /// under these names during the run (a directory included) without
+    /// following it, and meta.json is replaced in one rename, never removed
+    /// first.
+    fn write(&self, dir: &Path, files: &[JobFile], meta: &Meta) -> io::Result<()> {
+        let io = self.ws.io();
+        for (name, bytes) in files {
+            io.write_atomic(dir, name, bytes)?;
+        }
+        io.write_atomic(dir, META_FILE, &meta.to_bytes())?;
+        for scratch in SCRATCH {
+            io.retire(dir, scratch)?;
+        }
+        io.sync_dir(dir)
+    }
+
+    /// Moves the written job into its final state (`reason`: why it failed).
+    fn publish(&self, id: &JobId, to: State, reason: Option<String>, claimed: std::time::Instant) -> Outcome {
         match self.move_to(id, to) {
             Ok(Moved::Yes) => match reason {
                 None => {
