@@ -165,11 +165,7 @@ impl FileIo {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustix::fs::{mknodat, FileType, Mode, CWD};
-
-    fn mkfifo(p: &Path) {
-        mknodat(CWD, p, FileType::Fifo, Mode::from_raw_mode(0o644), 0).unwrap();
-    }
+    use crate::fsio::mkfifo;
 
     #[test]
     fn write_atomic_never_opens_what_was_planted_under_its_names() {

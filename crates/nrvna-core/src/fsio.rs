@@ -104,6 +104,13 @@ pub fn read_optional(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, ReadErr
     }
 }
 
+/// Makes a FIFO at `p`, for tests of what a planted FIFO does.
+#[cfg(test)]
+pub(crate) fn mkfifo(p: &Path) {
+    use rustix::fs::{mknodat, FileType, Mode, CWD};
+    mknodat(CWD, p, FileType::Fifo, Mode::from_raw_mode(0o644), 0).unwrap();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,14 +122,7 @@ mod tests {
         fs::write(p.join("ok"), b"hello").unwrap();
         std::os::unix::fs::symlink("/etc/passwd", p.join("link")).unwrap();
         fs::create_dir(p.join("dir")).unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            p.join("fifo"),
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o644),
-            0,
-        )
-        .unwrap();
+        mkfifo(&p.join("fifo"));
         assert_eq!(read_limited(&p.join("ok"), 5).unwrap(), b"hello");
         assert!(matches!(
             read_limited(&p.join("ok"), 4),

@@ -317,14 +317,7 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", p.join("link")).unwrap();
         fs::write(p.join("linked"), b"x").unwrap();
         fs::hard_link(p.join("linked"), p.join("other")).unwrap();
-        rustix::fs::mknodat(
-            rustix::fs::CWD,
-            p.join("fifo"),
-            rustix::fs::FileType::Fifo,
-            rustix::fs::Mode::from_raw_mode(0o644),
-            0,
-        )
-        .unwrap();
+        crate::fsio::mkfifo(&p.join("fifo"));
         for n in ["dir", "link", "linked", "fifo", "missing"] {
             assert!(!s.keep(p, n), "{n} was kept");
         }
