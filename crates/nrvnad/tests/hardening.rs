@@ -195,7 +195,19 @@ impl FakeCppDaemon {
         let exe = ws.tmp().join("bin").join("nrvnad");
         fs::create_dir_all(exe.parent().unwrap()).unwrap();
         fs::copy("/bin/sleep", &exe).unwrap();
-        let child = std::process::Command::new(&exe).arg("600").spawn().unwrap();
+        // A test thread forking right now may still hold the copy's write
+        // descriptor until its child execs: exec then fails with ETXTBSY
+        // for a moment.
+        let mut tries = 0;
+        let child = loop {
+            match std::process::Command::new(&exe).arg("600").spawn() {
+                Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 100 => {
+                    tries += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                other => break other.unwrap(),
+            }
+        };
         fs::write(ws.path().join(".nrvnad.pid"), format!("{}\n", child.id())).unwrap();
         FakeCppDaemon(child)
     }
