@@ -440,7 +440,7 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
          jobs are in output/ (counted every 20 ms) on a running daemon. Submit alone: publishing into \
          a workspace with no daemon. Drain alone: `--drain` on that pre-filled workspace, from spawn \
          until all jobs are in output/ (the drain wall also includes the idle check and exit). \
-         Each variant runs in its own process; NRVNA_FSYNC=0 applies to the publisher and the daemon; \
+         Variants run one after another in this process; NRVNA_FSYNC=0 applies to the publishers (their workspace's settings) and the daemon; \
          NRVNA_SPARES=0 makes the daemon free the files it replaces instead of keeping them as spares. \
          No workspace is removed before all variants ran. \
          Other load is the CPU the rest of the machine used during the drain (this benchmark's \
