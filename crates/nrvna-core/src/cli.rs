@@ -43,12 +43,6 @@ pub struct SettingsArgs {
     pub wait_poll_ms: u64,
 }
 
-impl Default for SettingsArgs {
-    fn default() -> SettingsArgs {
-        SettingsArgs::from_settings(&Settings::default())
-    }
-}
-
 impl SettingsArgs {
     /// The settings these flags give.
     pub fn settings(&self) -> Settings {
@@ -58,17 +52,6 @@ impl SettingsArgs {
             wait_poll: Duration::from_millis(self.wait_poll_ms),
             max_image_bytes: self.max_image_size,
             max_audio_bytes: self.max_audio_size,
-        }
-    }
-
-    /// The flags that give `s` (for building arguments in code).
-    pub fn from_settings(s: &Settings) -> SettingsArgs {
-        SettingsArgs {
-            fsync: s.fsync,
-            max_prompt_size: s.max_prompt_bytes,
-            max_image_size: s.max_image_bytes,
-            max_audio_size: s.max_audio_bytes,
-            wait_poll_ms: s.wait_poll.as_millis() as u64,
         }
     }
 }
@@ -184,8 +167,6 @@ mod tests {
         assert_eq!(s.max_prompt_bytes, 10);
         assert_eq!(s.wait_poll, Duration::from_millis(20));
         assert_eq!(s.max_image_bytes, DEFAULT_MAX_IMAGE_BYTES);
-        assert_eq!(SettingsArgs::from_settings(&s).settings(), s);
-        assert_eq!(SettingsArgs::default().settings(), Settings::default());
     }
 
     #[test]

@@ -58,12 +58,9 @@ impl FileIo {
         }
     }
 
-    /// Writes that fsync or not, sharing `other`'s spares (if any).
-    pub fn with_spares_of(self, other: &FileIo) -> FileIo {
-        FileIo {
-            spares: other.spares.clone(),
-            ..self
-        }
+    /// The same writes (same spares), fsyncing or not.
+    pub fn with_fsync(self, fsync: bool) -> FileIo {
+        FileIo { fsync, ..self }
     }
 
     /// Whether writes and transitions fsync.

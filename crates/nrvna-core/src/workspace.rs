@@ -97,7 +97,7 @@ impl Workspace {
     /// The same workspace used under `settings` (fsync, size limits, the
     /// waiters' poll). Keeps any spares already attached.
     pub fn with_settings(self, settings: Settings) -> Workspace {
-        let io = FileIo::new(settings.fsync).with_spares_of(&self.io);
+        let io = self.io.clone().with_fsync(settings.fsync);
         Workspace {
             settings: Arc::new(settings),
             io,

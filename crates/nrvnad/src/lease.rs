@@ -395,17 +395,22 @@ mod tests {
         id
     }
 
-    fn lease(ws: &Workspace, ttl: Duration) -> Lease {
-        let me = Arc::new(Membership::new(ttl));
-        let rec = record_for(
-            &me,
+    /// A record for `me` as a test daemon would write it.
+    fn test_record(me: &Membership) -> MemberRecord {
+        record_for(
+            me,
             RecordInfo {
                 model: Path::new("m.gguf"),
                 serves: vec![],
                 engine: "echo",
                 workers: 1,
             },
-        );
+        )
+    }
+
+    fn lease(ws: &Workspace, ttl: Duration) -> Lease {
+        let me = Arc::new(Membership::new(ttl));
+        let rec = test_record(&me);
         let (tx, _rx) = std::sync::mpsc::channel();
         Lease::new(ws.clone(), me, rec, tx, 3)
     }
@@ -487,16 +492,7 @@ mod tests {
     }
 
     fn record(id: &str, beat: u64, ttl_s: f64) -> MemberRecord {
-        let me = Membership::new(Duration::from_secs_f64(ttl_s));
-        let mut r = record_for(
-            &me,
-            RecordInfo {
-                model: Path::new("m.gguf"),
-                serves: vec![],
-                engine: "echo",
-                workers: 1,
-            },
-        );
+        let mut r = test_record(&Membership::new(Duration::from_secs_f64(ttl_s)));
         r.member = id.to_owned();
         r.beat = beat;
         r
