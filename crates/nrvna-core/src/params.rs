@@ -26,6 +26,14 @@ pub struct Params {
     pub min_p: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub repeat_penalty: Option<f32>,
+    /// Subtracted from a token's logit once per time it occurred in the
+    /// penalty window (OpenAI's `frequency_penalty`, -2 to 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frequency_penalty: Option<f32>,
+    /// Subtracted from the logit of every token that occurred in the
+    /// penalty window (OpenAI's `presence_penalty`, -2 to 2).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub presence_penalty: Option<f32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub seed: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -84,13 +92,15 @@ impl std::str::FromStr for Priority {
 }
 
 /// The keys `params.json` may hold.
-pub const KNOWN_KEYS: [&str; 12] = [
+pub const KNOWN_KEYS: [&str; 14] = [
     "system",
     "temp",
     "top_k",
     "top_p",
     "min_p",
     "repeat_penalty",
+    "frequency_penalty",
+    "presence_penalty",
     "seed",
     "max_tokens",
     "stop",
@@ -105,7 +115,7 @@ pub enum ParamsError {
     Json(#[from] serde_json::Error),
     #[error("is not a JSON object")]
     NotObject,
-    #[error("has unknown key `{0}` (known: system, temp, top_k, top_p, min_p, repeat_penalty, seed, max_tokens, stop, timeout_s, priority, model)")]
+    #[error("has unknown key `{0}` (known: system, temp, top_k, top_p, min_p, repeat_penalty, frequency_penalty, presence_penalty, seed, max_tokens, stop, timeout_s, priority, model)")]
     UnknownKey(String),
     #[error("{0}")]
     Range(String),
@@ -161,6 +171,16 @@ impl Params {
         }
         if self.repeat_penalty.is_some_and(|p| !(p.is_finite() && p > 0.0)) {
             return err("repeat_penalty must be a finite number > 0 (1 disables it)");
+        }
+        for (name, v) in [
+            ("frequency_penalty", self.frequency_penalty),
+            ("presence_penalty", self.presence_penalty),
+        ] {
+            if v.is_some_and(|p| !(-2.0..=2.0).contains(&p)) {
+                return Err(ParamsError::Range(format!(
+                    "{name} must be a number from -2 to 2 (0 disables it)"
+                )));
+            }
         }
         if self.max_tokens == Some(0) {
             return err("max_tokens must be at least 1");

@@ -26,6 +26,8 @@ fn sampling(temp: f32, repeat_penalty: f32, repeat_last_n: i32, seed: u32) -> Sa
         top_p: 0.9,
         min_p: 0.05,
         repeat_penalty,
+        frequency_penalty: 0.0,
+        presence_penalty: 0.0,
         repeat_last_n,
         seed: Some(seed),
     }
@@ -106,6 +108,40 @@ fn our_sampler_picks_what_llama_cpp_chain_picks() {
         );
     }
     compare(&model, "temp 1.5, no penalty", &sampling(1.5, 1.0, 64, 3), None, prompt);
+    // OpenAI's frequency and presence penalties (alone and with a repeat
+    // penalty, also negative), greedy and seeded: they must change the
+    // output, and still pick what llama.cpp picks.
+    let with = |temp: f32, repeat: f32, f: f32, p: f32, seed: u32| Sampling {
+        frequency_penalty: f,
+        presence_penalty: p,
+        ..sampling(temp, repeat, 64, seed)
+    };
+    let (freq, _) = compare(&model, "greedy freq 1.0", &with(0.0, 1.0, 1.0, 0.0, 0), None, prompt);
+    let (pres, _) = compare(
+        &model,
+        "greedy presence 1.5",
+        &with(0.0, 1.0, 0.0, 1.5, 0),
+        None,
+        prompt,
+    );
+    assert!(
+        freq != plain && pres != plain,
+        "frequency or presence penalty changed nothing"
+    );
+    compare(
+        &model,
+        "greedy 1.1 freq -0.5 presence 0.5",
+        &with(0.0, 1.1, -0.5, 0.5, 0),
+        None,
+        prompt,
+    );
+    compare(
+        &model,
+        "temp 0.9 freq 0.4 presence 0.6",
+        &with(0.9, 1.1, 0.4, 0.6, 11),
+        None,
+        prompt,
+    );
     // A grammar, greedy and seeded.
     let g = r#"root ::= ("red" | "orange" | "yellow" | "green" | "blue") (", " ("red" | "orange" | "yellow" | "green" | "blue"))*"#;
     compare(&model, "grammar greedy", &sampling(0.0, 1.1, 16, 0), Some(g), prompt);

@@ -60,6 +60,9 @@ impl Config {
                 top_p: a.top_p,
                 min_p: a.min_p,
                 repeat_penalty: a.repeat_penalty,
+                // OpenAI's penalties come per job (params.json) only.
+                frequency_penalty: 0.0,
+                presence_penalty: 0.0,
                 repeat_last_n: a.repeat_last_n,
                 seed: a.seed,
             },

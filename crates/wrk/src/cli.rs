@@ -81,6 +81,16 @@ pub struct Args {
     #[arg(long, value_name = "F", allow_negative_numbers = true)]
     pub repeat_penalty: Option<f32>,
 
+    /// Frequency penalty (OpenAI's), from -2 to 2: subtracted once per
+    /// time a token occurred in the penalty window; 0 disables it.
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub frequency_penalty: Option<f32>,
+
+    /// Presence penalty (OpenAI's), from -2 to 2: subtracted from every
+    /// token that occurred in the penalty window; 0 disables it.
+    #[arg(long, value_name = "F", allow_negative_numbers = true)]
+    pub presence_penalty: Option<f32>,
+
     /// Sampling seed, for reproducible output.
     #[arg(long, value_name = "N", allow_negative_numbers = true)]
     pub seed: Option<u32>,

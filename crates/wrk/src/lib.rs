@@ -115,6 +115,8 @@ fn params_from(a: &Args) -> Params {
         top_p: a.top_p,
         min_p: a.min_p,
         repeat_penalty: a.repeat_penalty,
+        frequency_penalty: a.frequency_penalty,
+        presence_penalty: a.presence_penalty,
         seed: a.seed,
         max_tokens: a.max_tokens,
         stop: (!a.stop.is_empty()).then(|| a.stop.clone()),

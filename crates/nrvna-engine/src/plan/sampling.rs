@@ -35,6 +35,10 @@ pub struct Sampling {
     pub top_p: f32,
     pub min_p: f32,
     pub repeat_penalty: f32,
+    /// Subtracted once per occurrence in the window (0: none).
+    pub frequency_penalty: f32,
+    /// Subtracted once from every token in the window (0: none).
+    pub presence_penalty: f32,
     pub repeat_last_n: i32,
     /// `None`: a fresh seed is drawn per job (and recorded).
     pub seed: Option<u32>,
@@ -58,7 +62,7 @@ impl Sampling {
     /// Builds the sampler of one generation. `grammar` must already have
     /// been checked with [`check_grammar`].
     pub fn sampler(&self, model: &LlamaModel, grammar: Option<&str>) -> Result<TokenSampler, GrammarRejected> {
-        let penalty = Penalty::new(self.repeat_penalty, self.repeat_last_n);
+        let penalty = Penalty::new(self.penalties(), self.repeat_last_n);
         let mut parts = Vec::new();
         if let Some(g) = grammar {
             parts.push(grammar_sampler(model, g)?);
@@ -84,13 +88,13 @@ impl Sampling {
         if let Some(g) = grammar {
             parts.push(grammar_sampler(model, g)?);
         }
-        if self.repeat_penalty != 1.0 && self.repeat_last_n != 0 {
+        if Penalty::new(self.penalties(), self.repeat_last_n).is_some() {
             parts.push(LlamaSampler::penalties(
                 model.n_vocab(),
                 self.repeat_last_n,
                 self.repeat_penalty,
-                0.0,
-                0.0,
+                self.frequency_penalty,
+                self.presence_penalty,
             ));
         }
         if self.temp <= 0.0 {
@@ -99,6 +103,14 @@ impl Sampling {
             self.push_draw(&mut parts);
         }
         Ok(LlamaSampler::chain_simple(parts))
+    }
+
+    fn penalties(&self) -> Penalties {
+        Penalties {
+            repeat: self.repeat_penalty,
+            frequency: self.frequency_penalty,
+            presence: self.presence_penalty,
+        }
     }
 
     /// Temperature sampling: top-k, top-p, min-p, temperature, seeded draw.
@@ -151,9 +163,9 @@ impl TokenSampler {
                 .map(|(i, &l)| LlamaTokenData::new(LlamaToken::new(i as i32), l, 0.0)),
         );
         if let Some(p) = &self.penalty {
-            for &t in p.counts.keys() {
+            for (&t, &n) in &p.counts {
                 if let Some(d) = cur.get_mut(t as usize) {
-                    d.set_logit(p.apply(d.logit()));
+                    d.set_logit(p.apply(d.logit(), n));
                 }
             }
         }
@@ -179,36 +191,50 @@ impl TokenSampler {
     }
 }
 
-/// The repetition penalty: the last `last_n` tokens taken, and how often
-/// each occurs among them (llama.cpp's penalties sampler with a repeat
-/// penalty only).
-struct Penalty {
+/// The three penalties of llama.cpp's penalties sampler.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Penalties {
+    /// Divides a positive logit, multiplies a negative one (1: none).
     repeat: f32,
+    /// Subtracted once per occurrence (0: none).
+    frequency: f32,
+    /// Subtracted once from a token that occurs at all (0: none).
+    presence: f32,
+}
+
+/// The penalties over the last `last_n` tokens taken, and how often each
+/// occurs among them (llama.cpp's penalties sampler).
+struct Penalty {
+    by: Penalties,
     last_n: usize,
     recent: VecDeque<i32>,
     counts: HashMap<i32, u32>,
 }
 
 impl Penalty {
-    /// `None` where llama.cpp's sampler would do nothing: a penalty of 1 or
-    /// a window of 0 (llama.cpp reads a negative window as 0).
-    fn new(repeat: f32, last_n: i32) -> Option<Penalty> {
+    /// `None` where llama.cpp's sampler would do nothing: no penalty (a
+    /// repeat penalty of 1, the others 0) or a window of 0 (llama.cpp reads
+    /// a negative window as 0).
+    fn new(by: Penalties, last_n: i32) -> Option<Penalty> {
         let last_n = usize::try_from(last_n).unwrap_or(0);
-        (repeat != 1.0 && last_n > 0).then(|| Penalty {
-            repeat,
+        let any = by.repeat != 1.0 || by.frequency != 0.0 || by.presence != 0.0;
+        (any && last_n > 0).then(|| Penalty {
+            by,
             last_n,
             recent: VecDeque::with_capacity(last_n.min(4096)),
             counts: HashMap::new(),
         })
     }
 
-    fn apply(&self, logit: f32) -> f32 {
+    /// The logit of a token that occurs `count` (> 0) times in the window.
+    fn apply(&self, logit: f32, count: u32) -> f32 {
         // Dividing a negative logit would make the token more likely.
-        if logit <= 0.0 {
-            logit * self.repeat
+        let l = if logit <= 0.0 {
+            logit * self.by.repeat
         } else {
-            logit / self.repeat
-        }
+            logit / self.by.repeat
+        };
+        l - count as f32 * self.by.frequency - self.by.presence
     }
 
     fn accept(&mut self, t: i32) {
@@ -253,7 +279,7 @@ fn greedy(logits: &[f32], penalty: Option<&Penalty>) -> usize {
             consider(v, start + i);
         }
         if let Some(p) = penalty {
-            consider(p.apply(logits[h]), h);
+            consider(p.apply(logits[h], p.counts[&(h as i32)]), h);
         }
         start = h + 1;
     }
@@ -361,13 +387,21 @@ pub fn schema_to_grammar(schema: &str) -> Result<String, SchemaError> {
 
 #[cfg(test)]
 mod tests {
-    use super::{first_max, greedy, Penalty};
+    use super::{first_max, greedy, Penalties, Penalty};
+
+    fn by(repeat: f32, frequency: f32, presence: f32) -> Penalties {
+        Penalties {
+            repeat,
+            frequency,
+            presence,
+        }
+    }
 
     /// The plain scan llama.cpp's greedy sampler does (first of equal
     /// maxima), on penalised values.
     fn reference(logits: &[f32], p: Option<&Penalty>) -> usize {
         let v = |i: usize| match p {
-            Some(p) if p.counts.contains_key(&(i as i32)) => p.apply(logits[i]),
+            Some(p) if p.counts.contains_key(&(i as i32)) => p.apply(logits[i], p.counts[&(i as i32)]),
             _ => logits[i],
         };
         let mut sel = 0;
@@ -409,7 +443,10 @@ mod tests {
         };
         for round in 0..200 {
             let logits: Vec<f32> = (0..257).map(|_| next()).collect();
-            let mut p = Penalty::new(if round % 3 == 0 { 0.7 } else { 1.3 }, 8).expect("a penalty");
+            let repeat = if round % 3 == 0 { 0.7 } else { 1.3 };
+            // Frequency and presence penalties (OpenAI's), also negative.
+            let (f, pr) = [(0.0, 0.0), (0.5, 0.0), (0.0, -1.5), (0.8, 1.2)][round % 4];
+            let mut p = Penalty::new(by(repeat, f, pr), 8).expect("a penalty");
             assert_eq!(greedy(&logits, None), reference(&logits, None), "round {round}");
             for k in 0..20 {
                 let t = ((next() * 4.0 + 20.0) as i32 * 6 + k) % 257;
@@ -444,13 +481,14 @@ mod tests {
                 })
                 .collect();
             let repeat = if round % 2 == 0 { 1.6 } else { 0.6 };
+            let (f, pr) = [(0.0, 0.0), (0.0, 0.0), (0.7, -0.4), (-0.3, 1.1)][round % 4];
             let mut direct = super::TokenSampler {
-                penalty: Penalty::new(repeat, 16),
+                penalty: Penalty::new(by(repeat, f, pr), 16),
                 chain: None,
                 cur: Vec::new(),
             };
             let mut chained = super::TokenSampler {
-                penalty: Penalty::new(repeat, 16),
+                penalty: Penalty::new(by(repeat, f, pr), 16),
                 chain: Some(LlamaSampler::chain_simple([LlamaSampler::greedy()])),
                 cur: Vec::new(),
             };
@@ -469,7 +507,7 @@ mod tests {
 
     #[test]
     fn the_penalty_window_slides_and_counts_repeats() {
-        let mut p = Penalty::new(1.5, 3).expect("a penalty");
+        let mut p = Penalty::new(by(1.5, 0.0, 0.0), 3).expect("a penalty");
         for t in [5, 5, 7] {
             p.accept(t);
         }
@@ -478,11 +516,17 @@ mod tests {
         p.accept(9);
         assert_eq!(p.counts.get(&5), None, "5 left the window");
         assert_eq!((p.counts[&7], p.counts[&9]), (1, 2));
-        assert_eq!(p.apply(3.0), 2.0);
-        assert_eq!(p.apply(-2.0), -3.0);
-        assert!(Penalty::new(1.0, 64).is_none());
-        assert!(Penalty::new(1.1, 0).is_none());
-        assert!(Penalty::new(1.1, -1).is_none());
+        assert_eq!(p.apply(3.0, 1), 2.0);
+        assert_eq!(p.apply(-2.0, 2), -3.0);
+        // llama.cpp: logit -= count * frequency + presence, after the repeat penalty.
+        let q = Penalty::new(by(2.0, 0.5, 0.25), 4).expect("a penalty");
+        assert_eq!(q.apply(3.0, 2), 1.5 - 1.0 - 0.25);
+        assert_eq!(q.apply(-1.0, 1), -2.0 - 0.5 - 0.25);
+        assert!(Penalty::new(by(1.0, 0.0, 0.0), 64).is_none());
+        assert!(Penalty::new(by(1.0, 0.1, 0.0), 64).is_some());
+        assert!(Penalty::new(by(1.0, 0.0, -0.1), 64).is_some());
+        assert!(Penalty::new(by(1.1, 0.0, 0.0), 0).is_none());
+        assert!(Penalty::new(by(1.1, 0.0, 0.0), -1).is_none());
     }
 
     #[test]

@@ -76,6 +76,8 @@ fn plan_text(spec: &JobSpec, p: &Params, d: &EngineConfig, fresh_seed: u32) -> (
         top_p: p.top_p.unwrap_or(d.sampling.top_p),
         min_p: p.min_p.unwrap_or(d.sampling.min_p),
         repeat_penalty: p.repeat_penalty.unwrap_or(d.sampling.repeat_penalty),
+        frequency_penalty: p.frequency_penalty.unwrap_or(d.sampling.frequency_penalty),
+        presence_penalty: p.presence_penalty.unwrap_or(d.sampling.presence_penalty),
         repeat_last_n: d.sampling.repeat_last_n,
         seed: Some(p.seed.or(d.sampling.seed).unwrap_or(fresh_seed)),
     };
@@ -98,6 +100,14 @@ fn plan_text(spec: &JobSpec, p: &Params, d: &EngineConfig, fresh_seed: u32) -> (
         "stop": stop,
         "system": p.system.is_some(),
     });
+    for (k, v) in [
+        ("frequency_penalty", sampling.frequency_penalty),
+        ("presence_penalty", sampling.presence_penalty),
+    ] {
+        if v != 0.0 {
+            used[k] = f32_json(v);
+        }
+    }
     if let Some(t) = p.timeout_s {
         used["timeout_s"] = json!(t);
     }
@@ -136,6 +146,8 @@ mod tests {
                 top_p: 0.9,
                 min_p: 0.05,
                 repeat_penalty: 1.1,
+                frequency_penalty: 0.0,
+                presence_penalty: 0.0,
                 repeat_last_n: 64,
                 seed: None,
             },
