@@ -19,6 +19,7 @@ pub mod check;
 pub mod gbnf;
 pub mod pattern;
 pub mod range;
+pub mod witness;
 
 use std::collections::HashMap;
 
