@@ -427,7 +427,11 @@ fn done(spec: &JobSpec, out: Output) -> Ending {
         },
         _ => {
             let text = strip_think(&out.text);
-            if let Some(schema) = &spec.schema {
+            // Output cut by max_tokens cannot be whole JSON: the job is done
+            // with finish_reason "length" and the cut text, as OpenAI
+            // answers such a request.
+            let cut = out.finish == Some(nrvna_engine::Finish::Length);
+            if let Some(schema) = spec.schema.as_ref().filter(|_| !cut) {
                 if let Err(why) = check_json_output(&text, schema) {
                     return Ending::Failed(Failure {
                         reason: why,
