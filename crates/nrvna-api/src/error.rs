@@ -84,6 +84,13 @@ impl From<nrvna_core::SubmitError> for ApiError {
     fn from(e: nrvna_core::SubmitError) -> ApiError {
         match e {
             nrvna_core::SubmitError::Io { .. } => ApiError::internal(format!("publishing the job failed: {e}")),
+            // OpenAI's answer to a string longer than a field allows.
+            nrvna_core::SubmitError::ParamsTooLarge { .. } => ApiError::invalid(e.to_string())
+                .param("messages")
+                .code("string_above_max_length"),
+            nrvna_core::SubmitError::PromptTooLarge { .. } => {
+                ApiError::invalid(e.to_string()).code("string_above_max_length")
+            }
             other => ApiError::invalid(other.to_string()),
         }
     }

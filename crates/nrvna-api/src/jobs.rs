@@ -3,7 +3,8 @@
 //! the state directories, shared by every waiting request), read what they
 //! produced, and cancel the jobs of a client that went away.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use notify::{RecursiveMode, Watcher};
@@ -56,16 +57,36 @@ impl Jobs {
         }
     }
 
-    /// Publishes the jobs, all or none (staged first, then published).
-    pub async fn publish(&self, subs: Vec<Submission>) -> Result<Vec<JobId>, ApiError> {
+    /// Publishes the jobs of one request, staged first (invisible), then
+    /// one rename each. The guard exists before the first job is
+    /// published: a client that goes away while they are published (the
+    /// request's future dropped) stops the rest and cancels those already
+    /// out. Publishing stops at the first failure, and the guard (dropped
+    /// with the error) cancels what went out before it.
+    pub async fn publish(&self, subs: Vec<Submission>) -> Result<(Vec<JobId>, CancelGuard), ApiError> {
         for s in &subs {
             s.validate(self.ws.settings().max_prompt_bytes)?;
         }
-        let ws = self.ws.clone();
-        tokio::task::spawn_blocking(move || nrvna_core::batch::publish_all(&ws, &subs))
-            .await
-            .map_err(|e| ApiError::internal(format!("publishing jobs: {e}")))?
-            .map_err(|e| ApiError::internal(e.to_string()))
+        let guard = CancelGuard {
+            ws: self.ws.clone(),
+            out: Arc::new(Published::default()),
+        };
+        let (ws, out) = (self.ws.clone(), guard.out.clone());
+        let ids = tokio::task::spawn_blocking(move || -> Result<Vec<JobId>, nrvna_core::SubmitError> {
+            let staged = subs.iter().map(|s| s.stage(&ws)).collect::<Result<Vec<_>, _>>()?;
+            for st in staged {
+                let mut ids = out.ids.lock().unwrap_or_else(|p| p.into_inner());
+                if out.abandoned.load(Ordering::Acquire) {
+                    // The rest stay staged and are removed as they drop.
+                    break;
+                }
+                ids.push(st.publish(&ws)?);
+            }
+            Ok(out.ids.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        })
+        .await
+        .map_err(|e| ApiError::internal(format!("publishing jobs: {e}")))??;
+        Ok((ids, guard))
     }
 
     /// Waits until the job is done or failed; `None` at the deadline.
@@ -93,44 +114,58 @@ impl Jobs {
     pub async fn changed(&self, max: Duration) {
         let _ = tokio::time::timeout(POLL.min(max), self.changed.notified()).await;
     }
-
-    /// A guard that cancels the jobs unless disarmed: held by a request
-    /// while it waits, so that a client that disconnects (the request's
-    /// future is dropped) or times out does not leave its jobs running.
-    pub fn guard(&self, ids: Vec<JobId>) -> CancelGuard {
-        CancelGuard {
-            ws: self.ws.clone(),
-            ids,
-        }
-    }
 }
 
+/// The jobs a request has published so far, and whether its client left.
+#[derive(Default)]
+struct Published {
+    /// Held while one job is published, so that a guard dropping meanwhile
+    /// sees that job too.
+    ids: Mutex<Vec<JobId>>,
+    abandoned: AtomicBool,
+}
+
+/// Cancels a request's jobs unless disarmed: held by the request from
+/// before its first job is published until it has its answer, so that a
+/// client that disconnects (the request's future is dropped) or times out
+/// leaves nothing running and nothing more is published.
 pub struct CancelGuard {
     ws: Workspace,
-    ids: Vec<JobId>,
+    out: Arc<Published>,
 }
 
 impl CancelGuard {
     /// The jobs finished: nothing to cancel.
-    pub fn disarm(mut self) {
-        self.ids.clear();
+    pub fn disarm(self) {
+        self.out.ids.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.out.abandoned.store(true, Ordering::Release);
     }
 }
 
 impl Drop for CancelGuard {
     fn drop(&mut self) {
-        if self.ids.is_empty() {
-            return;
-        }
+        // Stops a publisher still going; it finishes the job in hand first.
+        self.out.abandoned.store(true, Ordering::Release);
         let ws = self.ws.clone();
-        let ids = std::mem::take(&mut self.ids);
+        let out = self.out.clone();
         let work = move || {
+            // Waits for a job being published, then takes every id out.
+            let ids = std::mem::take(&mut *out.ids.lock().unwrap_or_else(|p| p.into_inner()));
+            let mut cancelled = Vec::new();
             for id in ids {
                 match cancel_job(&ws, &id) {
                     Ok(Cancelled::NotRunning(_)) => {}
-                    Ok(how) => tracing::info!("client went away: cancelled job {id} ({how:?})"),
+                    Ok(_) => cancelled.push(id),
                     Err(e) => tracing::warn!("client went away, but cancelling job {id} failed: {e}"),
                 }
+            }
+            match cancelled.as_slice() {
+                [] => {}
+                [one] => tracing::info!("client went away: cancelled job {one}"),
+                [first, .., last] => tracing::info!(
+                    "client went away: cancelled {} jobs ({first} .. {last})",
+                    cancelled.len()
+                ),
             }
         };
         match tokio::runtime::Handle::try_current() {

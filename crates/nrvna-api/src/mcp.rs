@@ -124,7 +124,10 @@ impl NrvnaMcp {
             });
         }
         sub.tags = a.tags.unwrap_or_default();
-        let id = self.app.jobs.publish(vec![sub]).await.map_err(|e| e.message)?.remove(0);
+        let (mut ids, guard) = self.app.jobs.publish(vec![sub]).await.map_err(|e| e.message)?;
+        // The job outlives this call: the agent waits for it later.
+        guard.disarm();
+        let id = ids.remove(0);
         Ok(json!({"id": id.as_str()}).to_string())
     }
 

@@ -196,8 +196,8 @@ async fn complete(
     stream: StreamOpts,
 ) -> Result<Response, ApiError> {
     let stops = sub.params.stop.clone().unwrap_or_default();
-    let id = app.jobs.publish(vec![sub]).await?.remove(0);
-    let guard = app.jobs.guard(vec![id.clone()]);
+    let (mut ids, guard) = app.jobs.publish(vec![sub]).await?;
+    let id = ids.remove(0);
     let deadline = Instant::now() + app.cfg.timeout;
     if stream.on {
         return Ok(stream_job(
@@ -260,10 +260,9 @@ fn timeout_error(app: &App, id: &JobId) -> ApiError {
         StatusCode::GATEWAY_TIMEOUT,
         "timeout",
         format!(
-            "job {id} did not finish within {:.0}s, so it was cancelled; is a daemon serving {}? (start one with: nrvnad MODEL {})",
+            "job {id} did not finish within {:.0}s, so it was cancelled; is a daemon serving this gateway's \
+             workspace? (start one with: nrvnad MODEL WS; `flw WS` shows the queue)",
             app.cfg.timeout.as_secs_f64(),
-            app.jobs.ws.root().display(),
-            app.jobs.ws.root().display()
         ),
     )
     .code("timeout")
@@ -489,8 +488,7 @@ pub async fn embeddings(
             })
         })?;
     }
-    let ids = app.jobs.publish(subs).await?;
-    let guard = app.jobs.guard(ids.clone());
+    let (ids, guard) = app.jobs.publish(subs).await?;
     let deadline = Instant::now() + app.cfg.timeout;
     let mut data = Vec::with_capacity(ids.len());
     let mut prompt_tokens = 0;

@@ -97,11 +97,21 @@ pub fn completion_submission(body: &Map<String, Value>, defaults: &Params) -> Re
     Ok(sub)
 }
 
+/// The most inputs one embeddings request may carry (OpenAI's limit).
+pub const MAX_EMBEDDING_INPUTS: usize = 2048;
+
 /// `/v1/embeddings`: the texts of `input` (a string or an array of
 /// strings), in order.
 pub fn embedding_inputs(body: &Map<String, Value>) -> Result<Vec<String>, RequestError> {
     match body.get("input") {
         Some(Value::String(s)) => Ok(vec![s.clone()]),
+        Some(Value::Array(a)) if a.len() > MAX_EMBEDDING_INPUTS => bad(
+            "input",
+            format!(
+                "input has {} items, over the limit of {MAX_EMBEDDING_INPUTS} per request; split it into several requests",
+                a.len()
+            ),
+        ),
         Some(Value::Array(a)) if !a.is_empty() => a
             .iter()
             .enumerate()
@@ -150,7 +160,13 @@ fn sampling(body: &Map<String, Value>, defaults: &Params) -> Result<Params, Requ
         }
     }
     if let Some(v) = field("temperature") {
-        p.temp = Some(number(v, "temperature")?);
+        p.temp = Some(in_range(v, "temperature", 0.0, 2.0)?);
+    }
+    if let Some(v) = field("frequency_penalty") {
+        p.frequency_penalty = Some(in_range(v, "frequency_penalty", -2.0, 2.0)?).filter(|&f| f != 0.0);
+    }
+    if let Some(v) = field("presence_penalty") {
+        p.presence_penalty = Some(in_range(v, "presence_penalty", -2.0, 2.0)?).filter(|&f| f != 0.0);
     }
     if let Some(v) = field("top_p") {
         p.top_p = Some(number(v, "top_p")?);
@@ -226,6 +242,16 @@ fn message_text(content: Option<&Value>, at: &str) -> Result<String, RequestErro
         }
         Some(Value::Null) | None => bad(at, format!("{at} is missing")),
         Some(_) => bad(at, format!("{at} must be a string or an array of text parts")),
+    }
+}
+
+/// A number from `lo` to `hi` (OpenAI's ranges for its sampling fields).
+fn in_range(v: &Value, key: &str, lo: f32, hi: f32) -> Result<f32, RequestError> {
+    let f = number(v, key)?;
+    if (lo..=hi).contains(&f) {
+        Ok(f)
+    } else {
+        bad(key, format!("{key} must be a number from {lo} to {hi}; it is {f}"))
     }
 }
 
@@ -308,6 +334,18 @@ mod tests {
     }
 
     #[test]
+    fn penalties_in_range_become_params_and_zero_is_no_penalty() {
+        let s = chat_submission(
+            &obj(r#"{"messages":[{"role":"user","content":"x"}],"temperature":2,"presence_penalty":-2,"frequency_penalty":0}"#),
+            &Params::default(),
+        )
+        .unwrap();
+        assert_eq!(s.params.temp, Some(2.0));
+        assert_eq!(s.params.presence_penalty, Some(-2.0));
+        assert_eq!(s.params.frequency_penalty, None);
+    }
+
+    #[test]
     fn bad_fields_are_named() {
         for (body, param) in [
             (r#"{"messages":"hi"}"#, "messages"),
@@ -320,6 +358,19 @@ mod tests {
                 "max_tokens",
             ),
             (r#"{"messages":[{"content":"x"}]}"#, "messages[0].role"),
+            // OpenAI's ranges: temperature 0 to 2, the penalties -2 to 2.
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"temperature":3}"#,
+                "temperature",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"presence_penalty":5}"#,
+                "presence_penalty",
+            ),
+            (
+                r#"{"messages":[{"role":"user","content":"x"}],"frequency_penalty":-2.5}"#,
+                "frequency_penalty",
+            ),
             (
                 r#"{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"xml"}}"#,
                 "response_format",
@@ -344,6 +395,11 @@ mod tests {
         assert!(completion_submission(&obj(r#"{"prompt":["a","b"]}"#), &Params::default()).is_err());
         assert_eq!(embedding_inputs(&obj(r#"{"input":["a","b"]}"#)).unwrap(), ["a", "b"]);
         assert!(embedding_inputs(&obj(r#"{"input":[1,2]}"#)).is_err());
+        let many = |n: usize| obj(&serde_json::json!({ "input": vec!["x"; n] }).to_string());
+        assert_eq!(embedding_inputs(&many(MAX_EMBEDDING_INPUTS)).unwrap().len(), 2048);
+        let e = embedding_inputs(&many(MAX_EMBEDDING_INPUTS + 1)).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("input"));
+        assert!(e.message.contains("2049 items") && e.message.contains("2048"), "{e}");
         let e = embedding_submission("a".into(), &Params::default());
         assert_eq!(e.job_type, JobType::Embed);
     }

@@ -97,6 +97,10 @@ pub enum SubmitError {
     BadTag(String),
     #[error("invalid parameters: {0}")]
     Params(String),
+    /// params.json (the system prompt, mostly) would be larger than every
+    /// reader accepts.
+    #[error("the system prompt and parameters take {size} bytes in params.json, over the limit of {limit} bytes that every daemon reads; shorten the system prompt, or move the long text into the prompt")]
+    ParamsTooLarge { size: usize, limit: u64 },
     #[error("staging the job in {path}: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
@@ -141,6 +145,13 @@ impl Submission {
             return Err(SubmitError::BadTag(t.clone()));
         }
         self.params.validate().map_err(|e| SubmitError::Params(e.to_string()))?;
+        let size = self.params.to_bytes().len();
+        if size as u64 > crate::params::MAX_PARAMS_BYTES {
+            return Err(SubmitError::ParamsTooLarge {
+                size,
+                limit: crate::params::MAX_PARAMS_BYTES,
+            });
+        }
         Ok(())
     }
 
@@ -290,6 +301,17 @@ fn stage_dir(ws: &Workspace) -> Result<(JobId, PathBuf), SubmitError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_system_prompt_that_params_json_cannot_hold_is_refused_before_staging() {
+        let mut s = Submission::text("hi");
+        s.params.system = Some("s".repeat(60 * 1024));
+        s.validate(1 << 20).expect("60 KiB fits params.json");
+        s.params.system = Some("s".repeat(100 * 1024));
+        let e = s.validate(1 << 20).unwrap_err();
+        assert!(matches!(e, SubmitError::ParamsTooLarge { limit: 65536, .. }), "{e}");
+        assert!(e.to_string().contains("shorten the system prompt"), "{e}");
+    }
 
     #[test]
     fn publish_writes_prompt_and_meta_and_leaves_no_staging() {
