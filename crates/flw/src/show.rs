@@ -7,7 +7,10 @@ use std::io::{self, IsTerminal, Write};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
+use std::time::SystemTime;
+
 use nrvna_core::files::{Artifact, ERROR_FILE};
+use nrvna_core::standing::{self, Place, Rate};
 use nrvna_core::{JobId, JobView, State, Workspace};
 use serde_json::json;
 
@@ -25,9 +28,20 @@ pub fn outcome_of(state: Option<State>) -> Outcome {
 /// Prints one job (see the module docs) and returns its outcome.
 pub fn show(ws: &Workspace, id: &JobId, json: bool) -> Result<Outcome> {
     let job = ws.job(id);
+    let standing = job
+        .as_ref()
+        .filter(|j| j.state == State::Ready)
+        .and_then(|_| Standing::of(ws, id));
     if json {
         let line = match &job {
-            Some(j) => j.summary(),
+            Some(j) => {
+                let mut v = j.summary();
+                if let Some(st) = &standing {
+                    v["position"] = json!(st.place.position());
+                    v["eta_s"] = json!(st.eta_s.map(|e| e.round()));
+                }
+                v
+            }
             None => json!({"id": id.as_str(), "status": "missing"}),
         };
         let mut out = io::stdout().lock();
@@ -55,10 +69,72 @@ pub fn show(ws: &Workspace, id: &JobId, json: bool) -> Result<Outcome> {
             eprintln!("staging");
             Ok(Outcome::Pending)
         }
-        State::Ready | State::Processing => {
+        State::Ready => {
+            match &standing {
+                Some(st) => eprintln!("queued: {}", st.describe()),
+                None => eprintln!("queued"),
+            }
+            Ok(Outcome::Pending)
+        }
+        State::Processing => {
             eprintln!("{}", job.state.label());
             Ok(Outcome::Pending)
         }
+    }
+}
+
+/// A queued job's place in line and when it should be done.
+struct Standing {
+    place: Place,
+    /// Seconds until done at the recent rate; `None` with no recent rate.
+    eta_s: Option<f64>,
+    rate: Rate,
+}
+
+impl Standing {
+    fn of(ws: &Workspace, id: &JobId) -> Option<Standing> {
+        let place = standing::place(ws, id)?;
+        let running = ws.list(State::Processing).map(|v| v.len()).unwrap_or(0);
+        let rate = standing::recent_rate(ws, SystemTime::now());
+        Some(Standing {
+            place,
+            eta_s: rate.eta_s(place.ahead + running + 1),
+            rate,
+        })
+    }
+
+    /// "position 3 (2 ahead, priority normal); done in about 40 s at 18.0 jobs/min".
+    fn describe(&self) -> String {
+        let p = &self.place;
+        let line = format!(
+            "position {} ({} ahead, priority {})",
+            p.position(),
+            p.ahead,
+            p.priority.as_str()
+        );
+        match (self.eta_s, self.rate.jobs_per_s()) {
+            (Some(eta), Some(r)) => format!(
+                "{line}; done in about {} at {:.1} jobs/min (the last {} min)",
+                human_secs(eta),
+                r * 60.0,
+                standing::RATE_WINDOW.as_secs() / 60
+            ),
+            _ => format!(
+                "{line}; no estimate: no job finished in the last {} min",
+                standing::RATE_WINDOW.as_secs() / 60
+            ),
+        }
+    }
+}
+
+/// `45 s`, `12 min`, `3.5 h`.
+pub fn human_secs(s: f64) -> String {
+    if s < 90.0 {
+        format!("{s:.0} s")
+    } else if s < 90.0 * 60.0 {
+        format!("{:.0} min", s / 60.0)
+    } else {
+        format!("{:.1} h", s / 3600.0)
     }
 }
 

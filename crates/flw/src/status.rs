@@ -3,14 +3,17 @@
 //! most recent jobs. `--json` gives the counts as one JSON object.
 
 use std::io::{self, Write};
+use std::time::SystemTime;
 
 use anyhow::Result;
 use nrvna_core::lifecycle::{daemon_status, read_info, DaemonStatus};
 use nrvna_core::members::list_members;
+use nrvna_core::standing;
 use nrvna_core::{State, Workspace};
 use serde_json::{json, Value};
 
 use crate::list::row;
+use crate::show::human_secs;
 use crate::Outcome;
 
 /// How many of the newest jobs the status shows.
@@ -36,11 +39,21 @@ pub fn status(ws: &Workspace, json: bool) -> Result<Outcome> {
         DaemonStatus::Starting { .. } => "starting",
         DaemonStatus::NotRunning => "not_running",
     };
+    let rate = standing::recent_rate(ws, SystemTime::now());
+    let drain_s = if queued + running == 0 {
+        Some(0.0)
+    } else {
+        rate.eta_s(queued + running)
+    };
     let mut out = io::BufWriter::new(io::stdout().lock());
     if json {
+        let round1 = |x: Option<f64>| x.map(|x| (x * 10.0).round() / 10.0);
         let mut v = json!({
             "queued": queued, "running": running, "done": done, "failed": failed,
             "staging": staging, "daemon": daemon_word,
+            "jobs_per_min": round1(rate.jobs_per_s().map(|r| r * 60.0)),
+            "tokens_per_s": round1(rate.tokens_per_s()),
+            "drain_s": drain_s.map(f64::round),
         });
         if !members.is_empty() {
             v["daemon"] = json!(if members.iter().any(|m| m.looks_alive()) {
@@ -100,6 +113,24 @@ pub fn status(ws: &Workspace, json: bool) -> Result<Outcome> {
         out,
         "jobs: {queued} queued, {running} running, {done} done, {failed} failed"
     )?;
+    match rate.jobs_per_s() {
+        Some(r) => writeln!(
+            out,
+            "rate: {:.1} jobs/min, {:.1} tokens/s over the last {} min{}",
+            r * 60.0,
+            rate.tokens_per_s().unwrap_or(0.0),
+            standing::RATE_WINDOW.as_secs() / 60,
+            match drain_s {
+                Some(d) if queued + running > 0 => format!("; drains in about {}", human_secs(d)),
+                _ => String::new(),
+            }
+        )?,
+        None => writeln!(
+            out,
+            "rate: no job finished in the last {} min",
+            standing::RATE_WINDOW.as_secs() / 60
+        )?,
+    }
     if staging > 0 {
         writeln!(
             out,

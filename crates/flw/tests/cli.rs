@@ -161,11 +161,78 @@ fn status_counts_states_staging_and_shows_progress() {
 
     let o = flw(&ws, &["--json"]);
     assert_eq!(code(&o), 0);
-    let v: Value = serde_json::from_str(stdout(&o).trim_end()).unwrap();
+    let mut v: Value = serde_json::from_str(stdout(&o).trim_end()).unwrap();
+    // Two jobs finished just now: over the shortest span a rate is taken
+    // on (10 s), 12 jobs/min, and the 3 queued or running drain in 15 s.
+    let rate: Vec<Value> = ["jobs_per_min", "tokens_per_s", "drain_s"]
+        .iter()
+        .map(|k| v.as_object_mut().unwrap().remove(*k).unwrap())
+        .collect();
+    assert_eq!(rate, [json!(12.0), json!(0.0), json!(15.0)]);
     assert_eq!(
         v,
         json!({"queued": 2, "running": 1, "done": 1, "failed": 1, "staging": 1, "daemon": "not_running"})
     );
+    assert!(
+        text.contains("rate: 12.0 jobs/min, 0.0 tokens/s over the last 5 min; drains in about 15 s"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_queued_job_shows_its_place_in_line_and_an_eta_from_the_recent_rate() {
+    let ws = Ws::new();
+    ws.job(READY, "10", json!({}), &[("params.json", br#"{"priority":"low"}"#)]);
+    ws.job(READY, "11", json!({}), &[]);
+    ws.job(READY, "12", json!({}), &[]);
+    ws.job(READY, "13", json!({}), &[("params.json", br#"{"priority":"high"}"#)]);
+    ws.job(RUNNING, "9", json!({}), &[]);
+    let show = |id: &str| {
+        let o = flw(&ws, &[id, "--json"]);
+        assert_eq!(code(&o), 2);
+        serde_json::from_str::<Value>(stdout(&o).trim_end()).unwrap()
+    };
+    // Nothing finished yet: a place, no estimate.
+    let v = show("12");
+    assert_eq!((v["position"].clone(), v["eta_s"].clone()), (json!(3), Value::Null));
+    let o = flw(&ws, &["12"]);
+    assert!(
+        stderr(&o).starts_with("queued: position 3 (2 ahead, priority normal); no estimate"),
+        "{}",
+        stderr(&o)
+    );
+    // Six jobs finished over the last minute: 0.1 jobs/s.
+    for (i, age) in [60u64, 50, 40, 30, 20, 10].into_iter().enumerate() {
+        let dir = ws.job(
+            DONE,
+            &format!("{}", i + 1),
+            json!({"generated_tokens": 30}),
+            &[("result.txt", b"x")],
+        );
+        fs::File::open(&dir)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(age))
+            .unwrap();
+    }
+    // 12 waits behind 13 (high) and 11 (older), and 9 runs: done after 4
+    // more finishes, about 40 s.
+    let v = show("12");
+    assert_eq!(v["position"], 3);
+    let eta = v["eta_s"].as_f64().unwrap();
+    assert!((39.0..=41.0).contains(&eta), "{v}");
+    assert_eq!(show("13")["position"], 1, "high goes first");
+    assert_eq!(show("10")["position"], 4, "low goes last");
+    let o = flw(&ws, &["12"]);
+    assert!(
+        stderr(&o).contains("done in about 40 s at 6.0 jobs/min"),
+        "{}",
+        stderr(&o)
+    );
+    let o = flw(&ws, &["--json"]);
+    let v: Value = serde_json::from_str(stdout(&o).trim_end()).unwrap();
+    assert_eq!(v["jobs_per_min"], 6.0, "{v}");
+    assert_eq!(v["tokens_per_s"], 3.0, "{v}");
+    assert_eq!(v["drain_s"], 50.0, "{v}");
 }
 
 #[test]
@@ -213,7 +280,8 @@ fn show_prints_artifacts_and_exits_0_1_2() {
     assert_eq!((code(&o), stdout(&o).as_str()), (1, ""));
     assert!(stderr(&o).contains("model exploded"));
     let o = flw(&ws, &["5"]);
-    assert_eq!((code(&o), stderr(&o).trim_end()), (2, "queued"));
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).starts_with("queued: position 1 (0 ahead"), "{}", stderr(&o));
     let o = flw(&ws, &["6"]);
     assert_eq!((code(&o), stderr(&o).trim_end()), (2, "running"));
     let o = flw(&ws, &["7"]);

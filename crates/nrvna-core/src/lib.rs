@@ -22,6 +22,7 @@ pub mod meta;
 pub mod openai;
 pub mod params;
 pub mod spare;
+pub mod standing;
 pub mod state;
 pub mod submit;
 pub mod time;
