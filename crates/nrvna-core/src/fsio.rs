@@ -105,6 +105,19 @@ pub fn read_optional(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, ReadErr
 }
 
 /// Makes a FIFO at `p`, for tests of what a planted FIFO does.
+/// `flock(2)` on an open file, retried when a signal interrupts it;
+/// `Ok(false)` when a non-blocking lock is held by another open file.
+pub fn flock(f: &File, op: rustix::fs::FlockOperation) -> io::Result<bool> {
+    loop {
+        match rustix::fs::flock(f, op) {
+            Ok(()) => return Ok(true),
+            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(false),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 #[cfg(test)]
 pub(crate) fn mkfifo(p: &Path) {
     use rustix::fs::{mknodat, FileType, Mode, CWD};

@@ -15,6 +15,7 @@ pub mod fsio;
 pub mod id;
 pub mod job;
 pub mod lifecycle;
+pub mod limits;
 pub mod live;
 pub mod media;
 pub mod members;

@@ -8,6 +8,7 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
+use crate::fsio::flock;
 use crate::workspace::{Workspace, INFO_FILE, LOCK_FILE, PID_FILE, READY_FILE};
 
 /// The exclusive lock on a workspace; released when dropped (or when the
@@ -35,17 +36,6 @@ fn open_lock_file(ws: &Workspace) -> io::Result<File> {
         .create(true)
         .truncate(false)
         .open(ws.file(LOCK_FILE))
-}
-
-fn flock(f: &File, op: rustix::fs::FlockOperation) -> io::Result<bool> {
-    loop {
-        match rustix::fs::flock(f, op) {
-            Ok(()) => return Ok(true),
-            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(false),
-            Err(rustix::io::Errno::INTR) => continue,
-            Err(e) => return Err(e.into()),
-        }
-    }
 }
 
 impl DaemonLock {

@@ -141,6 +141,14 @@ pub struct ServeArgs {
     #[arg(short, long, env = "NRVNA_WORKERS", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..=256))]
     pub workers: u32,
+    /// Limit the workspace's queue to N jobs (backpressure): recorded in
+    /// WS/.nrvna-limits.json, where `wrk` and `nrvna-api` read it (and
+    /// where it stays while no daemon runs); a submission that would pass
+    /// it is refused (wrk exits 1, the gateway answers 429) and publishes
+    /// nothing. 0 removes the limit; without the flag, a recorded limit
+    /// stays as it is.
+    #[arg(long, env = "NRVNA_MAX_QUEUED", value_name = "N")]
+    pub max_queued: Option<u64>,
     /// Process until the queue is idle, then exit (0 if no job failed, else 1).
     /// If another daemon owns the workspace, wait for it to exit first.
     #[arg(long)]

@@ -36,6 +36,9 @@ pub struct Config {
     pub spares: bool,
     /// The workspace settings: fsync, size limits.
     pub settings: nrvna_core::Settings,
+    /// `--max-queued`: `Some(0)` removes the workspace's limit, `None`
+    /// leaves it as recorded.
+    pub max_queued: Option<u64>,
 }
 
 impl Config {
@@ -100,6 +103,7 @@ impl Config {
             poll: a.poll,
             spares: a.spares,
             settings: a.settings.settings(),
+            max_queued: a.max_queued,
         })
     }
 }

@@ -134,6 +134,19 @@ pub fn start(cfg: Config) -> Result<Option<Running>> {
         membership: cfg.shared.map(|ttl| Arc::new(Membership::new(ttl))),
     };
     let failed_at_start = take_over(&cfg, &ws, &seat)?;
+    if let Some(n) = cfg.max_queued {
+        let limit = (n > 0).then_some(n);
+        nrvna_core::limits::set_max_queued(&ws, limit).with_context(|| {
+            format!(
+                "recording --max-queued in {}",
+                ws.file(nrvna_core::limits::LIMITS_FILE).display()
+            )
+        })?;
+        match limit {
+            Some(n) => tracing::info!("queue limit: at most {n} queued jobs (submitters beyond it are refused)"),
+            None => tracing::info!("queue limit removed"),
+        }
+    }
     let mut serves: Vec<String> = [cfg.model.file_name(), cfg.model.file_stem()]
         .into_iter()
         .flatten()

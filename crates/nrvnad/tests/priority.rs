@@ -94,3 +94,26 @@ fn a_high_priority_job_is_claimed_ahead_of_a_low_backlog() {
     d.signal(libc::SIGTERM);
     d.wait_exit(JOB);
 }
+
+#[test]
+fn max_queued_is_recorded_for_submitters_removed_with_0_and_kept_without_the_flag() {
+    let ws = TestWs::new();
+    ws.create_dirs();
+    let limits = ws.path().join(".nrvna-limits.json");
+    let run = |args: &[&str]| {
+        let mut d = ws.daemon(
+            &[&["--engine", "echo", "--workers", "1"], args].concat(),
+            &[("NRVNA_LOG_LEVEL", "warn")],
+        );
+        d.wait_ready();
+        d.signal(libc::SIGTERM);
+        d.wait_exit(JOB);
+    };
+    run(&["--max-queued", "7"]);
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&limits).unwrap()).unwrap();
+    assert_eq!(v, serde_json::json!({"max_queued": 7}));
+    run(&[]);
+    assert!(limits.exists(), "kept while daemons run without the flag");
+    run(&["--max-queued", "0"]);
+    assert!(!limits.exists(), "0 removes the limit");
+}

@@ -10,8 +10,8 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, Context, Result};
-use nrvna_core::batch;
 use nrvna_core::media::{load_for_submit, MediaKind};
+use nrvna_core::{batch, limits};
 use nrvna_core::{JobId, JobType, Params, Submission, Workspace};
 
 pub use cli::Args;
@@ -49,6 +49,8 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let subs = batch::parse(&bytes, &defaults, &tag, settings.max_prompt_bytes)
             .with_context(|| format!("refusing batch file {}", file.display()))?;
         let ws = open_or_create(&args)?;
+        // A batch counts its lines against the workspace's queue limit.
+        let _admitted = limits::admit(&ws, subs.len() as u64)?;
         batch::publish_all(&ws, &subs)
             .with_context(|| format!("submitting batch file {} to {}", file.display(), ws.root().display()))?;
         tag
@@ -96,6 +98,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         }
         sub.validate(settings.max_prompt_bytes)?;
         let ws = open_or_create(&args)?;
+        let _admitted = limits::admit(&ws, 1)?;
         sub.publish(&ws)
             .with_context(|| format!("submitting a job to {}", ws.root().display()))?
             .to_string()

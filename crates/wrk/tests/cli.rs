@@ -600,3 +600,64 @@ fn bad_media_files_are_refused_and_nothing_is_published() {
     let copy = dir.join("images/image_000000.bmp");
     assert!(fs::symlink_metadata(&copy).unwrap().file_type().is_file());
 }
+
+#[test]
+fn at_the_queue_limit_concurrent_submitters_never_queue_more_than_it() {
+    let ws = ws();
+    fs::create_dir_all(&ws.root).unwrap();
+    // What `nrvnad --max-queued 25` records.
+    fs::write(ws.root.join(".nrvna-limits.json"), b"{\"max_queued\": 25}\n").unwrap();
+    let root = ws.root.clone();
+    let outs: Vec<Output> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let root = &root;
+                s.spawn(move || {
+                    (0..10)
+                        .map(|i| wrk(root, &[&format!("job {t}-{i}")], None, &[]))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles.into_iter().flat_map(|h| h.join().unwrap()).collect()
+    });
+    let ok = outs.iter().filter(|o| o.status.code() == Some(0)).count();
+    assert_eq!(ok, 25, "exactly the limit got in");
+    for o in outs.iter().filter(|o| o.status.code() != Some(0)) {
+        let e = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "{e}");
+        assert!(o.stdout.is_empty());
+        assert!(e.contains("limit of 25") && e.contains("--max-queued"), "{e}");
+    }
+    assert_eq!(entries(&ws.root.join("input/ready")).len(), 25);
+    assert!(entries(&ws.root.join("input/writing")).is_empty());
+
+    // A batch counts its lines: two lines do not fit in a full queue, and
+    // neither is published.
+    let file = ws.root.join("b.jsonl");
+    let line = |c: &str| {
+        format!(
+            r#"{{"custom_id":"{c}","method":"POST","url":"/v1/chat/completions","body":{{"messages":[{{"role":"user","content":"x"}}]}}}}"#
+        )
+    };
+    fs::write(&file, format!("{}\n{}\n", line("a"), line("b"))).unwrap();
+    let o = wrk(&ws.root, &["--batch", file.to_str().unwrap()], None, &[]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("2 more would pass"),
+        "{:?}",
+        o
+    );
+    assert_eq!(entries(&ws.root.join("input/ready")).len(), 25);
+    // Once jobs leave the queue there is room again.
+    for id in entries(&ws.root.join("input/ready")).iter().take(2) {
+        fs::rename(
+            ws.root.join("input/ready").join(id),
+            ws.root.join("processing").join(id),
+        )
+        .unwrap();
+    }
+    let o = wrk(&ws.root, &["--batch", file.to_str().unwrap()], None, &[]);
+    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(entries(&ws.root.join("input/ready")).len(), 25);
+}
