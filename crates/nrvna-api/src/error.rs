@@ -14,6 +14,8 @@ pub struct ApiError {
     pub code: Option<&'static str>,
     pub param: Option<String>,
     pub message: String,
+    /// Seconds a client should wait before trying again (`Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -24,6 +26,7 @@ impl ApiError {
             code: None,
             param: None,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -68,7 +71,11 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(status = %self.status, "{}", self.message);
         }
-        (self.status, Json(self.body())).into_response()
+        let mut r = (self.status, Json(self.body())).into_response();
+        if let Some(s) = self.retry_after {
+            r.headers_mut().insert(axum::http::header::RETRY_AFTER, s.into());
+        }
+        r
     }
 }
 
@@ -77,6 +84,20 @@ impl From<nrvna_core::openai::RequestError> for ApiError {
         let mut a = ApiError::invalid(e.message);
         a.param = e.param;
         a
+    }
+}
+
+impl From<nrvna_core::limits::AdmitError> for ApiError {
+    fn from(e: nrvna_core::limits::AdmitError) -> ApiError {
+        match e {
+            nrvna_core::limits::AdmitError::Full { .. } => {
+                let mut a =
+                    ApiError::new(StatusCode::TOO_MANY_REQUESTS, "requests", e.to_string()).code("rate_limit_exceeded");
+                a.retry_after = Some(10);
+                a
+            }
+            other => ApiError::internal(other.to_string()),
+        }
     }
 }
 

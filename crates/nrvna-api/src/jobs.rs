@@ -11,6 +11,7 @@ use notify::{RecursiveMode, Watcher};
 use nrvna_core::cancel::{cancel_job, Cancelled};
 use nrvna_core::files::{Artifact, ERROR_FILE};
 use nrvna_core::fsio::read_limited;
+use nrvna_core::limits;
 use nrvna_core::{JobId, JobView, Meta, State, Submission, Workspace};
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -72,7 +73,15 @@ impl Jobs {
             out: Arc::new(Published::default()),
         };
         let (ws, out) = (self.ws.clone(), guard.out.clone());
-        let ids = tokio::task::spawn_blocking(move || -> Result<Vec<JobId>, nrvna_core::SubmitError> {
+        let ids = tokio::task::spawn_blocking(move || -> Result<Vec<JobId>, ApiError> {
+            // Within the workspace's queue limit (429 past it), held while publishing.
+            let _admitted = limits::admit(&ws, subs.len() as u64).map_err(|e| {
+                let mut a = ApiError::from(e);
+                if a.retry_after.is_some() {
+                    a.retry_after = Some(retry_after(&ws));
+                }
+                a
+            })?;
             let staged = subs.iter().map(|s| s.stage(&ws)).collect::<Result<Vec<_>, _>>()?;
             for st in staged {
                 let mut ids = out.ids.lock().unwrap_or_else(|p| p.into_inner());
@@ -114,6 +123,15 @@ impl Jobs {
     pub async fn changed(&self, max: Duration) {
         let _ = tokio::time::timeout(POLL.min(max), self.changed.notified()).await;
     }
+}
+
+/// When a full queue should have room again: the time the recent
+/// completion rate takes to finish one job (at least 1 s; 10 s when
+/// nothing finished lately).
+fn retry_after(ws: &Workspace) -> u64 {
+    nrvna_core::standing::recent_rate(ws, std::time::SystemTime::now())
+        .eta_s(1)
+        .map_or(10, |s| s.ceil().clamp(1.0, 3600.0) as u64)
 }
 
 /// The jobs a request has published so far, and whether its client left.

@@ -214,3 +214,25 @@ fn structured_output_cut_by_max_tokens_is_a_200_with_finish_reason_length() {
     assert_eq!(meta["params"]["presence_penalty"], 1.5, "{meta}");
     assert_eq!(meta["params"]["frequency_penalty"], -0.5, "{meta}");
 }
+
+#[test]
+fn past_the_queue_limit_a_request_is_a_429_with_retry_after_and_publishes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    let (_api, base) = start_api(&ws);
+    // What `nrvnad --max-queued 2` records.
+    std::fs::write(ws.join(".nrvna-limits.json"), b"{\"max_queued\": 2}\n").unwrap();
+    let r = post_json(
+        &base,
+        "/v1/embeddings",
+        &json!({"model": MODEL_ID, "input": ["a", "b", "c"]}),
+    );
+    assert_eq!(r.status, 429, "{}", r.text());
+    let e = r.json()["error"].clone();
+    assert_eq!(e["code"], "rate_limit_exceeded", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("limit of 2"), "{e}");
+    let wait: u64 = r.header("retry-after").expect("Retry-After").parse().unwrap();
+    assert!((1..=3600).contains(&wait), "{wait}");
+    assert!(jobs_in(&ws, "input/ready").is_empty());
+    assert!(jobs_in(&ws, "input/writing").is_empty());
+}
