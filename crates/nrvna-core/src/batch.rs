@@ -170,12 +170,7 @@ pub fn parse_lines<'a>(
     mut check: impl FnMut(&Map<String, Value>) -> Result<(), (&'static str, String)> + 'a,
 ) -> impl Iterator<Item = (usize, Result<Submission, LineError>)> + 'a {
     let mut seen: HashMap<String, usize> = HashMap::new();
-    bytes.split(|&b| b == b'\n').enumerate().filter_map(move |(i, raw)| {
-        let line = i + 1;
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        if raw.iter().all(u8::is_ascii_whitespace) {
-            return None;
-        }
+    request_lines(bytes).map(move |(line, raw)| {
         let sub = parse_line(raw, line, defaults, tag, max_prompt_bytes, &mut check).and_then(|sub| {
             let custom_id = sub.batch.as_ref().map(|b| b.custom_id.clone()).unwrap_or_default();
             match seen.entry(custom_id) {
@@ -194,7 +189,16 @@ pub fn parse_lines<'a>(
                 }
             }
         });
-        Some((line, sub))
+        (line, sub)
+    })
+}
+
+/// The lines of a batch file that hold a request, each with its line
+/// number (from 1): blank lines are skipped, a trailing CR dropped.
+pub fn request_lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    bytes.split(|&b| b == b'\n').enumerate().filter_map(|(i, raw)| {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        (!raw.iter().all(u8::is_ascii_whitespace)).then_some((i + 1, raw))
     })
 }
 
