@@ -127,10 +127,7 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 /// Runs the gateway (or the stdio MCP server) until SIGINT/SIGTERM.
 pub async fn run(cfg: Config) -> Result<()> {
     let app = App::open(cfg)?;
-    app.store
-        .recover()
-        .await
-        .context("finishing batches that an earlier gateway left half published")?;
+    batches::start(app.clone()).context("starting the background work on batches")?;
     if app.cfg.mcp {
         tracing::info!("serving MCP on stdin/stdout for {}", app.jobs.ws.root().display());
         let service = mcp::NrvnaMcp::new(app.clone())

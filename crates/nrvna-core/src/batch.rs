@@ -8,7 +8,7 @@
 //! daemon leaves alone; it drops unknown meta.json keys at finish), the
 //! same as `custom_id`/`batch_line` meta.json extras, and the batch's tag.
 
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, HashMap};
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -118,28 +118,135 @@ pub fn parse(
     max_prompt_bytes: u64,
 ) -> Result<Vec<Submission>, BatchError> {
     let mut subs = Vec::new();
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for (i, raw) in bytes.split(|&b| b == b'\n').enumerate() {
-        let line = i + 1;
-        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
-        if raw.iter().all(u8::is_ascii_whitespace) {
-            continue;
-        }
-        let sub = parse_line(raw, line, defaults, tag, max_prompt_bytes)
-            .map_err(|reason| BatchError::Line { line, reason })?;
-        let custom_id = sub.batch.as_ref().map(|b| b.custom_id.clone()).unwrap_or_default();
-        if let Some(first) = seen.insert(custom_id.clone(), line) {
-            return Err(BatchError::Line {
-                line,
-                reason: format!("custom_id {custom_id:?} is already used on line {first}; custom_ids must be unique"),
-            });
-        }
-        subs.push(sub);
+    for (line, sub) in parse_lines(bytes, defaults, tag, max_prompt_bytes, |_| Ok(())) {
+        subs.push(sub.map_err(|e| BatchError::Line {
+            line,
+            reason: e.message,
+        })?);
     }
     if subs.is_empty() {
         return Err(BatchError::Empty);
     }
     Ok(subs)
+}
+
+/// Why one line of a batch file cannot run: what a submitter that runs
+/// the rest of the file (the gateway) reports for it in the batch's error
+/// file. `code` is one of [`LINE_CODES`] or a code of the submitter's own
+/// `check`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LineError {
+    /// The line's `custom_id`, when it has a readable one.
+    pub custom_id: Option<String>,
+    pub code: &'static str,
+    pub message: String,
+}
+
+/// The codes of [`LineError`]s found by [`parse_lines`] itself.
+pub const LINE_CODES: [&str; 6] = [
+    "invalid_json",
+    "invalid_custom_id",
+    "duplicate_custom_id",
+    "invalid_method",
+    "invalid_url",
+    "invalid_body",
+];
+
+/// A line's JSON object, handed to the submitter's own check before the
+/// line becomes a job (the gateway checks `url` against the batch's
+/// endpoint and `body.model` against the served models): `Err((code,
+/// message))` refuses the line.
+pub type LineCheck<'a> = dyn FnMut(&Map<String, Value>) -> Result<(), (&'static str, String)> + 'a;
+
+/// Every request of a batch file, each with its line number (from 1; blank
+/// lines are skipped) and its submission or why it cannot run, one line at
+/// a time: a bad line does not stop the others. A `custom_id` seen before
+/// refuses the later line.
+pub fn parse_lines<'a>(
+    bytes: &'a [u8],
+    defaults: &'a Defaults,
+    tag: &'a str,
+    max_prompt_bytes: u64,
+    mut check: impl FnMut(&Map<String, Value>) -> Result<(), (&'static str, String)> + 'a,
+) -> impl Iterator<Item = (usize, Result<Submission, LineError>)> + 'a {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    request_lines(bytes).map(move |(line, raw)| {
+        let sub = parse_line(raw, line, defaults, tag, max_prompt_bytes, &mut check).and_then(|sub| {
+            let custom_id = sub.batch.as_ref().map(|b| b.custom_id.clone()).unwrap_or_default();
+            match seen.entry(custom_id) {
+                Entry::Occupied(first) => Err(LineError {
+                    message: format!(
+                        "custom_id {:?} is already used on line {}; custom_ids must be unique",
+                        first.key(),
+                        first.get()
+                    ),
+                    custom_id: Some(first.key().clone()),
+                    code: "duplicate_custom_id",
+                }),
+                Entry::Vacant(v) => {
+                    v.insert(line);
+                    Ok(sub)
+                }
+            }
+        });
+        (line, sub)
+    })
+}
+
+/// The lines of a batch file that hold a request, each with its line
+/// number (from 1): blank lines are skipped, a trailing CR dropped.
+pub fn request_lines(bytes: &[u8]) -> impl Iterator<Item = (usize, &[u8])> {
+    bytes.split(|&b| b == b'\n').enumerate().filter_map(|(i, raw)| {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        (!raw.iter().all(u8::is_ascii_whitespace)).then_some((i + 1, raw))
+    })
+}
+
+/// The id of the job that answers line `line` of the batch whose id is
+/// `batch` (`<batch>_<line:06>`): the same for every publisher, so a
+/// second one finds the job instead of publishing it again. `None` when
+/// the id would be longer than the grammar allows.
+pub fn line_job_id(batch: &JobId, line: usize) -> Option<JobId> {
+    JobId::parse(&format!("{batch}_{line:06}")).ok()
+}
+
+/// The batch id and line of a job named by [`line_job_id`] for a batch
+/// whose id is a generated one (three parts, so a line job has four);
+/// `None` for any other name.
+pub fn split_line_job_id(name: &str) -> Option<(&str, usize)> {
+    if name.bytes().filter(|&b| b == b'_').count() != 3 {
+        return None;
+    }
+    let (batch, line) = name.rsplit_once('_')?;
+    Some((batch, line.parse().ok()?))
+}
+
+/// An exclusive `flock` on a batch's lock file: one publisher per batch
+/// across processes. The kernel drops it when the holder dies (even by
+/// SIGKILL), so another process can take over.
+#[derive(Debug)]
+pub struct BatchLock {
+    _file: File,
+}
+
+impl BatchLock {
+    /// Takes the lock without waiting; `Ok(None)` when another holds it.
+    pub fn try_acquire(path: &Path) -> std::io::Result<Option<BatchLock>> {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        loop {
+            match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+                Ok(()) => return Ok(Some(BatchLock { _file: f })),
+                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
+                Err(rustix::io::Errno::INTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
 }
 
 /// Stages every job, then publishes them all. On a failure nothing stays
@@ -188,40 +295,70 @@ fn parse_line(
     defaults: &Defaults,
     tag: &str,
     max_prompt_bytes: u64,
-) -> Result<Submission, String> {
-    let text = std::str::from_utf8(raw).map_err(|_| "is not valid UTF-8".to_string())?;
-    let v: Value = serde_json::from_str(text).map_err(|e| format!("is not valid JSON: {e}"))?;
-    let Value::Object(req) = v else {
-        return Err("is not a JSON object; each line must be {\"custom_id\", \"method\", \"url\", \"body\"}".into());
+    check: &mut LineCheck<'_>,
+) -> Result<Submission, LineError> {
+    let err = |custom_id: Option<&String>, code, message: String| LineError {
+        custom_id: custom_id.cloned(),
+        code,
+        message,
     };
+    let text = std::str::from_utf8(raw).map_err(|_| err(None, "invalid_json", "is not valid UTF-8".into()))?;
+    let v: Value =
+        serde_json::from_str(text).map_err(|e| err(None, "invalid_json", format!("is not valid JSON: {e}")))?;
+    let Value::Object(req) = v else {
+        return Err(err(
+            None,
+            "invalid_json",
+            "is not a JSON object; each line must be {\"custom_id\", \"method\", \"url\", \"body\"}".into(),
+        ));
+    };
+    let bad_id = |m: &str| err(None, "invalid_custom_id", m.into());
     let custom_id = match req.get("custom_id") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(Value::String(_)) => return Err("custom_id is empty".into()),
-        Some(_) => return Err("custom_id must be a string".into()),
-        None => return Err("custom_id is missing".into()),
+        Some(Value::String(_)) => return Err(bad_id("custom_id is empty")),
+        Some(_) => return Err(bad_id("custom_id must be a string")),
+        None => return Err(bad_id("custom_id is missing")),
     };
+    let id = Some(&custom_id);
     match req.get("method").and_then(Value::as_str) {
         Some("POST") => {}
-        Some(m) => return Err(format!("method is {m:?}; only \"POST\" is supported")),
-        None => return Err("method is missing (it must be \"POST\")".into()),
+        Some(m) => {
+            return Err(err(
+                id,
+                "invalid_method",
+                format!("method is {m:?}; only \"POST\" is supported"),
+            ))
+        }
+        None => {
+            return Err(err(
+                id,
+                "invalid_method",
+                "method is missing (it must be \"POST\")".into(),
+            ))
+        }
     }
     let url = req
         .get("url")
         .and_then(Value::as_str)
-        .ok_or_else(|| "url is missing or not a string".to_string())?;
+        .ok_or_else(|| err(id, "invalid_url", "url is missing or not a string".into()))?;
+    if url != CHAT_URL && url != EMBED_URL {
+        return Err(err(
+            id,
+            "invalid_url",
+            format!("url {url:?} is not supported; use {CHAT_URL:?} or {EMBED_URL:?}"),
+        ));
+    }
     let body = match req.get("body") {
         Some(Value::Object(b)) => b,
-        Some(_) => return Err("body must be a JSON object".into()),
-        None => return Err("body is missing".into()),
+        Some(_) => return Err(err(id, "invalid_body", "body must be a JSON object".into())),
+        None => return Err(err(id, "invalid_body", "body is missing".into())),
     };
-    let mut sub = match url {
-        CHAT_URL => openai::chat_submission(body, &defaults.params).map_err(|e| format!("body: {e}"))?,
-        EMBED_URL => embed_request(body, defaults)?,
-        other => {
-            return Err(format!(
-                "url {other:?} is not supported; use {CHAT_URL:?} or {EMBED_URL:?}"
-            ))
-        }
+    check(&req).map_err(|(code, message)| err(id, code, message))?;
+    let bad_body = |m: String| err(id, "invalid_body", m);
+    let mut sub = if url == CHAT_URL {
+        openai::chat_submission(body, &defaults.params).map_err(|e| bad_body(format!("body: {e}")))?
+    } else {
+        embed_request(body, defaults).map_err(bad_body)?
     };
     sub.tags = std::iter::once(tag.to_owned())
         .chain(defaults.tags.iter().cloned())
@@ -231,10 +368,10 @@ fn parse_line(
         .insert("custom_id".into(), Value::String(custom_id.clone()));
     sub.extra_meta.insert("batch_line".into(), line.into());
     sub.batch = Some(BatchRequest {
-        custom_id,
+        custom_id: custom_id.clone(),
         line: line as u64,
     });
-    sub.validate(max_prompt_bytes).map_err(|e| e.to_string())?;
+    sub.validate(max_prompt_bytes).map_err(|e| bad_body(e.to_string()))?;
     Ok(sub)
 }
 
@@ -295,6 +432,67 @@ mod tests {
         assert_eq!(e.prompt, "text");
         let j = one(r#"{"custom_id":"j","method":"POST","url":"/v1/chat/completions","body":{"messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_schema","json_schema":{"name":"n","schema":{"type":"object"}}}}}"#).unwrap();
         assert!(matches!(j.output, Some(OutputFormat::JsonSchema { .. })));
+    }
+
+    #[test]
+    fn one_bad_line_leaves_the_others_and_says_why_with_a_code() {
+        let file = [
+            r#"{"custom_id":"a","method":"POST","url":"/v1/embeddings","body":{"input":"x"}}"#,
+            "not json",
+            "",
+            r#"{"custom_id":"a","method":"POST","url":"/v1/embeddings","body":{"input":"y"}}"#,
+            r#"{"custom_id":"c","method":"GET","url":"/v1/embeddings","body":{"input":"x"}}"#,
+            r#"{"custom_id":"d","method":"POST","url":"/v1/embeddings","body":{"input":"x","model":"other"}}"#,
+            r#"{"custom_id":"e","method":"POST","url":"/v1/chat/completions","body":{"messages":[]}}"#,
+            r#"{"custom_id":"f","method":"POST","url":"/v1/embeddings","body":{"input":"z"}}"#,
+        ]
+        .join("\n");
+        let d = Defaults::default();
+        let check = |req: &Map<String, Value>| match req["body"].get("model") {
+            Some(m) if m != "served" => Err(("model_not_found", format!("{m} is not served"))),
+            _ => Ok(()),
+        };
+        let got: Vec<_> = parse_lines(file.as_bytes(), &d, "t", DEFAULT_MAX_PROMPT_BYTES, check)
+            .map(|(line, r)| (line, r.map(|s| s.prompt).map_err(|e| (e.custom_id, e.code))))
+            .collect();
+        let id = |s: &str| Some(s.to_owned());
+        assert_eq!(
+            got,
+            [
+                (1, Ok("x".to_owned())),
+                (2, Err((None, "invalid_json"))),
+                (4, Err((id("a"), "duplicate_custom_id"))),
+                (5, Err((id("c"), "invalid_method"))),
+                (6, Err((id("d"), "model_not_found"))),
+                (7, Err((id("e"), "invalid_body"))),
+                (8, Ok("z".to_owned())),
+            ]
+        );
+    }
+
+    #[test]
+    fn line_job_ids_are_deterministic_and_name_their_batch() {
+        let b = JobId::parse("01764164852123456_4242_000001").unwrap();
+        let id = line_job_id(&b, 7).unwrap();
+        assert_eq!(id.as_str(), "01764164852123456_4242_000001_000007");
+        assert_eq!(split_line_job_id(id.as_str()), Some((b.as_str(), 7)));
+        assert_eq!(
+            split_line_job_id("01764164852123456_4242_000001_1234567"),
+            Some((b.as_str(), 1234567))
+        );
+        // An ordinary job is no batch line.
+        assert_eq!(split_line_job_id(b.as_str()), None);
+        assert!(line_job_id(&JobId::parse(&"9".repeat(125)).unwrap(), 1).is_none());
+    }
+
+    #[test]
+    fn a_batch_lock_is_held_by_one_until_dropped() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("b.lock");
+        let a = BatchLock::try_acquire(&p).unwrap().expect("free");
+        assert!(BatchLock::try_acquire(&p).unwrap().is_none());
+        drop(a);
+        assert!(BatchLock::try_acquire(&p).unwrap().is_some());
     }
 
     #[test]

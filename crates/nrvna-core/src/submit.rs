@@ -187,8 +187,39 @@ impl Submission {
     pub fn stage(&self, ws: &Workspace) -> Result<Staged, SubmitError> {
         self.validate(ws.settings().max_prompt_bytes)?;
         let (id, dir) = stage_dir(ws)?;
+        self.write_staged(ws, Staged { id, dir, armed: true })
+    }
+
+    /// Stages the job under a id the submitter chose (a batch line's
+    /// deterministic id), so that a second publisher finds it instead of
+    /// publishing it again. A stale `input/writing/<id>` (left by a
+    /// publisher that died while staging it) is removed first; the caller
+    /// makes sure that no one else stages this id at the same time (the
+    /// gateway holds the batch's lock) and that it is not published yet.
+    pub fn stage_as(&self, ws: &Workspace, id: &JobId) -> Result<Staged, SubmitError> {
+        self.validate(ws.settings().max_prompt_bytes)?;
+        let dir = ws.job_dir(State::Writing, id);
+        let io_err = |source| SubmitError::Io {
+            path: dir.clone(),
+            source,
+        };
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(e)),
+        }
+        fs::create_dir(&dir).map_err(io_err)?;
+        let staged = Staged {
+            id: id.clone(),
+            dir: dir.clone(),
+            armed: true,
+        };
+        self.write_staged(ws, staged)
+    }
+
+    /// Writes the job's files into its fresh staging directory.
+    fn write_staged(&self, ws: &Workspace, staged: Staged) -> Result<Staged, SubmitError> {
         let io = ws.io();
-        let staged = Staged { id, dir, armed: true };
         let written = (|| -> io::Result<()> {
             let dir = &staged.dir;
             io.write_atomic(dir, PROMPT_FILE, self.prompt.as_bytes())?;
@@ -367,6 +398,28 @@ mod tests {
             assert!(s.publish(&ws).is_err());
         }
         assert!(ws.list(State::Ready).unwrap().is_empty());
+        assert!(ws.list(State::Writing).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_job_staged_under_a_chosen_id_replaces_a_stale_staging_dir() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::create(d.path()).unwrap();
+        let id = JobId::parse("1_2_3_000004").unwrap();
+        // A publisher died while staging it: half a job is left.
+        let stale = ws.job_dir(State::Writing, &id);
+        fs::create_dir(&stale).unwrap();
+        fs::write(stale.join("prompt.txt"), "half").unwrap();
+        fs::write(stale.join("junk"), "x").unwrap();
+        let got = Submission::text("whole")
+            .stage_as(&ws, &id)
+            .unwrap()
+            .publish(&ws)
+            .unwrap();
+        assert_eq!(got, id);
+        let dir = ws.job_dir(State::Ready, &id);
+        assert_eq!(fs::read_to_string(dir.join("prompt.txt")).unwrap(), "whole");
+        assert!(!dir.join("junk").exists());
         assert!(ws.list(State::Writing).unwrap().is_empty());
     }
 

@@ -193,9 +193,21 @@ def upload_batch(n, max_tokens, tag):
     check(f.id.startswith("file-") and f.bytes > 0, f"file {f}")
     check(client.files.content(f.id).text == "\n".join(lines), "the stored file differs from the upload")
     b = client.batches.create(input_file_id=f.id, endpoint="/v1/chat/completions", completion_window="24h")
-    check(b.request_counts.total == n, f"total {b.request_counts}")
-    check(b.status in ("in_progress", "completed"), b.status)
+    # Created at once; the gateway validates and publishes it afterwards.
+    check(b.status == "validating" and b.request_counts.total == 0, f"a new batch: {b}")
     return b
+
+
+def wait_validated(batch_id, n):
+    b = wait_batch(batch_id, ("in_progress", "finalizing", "completed"), timeout=30)
+    check(b.request_counts.total == n, f"total {b.request_counts}")
+    return b
+
+
+def published(batch_id):
+    """Whether every line of the batch is a job (the gateway's record says so)."""
+    with open(os.path.join(WS, "api", "batches", f"{batch_id}.json"), encoding="utf-8") as f:
+        return json.load(f).get("published") is True
 
 
 def wait_batch(batch_id, until, timeout=240):
@@ -225,6 +237,7 @@ def check_output(b, n, tag):
 
 def batch():
     b = upload_batch(5, 8, "life")
+    wait_validated(b.id, 5)
     b = wait_batch(b.id, ("completed",))
     check_output(b, 5, "life")
     page = client.batches.list(limit=1)
@@ -235,6 +248,7 @@ def batch():
 
 def batch_cancel():
     b = upload_batch(40, 16, "cancel")
+    wait_validated(b.id, 40)
     c = client.batches.cancel(b.id)
     check(c.status in ("cancelling", "cancelled"), f"status after cancel: {c.status}")
     b = wait_batch(b.id, ("cancelled",), timeout=60)
@@ -249,6 +263,11 @@ def batch_cancel():
 
 def batch_start():
     b = upload_batch(24, 16, "restart")
+    wait_validated(b.id, 24)
+    t0 = time.time()
+    while not published(b.id):
+        check(time.time() - t0 < 30, f"batch {b.id} is not published after 30s")
+        time.sleep(0.1)
     print(b.id)
 
 
