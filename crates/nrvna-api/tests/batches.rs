@@ -512,3 +512,40 @@ fn lines_with_a_wrong_url_or_an_unserved_model_go_to_the_error_file() {
     let ids: Vec<_> = out.iter().map(|o| o["custom_id"].clone()).collect();
     assert_eq!(ids, [json!("ok-1"), json!("ok-2")]);
 }
+
+#[test]
+fn a_batch_counts_its_lines_against_the_queue_limit_and_waits_for_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    let (_api, base) = start_api(&ws);
+    // What `nrvnad --max-queued 10` records. No daemon: only this test
+    // takes jobs out of the queue.
+    std::fs::write(ws.join(".nrvna-limits.json"), b"{\"max_queued\": 10}\n").unwrap();
+    let file = put_file(&ws, &numbered(25));
+    let id = created(&base, &file);
+    assert!(
+        wait_for(Duration::from_secs(30), || count(&ws, "input/ready") == 10),
+        "the queue did not fill to its limit"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(count(&ws, "input/ready"), 10, "never past the limit");
+    assert_eq!(status(&base, &id)["status"], "in_progress");
+    // A worker claims 6 of them: the batch refills the room, no more.
+    let mut taken = 0;
+    for e in std::fs::read_dir(ws.join("input/ready")).unwrap().take(6) {
+        let name = e.unwrap().file_name();
+        std::fs::rename(ws.join("input/ready").join(&name), ws.join("processing").join(&name)).unwrap();
+        taken += 1;
+    }
+    assert_eq!(taken, 6);
+    assert!(
+        wait_for(Duration::from_secs(30), || count(&ws, "input/ready") == 10),
+        "the batch did not use the room"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(count(&ws, "input/ready"), 10);
+    assert_eq!(count(&ws, "input/ready") + count(&ws, "processing"), 16);
+    // A synchronous request meanwhile is refused at once, not queued.
+    let r = post_json(&base, "/v1/embeddings", &json!({"model": "m", "input": "x"}));
+    assert_eq!(r.status, 429, "{}", r.text());
+}

@@ -103,6 +103,25 @@ pub fn admit(ws: &Workspace, adding: u64) -> Result<Admission, AdmitError> {
     Ok(Admission { _lock: Some(f) })
 }
 
+/// Admits as many of `want` jobs as fit now (all without a limit; 0 when
+/// the queue is full): for a publisher that waits for room, such as a
+/// gateway's batch, instead of being refused.
+pub fn admit_some(ws: &Workspace, want: u64) -> Result<(Admission, u64), AdmitError> {
+    match admit(ws, want) {
+        Ok(a) => Ok((a, want)),
+        Err(AdmitError::Full { queued, limit, .. }) => {
+            // Counted again under the lock: the room may have changed.
+            let granted = limit.saturating_sub(queued).min(want);
+            match admit(ws, granted) {
+                Ok(a) => Ok((a, granted)),
+                Err(AdmitError::Full { .. }) => Ok((Admission { _lock: None }, 0)),
+                Err(e) => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,6 +153,11 @@ mod tests {
         );
         assert!(e.to_string().contains("--max-queued"), "{e}");
         drop(admit(&ws, 1).expect("one more fits"));
+        let (a, n) = admit_some(&ws, 5).unwrap();
+        assert_eq!(n, 1, "room for one of five");
+        drop(a);
+        Submission::text("x").publish(&ws).unwrap();
+        assert_eq!(admit_some(&ws, 5).unwrap().1, 0, "full");
         set_max_queued(&ws, None).unwrap();
         assert_eq!(max_queued(&ws).unwrap(), None);
         fs::write(ws.file(LIMITS_FILE), br#"{"max_queued": -1}"#).unwrap();

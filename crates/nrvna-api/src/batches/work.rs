@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use nrvna_core::batch::{self, line_job_id, parse_lines, request_lines, split_line_job_id, BatchLock, LineError};
 use nrvna_core::cancel::{cancel_job, Cancelled};
 use nrvna_core::fsio::read_limited;
+use nrvna_core::limits;
 use nrvna_core::{JobId, Params, Priority, State, Workspace};
 use serde_json::{json, Map, Value};
 
@@ -178,6 +179,10 @@ pub fn publish(
     let skip: HashSet<usize> = rejected.iter().map(line_of).collect();
     let before = rejected.len();
     let mut published = 0usize;
+    // Room in the workspace's queue limit, taken a few lines at a time; a
+    // full queue makes the batch wait (its lines count), not fail.
+    let (mut admitted, mut room) = (None, 0u64);
+    let mut told = false;
     for (line, sub) in parse_lines(&bytes, &defaults, id, max_prompt, url_ok) {
         if cancelled() {
             tracing::info!("batch {id}: cancelled; stopped publishing after {published} job(s)");
@@ -192,6 +197,27 @@ pub fn publish(
         }
         match sub {
             Ok(s) => {
+                while room == 0 {
+                    drop(admitted.take());
+                    let (a, n) =
+                        limits::admit_some(ws, ADMIT_CHUNK).map_err(|e| format!("batch {id}: line {line}: {e}"))?;
+                    (admitted, room) = (Some(a), n);
+                    if room > 0 {
+                        told = false;
+                        break;
+                    }
+                    drop(admitted.take());
+                    if !told {
+                        tracing::info!("batch {id}: the workspace's queue is at its limit; waiting for room");
+                        told = true;
+                    }
+                    if cancelled() {
+                        tracing::info!("batch {id}: cancelled; stopped publishing after {published} job(s)");
+                        return Ok(());
+                    }
+                    std::thread::sleep(FULL_QUEUE_RETRY);
+                }
+                room -= 1;
                 s.stage_as(ws, &job)
                     .and_then(|st| st.publish(ws))
                     .map_err(|e| format!("batch {id}: publishing line {line} as job {job}: {e}"))?;
@@ -212,6 +238,13 @@ pub fn publish(
     tracing::info!("batch {id}: published ({published} job(s) by this gateway)");
     Ok(())
 }
+
+/// Lines published per admission into a limited queue (the submitters'
+/// lock is held while they are).
+const ADMIT_CHUNK: u64 = 64;
+
+/// How often a batch waiting for room in a full queue looks again.
+const FULL_QUEUE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The names in a state directory that are lines of batch `j`.
 fn lines_in(ws: &Workspace, st: State, j: &str) -> Vec<(JobId, usize)> {
