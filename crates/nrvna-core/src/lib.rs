@@ -22,6 +22,7 @@ pub mod members;
 pub mod meta;
 pub mod openai;
 pub mod params;
+pub mod retention;
 pub mod spare;
 pub mod standing;
 pub mod state;
