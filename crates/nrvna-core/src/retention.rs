@@ -386,6 +386,9 @@ pub struct Round<'a> {
     pub chunk: usize,
     /// Asked between steps: stop early (the daemon's shutdown).
     pub stop: &'a dyn Fn() -> bool,
+    /// Called once the round knows what it removes: how many jobs, of how
+    /// many finished jobs seen.
+    pub on_selected: &'a mut dyn FnMut(usize, usize),
     /// Called with each step's removed ids.
     pub on_removed: &'a mut dyn FnMut(&[Finished]),
 }
@@ -409,6 +412,7 @@ pub fn prune(ws: &Workspace, policy: &Policy, now: SystemTime, round: Round<'_>)
         None => false,
     });
     out.kept = kept;
+    (round.on_selected)(chosen.len(), out.seen);
     for step in chosen.chunks(round.chunk.max(1)) {
         if (round.stop)() {
             break;
@@ -426,12 +430,13 @@ pub fn prune(ws: &Workspace, policy: &Policy, now: SystemTime, round: Round<'_>)
     Ok(out)
 }
 
-/// Parses a duration: a number with a unit, `s`, `m`, `h`, `d` or `w`
-/// (`90s`, `12h`, `7d`, `1.5h`); a bare number is seconds.
+/// Parses a duration: a number with a unit, `ms`, `s`, `m`, `h`, `d` or
+/// `w` (`90s`, `12h`, `7d`, `1.5h`); a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let (num, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len()));
     let scale = match unit {
+        "ms" => 0.001,
         "" | "s" => 1.0,
         "m" => 60.0,
         "h" => 3600.0,
@@ -439,14 +444,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "w" => 604_800.0,
         _ => {
             return Err(format!(
-                "{s:?} is not a duration: use a number and s, m, h, d or w (90s, 12h, 7d)"
+                "{s:?} is not a duration: use a number and ms, s, m, h, d or w (90s, 12h, 7d)"
             ))
         }
     };
     match num.trim().parse::<f64>() {
         Ok(n) if n.is_finite() && n >= 0.0 && n * scale <= 1e11 => Ok(Duration::from_secs_f64(n * scale)),
         _ => Err(format!(
-            "{s:?} is not a duration: use a number and s, m, h, d or w (90s, 12h, 7d)"
+            "{s:?} is not a duration: use a number and ms, s, m, h, d or w (90s, 12h, 7d)"
         )),
     }
 }
@@ -605,6 +610,7 @@ mod tests {
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(604_800)));
         assert_eq!(parse_duration("1.5m"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("200ms"), Ok(Duration::from_millis(200)));
         assert!(parse_duration("7x").is_err() && parse_duration("-1d").is_err() && parse_duration("d").is_err());
         assert_eq!(parse_size("500M"), Ok(500 << 20));
         assert_eq!(parse_size("2G"), Ok(2 << 30));
@@ -667,6 +673,7 @@ mod tests {
                 dry_run: false,
                 chunk: 2,
                 stop: &|| false,
+                on_selected: &mut |_, _| {},
                 on_removed: &mut |s| ids_removed.extend(s.iter().map(|j| j.id.to_string())),
             },
         )
@@ -706,6 +713,7 @@ mod tests {
                     dry_run,
                     chunk: 10,
                     stop: &|| false,
+                    on_selected: &mut |_, _| {},
                     on_removed: &mut |_| {},
                 },
             )
