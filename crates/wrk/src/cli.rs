@@ -53,6 +53,11 @@ pub struct Args {
     #[arg(long = "tag", value_name = "T")]
     pub tags: Vec<String>,
 
+    /// Pin the job: tag it `keep`, so that retention (nrvnad --retain-*,
+    /// flw --prune) never removes it. Same as --tag keep.
+    #[arg(long)]
+    pub keep: bool,
+
     /// Record a parent job (its id), for `flw WS --children ID`.
     #[arg(long, value_name = "ID")]
     pub parent: Option<String>,

@@ -24,6 +24,7 @@ pub const VISION_DEFAULT_PROMPT: &str = "Describe the image.";
 pub fn run(args: Args) -> Result<ExitCode> {
     let settings = args.settings.settings();
     let params = params_from(&args);
+    let tags = tags_of(&args);
     let parent = args
         .parent
         .as_deref()
@@ -37,7 +38,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 priority: Some(args.priority.unwrap_or(nrvna_core::Priority::Low)),
                 ..params
             },
-            tags: args.tags.clone(),
+            tags,
             parent,
         };
         defaults
@@ -56,7 +57,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         tag
     } else {
         let mut sub = Submission::text(String::new());
-        sub.tags = args.tags.clone();
+        sub.tags = tags;
         sub.parent = parent;
         sub.params = params;
         sub.job_type = if args.embed {
@@ -110,6 +111,15 @@ pub fn run(args: Args) -> Result<ExitCode> {
 }
 
 /// The sampling flags as `params.json` (validated when the job is).
+/// --tag, plus `keep` with --keep (once).
+fn tags_of(a: &Args) -> Vec<String> {
+    let mut tags = a.tags.clone();
+    if a.keep && !tags.iter().any(|t| t == nrvna_core::retention::KEEP_TAG) {
+        tags.push(nrvna_core::retention::KEEP_TAG.to_owned());
+    }
+    tags
+}
+
 fn params_from(a: &Args) -> Params {
     Params {
         system: a.system.clone(),
