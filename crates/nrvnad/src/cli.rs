@@ -4,6 +4,7 @@
 //! is an error that names where it came from.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
@@ -123,6 +124,13 @@ fn lease_secs(v: &str) -> Result<f64, String> {
     }
 }
 
+fn retain_interval(v: &str) -> Result<Duration, String> {
+    match nrvna_core::retention::parse_duration(v)? {
+        d if d >= Duration::from_millis(100) => Ok(d),
+        _ => Err(format!("{v:?} is too short a retention interval (at least 0.1s)")),
+    }
+}
+
 fn positive_secs(v: &str) -> Result<f64, String> {
     match v.trim().parse::<f64>() {
         Ok(s) if s.is_finite() && s >= 0.0 => Ok(s),
@@ -149,6 +157,33 @@ pub struct ServeArgs {
     /// stays as it is.
     #[arg(long, env = "NRVNA_MAX_QUEUED", value_name = "N")]
     pub max_queued: Option<u64>,
+    /// Retention: remove done jobs (output/) finished longer ago than this
+    /// (`90s`, `12h`, `7d`, `2w`). Retention never removes a queued or
+    /// running job, a job tagged `keep` (`wrk --keep`), or a line of a
+    /// gateway batch that is not finished. Default (no --retain-* flag):
+    /// keep every job forever.
+    #[arg(long, env = "NRVNA_RETAIN_DONE", value_name = "DURATION",
+          value_parser = nrvna_core::retention::parse_duration)]
+    pub retain_done: Option<Duration>,
+    /// Retention: remove failed jobs (failed/) finished longer ago than this.
+    #[arg(long, env = "NRVNA_RETAIN_FAILED", value_name = "DURATION",
+          value_parser = nrvna_core::retention::parse_duration)]
+    pub retain_failed: Option<Duration>,
+    /// Retention: keep at most N finished jobs (done and failed together);
+    /// the oldest beyond it are removed.
+    #[arg(long, env = "NRVNA_RETAIN_MAX_JOBS", value_name = "N")]
+    pub retain_max_jobs: Option<u64>,
+    /// Retention: keep at most this many bytes of finished jobs (`500M`,
+    /// `2G`; powers of 1024); the oldest beyond it are removed.
+    #[arg(long, env = "NRVNA_RETAIN_MAX_BYTES", value_name = "SIZE",
+          value_parser = nrvna_core::retention::parse_size)]
+    pub retain_max_bytes: Option<u64>,
+    /// Retention: how often the retention thread prunes (a removed job
+    /// leaves output/ or failed/ in one rename into WS/.nrvna-trash/ and is
+    /// deleted there; with --shared, one member prunes at a time).
+    #[arg(long, env = "NRVNA_RETAIN_INTERVAL", value_name = "DURATION", default_value = "60s",
+          value_parser = retain_interval)]
+    pub retain_interval: Duration,
     /// Process until the queue is idle, then exit (0 if no job failed, else 1).
     /// If another daemon owns the workspace, wait for it to exit first.
     #[arg(long)]

@@ -39,6 +39,10 @@ pub struct Config {
     /// `--max-queued`: `Some(0)` removes the workspace's limit, `None`
     /// leaves it as recorded.
     pub max_queued: Option<u64>,
+    /// `--retain-*`: what the retention thread removes (keeps all by default).
+    pub retention: nrvna_core::retention::Policy,
+    /// `--retain-interval`: time between prune rounds.
+    pub retain_interval: Duration,
 }
 
 impl Config {
@@ -104,6 +108,13 @@ impl Config {
             spares: a.spares,
             settings: a.settings.settings(),
             max_queued: a.max_queued,
+            retention: nrvna_core::retention::Policy {
+                done: a.retain_done,
+                failed: a.retain_failed,
+                max_jobs: a.retain_max_jobs,
+                max_bytes: a.retain_max_bytes,
+            },
+            retain_interval: a.retain_interval,
         })
     }
 }

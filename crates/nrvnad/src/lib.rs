@@ -17,6 +17,7 @@ pub mod observer;
 pub mod pool;
 pub mod processor;
 pub mod recovery;
+pub mod retention;
 pub mod scanner;
 pub mod server;
 pub mod signals;

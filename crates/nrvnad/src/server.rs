@@ -105,12 +105,14 @@ pub struct Running {
     /// Wakes the Scanner for a pass now.
     poke: Poker,
     lease: Option<LeaseThread>,
+    /// The retention thread, when a --retain-* policy is set.
+    retention: Option<LeaseThread>,
     /// Jobs failed by recovery at start (they count as failures of a drain).
     failed_at_start: u64,
     _term: Term,
 }
 
-/// The lease thread and what stops it.
+/// A periodic thread (lease, retention) and what stops it.
 struct LeaseThread {
     stop: Arc<AtomicBool>,
     wake: mpsc::Sender<()>,
@@ -134,6 +136,7 @@ pub fn start(cfg: Config) -> Result<Option<Running>> {
         membership: cfg.shared.map(|ttl| Arc::new(Membership::new(ttl))),
     };
     let failed_at_start = take_over(&cfg, &ws, &seat)?;
+    crate::retention::recover_trash(&ws);
     if let Some(n) = cfg.max_queued {
         let limit = (n > 0).then_some(n);
         nrvna_core::limits::set_max_queued(&ws, limit).with_context(|| {
@@ -177,6 +180,9 @@ pub fn start(cfg: Config) -> Result<Option<Running>> {
         }
         _ => None,
     };
+    let retention = (!cfg.retention.keeps_all())
+        .then(|| spawn_retention(&cfg, &ws))
+        .transpose()?;
     let (scanner, poke) = spawn_scanner(&cfg, &ws, &seat, &pool, &shutdown, &tx, serves)?;
     drop(tx);
 
@@ -203,6 +209,7 @@ pub fn start(cfg: Config) -> Result<Option<Running>> {
         scanner,
         poke,
         lease,
+        retention,
         failed_at_start,
         _term: term,
     }))
@@ -359,6 +366,20 @@ fn spawn_lease(
     Ok(LeaseThread { stop, wake, handle })
 }
 
+/// Starts the retention thread (prune rounds of the --retain-* policy).
+fn spawn_retention(cfg: &Config, ws: &Workspace) -> Result<LeaseThread> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let (wake, woken) = mpsc::channel::<()>();
+    let r = crate::retention::Retention {
+        ws: ws.clone(),
+        policy: cfg.retention,
+        interval: cfg.retain_interval,
+    };
+    let flag = stop.clone();
+    let handle = Joinable::spawn("Retention", move || r.run(flag, woken)).context("starting the retention thread")?;
+    Ok(LeaseThread { stop, wake, handle })
+}
+
 /// Starts the Scanner, woken by inotify on `input/ready/` or, on network
 /// filesystems and with --poll, by its scan interval.
 fn spawn_scanner(
@@ -427,7 +448,18 @@ impl Running {
         self.shutdown.store(true, Ordering::SeqCst);
         self.pool.close();
         self.poke.poke();
-        let stopped = join_workers(&self.events, self.workers.len(), deadline)
+        // Retention stops between two steps of a round: a step is a few
+        // hundred renames and deletions.
+        let retention_stopped = match self.retention {
+            Some(r) => {
+                r.stop.store(true, Ordering::SeqCst);
+                let _ = r.wake.send(());
+                r.handle.join_by(deadline)
+            }
+            None => true,
+        };
+        let stopped = retention_stopped
+            && join_workers(&self.events, self.workers.len(), deadline)
             && self.scanner.join_by(deadline)
             && self
                 .inference
