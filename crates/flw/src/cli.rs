@@ -19,6 +19,11 @@ Modes:
   flw WS -f [ID]                print a job's text as it is generated
   flw WS --cancel ID            cancel a queued or running job
   flw WS --export TAG           OpenAI Batch output (JSONL) for a wrk --batch tag
+  flw WS --prune --older-than D [--state done|failed] [--max-jobs N] [--max-bytes SIZE] [--dry-run]
+                                remove finished jobs (retention without a daemon):
+                                the ids removed on stdout (--json: NDJSON), a summary
+                                on stderr; never a queued or running job, a job tagged
+                                keep (wrk --keep), or a line of an unfinished batch
 
 -w and -f read the job id from stdin when none is given:
   wrk WS 'prompt' | flw WS -w
@@ -109,6 +114,35 @@ pub struct Args {
     /// With --export: print only the failed requests.
     #[arg(long, requires = "export")]
     pub errors: bool,
+
+    /// Remove finished jobs by a retention policy (as nrvnad --retain-*
+    /// does, for workspaces without a daemon): give --older-than, --max-jobs
+    /// or --max-bytes. Oldest first; a removed job leaves output/ or failed/
+    /// in one rename into WS/.nrvna-trash/ and is deleted there. Prints the
+    /// removed ids (--json: one object per line), a summary on stderr.
+    #[arg(long, group = "mode", conflicts_with_all = ["id", "tag", "children", "long"])]
+    pub prune: bool,
+
+    /// With --prune: remove jobs finished longer ago than this (`90s`,
+    /// `12h`, `7d`, `0s` for all).
+    #[arg(long, value_name = "D", requires = "prune", value_parser = nrvna_core::retention::parse_duration)]
+    pub older_than: Option<Duration>,
+
+    /// With --prune: only done or only failed jobs (default: both).
+    #[arg(long, value_name = "STATE", requires = "prune", value_parser = ["done", "failed"])]
+    pub state: Option<String>,
+
+    /// With --prune: keep at most N finished jobs (the oldest beyond go).
+    #[arg(long, value_name = "N", requires = "prune")]
+    pub max_jobs: Option<u64>,
+
+    /// With --prune: keep at most this many bytes of finished jobs (`500M`, `2G`).
+    #[arg(long, value_name = "SIZE", requires = "prune", value_parser = nrvna_core::retention::parse_size)]
+    pub max_bytes: Option<u64>,
+
+    /// With --prune: print what would be removed, remove nothing.
+    #[arg(long, requires = "prune")]
+    pub dry_run: bool,
 
     /// fsync, size limits and the waiters' poll (each also from its
     /// NRVNA_* variable).

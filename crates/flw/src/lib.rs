@@ -8,6 +8,7 @@ pub mod cli;
 pub mod export;
 pub mod follow;
 pub mod list;
+pub mod prune;
 pub mod scope;
 pub mod show;
 pub mod status;
@@ -63,6 +64,9 @@ pub fn run_outcome(args: Args) -> Result<Outcome> {
     let scope = Scope::from_args(args.tag.as_deref(), args.children.as_deref())?;
     if args.long && (scope.is_all() || args.wait_all) {
         bail!("-l/--long is a table of the jobs of --tag T or --children ID (without -W); give one of them");
+    }
+    if args.prune {
+        return prune::prune(&ws, &prune::Request::from_args(&args)?);
     }
     if let Some(tag) = &args.export {
         return export::export(&ws, tag, args.errors);

@@ -998,3 +998,92 @@ fn export_exits_1_naming_a_job_it_cannot_attribute() {
     assert_eq!(code(&o), 1);
     assert!(stderr(&o).contains("batch.json"), "{}", stderr(&o));
 }
+
+// ---- flw WS --prune ---------------------------------------------------
+
+/// Sets a job directory's mtime (its finishing time) `age_s` seconds back.
+fn age(ws: &Ws, state: &str, id: &str, age_s: u64) {
+    fs::File::open(ws.dir(state, id))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(age_s))
+        .unwrap();
+}
+
+#[test]
+fn prune_removes_old_finished_jobs_oldest_first_never_queued_running_or_pinned() {
+    let ws = Ws::new();
+    ws.job(DONE, "1", json!({}), &[("result.txt", b"a")]);
+    ws.job(DONE, "2", json!({}), &[("result.txt", b"b")]);
+    ws.job(DONE, "3", json!({"tags": ["keep"]}), &[("result.txt", b"c")]);
+    ws.job(FAILED, "4", json!({}), &[("error.txt", b"d")]);
+    ws.job(DONE, "5", json!({}), &[("result.txt", b"e")]);
+    ws.job(READY, "6", json!({}), &[]);
+    ws.job(RUNNING, "7", json!({}), &[]);
+    for (state, id, days) in [
+        (DONE, "1", 9),
+        (DONE, "2", 8),
+        (DONE, "3", 10),
+        (FAILED, "4", 7),
+        (DONE, "5", 1),
+    ] {
+        age(&ws, state, id, days * 86_400);
+    }
+    age(&ws, READY, "6", 30 * 86_400);
+    age(&ws, RUNNING, "7", 30 * 86_400);
+
+    // A dry run names what would go, and removes nothing.
+    let o = flw(&ws, &["--prune", "--older-than", "2d", "--dry-run"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert_eq!(stdout(&o), "1\n2\n4\n");
+    assert!(
+        stderr(&o).contains("would remove 3 of 5 finished jobs") && stderr(&o).contains("1 pinned"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(ws.dir(DONE, "1").is_dir());
+
+    // --state failed: only failed jobs; --json: NDJSON.
+    let o = flw(&ws, &["--prune", "--older-than", "2d", "--state", "failed", "--json"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    let v = ndjson(&o);
+    assert_eq!(
+        (v.len(), v[0]["id"].as_str(), v[0]["state"].as_str()),
+        (1, Some("4"), Some("failed"))
+    );
+    assert!(!ws.dir(FAILED, "4").exists() && ws.dir(DONE, "1").is_dir());
+
+    let o = flw(&ws, &["--prune", "--older-than", "2d"]);
+    assert_eq!(stdout(&o), "1\n2\n", "{}", stderr(&o));
+    for (state, id) in [(DONE, "3"), (DONE, "5"), (READY, "6"), (RUNNING, "7")] {
+        assert!(ws.dir(state, id).is_dir(), "{state}/{id} must stay");
+    }
+    // Nothing is left half-deleted: the trash is empty.
+    assert_eq!(fs::read_dir(ws.root.join(".nrvna-trash")).unwrap().count(), 0);
+
+    // --max-jobs keeps the newest N (a pinned job counts and stays).
+    ws.job(DONE, "8", json!({}), &[("result.txt", b"f")]);
+    let o = flw(&ws, &["--prune", "--max-jobs", "2"]);
+    assert_eq!(stdout(&o), "5\n", "{}", stderr(&o));
+}
+
+#[test]
+fn prune_without_a_policy_is_an_error_and_finishes_an_interrupted_prune() {
+    let ws = Ws::new();
+    let o = flw(&ws, &["--prune"]);
+    assert_eq!(code(&o), 1);
+    assert!(stderr(&o).contains("--prune needs a policy"), "{}", stderr(&o));
+    let o = flw(&ws, &["--older-than", "1d"]);
+    assert_eq!(code(&o), 1, "--older-than without --prune is refused");
+    // A crashed pruner left half a job in the trash: the next round deletes it.
+    let left = ws.root.join(".nrvna-trash/9");
+    fs::create_dir_all(&left).unwrap();
+    fs::write(left.join("result.txt"), "x").unwrap();
+    let o = flw(&ws, &["--prune", "--older-than", "7d"]);
+    assert_eq!(code(&o), 0, "{}", stderr(&o));
+    assert!(!left.exists());
+    assert!(
+        stderr(&o).contains("deleted 1 entries an interrupted prune left"),
+        "{}",
+        stderr(&o)
+    );
+}
