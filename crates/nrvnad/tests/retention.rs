@@ -19,6 +19,10 @@ const ECHO: &str = "echo-model";
 const DAY: u64 = 86_400;
 
 fn echo(ws: &TestWs, args: &[&str]) -> Daemon {
+    echo_logging(ws, args, "info")
+}
+
+fn echo_logging(ws: &TestWs, args: &[&str], level: &str) -> Daemon {
     // A killed daemon leaves its ready file: the next one's must be its own.
     let _ = fs::remove_file(ws.path().join(".nrvnad.ready"));
     let mut a = vec!["--engine", "echo", "--workers", "2"];
@@ -27,7 +31,7 @@ fn echo(ws: &TestWs, args: &[&str]) -> Daemon {
         ws,
         ECHO.as_ref(),
         &a,
-        &[("NRVNA_FSYNC", "0"), ("NRVNA_LOG_LEVEL", "info")],
+        &[("NRVNA_FSYNC", "0"), ("NRVNA_LOG_LEVEL", level)],
     );
     d.wait_ready();
     d
@@ -357,4 +361,47 @@ fn without_a_retain_flag_nothing_is_removed_and_help_says_so() {
         text.contains("Default (no --retain-* flag): keep every job forever"),
         "{text}"
     );
+}
+
+#[test]
+fn a_round_is_skipped_while_another_pruner_holds_the_lock_and_the_trash_is_emptied_at_start() {
+    let ws = TestWs::new();
+    ws.create_dirs();
+    let old = ws.make_job(DONE, "1", &[("meta.json", b"{}"), ("result.txt", b"x")]);
+    fs::File::open(&old)
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(2 * DAY))
+        .unwrap();
+    // What a pruner killed mid-delete left behind.
+    let left = ws.path().join(".nrvna-trash/2");
+    fs::create_dir_all(&left).unwrap();
+    fs::write(left.join("result.txt"), "half").unwrap();
+    // Another pruner (a shared member, flw --prune) holds the lock.
+    let handle = nrvna_core::Workspace::open(ws.path()).unwrap();
+    let held = nrvna_core::retention::PruneLock::acquire(&handle, false)
+        .unwrap()
+        .expect("the lock");
+    let mut d = echo_logging(&ws, &["--retain-done", "1d", "--retain-interval", "100ms"], "debug");
+    // Several rounds are skipped (jobs run meanwhile): nothing is removed.
+    let id = ws.submit(&[], "hello");
+    assert_eq!(ws.wait_finished(&id, JOB), DONE);
+    assert!(wait_for(JOB, || d.log_count("skipping this round") >= 3));
+    assert!(
+        ws.is_in(DONE, "1") && left.is_dir(),
+        "a round ran while another pruner held the lock"
+    );
+    drop(held);
+    assert!(wait_for(JOB, || !ws.is_in(DONE, "1") && !left.exists()));
+    assert!(ws.is_in(DONE, &id));
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(JOB).code(), Some(0));
+
+    // A crash left the trash: the next start empties it, with no policy.
+    fs::create_dir_all(&left).unwrap();
+    fs::write(left.join("result.txt"), "half").unwrap();
+    let mut d = echo(&ws, &[]);
+    assert!(!left.exists(), "recovery at start empties the trash");
+    assert_eq!(d.log_count("left in the trash"), 1);
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(JOB).code(), Some(0));
 }
