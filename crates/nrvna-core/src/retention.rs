@@ -4,9 +4,10 @@
 //! A [`Policy`] (ages per state, a job count, a byte total) is applied by
 //! [`select`], a pure function over the finished jobs, oldest first. Only
 //! `output/` and `failed/` are ever listed; a job pinned with the tag
-//! `keep`, and a gateway batch's line while its batch is not finished, are
-//! never selected ([`Guard`]). [`remove`] takes each job out of its state
-//! directory with one rename into `WS/.nrvna-trash/` and deletes it there;
+//! `keep`, and a gateway batch's line while its batch is not finished (or
+//! its output is retrievable), are never selected ([`Guard`]). [`remove`]
+//! takes each job out of its state directory with one rename into
+//! `WS/.nrvna-trash/` and deletes it there;
 //! [`empty_trash`] finishes what a crash interrupted. `nrvnad`'s retention
 //! thread and `flw --prune` both run [`prune`], one at a time per workspace
 //! ([`PruneLock`]).
@@ -173,25 +174,39 @@ fn dir_bytes(dir: &std::path::Path) -> u64 {
 /// the jobs asked about and each batch record once.
 pub struct Guard<'a> {
     ws: &'a Workspace,
-    /// Batch record file name -> whether that batch is unfinished.
-    batches: HashMap<String, bool>,
+    /// Unix seconds now (for batch output windows).
+    now: i64,
+    /// Batch record file name -> why its lines stay (`None`: they may go).
+    batches: HashMap<String, Option<&'static str>>,
     /// Whether the gateway keeps batch records here at all.
     any_batches: bool,
 }
 
+/// Why a line of an unfinished batch stays.
+pub const KEPT_BATCH: &str = "its batch is not finished";
+/// Why a line of a batch whose output is still retrievable stays.
+pub const KEPT_OUTPUT: &str = "its batch output has not expired";
+/// Why a pinned job stays.
+pub const KEPT_PINNED: &str = "pinned";
+
 impl<'a> Guard<'a> {
-    pub fn new(ws: &'a Workspace) -> Guard<'a> {
+    pub fn new(ws: &'a Workspace, now: SystemTime) -> Guard<'a> {
         Guard {
             ws,
+            now: now
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or(0),
             batches: HashMap::new(),
             any_batches: ws.file(BATCH_RECORDS).is_dir(),
         }
     }
 
     /// Why `j` must stay, or `None` when it may go: pinned (the tag
-    /// `keep`), or a line of a gateway batch that is not finished (its job
-    /// id is `<J>_<6 digits>` with a record `api/batches/batch_<J>.json`,
-    /// or it carries the tag `batch_<J>` of such a record).
+    /// `keep`), or a line of a gateway batch (its job id is `<J>_<6
+    /// digits>` with a record `api/batches/batch_<J>.json`, or it carries
+    /// the tag `batch_<J>` of such a record) that is not finished or whose
+    /// output is retrievable until the record's `output_expires_at`.
     pub fn why_kept(&mut self, j: &Finished) -> Option<&'static str> {
         let meta = read_optional(&self.ws.job_dir(j.state, &j.id).join(META_FILE), MAX_META_BYTES)
             .ok()
@@ -199,45 +214,52 @@ impl<'a> Guard<'a> {
             .and_then(|b| Meta::parse(&b).ok());
         if let Some(m) = &meta {
             if m.tags.iter().any(|t| t == KEEP_TAG) {
-                return Some("pinned");
+                return Some(KEPT_PINNED);
             }
             for t in m.tags.iter().filter(|t| t.starts_with("batch_")) {
-                if self.batch_unfinished(t) {
-                    return Some("its batch is not finished");
+                if let Some(why) = self.batch_holds(t) {
+                    return Some(why);
                 }
             }
         }
-        if let Some(batch) = line_batch(j.id.as_str()) {
-            if self.batch_unfinished(&format!("batch_{batch}")) {
-                return Some("its batch is not finished");
-            }
-        }
-        None
+        line_batch(j.id.as_str()).and_then(|batch| self.batch_holds(&format!("batch_{batch}")))
     }
 
-    /// Whether `api/batches/<batch>.json` is a batch that is not finished
-    /// (no `completed_at`, `cancelled_at`, `failed_at` or `expired_at`); an
-    /// unreadable record counts as unfinished.
-    fn batch_unfinished(&mut self, batch: &str) -> bool {
+    /// Why the lines of `api/batches/<batch>.json` stay: the batch is not
+    /// finished (none of `completed_at`, `cancelled_at`, `failed_at`,
+    /// `expired_at`; an unreadable record counts as unfinished), or its
+    /// `output_expires_at` (unix seconds) is still ahead.
+    fn batch_holds(&mut self, batch: &str) -> Option<&'static str> {
         if !self.any_batches {
-            return false;
+            return None;
         }
-        if let Some(&u) = self.batches.get(batch) {
-            return u;
+        if let Some(&why) = self.batches.get(batch) {
+            return why;
         }
         let path = self.ws.file(BATCH_RECORDS).join(format!("{batch}.json"));
-        let unfinished = match read_optional(&path, 16 << 20) {
-            Ok(None) => false,
+        let why = match read_optional(&path, 16 << 20) {
+            Ok(None) => None,
             Ok(Some(b)) => match serde_json::from_slice::<Value>(&b) {
-                Ok(v) => !["completed_at", "cancelled_at", "failed_at", "expired_at"]
-                    .iter()
-                    .any(|k| v.get(k).is_some_and(|x| !x.is_null())),
-                Err(_) => true,
+                Ok(v) => {
+                    let finished = ["completed_at", "cancelled_at", "failed_at", "expired_at"]
+                        .iter()
+                        .any(|k| v.get(k).is_some_and(|x| !x.is_null()));
+                    let output_kept = v
+                        .get("output_expires_at")
+                        .and_then(Value::as_i64)
+                        .is_some_and(|t| t > self.now);
+                    match (finished, output_kept) {
+                        (false, _) => Some(KEPT_BATCH),
+                        (true, true) => Some(KEPT_OUTPUT),
+                        (true, false) => None,
+                    }
+                }
+                Err(_) => Some(KEPT_BATCH),
             },
-            Err(_) => true,
+            Err(_) => Some(KEPT_BATCH),
         };
-        self.batches.insert(batch.to_owned(), unfinished);
-        unfinished
+        self.batches.insert(batch.to_owned(), why);
+        why
     }
 }
 
@@ -402,7 +424,7 @@ pub fn prune(ws: &Workspace, policy: &Policy, now: SystemTime, round: Round<'_>)
     }
     let jobs = list_finished(ws, round.states, policy.needs_sizes())?;
     out.seen = jobs.len();
-    let mut guard = Guard::new(ws);
+    let mut guard = Guard::new(ws, now);
     let mut kept: HashMap<&'static str, usize> = HashMap::new();
     let chosen = select(jobs, policy, now, |j| match guard.why_kept(j) {
         Some(why) => {
@@ -654,11 +676,22 @@ mod tests {
         finished_job(&ws, State::Done, "31_000001", &[]);
         finished_job(&ws, State::Failed, "32_000001", &[]);
         finished_job(&ws, State::Done, "5", &["batch_33"]);
+        finished_job(&ws, State::Done, "34_000002", &[]);
+        finished_job(&ws, State::Done, "35_000002", &[]);
         let recs = ws.file(BATCH_RECORDS);
         fs::create_dir_all(&recs).unwrap();
         fs::write(recs.join("batch_31.json"), br#"{"id":"batch_31","completed_at":null}"#).unwrap();
         fs::write(recs.join("batch_32.json"), br#"{"id":"batch_32","completed_at":17}"#).unwrap();
         fs::write(recs.join("batch_33.json"), br#"{"id":"batch_33"}"#).unwrap();
+        // Finished, its output retrievable until a time ahead / passed.
+        let ahead = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        let rec = |at: u64| format!(r#"{{"id":"x","completed_at":1,"output_expires_at":{at}}}"#);
+        fs::write(recs.join("batch_34.json"), rec(ahead)).unwrap();
+        fs::write(recs.join("batch_35.json"), rec(ahead - 7200)).unwrap();
         let policy = Policy {
             max_jobs: Some(0),
             ..Policy::default()
@@ -679,14 +712,15 @@ mod tests {
         )
         .unwrap();
         ids_removed.sort();
-        assert_eq!(ids_removed, ["2", "32_000001"]);
-        assert_eq!(out.seen, 5);
+        assert_eq!(ids_removed, ["2", "32_000001", "35_000002"]);
+        assert_eq!(out.seen, 7);
         assert_eq!(out.kept.get("pinned"), Some(&1));
-        assert_eq!(out.kept.get("its batch is not finished"), Some(&2));
+        assert_eq!(out.kept.get(KEPT_BATCH), Some(&2));
+        assert_eq!(out.kept.get(KEPT_OUTPUT), Some(&1));
         let mut left = ws.list(State::Done).unwrap();
         left.extend(ws.list(State::Failed).unwrap());
         let left: Vec<_> = left.iter().map(|i| i.to_string()).collect();
-        assert_eq!(left, ["1", "31_000001", "5"]);
+        assert_eq!(left, ["1", "31_000001", "34_000002", "5"]);
         // The trash is empty after a round.
         assert_eq!(fs::read_dir(ws.file(TRASH_DIR)).unwrap().count(), 0);
     }
