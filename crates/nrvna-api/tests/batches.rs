@@ -549,3 +549,91 @@ fn a_batch_counts_its_lines_against_the_queue_limit_and_waits_for_room() {
     let r = post_json(&base, "/v1/embeddings", &json!({"model": "m", "input": "x"}));
     assert_eq!(r.status, 429, "{}", r.text());
 }
+
+/// `POST /v1/files` as a client sends it: multipart, `purpose=batch`, and
+/// the given `expires_after[...]` fields.
+fn upload(base: &str, data: &str, expires: &[(&str, &str)]) -> Reply {
+    let b = "----nrvna-test-boundary";
+    let mut body = String::new();
+    let mut field = |name: &str, extra: &str, value: &str| {
+        body.push_str(&format!(
+            "--{b}\r\nContent-Disposition: form-data; name=\"{name}\"{extra}\r\n\r\n{value}\r\n"
+        ));
+    };
+    field("purpose", "", "batch");
+    for (k, v) in expires {
+        field(&format!("expires_after[{k}]"), "", v);
+    }
+    field(
+        "file",
+        "; filename=\"in.jsonl\"\r\nContent-Type: application/jsonl",
+        data,
+    );
+    body.push_str(&format!("--{b}--\r\n"));
+    let ct = format!("Content-Type: multipart/form-data; boundary={b}");
+    let req = request(base, "POST", "/v1/files", Some(KEY), &[&ct], Some(body.as_bytes()));
+    raw(base, &req, Duration::from_secs(60)).expect("a reply")
+}
+
+#[test]
+fn uploads_expire_after_30_days_or_as_asked_and_an_expired_one_is_gone() {
+    let ws = tempfile::tempdir().unwrap();
+    let (_api, base) = start_api(ws.path());
+    let data = format!("{}\n", chat_line("a", None));
+
+    let r = upload(&base, &data, &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let f = r.json();
+    assert_eq!(
+        f["expires_at"].as_i64().unwrap() - f["created_at"].as_i64().unwrap(),
+        30 * 86_400
+    );
+
+    let r = upload(&base, &data, &[("anchor", "created_at"), ("seconds", "3600")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let f = r.json();
+    let id = f["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        f["expires_at"].as_i64().unwrap() - f["created_at"].as_i64().unwrap(),
+        3600
+    );
+    assert_eq!(
+        get(&base, &format!("/v1/files/{id}")).json()["expires_at"],
+        f["expires_at"]
+    );
+
+    for bad in [
+        vec![("anchor", "created_at"), ("seconds", "60")],
+        vec![("anchor", "created_at"), ("seconds", "2592001")],
+        vec![("anchor", "last_active_at"), ("seconds", "3600")],
+    ] {
+        let r = upload(&base, &data, &bad);
+        assert_eq!(r.status, 400, "{bad:?}: {}", r.text());
+        assert!(
+            r.json()["error"]["param"]
+                .as_str()
+                .unwrap()
+                .starts_with("expires_after."),
+            "{}",
+            r.text()
+        );
+    }
+
+    // The hour passes (the record says so): the file is gone for readers
+    // at once, a batch cannot use it, and the gateway deletes it.
+    let rec_path = ws.path().join(format!("api/files/{id}.json"));
+    let mut rec: Value = serde_json::from_slice(&std::fs::read(&rec_path).unwrap()).unwrap();
+    rec["expires_at"] = json!(rec["created_at"].as_i64().unwrap() - 1);
+    std::fs::write(&rec_path, rec.to_string()).unwrap();
+    assert_eq!(get(&base, &format!("/v1/files/{id}")).status, 404);
+    assert_eq!(get(&base, &format!("/v1/files/{id}/content")).status, 404);
+    assert_eq!(create_batch(&base, &id).status, 404);
+    assert!(
+        wait_for(Duration::from_secs(60), || !rec_path.exists()
+            && !ws.path().join(format!("api/files/{id}.data")).exists()),
+        "the expired upload was not deleted"
+    );
+    // Records of earlier gateways (no expires_at) never expire.
+    let old = put_file(ws.path(), &[chat_line("b", None)]);
+    assert_eq!(get(&base, &format!("/v1/files/{old}")).status, 200);
+}

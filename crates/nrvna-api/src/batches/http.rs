@@ -54,6 +54,7 @@ pub async fn upload(
         ))
     })?;
     let (mut purpose, mut file) = (None, None);
+    let (mut anchor, mut seconds) = (None, None);
     loop {
         let field = match form.next_field().await {
             Ok(Some(f)) => f,
@@ -62,6 +63,8 @@ pub async fn upload(
         };
         match field.name() {
             Some("purpose") => purpose = Some(field.text().await.map_err(multipart_error)?),
+            Some("expires_after[anchor]") => anchor = Some(field.text().await.map_err(multipart_error)?),
+            Some("expires_after[seconds]") => seconds = Some(field.text().await.map_err(multipart_error)?),
             Some("file") => {
                 let name = field.file_name().unwrap_or("upload.jsonl").to_owned();
                 file = Some((name, field.bytes().await.map_err(multipart_error)?));
@@ -82,10 +85,12 @@ pub async fn upload(
     let Some((filename, bytes)) = file else {
         return Err(ApiError::invalid("file is missing; send it as the multipart field `file`").param("file"));
     };
+    let created_at = now_unix();
+    let expires_at = created_at + file_lifetime(anchor.as_deref(), seconds.as_deref())?;
     let id = format!("file-{}", JobId::generate());
     let rec = json!({
-        "id": id, "object": "file", "bytes": bytes.len(), "created_at": now_unix(),
-        "filename": filename, "purpose": "batch", "status": "processed",
+        "id": id, "object": "file", "bytes": bytes.len(), "created_at": created_at,
+        "expires_at": expires_at, "filename": filename, "purpose": "batch", "status": "processed",
     });
     let (rec2, id2, app2) = (rec.clone(), id.clone(), app.clone());
     blocking(move || {
@@ -97,6 +102,41 @@ pub async fn upload(
     .await??;
     tracing::info!("stored file {id} ({filename})");
     Ok(Json(rec))
+}
+
+/// The shortest and longest lifetime an upload may ask for (OpenAI's range).
+const FILE_LIFETIME_S: std::ops::RangeInclusive<i64> = 3600..=2_592_000;
+/// The lifetime of a `purpose=batch` upload that names none (OpenAI's default).
+const BATCH_FILE_LIFETIME_S: i64 = 2_592_000;
+
+/// Seconds an upload is kept: the form's `expires_after[anchor]` (only
+/// `created_at`) and `expires_after[seconds]` (3600 to 2592000), else 30 days.
+fn file_lifetime(anchor: Option<&str>, seconds: Option<&str>) -> Result<i64, ApiError> {
+    match anchor {
+        None if seconds.is_none() => return Ok(BATCH_FILE_LIFETIME_S),
+        Some("created_at") => {}
+        Some(a) => {
+            return Err(ApiError::invalid(format!(
+                "expires_after.anchor {a:?} is not supported; it must be \"created_at\""
+            ))
+            .param("expires_after.anchor"))
+        }
+        None => {
+            return Err(
+                ApiError::invalid("expires_after.anchor is missing (it must be \"created_at\")")
+                    .param("expires_after.anchor"),
+            )
+        }
+    }
+    match seconds.map(|s| s.trim().parse::<i64>()) {
+        Some(Ok(n)) if FILE_LIFETIME_S.contains(&n) => Ok(n),
+        _ => Err(ApiError::invalid(format!(
+            "expires_after.seconds must be a whole number of seconds from {} to {} (1 hour to 30 days)",
+            FILE_LIFETIME_S.start(),
+            FILE_LIFETIME_S.end()
+        ))
+        .param("expires_after.seconds")),
+    }
 }
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
@@ -121,7 +161,7 @@ pub async fn file(AxState(app): AxState<Arc<App>>, AxPath(id): AxPath<String>) -
     Ok(Json(json!({
         "id": id, "object": "file", "bytes": body.len(), "created_at": rec.created_at,
         "filename": format!("{batch}_{}.jsonl", if errors { "errors" } else { "output" }),
-        "purpose": "batch_output", "status": "processed",
+        "purpose": "batch_output", "status": "processed", "expires_at": null,
     })))
 }
 
@@ -542,4 +582,27 @@ pub async fn cancel(AxState(app): AxState<Arc<App>>, AxPath(id): AxPath<String>)
     }
     tracing::info!("batch {id}: cancel asked for");
     Ok(Json(describe(&app, rec).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_upload_lives_30_days_or_what_expires_after_asks_within_openais_range() {
+        assert_eq!(file_lifetime(None, None).unwrap(), 2_592_000);
+        assert_eq!(file_lifetime(Some("created_at"), Some("3600")).unwrap(), 3600);
+        assert_eq!(file_lifetime(Some("created_at"), Some("2592000")).unwrap(), 2_592_000);
+        for (a, s) in [
+            (Some("created_at"), Some("3599")),
+            (Some("created_at"), Some("2592001")),
+            (Some("created_at"), Some("1h")),
+            (Some("created_at"), None),
+            (Some("last_active_at"), Some("3600")),
+            (None, Some("3600")),
+        ] {
+            let e = file_lifetime(a, s).unwrap_err();
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{a:?} {s:?}");
+        }
+    }
 }

@@ -80,10 +80,46 @@ impl Store {
         })
     }
 
+    /// An upload's record, unless it is missing or expired (`expires_at`
+    /// passed; records without one, from earlier gateways, never expire).
     fn upload(&self, id: &str) -> Option<Value> {
         upload_job_id(id)?;
         let b = read_limited(&self.dirs.files.join(format!("{id}.json")), 16 << 20).ok()?;
-        serde_json::from_slice(&b).ok()
+        let v: Value = serde_json::from_slice(&b).ok()?;
+        (!expired(&v, crate::jobs::now_unix())).then_some(v)
+    }
+
+    /// Deletes the uploads whose `expires_at` passed: the record first (the
+    /// file is gone for readers from then on), then the data. Returns how
+    /// many.
+    fn sweep_expired_uploads(&self) -> usize {
+        let now = crate::jobs::now_unix();
+        let Ok(rd) = std::fs::read_dir(&self.dirs.files) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(id) = name.strip_suffix(".json") else { continue };
+            let Ok(b) = read_limited(&e.path(), 16 << 20) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_slice::<Value>(&b) else {
+                continue;
+            };
+            if upload_job_id(id).is_none() || !expired(&v, now) {
+                continue;
+            }
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(self.dirs.input(id));
+                    tracing::info!("file {id} expired (expires_at {}); deleted", v["expires_at"]);
+                    n += 1;
+                }
+                Err(err) => tracing::warn!("deleting expired file {id}: {err}"),
+            }
+        }
+        n
     }
 
     /// Wakes the background work now.
@@ -99,6 +135,11 @@ impl Store {
             flag.store(true, Ordering::Relaxed);
         }
     }
+}
+
+/// Whether a file record's `expires_at` (unix seconds) has passed.
+fn expired(rec: &Value, now: i64) -> bool {
+    rec.get("expires_at").and_then(Value::as_i64).is_some_and(|t| t <= now)
 }
 
 /// Starts the background work on batches: resumes every unfinished batch
@@ -135,6 +176,7 @@ fn supervise(app: Arc<App>, wake: mpsc::Receiver<()>) {
         };
         if rebuilt.elapsed() >= every {
             store.index.rebuild();
+            store.sweep_expired_uploads();
             rebuilt = Instant::now();
         } else {
             store.index.refresh();
