@@ -637,3 +637,43 @@ fn uploads_expire_after_30_days_or_as_asked_and_an_expired_one_is_gone() {
     let old = put_file(ws.path(), &[chat_line("b", None)]);
     assert_eq!(get(&base, &format!("/v1/files/{old}")).status, 200);
 }
+
+#[test]
+fn a_batch_past_its_completion_window_expires_keeping_its_completed_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    let (_api, base) = start_api(&ws);
+    let file = put_file(&ws, &numbered(5));
+    let r = post_json(
+        &base,
+        "/v1/batches",
+        &json!({"input_file_id": file, "endpoint": CHAT, "completion_window": "4s"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let b = r.json();
+    let id = b["id"].as_str().unwrap().to_owned();
+    assert_eq!(b["expires_at"].as_i64().unwrap(), b["created_at"].as_i64().unwrap() + 4);
+    assert!(
+        wait_for(Duration::from_secs(30), || count(&ws, "input/ready") == 5),
+        "lines not queued"
+    );
+    // One request completes in time; the other four are still queued when
+    // the window passes.
+    let j = id.strip_prefix("batch_").unwrap();
+    finish(&ws, &format!("{j}_000001"), "done in time");
+    let b = wait_status(&base, &id, "expired", Duration::from_secs(30));
+    assert!(b["expired_at"].as_i64().unwrap() >= b["expires_at"].as_i64().unwrap());
+    assert_eq!(
+        b["request_counts"],
+        json!({"total": 5, "completed": 1, "failed": 4}),
+        "{b}"
+    );
+    assert_eq!(count(&ws, "input/ready"), 0, "unfinished requests are cancelled");
+    let out = content(&base, b["output_file_id"].as_str().expect("an output file"));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0]["custom_id"], "req-0");
+    let errs = content(&base, b["error_file_id"].as_str().expect("an error file"));
+    assert_eq!(errs.len(), 4, "{errs:?}");
+    assert!(errs.iter().all(|e| e["error"]["code"] == "batch_expired"), "{errs:?}");
+    assert_eq!(batch_json(&ws, &id)["expired_at"], b["expired_at"]);
+}

@@ -205,12 +205,17 @@ fn output_line(job: &JobView, line: usize) -> Value {
     }
 }
 
-/// The error-file line of a failed job.
-fn failed_line(job: &JobView, line: usize) -> Value {
+/// The error-file line of a failed job (`batch_expired` for a job the
+/// expiry of its batch cancelled).
+fn failed_line(job: &JobView, line: usize, expired: bool) -> Value {
     let meta = job.meta().ok().flatten().unwrap_or_default();
     let cancelled = meta.extra("cancelled").and_then(Value::as_bool) == Some(true);
     let why = job.error().unwrap_or_else(|| "the job failed".into());
-    let code = if cancelled { "batch_cancelled" } else { "job_failed" };
+    let code = match (cancelled, expired) {
+        (true, true) => "batch_expired",
+        (true, false) => "batch_cancelled",
+        _ => "job_failed",
+    };
     error_line(job.id.as_str(), line, custom_id(job, &meta).as_str(), code, &why)
 }
 
@@ -257,7 +262,7 @@ fn by_line_rows(app: &App, rec: &BatchRecord, errors: bool) -> Vec<Value> {
                 (
                     line,
                     if errors {
-                        failed_line(&job, line)
+                        failed_line(&job, line, rec.expired_at.is_some())
                     } else {
                         output_line(&job, line)
                     },
@@ -278,7 +283,7 @@ fn legacy_rows(app: &App, rec: &BatchRecord, errors: bool) -> Vec<Value> {
         let line = meta.extra("batch_line").and_then(Value::as_u64).unwrap_or(0) as usize;
         match (job.state, errors) {
             (State::Done, false) => rows.push(output_line(&job, line)),
-            (State::Failed, true) => rows.push(failed_line(&job, line)),
+            (State::Failed, true) => rows.push(failed_line(&job, line, false)),
             _ => {}
         }
     }
@@ -339,6 +344,8 @@ fn by_line_standing(app: &App, rec: &BatchRecord) -> Standing {
         BatchStatus::Failed
     } else if rec.cancelled_at.is_some() {
         BatchStatus::Cancelled
+    } else if rec.expired_at.is_some() {
+        BatchStatus::Expired
     } else if cancelling_at.is_some() {
         BatchStatus::Cancelling
     } else if rec.in_progress_at.is_none() {
@@ -356,7 +363,7 @@ fn by_line_standing(app: &App, rec: &BatchRecord) -> Standing {
         failed,
         in_progress_at: rec.in_progress_at,
         cancelling_at,
-        end: rec.completed_at.or(rec.cancelled_at),
+        end: rec.completed_at.or(rec.cancelled_at).or(rec.expired_at),
     }
 }
 
@@ -401,6 +408,7 @@ async fn describe(app: &Arc<App>, rec: BatchRecord) -> Result<Value, ApiError> {
     };
     let id = rec.id.clone();
     let (total, errors, failed_at) = (rec.total, rec.errors.clone(), rec.failed_at);
+    let (expires_at, expired_at) = (rec.expires_at(), rec.expired_at);
     let mut o = match serde_json::to_value(rec) {
         Ok(Value::Object(o)) => o,
         Ok(_) => return Err(ApiError::internal(format!("batch {id}: its record is no JSON object"))),
@@ -411,7 +419,10 @@ async fn describe(app: &Arc<App>, rec: BatchRecord) -> Result<Value, ApiError> {
     }
     let at = |cond: bool, t: Option<i64>| if cond { json!(t) } else { Value::Null };
     let s = st.status;
-    let over = matches!(s, BatchStatus::Completed | BatchStatus::Cancelled);
+    let over = matches!(
+        s,
+        BatchStatus::Completed | BatchStatus::Cancelled | BatchStatus::Expired
+    );
     let fields = [
         ("status", json!(s)),
         (
@@ -433,8 +444,8 @@ async fn describe(app: &Arc<App>, rec: BatchRecord) -> Result<Value, ApiError> {
             "error_file_id",
             json!((over && st.failed > 0).then(|| format!("file-{id}-errors"))),
         ),
-        ("expires_at", Value::Null),
-        ("expired_at", Value::Null),
+        ("expires_at", json!(expires_at)),
+        ("expired_at", json!(expired_at)),
     ];
     for (k, v) in fields {
         o.insert(k.into(), v);
@@ -492,6 +503,7 @@ pub async fn create(
         completed_at: None,
         cancelled_at: None,
         failed_at: None,
+        expired_at: None,
         errors: Value::Null,
         extra: Map::new(),
     };

@@ -158,6 +158,7 @@ pub fn start(app: Arc<App>) -> anyhow::Result<()> {
 enum Step {
     Publish,
     Sweep,
+    Expire,
     Finalize,
     Legacy,
 }
@@ -189,16 +190,27 @@ fn supervise(app: Arc<App>, wake: mpsc::Receiver<()>) {
             }
         };
         for id in ids {
-            if settled.contains(&id) || locked(&store.busy).contains(&id) {
+            if settled.contains(&id) {
                 continue;
             }
             let Some(rec) = store.dirs.read(&id) else { continue };
+            let window_passed =
+                !rec.finished() && rec.by_line() && rec.expires_at().is_some_and(|t| t <= crate::jobs::now_unix());
+            if locked(&store.busy).contains(&id) {
+                if window_passed {
+                    // Its publisher stops before the next line; then it expires.
+                    store.stop(&id);
+                }
+                continue;
+            }
             let step = if rec.finished() {
                 None
             } else if !rec.by_line() {
                 (!rec.published && rec.cancelling_at.is_none()).then_some(Step::Legacy)
             } else if store.dirs.cancel(&id).exists() {
                 Some(Step::Sweep)
+            } else if window_passed {
+                Some(Step::Expire)
             } else if !rec.published {
                 Some(Step::Publish)
             } else {
@@ -247,6 +259,7 @@ fn run_step(app: &Arc<App>, id: String, step: Step) {
         let done = match step {
             Step::Publish => work::publish(&s.ws, &s.dirs, id, &stop, &mut *model_check(busy.app.clone())),
             Step::Sweep => work::sweep(&s.ws, &s.dirs, id),
+            Step::Expire => work::expire(&s.ws, &s.dirs, id),
             Step::Finalize => work::finalize(&s.ws, &s.dirs, id, &s.index),
             Step::Legacy => legacy::recover(&s.ws, &s.dirs, id),
         };

@@ -61,6 +61,10 @@ pub struct BatchRecord {
     /// When the input file as a whole was found unusable; `errors` says why.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failed_at: Option<i64>,
+    /// When its completion window passed before it finished: unfinished
+    /// lines were cancelled (`batch_expired` in the error file).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired_at: Option<i64>,
     #[serde(default, skip_serializing_if = "Value::is_null")]
     pub errors: Value,
     #[serde(flatten)]
@@ -87,7 +91,17 @@ impl BatchRecord {
 
     /// Nothing more will happen to it.
     pub fn finished(&self) -> bool {
-        self.completed_at.is_some() || self.cancelled_at.is_some() || self.failed_at.is_some()
+        self.completed_at.is_some()
+            || self.cancelled_at.is_some()
+            || self.failed_at.is_some()
+            || self.expired_at.is_some()
+    }
+
+    /// When its completion window ends (`created_at` + `completion_window`,
+    /// e.g. `24h`); `None` for a window that is no duration.
+    pub fn expires_at(&self) -> Option<i64> {
+        let w = nrvna_core::retention::parse_duration(&self.completion_window).ok()?;
+        Some(self.created_at.saturating_add(w.as_secs().max(1) as i64))
     }
 
     /// The batch's id as a job id (`batch_<J>` -> J).

@@ -276,11 +276,56 @@ pub fn sweep(ws: &Workspace, dirs: &Dirs, id: &str) -> Result<(), String> {
     if !rec.by_line() || rec.finished() {
         return Ok(());
     }
-    let j = rec.job_id().ok_or_else(|| format!("{id} is not a batch id"))?;
     if rec.cancelling_at.is_none() {
         rec.cancelling_at = Some(asked);
         write_record(ws, dirs, &rec)?;
     }
+    let msg = "the batch was cancelled before this request was published";
+    let Some(mut rec) = wind_down(ws, dirs, rec, "batch_cancelled", msg)? else {
+        return Ok(());
+    };
+    rec.cancelled_at = Some(now_unix());
+    write_record(ws, dirs, &rec)?;
+    tracing::info!("batch {id}: cancelled");
+    Ok(())
+}
+
+/// Ends a batch whose completion window passed before it finished: its
+/// queued and running jobs are cancelled (the publisher was stopped first),
+/// and once none runs, each request that never ran is a `batch_expired`
+/// line of the error file and the batch is `expired`; completed work stays
+/// in the output file.
+pub fn expire(ws: &Workspace, dirs: &Dirs, id: &str) -> Result<(), String> {
+    let Some(_lock) = take_lock(dirs, id)? else {
+        return Ok(());
+    };
+    let Some(rec) = dirs.read(id) else { return Ok(()) };
+    if !rec.by_line() || rec.finished() || rec.expires_at().is_none_or(|t| t > now_unix()) {
+        return Ok(());
+    }
+    let msg = "the batch's completion window passed before this request ran";
+    let Some(mut rec) = wind_down(ws, dirs, rec, "batch_expired", msg)? else {
+        return Ok(());
+    };
+    rec.expired_at = Some(now_unix());
+    write_record(ws, dirs, &rec)?;
+    tracing::info!("batch {id}: expired (completion window {})", rec.completion_window);
+    Ok(())
+}
+
+/// Cancels the batch's queued and running jobs; once none runs, writes a
+/// `code` line into the error file for every request never published and
+/// returns the record with its counts (for the caller to end); `None`
+/// while jobs still run. Hold the batch's lock.
+fn wind_down(
+    ws: &Workspace,
+    dirs: &Dirs,
+    mut rec: BatchRecord,
+    code: &str,
+    msg: &str,
+) -> Result<Option<BatchRecord>, String> {
+    let id = rec.id.clone();
+    let j = rec.job_id().ok_or_else(|| format!("{id} is not a batch id"))?;
     // Staged by a publisher that died: never published now.
     for (job, _) in lines_in(ws, State::Writing, j.as_str()) {
         let _ = std::fs::remove_dir_all(ws.job_dir(State::Writing, &job));
@@ -299,13 +344,13 @@ pub fn sweep(ws: &Workspace, dirs: &Dirs, id: &str) -> Result<(), String> {
         }
     }
     if running > 0 {
-        return Ok(());
+        return Ok(None);
     }
     let mut have: HashSet<usize> = HashSet::new();
     for st in State::PUBLISHED {
         have.extend(lines_in(ws, st, j.as_str()).into_iter().map(|(_, l)| l));
     }
-    let mut rejected = read_rejected(dirs, id);
+    let mut rejected = read_rejected(dirs, &id);
     let refused: HashSet<usize> = rejected.iter().map(line_of).collect();
     let bytes = read_limited(&dirs.input(&rec.input_file_id), batch::MAX_BATCH_BYTES).unwrap_or_default();
     let mut requests = 0u64;
@@ -318,19 +363,15 @@ pub fn sweep(ws: &Workspace, dirs: &Dirs, id: &str) -> Result<(), String> {
             .ok()
             .and_then(|v| v.get("custom_id").and_then(Value::as_str).map(str::to_owned));
         let job = format!("{j}_{line:06}");
-        let msg = "the batch was cancelled before this request was published";
-        rejected.push(error_line(&job, line, custom_id.as_deref(), "batch_cancelled", msg));
+        rejected.push(error_line(&job, line, custom_id.as_deref(), code, msg));
     }
     rejected.sort_by_key(line_of);
-    write_rejected(ws, dirs, id, &rejected)?;
+    write_rejected(ws, dirs, &id, &rejected)?;
     if rec.in_progress_at.is_none() {
         rec.total = requests;
     }
     rec.rejected = rejected.len() as u64;
-    rec.cancelled_at = Some(now_unix());
-    write_record(ws, dirs, &rec)?;
-    tracing::info!("batch {id}: cancelled");
-    Ok(())
+    Ok(Some(rec))
 }
 
 /// Records the end of a batch whose every line has finished.
