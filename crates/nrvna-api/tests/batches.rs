@@ -677,3 +677,45 @@ fn a_batch_past_its_completion_window_expires_keeping_its_completed_work() {
     assert!(errs.iter().all(|e| e["error"]["code"] == "batch_expired"), "{errs:?}");
     assert_eq!(batch_json(&ws, &id)["expired_at"], b["expired_at"]);
 }
+
+#[test]
+fn a_batchs_output_expires_after_what_it_asked_from_its_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    let (_api, base) = start_api(&ws);
+    let file = put_file(&ws, &numbered(2));
+    let ask = |after: Value| {
+        post_json(
+            &base,
+            "/v1/batches",
+            &json!({"input_file_id": file, "endpoint": CHAT, "completion_window": "24h", "output_expires_after": after}),
+        )
+    };
+    let r = ask(json!({"anchor": "created_at", "seconds": 10}));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["param"], "output_expires_after");
+    let r = ask(json!({"anchor": "created_at", "seconds": 3600}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let j = id.strip_prefix("batch_").unwrap().to_owned();
+    // The refused request queued nothing: only this batch's two lines.
+    assert!(wait_for(Duration::from_secs(30), || count(&ws, "input/ready") == 2));
+    finish(&ws, &format!("{j}_000001"), "one");
+    finish(&ws, &format!("{j}_000002"), "two");
+    let b = wait_status(&base, &id, "completed", Duration::from_secs(30));
+    let out_id = b["output_file_id"].as_str().unwrap().to_owned();
+    let rec = batch_json(&ws, &id);
+    assert_eq!(
+        rec["output_expires_at"].as_i64().unwrap(),
+        rec["completed_at"].as_i64().unwrap() + 3600
+    );
+    let f = get(&base, &format!("/v1/files/{out_id}")).json();
+    assert_eq!(f["expires_at"], rec["output_expires_at"]);
+    assert_eq!(content(&base, &out_id).len(), 2);
+    // The hour passes (the record says so): the output file is gone.
+    let mut rec = rec;
+    rec["output_expires_at"] = json!(rec["completed_at"].as_i64().unwrap() - 1);
+    std::fs::write(ws.join(format!("api/batches/{id}.json")), rec.to_string()).unwrap();
+    assert_eq!(get(&base, &format!("/v1/files/{out_id}/content")).status, 404);
+    assert_eq!(get(&base, &format!("/v1/files/{out_id}")).status, 404);
+}

@@ -20,6 +20,7 @@ use serde_json::{json, Map, Value};
 use super::legacy;
 use super::record::{
     batch_job_id, batch_object, result_file, write_bytes, write_json, write_record, BatchRecord, BatchStatus, BY_LINE,
+    OUTPUT_EXPIRES_AFTER, OUTPUT_EXPIRES_AT,
 };
 use super::work::{error_line, line_of, read_rejected};
 use crate::error::ApiError;
@@ -161,7 +162,7 @@ pub async fn file(AxState(app): AxState<Arc<App>>, AxPath(id): AxPath<String>) -
     Ok(Json(json!({
         "id": id, "object": "file", "bytes": body.len(), "created_at": rec.created_at,
         "filename": format!("{batch}_{}.jsonl", if errors { "errors" } else { "output" }),
-        "purpose": "batch_output", "status": "processed", "expires_at": null,
+        "purpose": "batch_output", "status": "processed", "expires_at": rec.extra.get(OUTPUT_EXPIRES_AT),
     })))
 }
 
@@ -223,6 +224,12 @@ fn failed_line(job: &JobView, line: usize, expired: bool) -> Value {
 /// JSONL of a batch, in the order of its input file.
 async fn result_lines(app: &Arc<App>, batch: &str, errors: bool) -> Result<(BatchRecord, Vec<u8>), ApiError> {
     let rec = app.store.dirs.read(batch).ok_or_else(|| not_found("batch", batch))?;
+    if rec.output_expired(now_unix()) {
+        let kind = if errors { "errors" } else { "output" };
+        return Err(ApiError::not_found(format!(
+            "the {kind} file of batch {batch} expired (output_expires_after)"
+        )));
+    }
     let app = app.clone();
     blocking(move || {
         let rows = if rec.by_line() {
@@ -478,6 +485,16 @@ pub async fn create(
         Some(Value::String(s)) => s.clone(),
         Some(_) => return Err(ApiError::invalid("completion_window must be a string").param("completion_window")),
     };
+    let output_after = match body.get("output_expires_after") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            file_lifetime(
+                Some(v.get("anchor").and_then(Value::as_str).unwrap_or("")),
+                v.get("seconds").map(|s| s.to_string()).as_deref(),
+            )
+            .map_err(|e| e.param("output_expires_after"))?,
+        ),
+    };
     let metadata = match body.get("metadata") {
         None | Some(Value::Null) => Value::Null,
         Some(m @ Value::Object(_)) => m.clone(),
@@ -505,7 +522,9 @@ pub async fn create(
         failed_at: None,
         expired_at: None,
         errors: Value::Null,
-        extra: Map::new(),
+        extra: output_after
+            .map(|s| Map::from_iter([(OUTPUT_EXPIRES_AFTER.to_owned(), json!(s))]))
+            .unwrap_or_default(),
     };
     let (app2, rec2) = (app.clone(), rec.clone());
     blocking(move || write_record(&app2.store.ws, &app2.store.dirs, &rec2))

@@ -16,6 +16,13 @@ use serde_json::{Map, Value};
 /// random ids and are found by the batch's tag.
 pub const BY_LINE: &str = "by_line";
 
+/// Record key: the seconds its output files live after it ends (the
+/// request's `output_expires_after.seconds`).
+pub const OUTPUT_EXPIRES_AFTER: &str = "output_expires_after_s";
+/// Record key: when its output and error files expire (unix seconds); the
+/// retention of nrvnad keeps its jobs until then.
+pub const OUTPUT_EXPIRES_AT: &str = "output_expires_at";
+
 /// The most requests one batch file may hold (OpenAI's limit).
 pub const MAX_REQUESTS: u64 = 50_000;
 
@@ -95,6 +102,24 @@ impl BatchRecord {
             || self.cancelled_at.is_some()
             || self.failed_at.is_some()
             || self.expired_at.is_some()
+    }
+
+    /// Starts the window of its output and error files at its end (`now`):
+    /// `output_expires_at` = now + the `output_expires_after` seconds it was
+    /// created with, if any.
+    pub fn start_output_window(&mut self, now: i64) {
+        if let Some(secs) = self.extra.get(OUTPUT_EXPIRES_AFTER).and_then(Value::as_i64) {
+            self.extra
+                .insert(OUTPUT_EXPIRES_AT.into(), Value::from(now.saturating_add(secs)));
+        }
+    }
+
+    /// Whether its output and error files have expired.
+    pub fn output_expired(&self, now: i64) -> bool {
+        self.extra
+            .get(OUTPUT_EXPIRES_AT)
+            .and_then(Value::as_i64)
+            .is_some_and(|t| t <= now)
     }
 
     /// When its completion window ends (`created_at` + `completion_window`,

@@ -285,6 +285,7 @@ pub fn sweep(ws: &Workspace, dirs: &Dirs, id: &str) -> Result<(), String> {
         return Ok(());
     };
     rec.cancelled_at = Some(now_unix());
+    rec.start_output_window(now_unix());
     write_record(ws, dirs, &rec)?;
     tracing::info!("batch {id}: cancelled");
     Ok(())
@@ -308,6 +309,7 @@ pub fn expire(ws: &Workspace, dirs: &Dirs, id: &str) -> Result<(), String> {
         return Ok(());
     };
     rec.expired_at = Some(now_unix());
+    rec.start_output_window(now_unix());
     write_record(ws, dirs, &rec)?;
     tracing::info!("batch {id}: expired (completion window {})", rec.completion_window);
     Ok(())
@@ -386,6 +388,7 @@ pub fn finalize(ws: &Workspace, dirs: &Dirs, id: &str, index: &LineIndex) -> Res
         return Ok(());
     }
     rec.completed_at = Some(now_unix());
+    rec.start_output_window(now_unix());
     write_record(ws, dirs, &rec)?;
     tracing::info!("batch {id}: completed ({done} done, {} failed)", failed + rec.rejected);
     Ok(())
