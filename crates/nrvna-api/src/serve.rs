@@ -23,6 +23,9 @@ use tower::ServiceExt;
 
 use crate::error::ApiError;
 
+/// Descriptors kept for other than connections.
+const FILES_KEPT: u64 = 64;
+
 /// How long open requests get after the stop signal.
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -38,8 +41,21 @@ pub struct Limits {
 /// Serves the router until SIGINT/SIGTERM; then stops accepting and gives
 /// open requests 5 s.
 pub async fn serve(listener: TcpListener, router: Router, limits: Limits) -> Result<()> {
-    raise_open_files_limit();
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    // Connections stop being accepted before descriptors run out (the
+    // workspace, the watcher and the jobs' files need some too).
+    let max_connections = match raise_open_files_limit() {
+        Some(files) if files.saturating_sub(FILES_KEPT) < limits.max_connections as u64 => {
+            let max = files.saturating_sub(FILES_KEPT).max(1) as usize;
+            tracing::warn!(
+                "only {files} open files are allowed (ulimit -n), so at most {max} connections are served at \
+                 once, not {}; raise the hard limit to serve more",
+                limits.max_connections
+            );
+            max
+        }
+        _ => limits.max_connections,
+    };
+    let slots = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
     let stop = shutdown_signal();
     tokio::pin!(stop);
@@ -141,22 +157,29 @@ fn closing(e: ApiError) -> Response<Body> {
 }
 
 /// Raises the soft limit on open files to the hard one, so that the
-/// connection cap, not the descriptor limit, decides who waits.
-fn raise_open_files_limit() {
+/// connection cap, not the descriptor limit, decides who waits; returns the
+/// limit now in force.
+fn raise_open_files_limit() -> Option<u64> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
     };
     // SAFETY: getrlimit/setrlimit only read and write the struct passed.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return None;
+        }
+        if lim.rlim_cur < lim.rlim_max {
             let old = lim.rlim_cur;
             lim.rlim_cur = lim.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
                 tracing::debug!("open files limit raised from {old} to {}", lim.rlim_max);
+            } else {
+                lim.rlim_cur = old;
             }
         }
     }
+    Some(lim.rlim_cur)
 }
 
 async fn shutdown_signal() {

@@ -542,3 +542,39 @@ fn error_bodies_name_no_workspace_path() {
         r.text()
     );
 }
+
+#[test]
+fn slow_bodies_beyond_the_open_files_limit_block_no_one_for_long() {
+    // The issue's case: 140 never-ending bodies against `ulimit -n 128`.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = Command::new("prlimit");
+    cmd.args(["--nofile=128:128", "--"]).arg(api_bin());
+    clean(&mut cmd)
+        .arg(dir.path().join("ws"))
+        .args(["--listen", "127.0.0.1:0", "--body-timeout", "2"])
+        .env("NRVNA_API_KEY", KEY)
+        .stdout(Stdio::piped());
+    let (_api, base) = start(cmd);
+    let head = format!(
+        "POST /v1/embeddings HTTP/1.1\r\nHost: {}\r\nAuthorization: Bearer {KEY}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n1\r\n{{\r\n",
+        authority(&base)
+    );
+    let slow: Vec<TcpStream> = (0..140)
+        .map(|_| {
+            let mut s = TcpStream::connect(authority(&base)).unwrap();
+            s.write_all(head.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    let t0 = Instant::now();
+    let r = raw(
+        &base,
+        &request(&base, "GET", "/v1/models", Some(KEY), &[], None),
+        Duration::from_secs(20),
+    )
+    .expect("/v1/models answered");
+    assert_eq!(r.status, 200);
+    assert!(t0.elapsed() < Duration::from_secs(15), "took {:?}", t0.elapsed());
+    drop(slow);
+}
