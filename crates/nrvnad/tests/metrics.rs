@@ -1,0 +1,353 @@
+//! `nrvnad --metrics ADDR` (issue #23): the Prometheus text exposition,
+//! scraped during a real run on the real model and parsed with the
+//! official Python parser (`prometheus_client.parser`); its job counts
+//! match `flw WS --json` once the queue is quiescent, and a workspace of
+//! 100,000 jobs is scraped within 100 ms (counts are kept, not listed).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use common::*;
+use serde_json::Value;
+
+/// A free port on 127.0.0.1 (bound and released; the daemon binds it next).
+fn free_addr() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").expect("binding a probe port");
+    l.local_addr().expect("local addr").to_string()
+}
+
+/// `GET path` on `addr`: (status line, body).
+fn get(addr: &str, path: &str) -> (String, String) {
+    let mut c = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(c, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    c.read_to_string(&mut raw).expect("reading the response");
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no head in {raw:?}"));
+    (head.lines().next().unwrap_or_default().to_owned(), body.to_owned())
+}
+
+/// Waits until the daemon answers on `addr`.
+fn wait_serving(d: &mut Daemon, addr: &str) {
+    let ok = wait_for(STARTUP, || d.exited().is_none() && TcpStream::connect(addr).is_ok());
+    assert!(ok, "nrvnad never answered on --metrics {addr}");
+}
+
+/// The parsed exposition: sample name -> [(labels, value)], and each
+/// family's type.
+struct Scrape(BTreeMap<String, Vec<Sample>>, BTreeMap<String, String>);
+
+/// One sample: its labels and value.
+type Sample = (BTreeMap<String, String>, f64);
+
+const PARSE: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+samples, types = {}, {}
+for f in text_string_to_metric_families(sys.stdin.read()):
+    types[f.name] = f.type
+    for s in f.samples:
+        samples.setdefault(s.name, []).append([s.labels, s.value])
+print(json.dumps({"samples": samples, "types": types}))
+"#;
+
+/// Parses `text` with the official parser in the tests' Python environment.
+fn parse(py: &PathBuf, text: &str) -> Scrape {
+    let mut child = Command::new(py)
+        .args(["-c", PARSE])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running python");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client refused the exposition: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut m = BTreeMap::new();
+    for (name, samples) in v["samples"].as_object().unwrap() {
+        let list = samples
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                let labels = s[0]
+                    .as_object()
+                    .unwrap()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
+                    .collect();
+                (labels, s[1].as_f64().unwrap_or(f64::NAN))
+            })
+            .collect();
+        m.insert(name.clone(), list);
+    }
+    let types = v["types"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, t)| (k.clone(), t.as_str().unwrap_or_default().to_owned()))
+        .collect();
+    Scrape(m, types)
+}
+
+impl Scrape {
+    /// The one sample `name` whose labels include `labels`.
+    #[track_caller]
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let found: Vec<f64> = self
+            .0
+            .get(name)
+            .unwrap_or_else(|| panic!("no sample {name}; have {:?}", self.0.keys().collect::<Vec<_>>()))
+            .iter()
+            .filter(|(l, _)| labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+            .map(|(_, v)| *v)
+            .collect();
+        assert_eq!(found.len(), 1, "{name}{labels:?}: {found:?}");
+        found[0]
+    }
+
+    fn sum(&self, name: &str) -> f64 {
+        self.0.get(name).map_or(0.0, |v| v.iter().map(|(_, x)| x).sum())
+    }
+
+    fn family_type(&self, family: &str) -> &str {
+        self.1.get(family).map(String::as_str).unwrap_or("(none)")
+    }
+
+    /// (queued, running, done, failed) of `nrvna_jobs`.
+    fn jobs(&self) -> [u64; 4] {
+        ["queued", "running", "done", "failed"].map(|s| self.value("nrvna_jobs", &[("state", s)]) as u64)
+    }
+}
+
+/// (queued, running, done, failed) from `flw WS --json`.
+fn flw_counts(ws: &TestWs) -> [u64; 4] {
+    let r = ws.flw(&["--json"], STARTUP);
+    let v: Value = serde_json::from_str(r.stdout.trim()).unwrap_or_else(|e| panic!("flw --json: {e}: {}", r.stdout));
+    ["queued", "running", "done", "failed"].map(|k| v[k].as_u64().unwrap_or_else(|| panic!("{k} in {v}")))
+}
+
+fn py() -> PathBuf {
+    test_pyenv("prometheus_client").join("bin/python")
+}
+
+#[test]
+fn a_real_run_scraped_and_parsed_matches_flw_and_the_jobs_meta() {
+    let py = py();
+    let ws = TestWs::new();
+    ws.create_dirs();
+    let addr = free_addr();
+    let mut d = ws.daemon(
+        &["--metrics", &addr, "--workers", "2"],
+        &[("NRVNA_PREDICT", "32"), ("NRVNA_LOG_LEVEL", "info")],
+    );
+    d.wait_ready();
+    wait_serving(&mut d, &addr);
+
+    // Before any job: every series is there, at zero.
+    let s = parse(&py, &get(&addr, "/metrics").1);
+    assert_eq!(s.jobs(), [0, 0, 0, 0]);
+    assert_eq!(s.value("nrvna_job_failures_total", &[("reason", "bad_input")]), 0.0);
+
+    let mut ids: Vec<String> = (0..5)
+        .map(|i| ws.submit(&[], &format!("Name a colour, then a fruit. ({i})")))
+        .collect();
+    ids.push(ws.submit(&["--priority", "high"], "Count to five."));
+    // A job another daemon's model must run: it stays queued here.
+    let elsewhere = ws.submit(&["--model", "another-model"], "not for this daemon");
+    // A job whose params.json is not JSON: failed as bad input.
+    let meta = format!(
+        "{{\"submitted_at\":\"{}\",\"mode\":\"text\"}}",
+        nrvna_core::time::iso8601_utc(SystemTime::now())
+    );
+    ws.publish_job(
+        "17000000000000000000_1_000001",
+        &[
+            ("prompt.txt", b"hi"),
+            ("meta.json", meta.as_bytes()),
+            ("params.json", b"{not json"),
+        ],
+    );
+
+    // Scrapes while the jobs move: each parses, and no job is ever lost
+    // from the counts (8 jobs; a rename's two events may land in two
+    // passes of the tally, so a job in flight may count 0 or 2 times
+    // for an instant: within the 2 workers' jobs).
+    let mut during = 0;
+    while ws.names_in(DONE).len() + ws.names_in(FAILED).len() < 7 {
+        let sc = parse(&py, &get(&addr, "/metrics").1);
+        let total: u64 = sc.jobs().iter().sum();
+        assert!((6..=10).contains(&total), "{:?} while running", sc.jobs());
+        during += 1;
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(during < 10_000, "the jobs did not finish");
+    }
+    eprintln!("{during} scrapes while the jobs ran");
+
+    // Quiescent: the counts are flw's, at the same moment.
+    let mut last = None;
+    let same = wait_for(Duration::from_secs(10), || {
+        let sc = parse(&py, &get(&addr, "/metrics").1);
+        let (mine, flw) = (sc.jobs(), flw_counts(&ws));
+        last = Some((mine, flw));
+        mine == flw
+    });
+    assert!(same, "nrvna_jobs vs flw --json: {last:?}");
+    let s = parse(&py, &get(&addr, "/metrics").1);
+    assert_eq!(s.jobs(), [1, 0, 6, 1], "queued, running, done, failed");
+    assert_eq!(s.jobs(), flw_counts(&ws));
+
+    // What the daemon counted matches the jobs' own meta.json.
+    let (mut prompt, mut generated) = (0.0, 0.0);
+    for id in &ids {
+        let m = ws.meta(DONE, id);
+        prompt += m["prompt_tokens"].as_f64().unwrap();
+        generated += m["generated_tokens"].as_f64().unwrap();
+    }
+    assert!(generated > 0.0);
+    assert_eq!(s.value("nrvna_prompt_tokens_total", &[]), prompt);
+    assert_eq!(s.value("nrvna_generated_tokens_total", &[]), generated);
+    assert_eq!(s.value("nrvna_jobs_finished_total", &[("state", "done")]), 6.0);
+    assert_eq!(s.value("nrvna_jobs_finished_total", &[("state", "failed")]), 1.0);
+    assert_eq!(s.value("nrvna_job_failures_total", &[("reason", "bad_input")]), 1.0);
+    assert_eq!(s.sum("nrvna_job_failures_total"), 1.0);
+    assert_eq!(s.value("nrvna_job_run_seconds_count", &[]), 7.0);
+    // The bad job failed before its wait was taken (its files were unusable).
+    assert_eq!(s.value("nrvna_job_queue_wait_seconds_count", &[]), 6.0);
+    assert!(s.value("nrvna_job_queue_wait_seconds_sum", &[]) > 0.0);
+    assert_eq!(s.value("nrvna_job_run_seconds_bucket", &[("le", "+Inf")]), 7.0);
+    // Nothing of this daemon's own is queued or running now.
+    assert_eq!(s.sum("nrvna_daemon_jobs"), 0.0);
+    // The batched engine decoded, with up to 2 sequences at once.
+    let decodes = s.value("nrvna_engine_decodes_total", &[]);
+    let seqs = s.value("nrvna_engine_decode_sequences_total", &[]);
+    assert!(
+        decodes > 0.0 && seqs >= decodes && seqs <= 2.0 * decodes,
+        "{decodes} {seqs}"
+    );
+    assert!(s.value("nrvna_engine_kv_cells", &[]) > 0.0);
+    assert!(s.value("nrvna_engine_kv_cells_used", &[]) <= s.value("nrvna_engine_kv_cells", &[]));
+    assert_eq!(s.value("nrvna_recoveries_total", &[]), 0.0);
+    for (family, t) in [
+        ("nrvna_jobs", "gauge"),
+        ("nrvna_daemon_jobs", "gauge"),
+        ("nrvna_job_queue_wait_seconds", "histogram"),
+        ("nrvna_job_run_seconds", "histogram"),
+        ("nrvna_generated_tokens", "counter"),
+        ("nrvna_prompt_tokens", "counter"),
+        ("nrvna_job_failures", "counter"),
+        ("nrvna_engine_kv_cells_used", "gauge"),
+        ("nrvna_engine_decode_batch_sequences", "gauge"),
+        ("nrvna_recoveries", "counter"),
+    ] {
+        assert_eq!(s.family_type(family), t, "{family}");
+    }
+    // Labels by priority and model: every priority, this daemon's model.
+    let prios: Vec<&str> = s.0["nrvna_daemon_jobs"]
+        .iter()
+        .map(|(l, _)| l["priority"].as_str())
+        .collect();
+    assert_eq!(prios.len(), 6, "{prios:?}");
+    assert!(s.0["nrvna_daemon_jobs"].iter().all(|(l, _)| !l["model"].is_empty()));
+
+    // A cancel by flw (no daemon involved) shows at once in the counts.
+    ws.flw(&["--cancel", &elsewhere], STARTUP)
+        .expect_code(0, "flw --cancel");
+    let moved = wait_for(Duration::from_secs(10), || {
+        parse(&py, &get(&addr, "/metrics").1).jobs() == [0, 0, 6, 2]
+    });
+    assert!(moved, "the cancel did not show");
+    assert_eq!(flw_counts(&ws), [0, 0, 6, 2]);
+
+    // Anything but GET /metrics is a 404; the daemon stops cleanly and
+    // takes the endpoint down.
+    assert!(get(&addr, "/").0.contains(" 404 "), "{:?}", get(&addr, "/"));
+    d.signal(libc::SIGTERM);
+    d.wait_exit(JOB);
+    assert_eq!(d.code(), 0);
+    assert!(
+        TcpStream::connect(&addr).is_err(),
+        "still answering after the daemon stopped"
+    );
+}
+
+#[test]
+fn a_workspace_of_100000_jobs_is_scraped_within_100_ms() {
+    let py = py();
+    let ws = TestWs::new();
+    ws.create_dirs();
+    let t0 = Instant::now();
+    let (done, failed) = (99_000u64, 1_000u64);
+    for i in 0..done {
+        std::fs::create_dir(
+            ws.dir(DONE)
+                .join(format!("{}_1_000001", 17_000_000_000_000_000_000u128 + i as u128)),
+        )
+        .unwrap();
+    }
+    for i in 0..failed {
+        std::fs::create_dir(
+            ws.dir(FAILED)
+                .join(format!("{}_2_000001", 17_000_000_000_000_000_000u128 + i as u128)),
+        )
+        .unwrap();
+    }
+    eprintln!("100,000 job directories made in {:.1} s", t0.elapsed().as_secs_f64());
+    let addr = free_addr();
+    let mut d = ws.daemon(
+        &["--engine", "echo", "--metrics", &addr, "--workers", "1"],
+        &[("NRVNA_LOG_LEVEL", "info")],
+    );
+    d.wait_ready();
+    wait_serving(&mut d, &addr);
+    let mut times = Vec::new();
+    let mut body = String::new();
+    for _ in 0..11 {
+        let t = Instant::now();
+        let (status, b) = get(&addr, "/metrics");
+        times.push(t.elapsed());
+        assert!(status.contains(" 200 "), "{status}");
+        body = b;
+    }
+    times.sort();
+    let median = times[times.len() / 2];
+    println!(
+        "scrape of a 100,000-job workspace: median {:.2} ms, min {:.2} ms, max {:.2} ms (11 scrapes)",
+        median.as_secs_f64() * 1e3,
+        times[0].as_secs_f64() * 1e3,
+        times[times.len() - 1].as_secs_f64() * 1e3
+    );
+    assert!(median < Duration::from_millis(100), "median scrape {median:?}");
+    let s = parse(&py, &body);
+    assert_eq!(s.jobs(), [0, 0, done, failed]);
+    assert_eq!(s.jobs(), flw_counts(&ws));
+    // The echo engine has no batch: no engine series.
+    assert!(!s.0.contains_key("nrvna_engine_decodes_total"));
+}
+
+#[test]
+fn a_taken_metrics_address_stops_the_start_with_the_flag_named() {
+    let ws = TestWs::new();
+    ws.create_dirs();
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut d = ws.daemon(&["--engine", "echo", "--metrics", &addr], &[]);
+    d.wait_exit(STARTUP);
+    assert_ne!(d.code(), 0);
+    let log = d.log_text();
+    assert!(log.contains("--metrics") && log.contains(&addr), "{log}");
+    assert!(!ws.path().join(".nrvnad.ready").exists());
+}
