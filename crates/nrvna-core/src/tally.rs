@@ -24,6 +24,9 @@ use crate::{JobId, State, Workspace};
 /// The states a tally counts, in this order.
 pub const COUNTED: [State; 4] = [State::Ready, State::Processing, State::Done, State::Failed];
 
+/// The names of the [`COUNTED`] states, as `flw WS --json` spells them.
+pub const NAMES: [&str; 4] = ["queued", "running", "done", "failed"];
+
 /// Job counts by state: (state, count), in [`COUNTED`] order.
 pub type Counts = [(State, usize); 4];
 
@@ -73,6 +76,13 @@ impl Tally {
     pub fn counts(&self) -> Counts {
         let s = lock(&self.sets);
         [0, 1, 2, 3].map(|i| (COUNTED[i], s.0[i].len()))
+    }
+
+    /// The counts now under the names `flw WS --json` gives them (queued,
+    /// running, done, failed), the `state` label of the metrics.
+    pub fn named_counts(&self) -> [(&'static str, usize); 4] {
+        let c = self.counts();
+        [0, 1, 2, 3].map(|i| (NAMES[i], c[i].1))
     }
 }
 
@@ -193,5 +203,9 @@ mod tests {
         std::fs::remove_dir(ws.dir(State::Done).join("10")).unwrap();
         settle(&t, [1, 0, 2, 1]);
         assert_eq!(ws.list(State::Ready).unwrap().len(), 1, "the same count as a listing");
+        assert_eq!(
+            t.named_counts(),
+            [("queued", 1), ("running", 0), ("done", 2), ("failed", 1)]
+        );
     }
 }

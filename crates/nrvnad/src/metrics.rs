@@ -15,7 +15,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use nrvna_core::tally::Tally;
-use nrvna_core::State;
 use nrvna_engine::EngineStats;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -142,16 +141,6 @@ fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fm
     ConstCounter::new(v).encode(e.encode_descriptor(name, help, None, MetricType::Counter)?)
 }
 
-fn state_label(s: State) -> &'static str {
-    match s {
-        State::Ready => "queued",
-        State::Processing => "running",
-        State::Done => "done",
-        State::Failed => "failed",
-        State::Writing => "staging",
-    }
-}
-
 impl Collector for Sources {
     fn encode(&self, mut e: DescriptorEncoder) -> std::fmt::Result {
         if let Some(t) = &self.tally {
@@ -161,8 +150,8 @@ impl Collector for Sources {
                 None,
                 MetricType::Gauge,
             )?;
-            for (s, n) in t.counts() {
-                ConstGauge::new(n as i64).encode(m.encode_family(&[("state", state_label(s))])?)?;
+            for (state, n) in t.named_counts() {
+                ConstGauge::new(n as i64).encode(m.encode_family(&[("state", state)])?)?;
             }
         }
         let mut m = e.encode_descriptor(

@@ -5,15 +5,15 @@
 //! 100,000 jobs is scraped within 100 ms (counts are kept, not listed).
 
 mod common;
+mod prom;
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
+use prom::parse;
 use serde_json::Value;
 
 /// A free port on 127.0.0.1 (bound and released; the daemon binds it next).
@@ -39,98 +39,6 @@ fn get(addr: &str, path: &str) -> (String, String) {
 fn wait_serving(d: &mut Daemon, addr: &str) {
     let ok = wait_for(STARTUP, || d.exited().is_none() && TcpStream::connect(addr).is_ok());
     assert!(ok, "nrvnad never answered on --metrics {addr}");
-}
-
-/// The parsed exposition: sample name -> [(labels, value)], and each
-/// family's type.
-struct Scrape(BTreeMap<String, Vec<Sample>>, BTreeMap<String, String>);
-
-/// One sample: its labels and value.
-type Sample = (BTreeMap<String, String>, f64);
-
-const PARSE: &str = r#"
-import json, sys
-from prometheus_client.parser import text_string_to_metric_families
-samples, types = {}, {}
-for f in text_string_to_metric_families(sys.stdin.read()):
-    types[f.name] = f.type
-    for s in f.samples:
-        samples.setdefault(s.name, []).append([s.labels, s.value])
-print(json.dumps({"samples": samples, "types": types}))
-"#;
-
-/// Parses `text` with the official parser in the tests' Python environment.
-fn parse(py: &PathBuf, text: &str) -> Scrape {
-    let mut child = Command::new(py)
-        .args(["-c", PARSE])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running python");
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "prometheus_client refused the exposition: {}\n{text}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let mut m = BTreeMap::new();
-    for (name, samples) in v["samples"].as_object().unwrap() {
-        let list = samples
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| {
-                let labels = s[0]
-                    .as_object()
-                    .unwrap()
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned()))
-                    .collect();
-                (labels, s[1].as_f64().unwrap_or(f64::NAN))
-            })
-            .collect();
-        m.insert(name.clone(), list);
-    }
-    let types = v["types"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .map(|(k, t)| (k.clone(), t.as_str().unwrap_or_default().to_owned()))
-        .collect();
-    Scrape(m, types)
-}
-
-impl Scrape {
-    /// The one sample `name` whose labels include `labels`.
-    #[track_caller]
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        let found: Vec<f64> = self
-            .0
-            .get(name)
-            .unwrap_or_else(|| panic!("no sample {name}; have {:?}", self.0.keys().collect::<Vec<_>>()))
-            .iter()
-            .filter(|(l, _)| labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
-            .map(|(_, v)| *v)
-            .collect();
-        assert_eq!(found.len(), 1, "{name}{labels:?}: {found:?}");
-        found[0]
-    }
-
-    fn sum(&self, name: &str) -> f64 {
-        self.0.get(name).map_or(0.0, |v| v.iter().map(|(_, x)| x).sum())
-    }
-
-    fn family_type(&self, family: &str) -> &str {
-        self.1.get(family).map(String::as_str).unwrap_or("(none)")
-    }
-
-    /// (queued, running, done, failed) of `nrvna_jobs`.
-    fn jobs(&self) -> [u64; 4] {
-        ["queued", "running", "done", "failed"].map(|s| self.value("nrvna_jobs", &[("state", s)]) as u64)
-    }
 }
 
 /// (queued, running, done, failed) from `flw WS --json`.
@@ -256,12 +164,14 @@ fn a_real_run_scraped_and_parsed_matches_flw_and_the_jobs_meta() {
         assert_eq!(s.family_type(family), t, "{family}");
     }
     // Labels by priority and model: every priority, this daemon's model.
-    let prios: Vec<&str> = s.0["nrvna_daemon_jobs"]
+    let prios: Vec<&str> = s.samples["nrvna_daemon_jobs"]
         .iter()
         .map(|(l, _)| l["priority"].as_str())
         .collect();
     assert_eq!(prios.len(), 6, "{prios:?}");
-    assert!(s.0["nrvna_daemon_jobs"].iter().all(|(l, _)| !l["model"].is_empty()));
+    assert!(s.samples["nrvna_daemon_jobs"]
+        .iter()
+        .all(|(l, _)| !l["model"].is_empty()));
 
     // A cancel by flw (no daemon involved) shows at once in the counts.
     ws.flw(&["--cancel", &elsewhere], STARTUP)
@@ -271,6 +181,27 @@ fn a_real_run_scraped_and_parsed_matches_flw_and_the_jobs_meta() {
     });
     assert!(moved, "the cancel did not show");
     assert_eq!(flw_counts(&ws), [0, 0, 6, 2]);
+
+    // Failures by reason: a running job cancelled, one past its timeout.
+    let long = ws.submit(&["--max-tokens", "2000"], LONG_PROMPT);
+    assert!(wait_for(JOB, || ws.is_in(PROCESSING, &long)), "{long} never ran");
+    ws.flw(&["--cancel", &long], JOB)
+        .expect_code(0, "flw --cancel (running)");
+    let late = ws.submit(&["--max-tokens", "2000", "--timeout", "0.3"], LONG_PROMPT);
+    assert_eq!(ws.wait_finished(&late, JOB), FAILED);
+    assert_eq!(ws.wait_finished(&long, JOB), FAILED);
+    let s = parse(&py, &get(&addr, "/metrics").1);
+    assert_eq!(s.value("nrvna_job_failures_total", &[("reason", "cancelled")]), 1.0);
+    assert_eq!(s.value("nrvna_job_failures_total", &[("reason", "timeout")]), 1.0);
+    assert_eq!(s.sum("nrvna_job_failures_total"), 3.0);
+    assert_eq!(s.value("nrvna_jobs_finished_total", &[("state", "failed")]), 3.0);
+    assert!(wait_for(Duration::from_secs(10), || parse(
+        &py,
+        &get(&addr, "/metrics").1
+    )
+    .jobs()
+        == flw_counts(&ws)));
+    assert_eq!(flw_counts(&ws), [0, 0, 6, 4]);
 
     // Anything but GET /metrics is a 404; the daemon stops cleanly and
     // takes the endpoint down.
@@ -335,7 +266,7 @@ fn a_workspace_of_100000_jobs_is_scraped_within_100_ms() {
     assert_eq!(s.jobs(), [0, 0, done, failed]);
     assert_eq!(s.jobs(), flw_counts(&ws));
     // The echo engine has no batch: no engine series.
-    assert!(!s.0.contains_key("nrvna_engine_decodes_total"));
+    assert!(!s.samples.contains_key("nrvna_engine_decodes_total"));
 }
 
 #[test]
