@@ -282,3 +282,75 @@ fn a_taken_metrics_address_stops_the_start_with_the_flag_named() {
     assert!(log.contains("--metrics") && log.contains(&addr), "{log}");
     assert!(!ws.path().join(".nrvnad.ready").exists());
 }
+
+/// The member id a daemon announced in its log.
+fn member_id(d: &Daemon) -> String {
+    let mut id = None;
+    wait_for(STARTUP, || {
+        id = d
+            .log_text()
+            .lines()
+            .find_map(|l| l.split(" as member ").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_owned);
+        id.is_some()
+    });
+    id.unwrap_or_else(|| panic!("no member id in {}", d.log_text()))
+}
+
+#[test]
+fn shared_members_report_members_alive_recoveries_and_fenced_results() {
+    let py = py();
+    let ws = TestWs::new();
+    ws.create_dirs();
+    let env = [
+        ("NRVNA_ENGINE", "echo"),
+        ("NRVNA_LOG_LEVEL", "info"),
+        ("NRVNA_LEASE_TTL", "1"),
+    ];
+    let (addr_a, addr_b) = (free_addr(), free_addr());
+    let mut a = ws.daemon(&["--shared", "--workers", "1", "--metrics", &addr_a], &env);
+    wait_serving(&mut a, &addr_a);
+    let ida = member_id(&a);
+    let scrape = |addr: &str| parse(&py, &get(addr, "/metrics").1);
+    assert_eq!(scrape(&addr_a).value("nrvna_members_alive", &[]), 1.0);
+    // A slow job claimed by a; a is paused past its lease; b takes it back.
+    let id = ws.submit(&[], "nrvna-test:sleep:4000:slow");
+    assert!(
+        wait_for(JOB, || std::fs::read_to_string(
+            ws.job(PROCESSING, &id).join(".nrvna-claim")
+        )
+        .is_ok_and(|c| c.starts_with(&ida))),
+        "a never claimed {id}"
+    );
+    let mut b = ws.daemon(&["--shared", "--workers", "1", "--metrics", &addr_b], &env);
+    wait_serving(&mut b, &addr_b);
+    assert!(
+        wait_for(JOB, || scrape(&addr_b).value("nrvna_members_alive", &[]) == 2.0),
+        "b never saw a alive"
+    );
+    a.signal(libc::SIGSTOP);
+    assert!(
+        wait_for(JOB, || scrape(&addr_b).value("nrvna_recoveries_total", &[]) == 1.0),
+        "b never recovered {id}: {}",
+        b.log_text()
+    );
+    assert!(
+        wait_for(JOB, || scrape(&addr_b).value("nrvna_members_alive", &[]) == 1.0),
+        "b still counts the paused a"
+    );
+    a.signal(libc::SIGCONT);
+    assert_eq!(ws.wait_finished(&id, JOB), DONE);
+    assert!(
+        wait_for(JOB, || scrape(&addr_a).value("nrvna_fenced_results_total", &[]) == 1.0),
+        "a never counted its fenced result: {}",
+        a.log_text()
+    );
+    let (sa, sb) = (scrape(&addr_a), scrape(&addr_b));
+    assert_eq!(sa.value("nrvna_jobs_finished_total", &[("state", "done")]), 0.0);
+    assert_eq!(sb.value("nrvna_jobs_finished_total", &[("state", "done")]), 1.0);
+    assert_eq!(sa.family_type("nrvna_members_alive"), "gauge");
+    ws.ctl("stop", &["--all"]).expect_code(0, "nrvnad stop --all");
+    a.wait_exit(STARTUP);
+    b.wait_exit(STARTUP);
+}
