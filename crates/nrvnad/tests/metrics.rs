@@ -183,16 +183,32 @@ fn a_real_run_scraped_and_parsed_matches_flw_and_the_jobs_meta() {
     assert_eq!(flw_counts(&ws), [0, 0, 6, 2]);
 
     // Failures by reason: a running job cancelled, one past its timeout.
-    let long = ws.submit(&["--max-tokens", "2000"], LONG_PROMPT);
+    // (Sampled as LONG_ENV samples: about 430 tokens, many seconds.)
+    let slow = ["--max-tokens", "2000", "--temp", "0.8", "--seed", "1"];
+    let long = ws.submit(&slow, LONG_PROMPT);
     assert!(wait_for(JOB, || ws.is_in(PROCESSING, &long)), "{long} never ran");
-    ws.flw(&["--cancel", &long], JOB)
+    ws.flw(&["--cancel", &long, "--timeout", "120"], JOB)
         .expect_code(0, "flw --cancel (running)");
-    let late = ws.submit(&["--max-tokens", "2000", "--timeout", "0.3"], LONG_PROMPT);
+    let late = ws.submit(&[&slow[..], &["--timeout", "0.3"]].concat(), LONG_PROMPT);
     assert_eq!(ws.wait_finished(&late, JOB), FAILED);
     assert_eq!(ws.wait_finished(&long, JOB), FAILED);
     let s = parse(&py, &get(&addr, "/metrics").1);
-    assert_eq!(s.value("nrvna_job_failures_total", &[("reason", "cancelled")]), 1.0);
-    assert_eq!(s.value("nrvna_job_failures_total", &[("reason", "timeout")]), 1.0);
+    let why = format!(
+        "{:?}; {late}: {}; {long}: {}",
+        s.samples["nrvna_job_failures_total"],
+        ws.read(FAILED, &late, "error.txt"),
+        ws.read(FAILED, &long, "error.txt")
+    );
+    assert_eq!(
+        s.value("nrvna_job_failures_total", &[("reason", "cancelled")]),
+        1.0,
+        "{why}"
+    );
+    assert_eq!(
+        s.value("nrvna_job_failures_total", &[("reason", "timeout")]),
+        1.0,
+        "{why}"
+    );
     assert_eq!(s.sum("nrvna_job_failures_total"), 3.0);
     assert_eq!(s.value("nrvna_jobs_finished_total", &[("state", "failed")]), 3.0);
     assert!(wait_for(Duration::from_secs(10), || parse(
@@ -283,21 +299,6 @@ fn a_taken_metrics_address_stops_the_start_with_the_flag_named() {
     assert!(!ws.path().join(".nrvnad.ready").exists());
 }
 
-/// The member id a daemon announced in its log.
-fn member_id(d: &Daemon) -> String {
-    let mut id = None;
-    wait_for(STARTUP, || {
-        id = d
-            .log_text()
-            .lines()
-            .find_map(|l| l.split(" as member ").nth(1))
-            .and_then(|r| r.split_whitespace().next())
-            .map(str::to_owned);
-        id.is_some()
-    });
-    id.unwrap_or_else(|| panic!("no member id in {}", d.log_text()))
-}
-
 #[test]
 fn shared_members_report_members_alive_recoveries_and_fenced_results() {
     let py = py();
@@ -311,7 +312,17 @@ fn shared_members_report_members_alive_recoveries_and_fenced_results() {
     let (addr_a, addr_b) = (free_addr(), free_addr());
     let mut a = ws.daemon(&["--shared", "--workers", "1", "--metrics", &addr_a], &env);
     wait_serving(&mut a, &addr_a);
-    let ida = member_id(&a);
+    // a's id: the one member record while a runs alone.
+    let mut ida = String::new();
+    assert!(wait_for(STARTUP, || {
+        let r = member_records(ws.path());
+        ida = r
+            .first()
+            .and_then(|m| m["member"].as_str())
+            .unwrap_or_default()
+            .to_owned();
+        r.len() == 1 && !ida.is_empty()
+    }));
     let scrape = |addr: &str| parse(&py, &get(addr, "/metrics").1);
     assert_eq!(scrape(&addr_a).value("nrvna_members_alive", &[]), 1.0);
     // A slow job claimed by a; a is paused past its lease; b takes it back.
