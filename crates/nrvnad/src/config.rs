@@ -39,6 +39,8 @@ pub struct Config {
     /// `--max-queued`: `Some(0)` removes the workspace's limit, `None`
     /// leaves it as recorded.
     pub max_queued: Option<u64>,
+    /// `--metrics`: where to answer `GET /metrics` (off when `None`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -104,6 +106,7 @@ impl Config {
             spares: a.spares,
             settings: a.settings.settings(),
             max_queued: a.max_queued,
+            metrics: a.metrics,
         })
     }
 }
