@@ -21,6 +21,7 @@ Endpoints (OpenAI-compatible, under /v1):
   POST /v1/files  GET /v1/files/{id}  GET /v1/files/{id}/content
   POST /v1/batches  GET /v1/batches  GET /v1/batches/{id}  POST /v1/batches/{id}/cancel
   /mcp  MCP (streamable HTTP)
+  GET /metrics  Prometheus text (behind the key unless --metrics-public)
 
 Security (loopback without a key): every request's Host must be a loopback name or address
 (localhost, 127.0.0.0/8, [::1], any port), and a request carrying a non-loopback Origin or
@@ -59,6 +60,11 @@ pub struct Args {
     /// Serve MCP on stdin/stdout instead of HTTP.
     #[arg(long)]
     pub mcp: bool,
+
+    /// Serve GET /metrics (Prometheus text) without the API key, for a
+    /// Prometheus that holds none; every other endpoint keeps the key.
+    #[arg(long, env = "NRVNA_API_METRICS_PUBLIC")]
+    pub metrics_public: bool,
 
     /// Largest request body in bytes (uploads included).
     #[arg(long, env = "NRVNA_API_MAX_BODY", default_value_t = 64 * 1024 * 1024)]
@@ -113,6 +119,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub api_key: Option<String>,
     pub mcp: bool,
+    /// `--metrics-public`: /metrics needs no key.
+    pub metrics_public: bool,
     pub max_body: usize,
     pub timeout: Duration,
     pub header_timeout: Duration,
@@ -154,6 +162,7 @@ impl Args {
             listen: self.listen,
             api_key,
             mcp: self.mcp,
+            metrics_public: self.metrics_public,
             max_body: self.max_body,
             timeout: secs("timeout", self.timeout)?,
             header_timeout: secs("header-timeout", self.header_timeout)?,

@@ -36,7 +36,10 @@ pub async fn check(AxState(app): AxState<Arc<App>>, req: Request, next: Next) ->
         )
         .code("cors_refused"))
     } else {
+        // `--metrics-public`: a Prometheus that holds no key scrapes /metrics.
+        let public = app.cfg.metrics_public && req.uri().path() == "/metrics";
         match &app.cfg.api_key {
+            Some(_) if public => Ok(()),
             Some(key) => bearer(req.headers(), key),
             None => loopback_only(req.headers(), req.uri()),
         }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod guard;
 pub mod jobs;
 pub mod mcp;
+pub mod metrics;
 pub mod openai;
 pub mod serve;
 pub mod sessions;
@@ -35,6 +36,8 @@ pub struct App {
     pub cfg: Config,
     pub jobs: jobs::Jobs,
     pub store: batches::Store,
+    /// What `/metrics` reports: requests, and the workspace's jobs by state.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl App {
@@ -49,9 +52,12 @@ impl App {
             .with_settings(cfg.settings.clone());
         let store = batches::Store::open(&ws)
             .with_context(|| format!("creating {}/api/ for batches and files", ws.root().display()))?;
+        let metrics = metrics::Metrics::new(&ws)
+            .with_context(|| format!("watching {} for the job counts of /metrics", ws.root().display()))?;
         Ok(Arc::new(App {
             jobs: jobs::Jobs::new(ws),
             store,
+            metrics,
             cfg,
         }))
     }
@@ -60,7 +66,9 @@ impl App {
 /// The HTTP routes, behind the request checks (guard) and the body limit;
 /// `/mcp` with its sessions.
 pub fn router(app: Arc<App>, sessions: &sessions::Sessions) -> Router {
+    let scrape = app.metrics.clone();
     Router::new()
+        .route("/metrics", get(move || metrics::exposition(scrape.clone())))
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
@@ -81,6 +89,8 @@ pub fn router(app: Arc<App>, sessions: &sessions::Sessions) -> Router {
             )
         })
         .layer(middleware::from_fn_with_state(app.clone(), guard::check))
+        // Outside the guard, so that refused requests (401, 403, 415) count too.
+        .layer(middleware::from_fn_with_state(app.metrics.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(app.cfg.max_body))
         .with_state(app)
 }

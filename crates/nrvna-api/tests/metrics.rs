@@ -4,15 +4,12 @@
 //! the workspace's job counts, parsed with the official Python parser and
 //! compared with `flw WS --json` during and after a real run on the real
 //! model; a workspace of 100,000 jobs is scraped within 100 ms.
-//!
-//! The module is compiled into this test from its file until `lib.rs`
-//! declares it (the serving loop is being rewritten beside this work).
+//! The gateway binary itself serves it at `/metrics`, behind the key
+//! unless `--metrics-public`.
 
 mod common;
 
-#[allow(dead_code)]
-#[path = "../src/metrics.rs"]
-mod metrics;
+use nrvna_api::metrics;
 #[path = "../../nrvnad/tests/prom/mod.rs"]
 mod prom;
 
@@ -241,4 +238,46 @@ fn a_workspace_of_100000_jobs_is_scraped_within_100_ms() {
     let c = parse(&py, &text).jobs();
     assert_eq!(c, [queued as u64, 0, done as u64, 0]);
     assert_eq!(c, flw_counts(d.path()));
+}
+
+#[test]
+fn the_gateway_serves_metrics_behind_its_key_unless_public() {
+    let py = python();
+    let d = tempfile::tempdir().unwrap();
+    let ws = d.path().join("ws");
+    for public in [false, true] {
+        let extra: &[&str] = if public { &["--metrics-public"] } else { &[] };
+        let (_api, base) = start(api_command(&ws, extra));
+        // A request the gateway answers, then one it refuses: both counted.
+        assert_eq!(common::get(&base, "/v1/models").status, 200);
+        let no_key = |path: &str| {
+            raw(
+                &base,
+                &request(&base, "GET", path, None, &[], None),
+                Duration::from_secs(30),
+            )
+            .unwrap()
+        };
+        assert_eq!(no_key("/v1/models").status, 401, "only /metrics can be public");
+        let r = no_key("/metrics");
+        assert_eq!(
+            r.status,
+            if public { 200 } else { 401 },
+            "public: {public}: {}",
+            r.text()
+        );
+        let r = common::get(&base, "/metrics");
+        assert_eq!(r.status, 200);
+        let s = parse(&py, &r.text());
+        let count = |status: &str| {
+            s.matching(
+                "nrvna_api_requests_total",
+                &[("route", "/v1/models"), ("status", status)],
+            )
+            .iter()
+            .sum::<f64>()
+        };
+        assert_eq!((count("200"), count("401")), (1.0, 1.0), "{}", r.text());
+        assert_eq!(s.jobs(), [0, 0, 0, 0]);
+    }
 }
