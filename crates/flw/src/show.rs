@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use std::time::SystemTime;
 
 use nrvna_core::files::{Artifact, ERROR_FILE};
-use nrvna_core::standing::{self, Place, Rate};
+use nrvna_core::standing::{self, Estimate};
 use nrvna_core::{JobId, JobView, State, Workspace};
 use serde_json::json;
 
@@ -37,8 +37,8 @@ pub fn show(ws: &Workspace, id: &JobId, json: bool) -> Result<Outcome> {
             Some(j) => {
                 let mut v = j.summary();
                 if let Some(st) = &standing {
-                    v["position"] = json!(st.place.position());
-                    v["eta_s"] = json!(st.eta_s.map(|e| e.round()));
+                    v["position"] = json!(st.0.place.position());
+                    v["eta_s"] = json!(st.0.eta_s.map(|e| (e * 10.0).round() / 10.0));
                 }
                 v
             }
@@ -84,38 +84,26 @@ pub fn show(ws: &Workspace, id: &JobId, json: bool) -> Result<Outcome> {
 }
 
 /// A queued job's place in line and when it should be done.
-struct Standing {
-    place: Place,
-    /// Seconds until done at the recent rate; `None` with no recent rate.
-    eta_s: Option<f64>,
-    rate: Rate,
-}
+struct Standing(Estimate);
 
 impl Standing {
     fn of(ws: &Workspace, id: &JobId) -> Option<Standing> {
-        let place = standing::place(ws, id)?;
-        let running = ws.list(State::Processing).map(|v| v.len()).unwrap_or(0);
-        let rate = standing::recent_rate(ws, SystemTime::now());
-        Some(Standing {
-            place,
-            eta_s: rate.eta_s(place.ahead + running + 1),
-            rate,
-        })
+        standing::estimate(ws, id, SystemTime::now()).map(Standing)
     }
 
     /// "position 3 (2 ahead, priority normal); done in about 40 s at 18.0 jobs/min".
     fn describe(&self) -> String {
-        let p = &self.place;
+        let Estimate { place: p, eta_s, rate } = &self.0;
         let line = format!(
             "position {} ({} ahead, priority {})",
             p.position(),
             p.ahead,
             p.priority.as_str()
         );
-        match (self.eta_s, self.rate.jobs_per_s()) {
+        match (eta_s, rate.jobs_per_s()) {
             (Some(eta), Some(r)) => format!(
                 "{line}; done in about {} at {:.1} jobs/min (the last {} min)",
-                human_secs(eta),
+                human_secs(*eta),
                 r * 60.0,
                 standing::RATE_WINDOW.as_secs() / 60
             ),

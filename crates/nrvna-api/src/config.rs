@@ -11,7 +11,8 @@ use clap::Parser;
 const AFTER_HELP: &str = "\
 Exit codes:
   0  stopped cleanly (SIGINT/SIGTERM, or the MCP client closed stdin)
-  1  could not start (bad configuration, address in use, no workspace); the reason is on stderr
+  1  could not start (bad configuration, a key that is empty or not visible ASCII, address in use,
+     no workspace, or a workspace it cannot write); the reason is on stderr
 
 Once listening, the address is printed on stdout as one line (`http://ADDR`).
 
@@ -20,6 +21,15 @@ Endpoints (OpenAI-compatible, under /v1):
   POST /v1/files  GET /v1/files/{id}  GET /v1/files/{id}/content
   POST /v1/batches  GET /v1/batches  GET /v1/batches/{id}  POST /v1/batches/{id}/cancel
   /mcp  MCP (streamable HTTP)
+  GET /metrics  Prometheus text (behind the key unless --metrics-public)
+
+Security (loopback without a key): every request's Host must be a loopback name or address
+(localhost, 127.0.0.0/8, [::1], any port), and a request carrying a non-loopback Origin or
+`Sec-Fetch-Site: cross-site` is refused (403), so a web page cannot drive the gateway, even with
+DNS rebinding. Always: POST chat/completions/embeddings/batches need `Content-Type:
+application/json` (415 otherwise), no CORS is granted (OPTIONS is refused), a request's headers
+must arrive within --header-timeout and its body within --body-timeout (408, then the connection
+is closed), and error bodies name the workspace as `WS` (the full message goes to the log).
 
 Examples:
   nrvnad SmolLM2-135M-Instruct.Q4_1 ws &  nrvna-api ws
@@ -51,6 +61,11 @@ pub struct Args {
     #[arg(long)]
     pub mcp: bool,
 
+    /// Serve GET /metrics (Prometheus text) without the API key, for a
+    /// Prometheus that holds none; every other endpoint keeps the key.
+    #[arg(long, env = "NRVNA_API_METRICS_PUBLIC")]
+    pub metrics_public: bool,
+
     /// Largest request body in bytes (uploads included).
     #[arg(long, env = "NRVNA_API_MAX_BODY", default_value_t = 64 * 1024 * 1024)]
     pub max_body: usize,
@@ -59,6 +74,33 @@ pub struct Args {
     /// job is cancelled when it runs out.
     #[arg(long, env = "NRVNA_API_TIMEOUT", default_value_t = 600.0)]
     pub timeout: f64,
+
+    /// Seconds a client has to send a request's headers (from the connection's
+    /// start, or the end of its previous request); then the connection is closed.
+    #[arg(long, env = "NRVNA_API_HEADER_TIMEOUT", default_value_t = 10.0)]
+    pub header_timeout: f64,
+
+    /// Seconds a client has to send a request's whole body, counted from the
+    /// end of its headers (a total, not an idle time: a body that trickles
+    /// in forever is cut too); then it gets 408 and the connection is closed.
+    #[arg(long, env = "NRVNA_API_BODY_TIMEOUT", default_value_t = 30.0)]
+    pub body_timeout: f64,
+
+    /// Most connections open at once; beyond it new ones wait in the
+    /// kernel's backlog until one closes. (At start the soft limit on open
+    /// files is raised to the hard one.)
+    #[arg(long, env = "NRVNA_API_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+
+    /// Seconds an MCP session (at /mcp) may stay idle before it is closed and
+    /// forgotten; its client then gets 404 and starts a new one.
+    #[arg(long, env = "NRVNA_API_MCP_SESSION_IDLE", default_value_t = 300.0)]
+    pub mcp_session_idle: f64,
+
+    /// Most MCP sessions open at once; at the cap a new `initialize` gets
+    /// 503 until idle sessions expire (or clients end theirs with DELETE).
+    #[arg(long, env = "NRVNA_API_MCP_MAX_SESSIONS", default_value_t = 1000)]
+    pub mcp_max_sessions: usize,
 
     /// Log level on stderr: error, warn, info, debug or trace.
     #[arg(long, env = "NRVNA_LOG_LEVEL", default_value = "info")]
@@ -77,8 +119,15 @@ pub struct Config {
     pub listen: SocketAddr,
     pub api_key: Option<String>,
     pub mcp: bool,
+    /// `--metrics-public`: /metrics needs no key.
+    pub metrics_public: bool,
     pub max_body: usize,
     pub timeout: Duration,
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+    pub mcp_session_idle: Duration,
+    pub mcp_max_sessions: usize,
     pub log_level: String,
     /// The workspace settings (fsync, limits, poll).
     pub settings: nrvna_core::Settings,
@@ -87,7 +136,10 @@ pub struct Config {
 impl Args {
     /// Checks the flags and builds the configuration.
     pub fn into_config(self) -> anyhow::Result<Config> {
-        let api_key = self.api_key.filter(|k| !k.is_empty());
+        let api_key = match self.api_key {
+            Some(k) => Some(check_key(&k)?.to_owned()),
+            None => None,
+        };
         if !self.mcp && api_key.is_none() && !self.listen.ip().is_loopback() {
             anyhow::bail!(
                 "refusing to listen on {} without an API key: set NRVNA_API_KEY (or --api-key), \
@@ -95,20 +147,52 @@ impl Args {
                 self.listen
             );
         }
-        if !(self.timeout.is_finite() && self.timeout > 0.0) {
-            anyhow::bail!("--timeout must be a number of seconds > 0");
+        let secs = |flag: &str, v: f64| {
+            if v.is_finite() && v > 0.0 && v < 1e9 {
+                Ok(Duration::from_secs_f64(v))
+            } else {
+                Err(anyhow::anyhow!("--{flag} must be a number of seconds > 0 (got {v})"))
+            }
+        };
+        if self.max_connections == 0 || self.mcp_max_sessions == 0 {
+            anyhow::bail!("--max-connections and --mcp-max-sessions must be at least 1");
         }
         Ok(Config {
             workspace: self.workspace,
             listen: self.listen,
             api_key,
             mcp: self.mcp,
+            metrics_public: self.metrics_public,
             max_body: self.max_body,
-            timeout: Duration::from_secs_f64(self.timeout),
+            timeout: secs("timeout", self.timeout)?,
+            header_timeout: secs("header-timeout", self.header_timeout)?,
+            body_timeout: secs("body-timeout", self.body_timeout)?,
+            max_connections: self.max_connections,
+            mcp_session_idle: secs("mcp-session-idle", self.mcp_session_idle)?,
+            mcp_max_sessions: self.mcp_max_sessions,
             log_level: self.log_level,
             settings: self.settings.settings(),
         })
     }
+}
+
+/// The key as clients will send it: surrounding blanks removed, then at
+/// least one character, all visible ASCII (what a `Bearer` token can carry).
+fn check_key(key: &str) -> anyhow::Result<&str> {
+    let k = key.trim();
+    if k.is_empty() {
+        anyhow::bail!(
+            "the API key (NRVNA_API_KEY or --api-key) is empty or only blanks, so no client could send it: \
+             set a key of visible ASCII characters, or unset NRVNA_API_KEY to serve loopback without one"
+        );
+    }
+    if let Some(c) = k.chars().find(|c| !c.is_ascii_graphic()) {
+        anyhow::bail!(
+            "the API key (NRVNA_API_KEY or --api-key) contains {c:?}, which an `Authorization: Bearer` \
+             header cannot carry: use visible ASCII characters only (0x21-0x7e), e.g. `openssl rand -hex 32`"
+        );
+    }
+    Ok(k)
 }
 
 #[cfg(test)]
@@ -130,5 +214,19 @@ mod tests {
         assert!(e.to_string().contains("NRVNA_API_KEY"), "{e}");
         assert!(parse(&["nrvna-api", "ws", "--listen", "0.0.0.0:8080", "--api-key", "k"]).is_ok());
         assert!(parse(&["nrvna-api", "ws", "--listen", "[::1]:8080"]).is_ok());
+    }
+
+    #[test]
+    fn a_key_no_client_can_send_is_refused() {
+        let parse = |key: &str| {
+            Args::try_parse_from(["nrvna-api", "ws", "--api-key", key])
+                .unwrap()
+                .into_config()
+        };
+        for bad in ["", " ", "\t", "ключ", "two words", "k\u{7f}"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("API key"), "{bad:?}: {e}");
+        }
+        assert_eq!(parse("  k3y!~  ").unwrap().api_key.as_deref(), Some("k3y!~"));
     }
 }

@@ -1,6 +1,11 @@
 //! OpenAI's error object (`{"error": {"message", "type", "param", "code"}}`)
 //! with the status code that goes with it. Every handler returns
 //! `Result<_, ApiError>`, so every bad request gets one and the server goes on.
+//! A body never names where the workspace lives: its absolute path is
+//! written `WS` there (the log on stderr keeps the whole message).
+
+use std::path::Path;
+use std::sync::RwLock;
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -54,14 +59,46 @@ impl ApiError {
         self
     }
 
+    /// The JSON body, with the workspace's absolute path written `WS`.
     pub fn body(&self) -> serde_json::Value {
         json!({"error": {
-            "message": self.message,
+            "message": redact(&self.message),
             "type": self.kind,
             "param": self.param,
             "code": self.code,
         }})
     }
+}
+
+/// The absolute paths of the workspaces served, longest first.
+static ROOTS: RwLock<Vec<String>> = RwLock::new(Vec::new());
+
+/// Error bodies will write `root` (absolute as given, and canonical) as `WS`.
+pub fn redact_workspace(root: &Path) {
+    let mut forms = Vec::new();
+    if let Ok(abs) = std::path::absolute(root) {
+        forms.push(abs);
+    }
+    if let Ok(canon) = root.canonicalize() {
+        forms.push(canon);
+    }
+    let mut roots = ROOTS.write().unwrap_or_else(|e| e.into_inner());
+    for f in forms {
+        let f = f.to_string_lossy().trim_end_matches('/').to_owned();
+        // "/" itself would turn every slash into WS.
+        if f.len() > 1 && !roots.contains(&f) {
+            roots.push(f);
+        }
+    }
+    roots.sort_by_key(|r| std::cmp::Reverse(r.len()));
+}
+
+/// The message with every workspace root written `WS`.
+pub fn redact(message: &str) -> String {
+    let roots = ROOTS.read().unwrap_or_else(|e| e.into_inner());
+    roots
+        .iter()
+        .fold(message.to_owned(), |m, root| m.replace(root.as_str(), "WS"))
 }
 
 impl IntoResponse for ApiError {
@@ -114,5 +151,25 @@ impl From<nrvna_core::SubmitError> for ApiError {
             }
             other => ApiError::invalid(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_write_the_workspace_as_ws() {
+        let dir = std::env::temp_dir().join("nrvna-api-redact-test");
+        std::fs::create_dir_all(&dir).unwrap();
+        redact_workspace(&dir);
+        let canon = dir.canonicalize().unwrap();
+        let e = ApiError::internal(format!("reading {}/api/files/x.data: Is a directory", canon.display()));
+        let msg = e.body()["error"]["message"].as_str().unwrap().to_owned();
+        assert_eq!(msg, "reading WS/api/files/x.data: Is a directory");
+        assert!(
+            e.message.contains(&*canon.to_string_lossy()),
+            "the log keeps the whole message"
+        );
     }
 }

@@ -6,24 +6,25 @@
 pub mod batches;
 pub mod config;
 pub mod error;
+pub mod guard;
 pub mod jobs;
 pub mod mcp;
+pub mod metrics;
 pub mod openai;
+pub mod serve;
+pub mod sessions;
 
 use std::io::Write;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
-use axum::extract::{DefaultBodyLimit, Request, State as AxState};
-use axum::http::{header, StatusCode};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::extract::DefaultBodyLimit;
+use axum::http::StatusCode;
+use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
-use nrvna_core::Workspace;
-use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
-use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use nrvna_core::{State, Workspace};
 use rmcp::ServiceExt;
 
 pub use config::{Args, Config};
@@ -35,6 +36,8 @@ pub struct App {
     pub cfg: Config,
     pub jobs: jobs::Jobs,
     pub store: batches::Store,
+    /// What `/metrics` reports: requests, and the workspace's jobs by state.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl App {
@@ -49,30 +52,23 @@ impl App {
             .with_settings(cfg.settings.clone());
         let store = batches::Store::open(&ws)
             .with_context(|| format!("creating {}/api/ for batches and files", ws.root().display()))?;
+        let metrics = metrics::Metrics::new(&ws)
+            .with_context(|| format!("watching {} for the job counts of /metrics", ws.root().display()))?;
         Ok(Arc::new(App {
             jobs: jobs::Jobs::new(ws),
             store,
+            metrics,
             cfg,
         }))
     }
 }
 
-/// The HTTP routes, behind the bearer-token check and the body limit.
-pub fn router(app: Arc<App>) -> Router {
-    let mcp_app = app.clone();
-    let mut mcp_cfg = StreamableHttpServerConfig::default();
-    if !app.cfg.listen.ip().is_loopback() {
-        // Beyond loopback the bearer token guards /mcp; the SDK's Host
-        // check (against DNS rebinding of loopback servers) would refuse
-        // every remote client.
-        mcp_cfg = mcp_cfg.disable_allowed_hosts();
-    }
-    let mcp = StreamableHttpService::new(
-        move || Ok(mcp::NrvnaMcp::new(mcp_app.clone())),
-        Arc::new(LocalSessionManager::default()),
-        mcp_cfg,
-    );
+/// The HTTP routes, behind the request checks (guard) and the body limit;
+/// `/mcp` with its sessions.
+pub fn router(app: Arc<App>, sessions: &sessions::Sessions) -> Router {
+    let scrape = app.metrics.clone();
     Router::new()
+        .route("/metrics", get(move || metrics::exposition(scrape.clone())))
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
@@ -83,7 +79,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/batches", post(batches::create).get(batches::list))
         .route("/v1/batches/{id}", get(batches::get))
         .route("/v1/batches/{id}/cancel", post(batches::cancel))
-        .nest_service("/mcp", mcp)
+        .nest_service("/mcp", sessions.service(app.clone()))
         .fallback(|| async { ApiError::not_found("no such endpoint; see nrvna-api --help for the endpoints served") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -92,41 +88,52 @@ pub fn router(app: Arc<App>) -> Router {
                 "this method is not allowed on this endpoint",
             )
         })
-        .layer(middleware::from_fn_with_state(app.clone(), auth))
+        .layer(middleware::from_fn_with_state(app.clone(), guard::check))
+        // Outside the guard, so that refused requests (401, 403, 415) count too.
+        .layer(middleware::from_fn_with_state(app.metrics.clone(), metrics::track))
         .layer(DefaultBodyLimit::max(app.cfg.max_body))
         .with_state(app)
 }
 
-/// `Authorization: Bearer KEY` when a key is configured.
-async fn auth(AxState(app): AxState<Arc<App>>, req: Request, next: Next) -> Response {
-    if let Some(key) = &app.cfg.api_key {
-        let given = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        if !same(given.as_bytes(), key.as_bytes()) {
-            return ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                "invalid_request_error",
-                "missing or incorrect API key: send `Authorization: Bearer KEY` with the key in NRVNA_API_KEY",
-            )
-            .code("invalid_api_key")
-            .into_response();
+/// Refuses a workspace the gateway could not write: it creates and removes
+/// a file in each directory it writes (jobs it publishes and cancels, and
+/// its own records under api/), instead of starting and answering 500s.
+fn check_writable(ws: &Workspace) -> Result<()> {
+    let api = ws.root().join("api");
+    let mut dirs = vec![
+        ws.dir(State::Writing),
+        ws.dir(State::Ready),
+        ws.dir(State::Failed),
+        api.clone(),
+    ];
+    if let Ok(entries) = std::fs::read_dir(&api) {
+        dirs.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    }
+    for dir in dirs {
+        let probe = dir.join(format!(".nrvna-api-probe.{}", std::process::id()));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .and_then(|_| std::fs::remove_file(&probe));
+        if let Err(e) = written {
+            let rel = dir.strip_prefix(ws.root()).unwrap_or(Path::new("."));
+            anyhow::bail!(
+                "cannot write in the workspace's {}/ ({e}): nrvna-api publishes jobs and keeps records there; \
+                 give the user running it write access to {} (or run it as the workspace's owner)",
+                rel.display(),
+                ws.root().display()
+            );
         }
     }
-    next.run(req).await
-}
-
-/// Compares without stopping at the first difference.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    Ok(())
 }
 
 /// Runs the gateway (or the stdio MCP server) until SIGINT/SIGTERM.
 pub async fn run(cfg: Config) -> Result<()> {
     let app = App::open(cfg)?;
+    check_writable(&app.jobs.ws)?;
+    error::redact_workspace(app.jobs.ws.root());
     batches::start(app.clone()).context("starting the background work on batches")?;
     if app.cfg.mcp {
         tracing::info!("serving MCP on stdin/stdout for {}", app.jobs.ws.root().display());
@@ -152,27 +159,15 @@ pub async fn run(cfg: Config) -> Result<()> {
         }
     }
     tracing::info!("serving {} on http://{addr}", app.jobs.ws.root().display());
-    let router = router(app);
-    let server = axum::serve(listener, router).with_graceful_shutdown(shutdown_signal());
-    tokio::select! {
-        r = server => r.context("serving HTTP")?,
-        // Streams that never end must not hold the exit forever.
-        _ = async { shutdown_signal().await; tokio::time::sleep(Duration::from_secs(5)).await } => {
-            tracing::warn!("requests still open 5 s after the stop signal; exiting anyway");
-        }
-    }
-    Ok(())
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
+    let sessions = sessions::Sessions::new(app.cfg.mcp_session_idle, app.cfg.mcp_max_sessions);
+    tokio::spawn(sessions.clone().trim_when_closed());
+    let limits = serve::Limits {
+        header_timeout: app.cfg.header_timeout,
+        body_timeout: app.cfg.body_timeout,
+        max_body: app.cfg.max_body,
+        max_connections: app.cfg.max_connections,
     };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("stopping: no new connections; open requests get 5 s");
+    serve::serve(listener, router(app, &sessions), limits)
+        .await
+        .context("serving HTTP")
 }

@@ -27,6 +27,7 @@ pub mod spare;
 pub mod standing;
 pub mod state;
 pub mod submit;
+pub mod tally;
 pub mod time;
 pub mod wait;
 pub mod workspace;

@@ -5,7 +5,8 @@
 //! (`flw`, the gateway), with no daemon's help.
 //!
 //! The estimate treats the queue as first in, first out at the recent
-//! completion rate `r`: a job with `k` jobs ahead of it and `R` running
+//! completion rate `r` (finishes per second of working time: the gaps
+//! between finishes, an idle gap counted as 30 s at most): a job with `k` jobs ahead of it and `R` running
 //! finishes after about `k + R + 1` more completions, `(k + R + 1) / r`
 //! seconds. A job finishes when its directory lands in `output/` or
 //! `failed/`; its directory's modification time is when the daemon wrote
@@ -78,17 +79,46 @@ pub fn place(ws: &Workspace, id: &JobId) -> Option<Place> {
     Some(Place { ahead, priority: mine })
 }
 
-/// How fast the workspace finished jobs over the last [`RATE_WINDOW`].
+/// A queued job's place and when it should be done.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Estimate {
+    pub place: Place,
+    /// Seconds until done at the recent rate; `None` with no recent rate.
+    pub eta_s: Option<f64>,
+    pub rate: Rate,
+}
+
+/// The estimate for queued job `id` at `now`: done after the jobs ahead of
+/// it, those running, and itself have finished at the recent rate;
+/// `None` when the job is not queued.
+pub fn estimate(ws: &Workspace, id: &JobId, now: SystemTime) -> Option<Estimate> {
+    let place = place(ws, id)?;
+    let running = ws.list(State::Processing).map(|v| v.len()).unwrap_or(0);
+    let rate = recent_rate(ws, now);
+    Some(Estimate {
+        place,
+        eta_s: rate.eta_s(place.ahead + running + 1),
+        rate,
+    })
+}
+
+/// How fast the workspace finished jobs over the last [`RATE_WINDOW`],
+/// while it was working: `jobs` finished (and `tokens` generated) in
+/// `span`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Rate {
-    /// Jobs that landed in `output/` or `failed/` within the window.
+    /// The finishes the rate counts.
     pub jobs: usize,
     /// Tokens those jobs generated (from their meta.json).
     pub tokens: u64,
-    /// The span the rate is over: the window, or less when the first of
-    /// those jobs finished later than its start (a daemon that just began).
+    /// The time they took: the gaps between finishes in the window, each
+    /// idle gap counted as [`IDLE_GAP`] at most.
     pub span: Duration,
 }
+
+/// The longest gap between two finishes counted as working time; a longer
+/// one is mostly an idle queue.
+pub const IDLE_GAP: Duration = Duration::from_secs(30);
 
 impl Rate {
     /// Jobs per second; `None` when nothing finished in the window.
@@ -131,16 +161,26 @@ pub fn recent_rate(ws: &Workspace, now: SystemTime) -> Rate {
             span: RATE_WINDOW,
         };
     };
-    // A rate over less than a few seconds says little; a daemon that just
-    // started is measured from its first finish, but over at least 10 s.
-    let span = now
-        .duration_since(first)
-        .unwrap_or_default()
-        .max(Duration::from_secs(10))
-        .min(RATE_WINDOW);
-    finished.sort_by_key(|f| std::cmp::Reverse(f.0));
-    let tokens = finished
+    finished.sort_by_key(|f| f.0);
+    // While the workspace was busy: the gaps between finishes, a long one
+    // (idle, nothing queued) counted as IDLE_GAP at most. Jobs finish in
+    // bursts (a batch of them in one decode step), so over less than a
+    // second this says little; then, and for one finish, the finishes are
+    // counted over the time since the first of them (at least 10 s).
+    let busy: Duration = finished
+        .windows(2)
+        .map(|w| w[1].0.duration_since(w[0].0).unwrap_or_default().min(IDLE_GAP))
+        .sum();
+    let (counted, span) = if finished.len() >= 2 && busy >= Duration::from_secs(1) {
+        // The first finish opens the span; the others are counted in it.
+        (&finished[1..], busy)
+    } else {
+        let since = now.duration_since(first).unwrap_or_default();
+        (&finished[..], since.max(Duration::from_secs(10)).min(RATE_WINDOW))
+    };
+    let tokens = counted
         .iter()
+        .rev()
         .take(MAX_TOKEN_READS)
         .filter_map(|(_, id, s)| {
             let job = JobView {
@@ -153,7 +193,7 @@ pub fn recent_rate(ws: &Workspace, now: SystemTime) -> Rate {
         })
         .sum();
     Rate {
-        jobs: finished.len(),
+        jobs: counted.len(),
         tokens,
         span,
     }
@@ -209,12 +249,34 @@ mod tests {
             fs::File::open(ws.job_dir(to, &id)).unwrap().set_modified(when).unwrap();
         }
         let r = recent_rate(&ws, now);
-        // The one 400 s ago is outside the 300 s window.
-        assert_eq!(r.jobs, 3);
-        assert_eq!(r.tokens, 10 + 20 + 30);
-        assert_eq!(r.span, Duration::from_secs(59));
+        // The one 400 s ago is outside the 300 s window. Finishes 59, 20
+        // and 5 s ago: two more finishes after the first, over 30 s (the
+        // 39 s gap, as idle as not) + 15 s of work.
+        assert_eq!(r.jobs, 2);
+        assert_eq!(r.tokens, 10 + 20);
+        assert_eq!(r.span, Duration::from_secs(45));
         let per_s = r.jobs_per_s().unwrap();
-        assert!((per_s - 3.0 / 59.0).abs() < 1e-9, "{per_s}");
-        assert!((r.eta_s(6).unwrap() - 118.0).abs() < 1e-6);
+        assert!((per_s - 2.0 / 45.0).abs() < 1e-9, "{per_s}");
+        assert!((r.eta_s(6).unwrap() - 135.0).abs() < 1e-6);
+        assert!((r.tokens_per_s().unwrap() - 30.0 / 45.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn one_burst_of_finishes_is_counted_over_at_least_10_s() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::create(d.path()).unwrap();
+        let now = SystemTime::now();
+        for ms in [3000u64, 2900, 2800] {
+            let id = submit(&ws, None);
+            ws.transition(&id, State::Ready, State::Done).unwrap();
+            let when = now - Duration::from_millis(ms);
+            fs::File::open(ws.job_dir(State::Done, &id))
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
+        }
+        // 0.2 s apart: all three over the 10 s floor.
+        let r = recent_rate(&ws, now);
+        assert_eq!((r.jobs, r.span), (3, Duration::from_secs(10)));
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 pub use crate::error::RunError;
 use crate::plan::sampling::Sampling;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// One media file of a job, read into memory by the daemon.
 #[derive(Clone)]
@@ -134,4 +135,35 @@ impl Observer for NoObserver {}
 /// One worker's handle on an engine.
 pub trait Runner: Send {
     fn run(&mut self, req: Request, obs: Arc<dyn Observer>) -> Result<Output, RunError>;
+}
+
+/// The batched engine's running figures, written by its thread after every
+/// decode and read by whoever reports them (the daemon's metrics): plain
+/// atomics, no lock on the decode path.
+#[derive(Debug, Default)]
+pub struct EngineStats {
+    /// Decode calls so far.
+    pub decodes: AtomicU64,
+    /// Sequences in those decodes, summed (divided by `decodes`: the mean
+    /// batch size).
+    pub sequences: AtomicU64,
+    /// Tokens in those decodes, summed.
+    pub tokens: AtomicU64,
+    /// Sequences in the last decode.
+    pub last_sequences: AtomicU64,
+    /// KV cells in use after the last decode (active sequences and the
+    /// prefix cache).
+    pub kv_cells_used: AtomicU64,
+    /// KV cells of the shared context.
+    pub kv_cells: AtomicU64,
+}
+
+impl EngineStats {
+    /// Records one decode of `sequences` sequences and `tokens` tokens.
+    pub fn decoded(&self, sequences: usize, tokens: usize) {
+        self.decodes.fetch_add(1, Ordering::Relaxed);
+        self.sequences.fetch_add(sequences as u64, Ordering::Relaxed);
+        self.tokens.fetch_add(tokens as u64, Ordering::Relaxed);
+        self.last_sequences.store(sequences as u64, Ordering::Relaxed);
+    }
 }

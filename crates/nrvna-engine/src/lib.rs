@@ -23,7 +23,9 @@ pub mod plan;
 pub mod run;
 
 pub use error::{EngineError, RunError, TemplateError};
-pub use job::{Finish, MediaInput, NoObserver, Observer, Output, Request, Runner, TextRequest, POLL_INTERVAL};
+pub use job::{
+    EngineStats, Finish, MediaInput, NoObserver, Observer, Output, Request, Runner, TextRequest, POLL_INTERVAL,
+};
 pub use model::Model;
 pub use plan::config::{EngineConfig, FlashAttn};
 pub use plan::sampling::Sampling;

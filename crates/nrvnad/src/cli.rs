@@ -184,6 +184,13 @@ pub struct ServeArgs {
     #[arg(long, env = "NRVNA_RETAIN_INTERVAL", value_name = "DURATION", default_value = "60s",
           value_parser = retain_interval)]
     pub retain_interval: Duration,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9464; port 0 picks a free one, logged at start): jobs by
+    /// state, priority and model, queue wait and run time, tokens, batch
+    /// size and KV cells, failures by reason, recoveries and shared-workspace
+    /// counters. Unauthenticated: bind it to a private address. Off by default.
+    #[arg(long, env = "NRVNA_METRICS", value_name = "ADDR")]
+    pub metrics: Option<std::net::SocketAddr>,
     /// Process until the queue is idle, then exit (0 if no job failed, else 1).
     /// If another daemon owns the workspace, wait for it to exit first.
     #[arg(long)]

@@ -43,6 +43,8 @@ pub struct Config {
     pub retention: nrvna_core::retention::Policy,
     /// `--retain-interval`: time between prune rounds.
     pub retain_interval: Duration,
+    /// `--metrics`: where to answer `GET /metrics` (off when `None`).
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -115,6 +117,7 @@ impl Config {
                 max_bytes: a.retain_max_bytes,
             },
             retain_interval: a.retain_interval,
+            metrics: a.metrics,
         })
     }
 }

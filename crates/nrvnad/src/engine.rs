@@ -96,6 +96,12 @@ impl Inference {
     }
 
     /// A Runner for one worker.
+    /// The batched engine's running figures (batch sizes, KV cells); none
+    /// for the other engines.
+    pub fn stats(&self) -> Option<Arc<nrvna_engine::EngineStats>> {
+        self.batched.as_ref().map(BatchedEngine::stats)
+    }
+
     pub fn runner(&self) -> Box<dyn Runner> {
         match (&self.batched, &self.model) {
             (Some(b), _) => Box::new(b.runner()),

@@ -241,6 +241,8 @@ impl Lease {
             }
         }
         self.me.unsettled.store(unsettled, Ordering::SeqCst);
+        let alive = lv.present.len().saturating_sub(lv.expired.len());
+        self.me.alive.store(alive, Ordering::Relaxed);
     }
 
     /// What to do with a job in `processing/` that this member does not

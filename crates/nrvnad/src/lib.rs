@@ -13,6 +13,7 @@ pub mod events;
 pub mod lease;
 pub mod logging;
 pub mod membership;
+pub mod metrics;
 pub mod observer;
 pub mod pool;
 pub mod processor;

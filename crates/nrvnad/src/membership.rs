@@ -33,6 +33,8 @@ pub struct Membership {
     /// Jobs in `processing/` whose holder is not yet known to be alive or
     /// dead (a `--drain` member waits for them).
     pub unsettled: AtomicUsize,
+    /// Members alive (this one included) at the last lease pass.
+    pub alive: AtomicUsize,
 }
 
 impl Membership {
@@ -46,6 +48,7 @@ impl Membership {
             fenced: AtomicU64::new(0),
             recovered: AtomicU64::new(0),
             unsettled: AtomicUsize::new(0),
+            alive: AtomicUsize::new(1),
         }
     }
 

@@ -3,7 +3,7 @@
 //! first and in submission order within one priority. An id already queued
 //! or in progress is never queued twice.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 use nrvna_core::JobId;
@@ -30,9 +30,11 @@ pub enum Message {
 struct Queue {
     /// One FIFO per priority, highest first.
     jobs: [VecDeque<JobId>; 3],
-    /// Queued or being processed.
-    pending: HashSet<JobId>,
+    /// Queued or being processed, with the priority it was queued at.
+    pending: HashMap<JobId, Priority>,
     busy: usize,
+    /// Being processed, per priority queue.
+    busy_by: [usize; 3],
     closed: bool,
 }
 
@@ -57,10 +59,10 @@ impl Pool {
     /// Queues an id unless it is already pending; returns whether it was queued.
     pub fn submit(&self, id: JobId, prio: Priority) -> bool {
         let mut q = self.lock();
-        if q.closed || q.pending.contains(&id) {
+        if q.closed || q.pending.contains_key(&id) {
             return false;
         }
-        q.pending.insert(id.clone());
+        q.pending.insert(id.clone(), prio);
         q.jobs[fifo(prio)].push_back(id);
         drop(q);
         self.cv.notify_one();
@@ -69,7 +71,7 @@ impl Pool {
 
     /// Whether `id` is queued or in progress (the Scanner skips reading it).
     pub fn is_pending(&self, id: &JobId) -> bool {
-        self.lock().pending.contains(id)
+        self.lock().pending.contains_key(id)
     }
 
     /// Blocks until a job is available or the pool closes.
@@ -79,8 +81,14 @@ impl Pool {
             if q.closed {
                 return Message::Quit;
             }
-            if let Some(id) = q.jobs.iter_mut().find_map(|fifo| fifo.pop_front()) {
+            if let Some((i, id)) = q
+                .jobs
+                .iter_mut()
+                .enumerate()
+                .find_map(|(i, fifo)| fifo.pop_front().map(|id| (i, id)))
+            {
                 q.busy += 1;
+                q.busy_by[i] += 1;
                 return Message::Job(id);
             }
             q = self.cv.wait(q).unwrap_or_else(|e| e.into_inner());
@@ -90,7 +98,9 @@ impl Pool {
     /// A worker finished with `id` (whatever the outcome).
     pub fn done(&self, id: &JobId) {
         let mut q = self.lock();
-        q.pending.remove(id);
+        if let Some(p) = q.pending.remove(id) {
+            q.busy_by[fifo(p)] = q.busy_by[fifo(p)].saturating_sub(1);
+        }
         q.busy = q.busy.saturating_sub(1);
         drop(q);
         self.cv.notify_all();
@@ -98,8 +108,11 @@ impl Pool {
 
     /// A worker gave up on `id` for good (a duplicate of a finished job): it
     /// stays pending, so the Scanner never offers it again in this run.
-    pub fn park(&self, _id: &JobId) {
+    pub fn park(&self, id: &JobId) {
         let mut q = self.lock();
+        if let Some(p) = q.pending.get(id).copied() {
+            q.busy_by[fifo(p)] = q.busy_by[fifo(p)].saturating_sub(1);
+        }
         q.busy = q.busy.saturating_sub(1);
         drop(q);
         self.cv.notify_all();
@@ -115,6 +128,12 @@ impl Pool {
     pub fn counts(&self) -> (usize, usize) {
         let q = self.lock();
         (q.jobs.iter().map(VecDeque::len).sum(), q.busy)
+    }
+
+    /// (priority, queued, in progress) for each priority, highest first.
+    pub fn by_priority(&self) -> [(Priority, usize, usize); 3] {
+        let q = self.lock();
+        [Priority::High, Priority::Normal, Priority::Low].map(|p| (p, q.jobs[fifo(p)].len(), q.busy_by[fifo(p)]))
     }
 
     /// Wakes every worker with Quit; queued ids are dropped (they are still
@@ -201,6 +220,10 @@ mod tests {
         p.submit(id("4"), Priority::High);
         p.submit(id("5"), Priority::Normal);
         assert_eq!(p.counts(), (5, 0));
+        assert_eq!(
+            p.by_priority(),
+            [(Priority::High, 1, 0), (Priority::Normal, 2, 0), (Priority::Low, 2, 0)]
+        );
         let order: Vec<_> = (0..5)
             .map(|_| match p.next() {
                 Message::Job(j) => j,
@@ -208,6 +231,16 @@ mod tests {
             })
             .collect();
         assert_eq!(order, [id("4"), id("2"), id("5"), id("1"), id("3")]);
+        assert_eq!(
+            p.by_priority(),
+            [(Priority::High, 0, 1), (Priority::Normal, 0, 2), (Priority::Low, 0, 2)]
+        );
+        p.done(&id("4"));
+        p.park(&id("1"));
+        assert_eq!(
+            p.by_priority(),
+            [(Priority::High, 0, 0), (Priority::Normal, 0, 2), (Priority::Low, 0, 1)]
+        );
         assert_eq!(Priority::parse("high"), Some(Priority::High));
         assert_eq!(Priority::parse("urgent"), None);
     }

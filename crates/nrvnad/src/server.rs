@@ -26,6 +26,7 @@ use crate::engine::Inference;
 use crate::events::Event;
 use crate::lease::{self, Lease, RecordInfo};
 use crate::membership::Membership;
+use crate::metrics::{self, JobMetrics};
 use crate::pool::Pool;
 use crate::processor::Processor;
 use crate::scanner::Scanner;
@@ -109,6 +110,8 @@ pub struct Running {
     retention: Option<LeaseThread>,
     /// Jobs failed by recovery at start (they count as failures of a drain).
     failed_at_start: u64,
+    /// The `--metrics` responder, stopped with the daemon.
+    metrics: Option<metrics::Server>,
     _term: Term,
 }
 
@@ -131,11 +134,20 @@ pub fn start(cfg: Config) -> Result<Option<Running>> {
         return Ok(None);
     };
     let ws = if cfg.spares { with_spares(ws) } else { ws };
+    let listener = cfg
+        .metrics
+        .map(|addr| {
+            std::net::TcpListener::bind(addr).with_context(|| {
+                format!("serving metrics on {addr} (--metrics): pick a free address, or leave --metrics off")
+            })
+        })
+        .transpose()?;
     let seat = Seat {
         lock,
         membership: cfg.shared.map(|ttl| Arc::new(Membership::new(ttl))),
     };
-    let failed_at_start = take_over(&cfg, &ws, &seat)?;
+    let jobs = Arc::new(JobMetrics::default());
+    let failed_at_start = take_over(&cfg, &ws, &seat, &jobs)?;
     crate::retention::recover_trash(&ws);
     if let Some(n) = cfg.max_queued {
         let limit = (n > 0).then_some(n);
@@ -168,7 +180,7 @@ pub fn start(cfg: Config) -> Result<Option<Running>> {
 
     let pool = Arc::new(Pool::new());
     let shutdown = Arc::new(AtomicBool::new(false));
-    let workers = spawn_workers(&cfg, &ws, &seat, &inference, &pool, &shutdown, &tx)?;
+    let workers = spawn_workers(&cfg, &ws, &seat, &inference, &pool, &shutdown, &tx, &jobs)?;
     // The lease thread: started once the model is loaded, stopped only
     // after the workers, so that every job this member holds stays leased.
     let lease = match (&seat.membership, record.as_mut()) {
@@ -185,6 +197,24 @@ pub fn start(cfg: Config) -> Result<Option<Running>> {
         .transpose()?;
     let (scanner, poke) = spawn_scanner(&cfg, &ws, &seat, &pool, &shutdown, &tx, serves)?;
     drop(tx);
+    let metrics = match listener {
+        None => None,
+        Some(listener) => {
+            let src = metrics::Sources {
+                tally: nrvna_core::tally::Tally::start(&ws)
+                    .inspect_err(|e| tracing::warn!("metrics: no workspace job counts (nrvna_jobs): {e}"))
+                    .ok(),
+                pool: pool.clone(),
+                model: inference.model_name().to_owned(),
+                engine: inference.stats(),
+                membership: seat.membership.clone(),
+                jobs,
+            };
+            let s = metrics::Server::start(listener, metrics::registry(src)).context("starting the metrics thread")?;
+            tracing::info!("metrics at http://{}/metrics", s.addr());
+            Some(s)
+        }
+    };
 
     if seat.membership.is_none() {
         ws.io()
@@ -211,6 +241,7 @@ pub fn start(cfg: Config) -> Result<Option<Running>> {
         lease,
         retention,
         failed_at_start,
+        metrics,
         _term: term,
     }))
 }
@@ -219,7 +250,7 @@ pub fn start(cfg: Config) -> Result<Option<Running>> {
 /// processing/ of a shared workspace may belong to live members, and the
 /// lease thread takes back those of dead ones). Returns the jobs failed at
 /// the attempt ceiling.
-fn take_over(cfg: &Config, ws: &Workspace, seat: &Seat) -> Result<u64> {
+fn take_over(cfg: &Config, ws: &Workspace, seat: &Seat, jobs: &JobMetrics) -> Result<u64> {
     let rec = match &seat.membership {
         None => {
             seat.lock
@@ -233,6 +264,10 @@ fn take_over(cfg: &Config, ws: &Workspace, seat: &Seat) -> Result<u64> {
             ..Default::default()
         },
     };
+    jobs.recovered.fetch_add(rec.requeued as u64, Ordering::Relaxed);
+    for _ in 0..rec.failed {
+        jobs.failed(metrics::Reason::RecoveryCeiling);
+    }
     if rec != recovery::Recovered::default() {
         tracing::info!(
             "recovery: {} jobs back to input/ready/, {} failed at the attempt ceiling, {} staging leftovers removed",
@@ -314,6 +349,9 @@ fn info(cfg: &Config, inference: &Inference, started_at: &str) -> serde_json::Va
 }
 
 /// Starts `Worker-0..N-1`, each with its own Processor and Runner.
+// Each argument is one handle the workers share; a struct of them would
+// exist for this call alone.
+#[allow(clippy::too_many_arguments)]
 fn spawn_workers(
     cfg: &Config,
     ws: &Workspace,
@@ -322,6 +360,7 @@ fn spawn_workers(
     pool: &Arc<Pool>,
     shutdown: &Arc<AtomicBool>,
     tx: &mpsc::Sender<Event>,
+    jobs: &Arc<JobMetrics>,
 ) -> Result<Vec<JoinHandle<()>>> {
     let space = Arc::new(SpaceGate::new(ws.root().to_owned(), cfg.min_free_bytes));
     (0..cfg.workers)
@@ -335,12 +374,14 @@ fn spawn_workers(
                     shutdown.clone(),
                     space.clone(),
                 )
-                .shared(seat.membership.clone()),
+                .shared(seat.membership.clone())
+                .measured(jobs.clone()),
                 ws: ws.clone(),
                 space: space.clone(),
                 shutdown: shutdown.clone(),
                 events: tx.clone(),
                 max_recovery_attempts: cfg.max_recovery_attempts,
+                metrics: jobs.clone(),
             };
             std::thread::Builder::new()
                 .name(format!("Worker-{i}"))
@@ -497,6 +538,7 @@ impl Running {
             // SAFETY: _exit ends the process at once; nothing runs after it.
             unsafe { libc::_exit(1) };
         }
+        drop(self.metrics);
         self.seat.leave(&self.ws);
         exit_code(end)
     }

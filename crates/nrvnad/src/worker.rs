@@ -11,6 +11,7 @@ use std::sync::Arc;
 use nrvna_core::{JobId, State, Workspace};
 
 use crate::events::Event;
+use crate::metrics::{JobMetrics, Reason};
 use crate::pool::{Message, Pool};
 use crate::processor::{Outcome, Processor};
 use crate::recovery::{recover_one, Recovery};
@@ -25,6 +26,8 @@ pub struct Worker {
     pub shutdown: Arc<AtomicBool>,
     pub events: Sender<Event>,
     pub max_recovery_attempts: u64,
+    /// Where a recovery after a panic is counted.
+    pub metrics: Arc<JobMetrics>,
 }
 
 /// Gives the id back to the Pool however the job ends (panics included):
@@ -107,8 +110,15 @@ impl Worker {
             return Outcome::Interrupted("panic".into());
         }
         match recover_one(&self.ws, id, self.max_recovery_attempts) {
-            Recovery::Failed => Outcome::Failed("recovery ceiling reached after a worker panic".into()),
-            Recovery::Requeued => Outcome::Requeued("worker panic".into()),
+            Recovery::Failed => {
+                self.metrics.failed(Reason::RecoveryCeiling);
+                self.metrics.finished.get_or_create(&[("state", "failed")]).inc();
+                Outcome::Failed("recovery ceiling reached after a worker panic".into())
+            }
+            Recovery::Requeued => {
+                self.metrics.recovered.fetch_add(1, Ordering::Relaxed);
+                Outcome::Requeued("worker panic".into())
+            }
             Recovery::Left => Outcome::Interrupted("worker panic".into()),
         }
     }

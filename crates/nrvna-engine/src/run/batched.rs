@@ -31,7 +31,7 @@ use llama_cpp_2::mtmd::MtmdInputChunks;
 use llama_cpp_2::token::LlamaToken;
 
 use crate::error::{EngineError, RunError};
-use crate::job::{Observer, Output, Request, Runner, TextRequest, POLL_INTERVAL};
+use crate::job::{EngineStats, Observer, Output, Request, Runner, TextRequest, POLL_INTERVAL};
 use crate::llama::new_context;
 use crate::plan::config::EngineConfig;
 use crate::plan::prompt::plan_text;
@@ -61,6 +61,8 @@ pub struct BatchedEngine {
     model: Arc<dyn ModelParts>,
     cfg: EngineConfig,
     slots: u32,
+    /// Batch sizes and KV cells, for the daemon's metrics.
+    stats: Arc<EngineStats>,
 }
 
 /// A worker's handle on the shared engine.
@@ -79,9 +81,11 @@ impl BatchedEngine {
         let (tx, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::sync_channel(1);
         let (m, c) = (model.clone(), cfg.clone());
+        let stats = Arc::new(EngineStats::default());
+        let st = stats.clone();
         let thread = std::thread::Builder::new()
             .name("Engine".into())
-            .spawn(move || engine_main(m, c, slots.max(1), rx, ready_tx))
+            .spawn(move || engine_main(m, c, slots.max(1), rx, ready_tx, st))
             .map_err(|source| EngineError::EngineThread { source })?;
         match ready_rx.recv() {
             Ok(Ok(())) => Ok(BatchedEngine {
@@ -90,10 +94,16 @@ impl BatchedEngine {
                 model,
                 cfg,
                 slots: slots.max(1),
+                stats,
             }),
             Ok(Err(e)) => Err(e),
             Err(_) => Err(EngineError::EngineThreadDied),
         }
+    }
+
+    /// The engine's running figures (batch sizes, KV cells in use).
+    pub fn stats(&self) -> Arc<EngineStats> {
+        self.stats.clone()
     }
 
     pub fn runner(&self) -> BatchedRunner {
@@ -196,6 +206,8 @@ struct Engine<'m> {
     fault: Option<String>,
     /// Media jobs so far (their placeholder tokens are unique).
     media_jobs: i32,
+    /// Written after every decode.
+    stats: Arc<EngineStats>,
 }
 
 fn engine_main(
@@ -204,6 +216,7 @@ fn engine_main(
     slots: u32,
     rx: Receiver<Msg>,
     ready: SyncSender<Result<(), EngineError>>,
+    stats: Arc<EngineStats>,
 ) {
     let n_ctx = model.weights().cap_ctx(cfg.max_ctx);
     let n_batch = cfg.n_batch.min(n_ctx).max(slots);
@@ -224,6 +237,9 @@ fn engine_main(
         }
     };
     let _ = ready.send(Ok(()));
+    stats
+        .kv_cells
+        .store(u64::from(n_ctx), std::sync::atomic::Ordering::Relaxed);
     tracing::info!(
         "batched engine: {slots} slots, {n_ctx} shared KV cells, {n_batch} tokens per decode, {} threads, flash attention {}",
         cfg.threads,
@@ -242,6 +258,7 @@ fn engine_main(
         decodes: 0,
         fault: None,
         media_jobs: 0,
+        stats,
     };
     let mut quit = false;
     while !quit && e.fault.is_none() {
@@ -549,7 +566,13 @@ impl<'m> Engine<'m> {
                     if only.is_some() {
                         self.isolate.pop_front();
                     }
-                    return self.after_decode();
+                    self.stats.decoded(feeds.len(), batch.n_tokens() as usize);
+                    self.after_decode();
+                    let cells = self.sched.cells_used(self.active.iter().map(|a| &a.st));
+                    self.stats
+                        .kv_cells_used
+                        .store(cells as u64, std::sync::atomic::Ordering::Relaxed);
+                    return;
                 }
                 Err(llama_cpp_2::DecodeError::NoKvCacheSlot) if !self.sched.cache.is_empty() => self.drop_cache(),
                 Err(llama_cpp_2::DecodeError::NoKvCacheSlot) if self.preempt_youngest() => {}

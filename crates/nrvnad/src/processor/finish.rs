@@ -20,6 +20,7 @@ use serde_json::Value;
 
 use super::Outcome;
 use crate::membership::Membership;
+use crate::metrics::{JobMetrics, Reason};
 use crate::space::SpaceGate;
 
 /// Files the daemon creates while a job runs; gone once it finishes.
@@ -60,14 +61,22 @@ pub struct Failure {
     pub reason: String,
     pub partial: Option<String>,
     pub cancelled: bool,
+    /// Its class, for the metrics.
+    pub class: Reason,
 }
 
 impl Failure {
     pub fn new(reason: impl Into<String>) -> Failure {
+        Failure::of(Reason::Other, reason)
+    }
+
+    /// A failure of a known class.
+    pub fn of(class: Reason, reason: impl Into<String>) -> Failure {
         Failure {
             reason: reason.into(),
             partial: None,
             cancelled: false,
+            class,
         }
     }
 }
@@ -102,6 +111,8 @@ pub struct Finisher<'a> {
     pub engine: &'a str,
     pub space: &'a SpaceGate,
     pub membership: Option<&'a Membership>,
+    /// Run time, tokens and failures of finished jobs.
+    pub metrics: &'a JobMetrics,
 }
 
 /// A file to write into the job: name and bytes.
@@ -196,6 +207,10 @@ impl Finisher<'_> {
             return self.fenced(id, "its claim was replaced before the result was written");
         }
         self.stamp(&mut meta, claim.as_ref(), &claimed_at, claimed, used.as_ref());
+        let counted = match &ending {
+            Ending::Done { out, .. } => Ok((out.prompt_tokens, out.generated_tokens)),
+            Ending::Failed(f) => Err(f.class),
+        };
         let (files, to, reason) = record_ending(&mut meta, ending);
         let written = self.write(dir, &files, &meta);
         if let Err(e) = written {
@@ -228,7 +243,34 @@ impl Finisher<'_> {
         if claim.is_some() {
             let _ = self.ws.io().retire(dir, members::CLAIM_FILE);
         }
-        self.publish(id, to, reason, claimed)
+        let outcome = self.publish(id, to, reason, claimed);
+        self.count(&outcome, counted, claimed);
+        outcome
+    }
+
+    /// Records a published job in the metrics (`counted`: its prompt and
+    /// generated tokens, or its failure class).
+    fn count(&self, outcome: &Outcome, counted: Result<(u32, u32), Reason>, claimed: std::time::Instant) {
+        let m = self.metrics;
+        let state = match (outcome, counted) {
+            (Outcome::Done, Ok((prompt, generated))) => {
+                m.prompt_tokens.inc_by(u64::from(prompt));
+                m.generated_tokens.inc_by(u64::from(generated));
+                "done"
+            }
+            (Outcome::Failed(_), Err(class)) => {
+                m.failed(class);
+                "failed"
+            }
+            // A done job whose artifact could not be written fails as "other".
+            (Outcome::Failed(_), Ok(_)) => {
+                m.failed(Reason::Other);
+                "failed"
+            }
+            _ => return,
+        };
+        m.finished.get_or_create(&[("state", state)]).inc();
+        m.run_time.observe(claimed.elapsed().as_secs_f64());
     }
 
     /// The meta.json keys every finished job gets: who ran it, when, how

@@ -33,6 +33,7 @@ use serde_json::{json, Value};
 
 use crate::engine::Inference;
 use crate::membership::Membership;
+use crate::metrics::{JobMetrics, Reason};
 use crate::observer::{JobObserver, StopKind};
 use crate::space::SpaceGate;
 use finish::{Claimed, Ending, Failure, Finisher};
@@ -77,6 +78,8 @@ pub struct Processor {
     space: Arc<SpaceGate>,
     /// This daemon's membership of a shared workspace (`--shared`).
     membership: Option<Arc<Membership>>,
+    /// Where finished jobs are counted (`--metrics`).
+    metrics: Arc<JobMetrics>,
 }
 
 /// Forgets a shared member's claim however processing ends (panics included).
@@ -103,7 +106,14 @@ impl Processor {
             shutdown,
             space,
             membership: None,
+            metrics: Arc::default(),
         }
+    }
+
+    /// Counts this processor's jobs into `metrics`.
+    pub fn measured(mut self, metrics: Arc<JobMetrics>) -> Processor {
+        self.metrics = metrics;
+        self
     }
 
     /// Makes this processor a shared member's: every claim is recorded, and
@@ -173,10 +183,11 @@ impl Processor {
                 job.meta = *f.meta;
                 return self
                     .finisher()
-                    .finish(job, Ending::Failed(Failure::new(f.error.to_string())));
+                    .finish(job, Ending::Failed(Failure::of(Reason::BadInput, f.error.to_string())));
             }
         };
         job.meta = spec.meta.clone();
+        self.count_wait(&spec.meta);
         let (plan, used) = plan::plan(&spec, &self.inference.cfg, fresh_seed());
         job.used = Some(used);
         let req = match self.request(&dir, &spec, plan) {
@@ -197,6 +208,7 @@ impl Processor {
                 reason: "cancelled by user".into(),
                 partial: Some(String::new()),
                 cancelled: true,
+                class: Reason::Cancelled,
             };
             return self.finisher().finish(job, Ending::Failed(f));
         }
@@ -217,9 +229,14 @@ impl Processor {
                     reason,
                     partial: Some(partial),
                     cancelled: kind == StopKind::Cancelled,
+                    class: match kind {
+                        StopKind::Cancelled => Reason::Cancelled,
+                        StopKind::TimedOut => Reason::Timeout,
+                        _ => Reason::Other,
+                    },
                 }),
             },
-            Err(RunError::Rejected(r)) => Ending::Failed(Failure::new(r)),
+            Err(RunError::Rejected(r)) => Ending::Failed(Failure::of(Reason::Engine, r)),
             Err(RunError::Fault(r)) => {
                 tracing::error!("engine fault while running {id}: {r}; the job stays in processing/ (recoverable)");
                 return Outcome::Fault(r);
@@ -235,7 +252,24 @@ impl Processor {
             engine: self.inference.kind.name(),
             space: &self.space,
             membership: self.membership.as_deref(),
+            metrics: &self.metrics,
         }
+    }
+
+    /// Records how long the job waited: its meta.json `submitted_at` to now
+    /// (just claimed). A job without a readable time is not counted.
+    fn count_wait(&self, meta: &Meta) {
+        let Some(at) = meta
+            .submitted_at
+            .as_deref()
+            .and_then(nrvna_core::time::parse_iso8601_micros)
+        else {
+            return;
+        };
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as i64);
+        self.metrics.queue_wait.observe((now - at).max(0) as f64 / 1e6);
     }
 
     /// A shared member that stops hands an interrupted job straight back to
@@ -328,7 +362,9 @@ impl Processor {
                     Constraint::Schema(s) => {
                         // Only schema.json (an older submitter): derive the
                         // grammar, and keep it as the job's effective one.
-                        let g = inf.schema_to_grammar(&s).map_err(Failure::new)?;
+                        let g = inf
+                            .schema_to_grammar(&s)
+                            .map_err(|e| Failure::of(Reason::BadInput, e))?;
                         self.ws
                             .io()
                             .write_atomic(dir, GRAMMAR_FILE, g.as_bytes())
@@ -337,7 +373,7 @@ impl Processor {
                     }
                 };
                 if let Some(g) = &grammar {
-                    inf.check_grammar(g).map_err(Failure::new)?;
+                    inf.check_grammar(g).map_err(|e| Failure::of(Reason::BadInput, e))?;
                 }
                 let media = match spec.job_type {
                     JobType::Vision => Some(MediaInput {
@@ -363,9 +399,12 @@ impl Processor {
                     }
                     None => spec.prompt.clone(),
                 };
-                let prompt = inf
-                    .render(system.as_deref(), &user)
-                    .map_err(|e| Failure::new(format!("{e}; set NRVNA_CHAT_TEMPLATE_FILE to a working template")))?;
+                let prompt = inf.render(system.as_deref(), &user).map_err(|e| {
+                    Failure::of(
+                        Reason::BadInput,
+                        format!("{e}; set NRVNA_CHAT_TEMPLATE_FILE to a working template"),
+                    )
+                })?;
                 Ok(Request::Text(TextRequest {
                     prompt,
                     sampling,
@@ -437,6 +476,7 @@ fn done(spec: &JobSpec, out: Output) -> Ending {
                         reason: why,
                         partial: Some(out.text.clone()),
                         cancelled: false,
+                        class: Reason::Schema,
                     });
                 }
             }
