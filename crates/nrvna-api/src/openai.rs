@@ -200,7 +200,9 @@ fn inline_uploaded_images(app: &App, body: &mut Map<String, Value>) -> Result<()
                 continue;
             };
             let id = url.as_str().unwrap_or_default().to_owned();
-            let bytes = crate::batches::vision_file(app, &id)
+            let bytes = app
+                .store
+                .vision_file(&id, app.jobs.ws.settings().max_image_bytes)
                 .map_err(|e| ApiError::invalid(e).param(format!("messages[{i}].content[{j}].image_url")))?;
             *url = Value::String(format!(
                 "data:image;base64,{}",

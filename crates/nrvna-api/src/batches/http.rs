@@ -67,15 +67,17 @@ fn check_image(name: &str, bytes: &[u8], limits: &nrvna_core::config::Settings) 
     Ok(())
 }
 
-/// The bytes of an uploaded `vision` file, for an image part naming it.
-pub(crate) fn vision_file(app: &App, id: &str) -> Result<Vec<u8>, String> {
-    match app.store.upload(id) {
-        Some(rec) if rec.get("purpose").and_then(Value::as_str) == Some("vision") => {
-            read_limited(&app.store.dirs.input(id), app.jobs.ws.settings().max_image_bytes)
-                .map_err(|e| format!("reading file {id}: {e}"))
+impl super::Store {
+    /// The bytes of an uploaded `vision` file (at most `limit`), for an
+    /// image part naming it.
+    pub fn vision_file(&self, id: &str, limit: u64) -> Result<Vec<u8>, String> {
+        match self.upload(id) {
+            Some(rec) if rec.get("purpose").and_then(Value::as_str) == Some("vision") => {
+                read_limited(&self.dirs.input(id), limit).map_err(|e| format!("reading file {id}: {e}"))
+            }
+            Some(_) => Err(format!("file {id} was not uploaded with purpose \"vision\"")),
+            None => Err(format!("no file with id {id:?} in this workspace")),
         }
-        Some(_) => Err(format!("file {id} was not uploaded with purpose \"vision\"")),
-        None => Err(format!("no file with id {id:?} in this workspace")),
     }
 }
 
