@@ -17,8 +17,11 @@ Exit codes:
 Once listening, the address is printed on stdout as one line (`http://ADDR`).
 
 Endpoints (OpenAI-compatible, under /v1):
-  POST /v1/chat/completions  POST /v1/completions  POST /v1/embeddings  GET /v1/models
-  POST /v1/files  GET /v1/files/{id}  GET /v1/files/{id}/content
+  POST /v1/chat/completions (image_url parts: data URIs)  POST /v1/completions
+  POST /v1/embeddings  GET /v1/models
+  POST /v1/audio/transcriptions (multipart; json|text)  POST /v1/audio/speech (wav)
+  POST /v1/files  GET /v1/files  GET /v1/files/{id}  DELETE /v1/files/{id}
+  GET /v1/files/{id}/content
   POST /v1/batches  GET /v1/batches  GET /v1/batches/{id}  POST /v1/batches/{id}/cancel
   /mcp  MCP (streamable HTTP)
   GET /metrics  Prometheus text (behind the key unless --metrics-public)
@@ -26,8 +29,8 @@ Endpoints (OpenAI-compatible, under /v1):
 Security (loopback without a key): every request's Host must be a loopback name or address
 (localhost, 127.0.0.0/8, [::1], any port), and a request carrying a non-loopback Origin or
 `Sec-Fetch-Site: cross-site` is refused (403), so a web page cannot drive the gateway, even with
-DNS rebinding. Always: POST chat/completions/embeddings/batches need `Content-Type:
-application/json` (415 otherwise), no CORS is granted (OPTIONS is refused), a request's headers
+DNS rebinding. Always: POST chat/completions/embeddings/audio/speech/batches need
+`Content-Type: application/json` (415 otherwise), no CORS is granted (OPTIONS is refused), a request's headers
 must arrive within --header-timeout and its body within --body-timeout (408, then the connection
 is closed), and error bodies name the workspace as `WS` (the full message goes to the log).
 

@@ -18,8 +18,9 @@ use crate::App;
 
 /// The endpoints whose POST body is JSON (a batch's cancel takes none;
 /// uploads are multipart; /mcp checks its own).
-const JSON_ENDPOINTS: [&str; 4] = [
+const JSON_ENDPOINTS: [&str; 5] = [
     "/v1/chat/completions",
+    "/v1/audio/speech",
     "/v1/completions",
     "/v1/embeddings",
     "/v1/batches",

@@ -3,6 +3,7 @@
 //! `flw`): every request becomes a job that any daemon serving the
 //! workspace runs, and nothing a client submitted lives only in here.
 
+pub mod audio;
 pub mod batches;
 pub mod config;
 pub mod error;
@@ -22,7 +23,7 @@ use anyhow::{Context, Result};
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use nrvna_core::{State, Workspace};
 use rmcp::ServiceExt;
@@ -73,8 +74,10 @@ pub fn router(app: Arc<App>, sessions: &sessions::Sessions) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/embeddings", post(openai::embeddings))
         .route("/v1/models", get(openai::models))
-        .route("/v1/files", post(batches::upload))
-        .route("/v1/files/{id}", get(batches::file))
+        .route("/v1/audio/transcriptions", post(audio::transcriptions))
+        .route("/v1/audio/speech", post(audio::speech))
+        .route("/v1/files", post(batches::upload).get(batches::list_files))
+        .route("/v1/files/{id}", get(batches::file).merge(delete(batches::delete_file)))
         .route("/v1/files/{id}/content", get(batches::content))
         .route("/v1/batches", post(batches::create).get(batches::list))
         .route("/v1/batches/{id}", get(batches::get))

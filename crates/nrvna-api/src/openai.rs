@@ -1,5 +1,6 @@
-//! The synchronous OpenAI endpoints: chat completions and completions (whole
-//! or streamed as server-sent events from the job's partial.txt),
+//! The synchronous OpenAI endpoints: chat completions (images in a message
+//! make a vision job) and completions (whole or streamed as server-sent
+//! events from the job's partial.txt),
 //! embeddings, and the model list. A request is a job: published with high
 //! priority, waited for, answered from result.txt / embedding.json and
 //! meta.json, and cancelled when the client goes away first.
@@ -133,7 +134,7 @@ pub async fn models(AxState(app): AxState<Arc<App>>) -> Json<Value> {
 }
 
 /// Params every synchronous request starts from: high priority.
-fn sync_defaults() -> Params {
+pub(crate) fn sync_defaults() -> Params {
     Params {
         priority: Some(Priority::High),
         ..Params::default()
@@ -167,12 +168,49 @@ fn stream_opts(body: &Map<String, Value>) -> Result<StreamOpts, ApiError> {
 
 /// `POST /v1/chat/completions`.
 pub async fn chat(AxState(app): AxState<Arc<App>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
-    let body = json_body(body)?;
+    let mut body = json_body(body)?;
     let model = check_model(&app, &body)?;
     let stream = stream_opts(&body)?;
-    let mut sub = openai::chat_submission(&body, &sync_defaults())?;
+    inline_uploaded_images(&app, &mut body)?;
+    let mut sub = openai::chat_submission_within(&body, &sync_defaults(), app.jobs.ws.settings())?;
     sub.params.model = route(&app, &model);
     complete(app, sub, model, Kind::Chat, stream).await
+}
+
+/// Image parts whose url names a file uploaded with purpose `vision`
+/// (`file-...`) get that file inline as a data URI, so that they map onto
+/// the job as any image does (and are checked the same way).
+fn inline_uploaded_images(app: &App, body: &mut Map<String, Value>) -> Result<(), ApiError> {
+    let Some(Value::Array(messages)) = body.get_mut("messages") else {
+        return Ok(());
+    };
+    for (i, m) in messages.iter_mut().enumerate() {
+        let Some(Value::Array(parts)) = m.get_mut("content") else {
+            continue;
+        };
+        for (j, part) in parts.iter_mut().enumerate() {
+            if part.get("type").and_then(Value::as_str) != Some("image_url") {
+                continue;
+            }
+            let slot = match part.get_mut("image_url") {
+                Some(Value::Object(o)) => o.get_mut("url"),
+                other => other,
+            };
+            let Some(url) = slot.filter(|u| u.as_str().is_some_and(|u| u.starts_with("file-"))) else {
+                continue;
+            };
+            let id = url.as_str().unwrap_or_default().to_owned();
+            let bytes = app
+                .store
+                .vision_file(&id, app.jobs.ws.settings().max_image_bytes)
+                .map_err(|e| ApiError::invalid(e).param(format!("messages[{i}].content[{j}].image_url")))?;
+            *url = Value::String(format!(
+                "data:image;base64,{}",
+                base64::engine::general_purpose::STANDARD.encode(bytes)
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `POST /v1/completions`.
@@ -211,12 +249,7 @@ async fn complete(
             deadline,
         ));
     }
-    let Some(job) = app.jobs.wait(&id, deadline).await? else {
-        // The guard cancels the job as it drops.
-        return Err(timeout_error(&app, &id));
-    };
-    guard.disarm();
-    let fin = Finished::read(&job)?;
+    let fin = finish(&app, &id, guard, deadline).await?;
     let Some(text) = fin.text() else {
         return Err(if fin.artifact.is_some() {
             ApiError::internal(format!("job {id} produced no text"))
@@ -246,6 +279,26 @@ async fn complete(
         "system_fingerprint": null,
     }))
     .into_response())
+}
+
+/// Publishes one job (high priority is the caller's) and waits for it
+/// under the gateway's timeout; the job is cancelled if the client goes
+/// away first (the request's future dropped) or the time runs out.
+pub(crate) async fn run_one(app: &App, sub: Submission) -> Result<(JobId, Finished), ApiError> {
+    let (mut ids, guard) = app.jobs.publish(vec![sub]).await?;
+    let id = ids.remove(0);
+    let fin = finish(app, &id, guard, Instant::now() + app.cfg.timeout).await?;
+    Ok((id, fin))
+}
+
+/// Waits for a published job and reads what it left; at the deadline the
+/// guard, dropped, cancels it.
+async fn finish(app: &App, id: &JobId, guard: CancelGuard, deadline: Instant) -> Result<Finished, ApiError> {
+    let Some(job) = app.jobs.wait(id, deadline).await? else {
+        return Err(timeout_error(app, id));
+    };
+    guard.disarm();
+    Finished::read(&job)
 }
 
 fn response_id(kind: Kind, id: &JobId) -> String {

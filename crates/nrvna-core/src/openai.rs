@@ -1,10 +1,13 @@
 //! OpenAI request bodies as jobs: one mapping from a chat completion,
-//! completion or embeddings body onto prompt.txt, params.json and
-//! schema.json, shared by `wrk --batch` (batch file lines) and `nrvna-api`
+//! completion or embeddings body onto prompt.txt, params.json, schema.json
+//! and (images sent inline in chat messages) the job's images/, shared by `wrk --batch` (batch file lines) and `nrvna-api`
 //! (HTTP requests), so that both submit exactly the same job for a body.
 
+use base64::Engine as _;
 use serde_json::{Map, Value};
 
+use crate::config::Settings;
+use crate::media::{MediaFile, MediaKind, MAX_FILES};
 use crate::params::Params;
 use crate::state::JobType;
 use nrvna_schema::check::check_schema;
@@ -27,11 +30,27 @@ fn bad<T>(param: &str, message: impl Into<String>) -> Result<T, RequestError> {
     })
 }
 
+/// The prompt of a vision request whose last message holds images and no
+/// text (the C++ daemon refuses an empty vision prompt).
+pub const VISION_DEFAULT_PROMPT: &str = "Describe the image.";
+
+/// `/v1/chat/completions` with the default media limits; see
+/// [`chat_submission_within`].
+pub fn chat_submission(body: &Map<String, Value>, defaults: &Params) -> Result<Submission, RequestError> {
+    chat_submission_within(body, defaults, &Settings::default())
+}
+
 /// `/v1/chat/completions`: system (and developer) messages become the
 /// system prompt, the last message must be the user's and is the prompt,
 /// and earlier turns are rendered before it as `role: content` lines.
-/// Sampling fields override `defaults`.
-pub fn chat_submission(body: &Map<String, Value>, defaults: &Params) -> Result<Submission, RequestError> {
+/// Sampling fields override `defaults`. `image_url` parts with a `data:`
+/// URI make it a vision job with those images (in message order), each
+/// checked against `limits` and by its first bytes.
+pub fn chat_submission_within(
+    body: &Map<String, Value>,
+    defaults: &Params,
+    limits: &Settings,
+) -> Result<Submission, RequestError> {
     let messages = match body.get("messages") {
         Some(Value::Array(m)) if !m.is_empty() => m,
         Some(Value::Array(_)) => return bad("messages", "messages is empty; give at least one user message"),
@@ -39,12 +58,13 @@ pub fn chat_submission(body: &Map<String, Value>, defaults: &Params) -> Result<S
     };
     let mut system = Vec::new();
     let mut turns: Vec<(String, String)> = Vec::new();
+    let mut images = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         let at = format!("messages[{i}]");
         let Some(role) = m.get("role").and_then(Value::as_str) else {
             return bad(&format!("{at}.role"), format!("{at}.role is missing or not a string"));
         };
-        let content = message_text(m.get("content"), &format!("{at}.content"))?;
+        let content = message_content(m.get("content"), &format!("{at}.content"), limits, &mut images)?;
         match role {
             "system" | "developer" => system.push(content),
             "user" | "assistant" | "tool" => turns.push((role.to_owned(), content)),
@@ -73,8 +93,15 @@ pub fn chat_submission(body: &Map<String, Value>, defaults: &Params) -> Result<S
         prompt.push('\n');
     }
     prompt.push_str(&last);
+    if !images.is_empty() && prompt.trim().is_empty() {
+        prompt = VISION_DEFAULT_PROMPT.to_owned();
+    }
 
     let mut sub = Submission::text(prompt);
+    if !images.is_empty() {
+        sub.job_type = JobType::Vision;
+        sub.media = images;
+    }
     sub.params = sampling(body, defaults)?;
     if !system.is_empty() {
         sub.params.system = Some(system.join("\n\n"));
@@ -212,8 +239,15 @@ fn sampling(body: &Map<String, Value>, defaults: &Params) -> Result<Params, Requ
     Ok(p)
 }
 
-/// A message's text: a string, or an array of `{"type":"text","text":...}` parts.
-fn message_text(content: Option<&Value>, at: &str) -> Result<String, RequestError> {
+/// A message's text: a string, or an array of `{"type":"text","text":...}`
+/// and `{"type":"image_url","image_url":{"url":...}}` parts; the images
+/// are added to `images`.
+fn message_content(
+    content: Option<&Value>,
+    at: &str,
+    limits: &Settings,
+    images: &mut Vec<MediaFile>,
+) -> Result<String, RequestError> {
     match content {
         Some(Value::String(s)) => Ok(s.clone()),
         Some(Value::Array(parts)) => {
@@ -224,10 +258,22 @@ fn message_text(content: Option<&Value>, at: &str) -> Result<String, RequestErro
                     part.get("text").and_then(Value::as_str),
                 ) {
                     (Some("text"), Some(t)) => texts.push(t),
+                    (Some("image_url"), _) => {
+                        let at = format!("{at}[{j}].image_url");
+                        if images.len() >= MAX_FILES {
+                            return bad(&at, format!("{at}: a request may hold at most {MAX_FILES} images"));
+                        }
+                        let url = match part.get("image_url") {
+                            Some(Value::String(u)) => u.as_str(),
+                            Some(o) => o.get("url").and_then(Value::as_str).unwrap_or_default(),
+                            None => "",
+                        };
+                        images.push(inline_image(url, &at, limits)?);
+                    }
                     (Some(other), _) if other != "text" => {
                         return bad(
                             at,
-                            format!("{at} part {j} has type {other:?}; only text parts are supported"),
+                            format!("{at} part {j} has type {other:?}; only text and image_url parts are supported"),
                         )
                     }
                     _ => {
@@ -241,8 +287,85 @@ fn message_text(content: Option<&Value>, at: &str) -> Result<String, RequestErro
             Ok(texts.join("\n"))
         }
         Some(Value::Null) | None => bad(at, format!("{at} is missing")),
-        Some(_) => bad(at, format!("{at} must be a string or an array of text parts")),
+        Some(_) => bad(at, format!("{at} must be a string or an array of content parts")),
     }
+}
+
+/// The image of an `image_url` part: a `data:<type>;base64,<data>` URI,
+/// decoded and checked (size limit, a format the daemon decodes). Remote
+/// URLs are refused: a submitter fetches nothing.
+fn inline_image(url: &str, at: &str, limits: &Settings) -> Result<MediaFile, RequestError> {
+    if url.is_empty() {
+        return bad(
+            at,
+            format!("{at}.url is missing; give the image as a data URI (data:image/png;base64,...)"),
+        );
+    }
+    let Some(rest) = url.strip_prefix("data:") else {
+        let shown: String = url.chars().take(40).collect();
+        let why = if url.starts_with("http://") || url.starts_with("https://") {
+            "remote image URLs are not fetched (nrvna reads nothing from the network)"
+        } else if url.starts_with("file-") {
+            "uploaded files are taken by nrvna-api's /v1/chat/completions only, not here"
+        } else {
+            "it is not a data URI"
+        };
+        return bad(
+            at,
+            format!("{at}.url {shown:?}: {why}; send the image inline as data:image/png;base64,..."),
+        );
+    };
+    let Some((header, data)) = rest.split_once(',') else {
+        return bad(at, format!("{at}.url is a data URI without a comma before its data"));
+    };
+    if !header.split(';').any(|p| p.eq_ignore_ascii_case("base64")) {
+        return bad(
+            at,
+            format!("{at}.url must be a base64 data URI (data:image/png;base64,...); {header:?} is not base64"),
+        );
+    }
+    let limit = limits.max_image_bytes;
+    // Base64 is 4 characters per 3 bytes: reject a far too large URI undecoded.
+    if (data.len() as u64 / 4).saturating_mul(3) > limit.saturating_add(3) {
+        return bad(
+            at,
+            format!(
+                "{at}: the image is over the limit of {limit} bytes ({})",
+                MediaKind::Image.limit_var()
+            ),
+        );
+    }
+    let bytes = match base64::engine::general_purpose::STANDARD.decode(data.trim()) {
+        Ok(b) => b,
+        Err(e) => return bad(at, format!("{at}.url: the data URI's base64 does not decode: {e}")),
+    };
+    if bytes.is_empty() {
+        return bad(at, format!("{at}: the image is empty"));
+    }
+    if bytes.len() as u64 > limit {
+        return bad(
+            at,
+            format!(
+                "{at}: the image is {} bytes, over the limit of {limit} bytes ({})",
+                bytes.len(),
+                MediaKind::Image.limit_var()
+            ),
+        );
+    }
+    let Some(format) = MediaKind::Image.sniff(&bytes) else {
+        return bad(
+            at,
+            format!(
+                "{at}: the image is not {} (its first bytes are no known format, whatever its data URI says)",
+                MediaKind::Image.formats()
+            ),
+        );
+    };
+    Ok(MediaFile {
+        kind: MediaKind::Image,
+        ext: format.to_owned(),
+        bytes,
+    })
 }
 
 /// A number from `lo` to `hi` (OpenAI's ranges for its sampling fields).
@@ -386,6 +509,60 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.param.as_deref(), Some("response_format"));
         assert!(e.message.contains("is not a valid JSON Schema"), "{e}");
+    }
+
+    #[test]
+    fn image_parts_make_a_vision_job_and_bad_images_are_named() {
+        use base64::Engine as _;
+        let png = b"\x89PNG\r\n\x1a\nrest";
+        let uri = format!(
+            "data:image/png;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(png)
+        );
+        let body = serde_json::json!({"messages": [{"role": "user", "content": [
+            {"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": uri, "detail": "low"}},
+        ]}]});
+        let s = chat_submission(body.as_object().unwrap(), &Params::default()).unwrap();
+        assert_eq!(s.job_type, JobType::Vision);
+        assert_eq!(s.prompt, "What is this?");
+        assert_eq!(s.media.len(), 1);
+        assert_eq!((s.media[0].ext.as_str(), &s.media[0].bytes[..]), ("png", &png[..]));
+        // Images alone: the task is spelled out.
+        let body = serde_json::json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": uri}}]}]});
+        let s = chat_submission(body.as_object().unwrap(), &Params::default()).unwrap();
+        assert_eq!(s.prompt, VISION_DEFAULT_PROMPT);
+
+        let not_png = format!(
+            "data:image/png;base64,{}",
+            base64::engine::general_purpose::STANDARD.encode(b"hello")
+        );
+        for (url, says) in [
+            ("https://example.com/cat.png", "not fetched"),
+            ("data:image/png;base64,@@@not base64", "does not decode"),
+            ("data:image/png,rawbytes", "must be a base64 data URI"),
+            (not_png.as_str(), "is not png, jpg"),
+            ("", "is missing"),
+        ] {
+            let body = serde_json::json!({"messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": url}}]}]});
+            let e = chat_submission(body.as_object().unwrap(), &Params::default()).unwrap_err();
+            assert_eq!(
+                e.param.as_deref(),
+                Some("messages[0].content[0].image_url"),
+                "{url}: {e}"
+            );
+            assert!(e.message.contains(says), "{url}: {e}");
+        }
+        let small = Settings {
+            max_image_bytes: 4,
+            ..Settings::default()
+        };
+        let body = serde_json::json!({"messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": uri}}]}]});
+        let e = chat_submission_within(body.as_object().unwrap(), &Params::default(), &small).unwrap_err();
+        assert!(e.message.contains("over the limit of 4 bytes"), "{e}");
     }
 
     #[test]

@@ -13,14 +13,15 @@ use axum::Json;
 use nrvna_core::batch::MAX_BATCH_BYTES;
 use nrvna_core::files::{Artifact, BATCH_FILE};
 use nrvna_core::fsio::read_limited;
+use nrvna_core::media::MediaKind;
 use nrvna_core::{BatchRequest, JobId, JobView, Meta, State};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::legacy;
 use super::record::{
-    batch_job_id, batch_object, result_file, write_bytes, write_json, write_record, BatchRecord, BatchStatus, BY_LINE,
-    OUTPUT_EXPIRES_AFTER, OUTPUT_EXPIRES_AT,
+    batch_job_id, batch_object, result_file, upload_job_id, write_bytes, write_json, write_record, BatchRecord,
+    BatchStatus, BY_LINE, OUTPUT_EXPIRES_AFTER, OUTPUT_EXPIRES_AT,
 };
 use super::work::{error_line, line_of, read_rejected};
 use crate::error::ApiError;
@@ -43,7 +44,44 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f).await.map_err(joined)
 }
 
-/// `POST /v1/files` (multipart: `file`, `purpose=batch`).
+/// An image upload: within the workspace's image limit, in a format the
+/// daemon decodes.
+fn check_image(name: &str, bytes: &[u8], limits: &nrvna_core::config::Settings) -> Result<(), ApiError> {
+    let kind = MediaKind::Image;
+    let limit = kind.max_bytes(limits);
+    if bytes.len() as u64 > limit {
+        return Err(ApiError::invalid(format!(
+            "file {name:?} is {} bytes, over this workspace's limit of {limit} bytes for images ({})",
+            bytes.len(),
+            kind.limit_var()
+        ))
+        .param("file"));
+    }
+    if kind.sniff(bytes).is_none() {
+        return Err(ApiError::invalid(format!(
+            "file {name:?} is not {} (its first bytes are no known format); a vision file must be an image",
+            kind.formats()
+        ))
+        .param("file"));
+    }
+    Ok(())
+}
+
+impl super::Store {
+    /// The bytes of an uploaded `vision` file (at most `limit`), for an
+    /// image part naming it.
+    pub fn vision_file(&self, id: &str, limit: u64) -> Result<Vec<u8>, String> {
+        match self.upload(id) {
+            Some(rec) if rec.get("purpose").and_then(Value::as_str) == Some("vision") => {
+                read_limited(&self.dirs.input(id), limit).map_err(|e| format!("reading file {id}: {e}"))
+            }
+            Some(_) => Err(format!("file {id} was not uploaded with purpose \"vision\"")),
+            None => Err(format!("no file with id {id:?} in this workspace")),
+        }
+    }
+}
+
+/// `POST /v1/files` (multipart: `file`, `purpose` `batch` or `vision`).
 pub async fn upload(
     AxState(app): AxState<Arc<App>>,
     form: Result<Multipart, axum::extract::multipart::MultipartRejection>,
@@ -73,25 +111,29 @@ pub async fn upload(
             _ => {}
         }
     }
-    match purpose.as_deref() {
-        Some("batch") => {}
+    let purpose = match purpose.as_deref() {
+        Some(p @ ("batch" | "vision")) => p.to_owned(),
         Some(p) => {
-            return Err(
-                ApiError::invalid(format!("purpose {p:?} is not supported; only \"batch\" files are kept"))
-                    .param("purpose"),
-            )
+            return Err(ApiError::invalid(format!(
+                "purpose {p:?} is not supported; files are kept for \"batch\" and \"vision\""
+            ))
+            .param("purpose"))
         }
-        None => return Err(ApiError::invalid("purpose is missing (it must be \"batch\")").param("purpose")),
-    }
+        None => return Err(ApiError::invalid("purpose is missing (\"batch\" or \"vision\")").param("purpose")),
+    };
     let Some((filename, bytes)) = file else {
         return Err(ApiError::invalid("file is missing; send it as the multipart field `file`").param("file"));
     };
+    if purpose == "vision" {
+        // Checked as an image part would be, so that a chat naming it fails only if it is gone.
+        check_image(&filename, &bytes, app.jobs.ws.settings())?;
+    }
     let created_at = now_unix();
-    let expires_at = created_at + file_lifetime(anchor.as_deref(), seconds.as_deref())?;
+    let expires_at = file_lifetime(&purpose, anchor.as_deref(), seconds.as_deref())?.map(|s| created_at + s);
     let id = format!("file-{}", JobId::generate());
     let rec = json!({
         "id": id, "object": "file", "bytes": bytes.len(), "created_at": created_at,
-        "expires_at": expires_at, "filename": filename, "purpose": "batch", "status": "processed",
+        "expires_at": expires_at, "filename": filename, "purpose": purpose, "status": "processed",
     });
     let (rec2, id2, app2) = (rec.clone(), id.clone(), app.clone());
     blocking(move || {
@@ -111,10 +153,11 @@ const FILE_LIFETIME_S: std::ops::RangeInclusive<i64> = 3600..=2_592_000;
 const BATCH_FILE_LIFETIME_S: i64 = 2_592_000;
 
 /// Seconds an upload is kept: the form's `expires_after[anchor]` (only
-/// `created_at`) and `expires_after[seconds]` (3600 to 2592000), else 30 days.
-fn file_lifetime(anchor: Option<&str>, seconds: Option<&str>) -> Result<i64, ApiError> {
+/// `created_at`) and `expires_after[seconds]` (3600 to 2592000), else 30
+/// days for a `batch` file and for ever (`None`) for a `vision` one.
+fn file_lifetime(purpose: &str, anchor: Option<&str>, seconds: Option<&str>) -> Result<Option<i64>, ApiError> {
     match anchor {
-        None if seconds.is_none() => return Ok(BATCH_FILE_LIFETIME_S),
+        None if seconds.is_none() => return Ok((purpose == "batch").then_some(BATCH_FILE_LIFETIME_S)),
         Some("created_at") => {}
         Some(a) => {
             return Err(ApiError::invalid(format!(
@@ -130,7 +173,7 @@ fn file_lifetime(anchor: Option<&str>, seconds: Option<&str>) -> Result<i64, Api
         }
     }
     match seconds.map(|s| s.trim().parse::<i64>()) {
-        Some(Ok(n)) if FILE_LIFETIME_S.contains(&n) => Ok(n),
+        Some(Ok(n)) if FILE_LIFETIME_S.contains(&n) => Ok(Some(n)),
         _ => Err(ApiError::invalid(format!(
             "expires_after.seconds must be a whole number of seconds from {} to {} (1 hour to 30 days)",
             FILE_LIFETIME_S.start(),
@@ -140,7 +183,7 @@ fn file_lifetime(anchor: Option<&str>, seconds: Option<&str>) -> Result<i64, Api
     }
 }
 
-fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+pub(crate) fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     let status = e.status();
     let mut a = ApiError::invalid(format!("reading the multipart upload failed: {}", e.body_text()));
     if status == StatusCode::PAYLOAD_TOO_LARGE {
@@ -148,6 +191,131 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
         a.code = Some("request_too_large");
     }
     a
+}
+
+#[derive(Deserialize)]
+pub struct FilePage {
+    purpose: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+    order: Option<String>,
+}
+
+/// The most files one page lists (OpenAI's limit), and the default.
+const MAX_FILE_PAGE: usize = 10_000;
+
+/// `GET /v1/files?purpose=&limit=&after=&order=`: the uploaded files,
+/// newest first unless `order=asc`. Batch output and error files are not
+/// listed (they are made from a batch's jobs; its object names them).
+pub async fn list_files(
+    AxState(app): AxState<Arc<App>>,
+    page: Result<Query<FilePage>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Query(page) = page.map_err(|e| ApiError::invalid(format!("bad query: {}", e.body_text())))?;
+    let limit = page.limit.unwrap_or(MAX_FILE_PAGE);
+    if !(1..=MAX_FILE_PAGE).contains(&limit) {
+        return Err(ApiError::invalid(format!("limit must be from 1 to {MAX_FILE_PAGE}")).param("limit"));
+    }
+    let desc = match page.order.as_deref() {
+        None | Some("desc") => true,
+        Some("asc") => false,
+        Some(o) => return Err(ApiError::invalid(format!("order {o:?} is not asc or desc")).param("order")),
+    };
+    let after = match &page.after {
+        None => None,
+        Some(a) => Some(upload_job_id(a).ok_or_else(|| ApiError::invalid("after is not a file id").param("after"))?),
+    };
+    let app2 = app.clone();
+    let mut ids = blocking(move || -> std::io::Result<Vec<JobId>> {
+        Ok(std::fs::read_dir(&app2.store.dirs.files)?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| upload_job_id(e.file_name().to_str()?.strip_suffix(".json")?))
+            .collect())
+    })
+    .await?
+    .map_err(|e| ApiError::internal(format!("listing the uploaded files in api/files: {e}")))?;
+    // Ids sort by upload time.
+    ids.sort();
+    if desc {
+        ids.reverse();
+    }
+    if let Some(a) = &after {
+        ids.retain(|id| if desc { id < a } else { id > a });
+    }
+    let mut data = Vec::new();
+    let mut has_more = false;
+    for id in ids {
+        let Some(rec) = app.store.upload(&format!("file-{id}")) else {
+            continue; // deleted meanwhile
+        };
+        if page
+            .purpose
+            .as_deref()
+            .is_some_and(|p| rec.get("purpose").and_then(Value::as_str) != Some(p))
+        {
+            continue;
+        }
+        if data.len() == limit {
+            has_more = true;
+            break;
+        }
+        data.push(rec);
+    }
+    let first = data.first().and_then(|r| r.get("id")).cloned();
+    let last = data.last().and_then(|r| r.get("id")).cloned();
+    Ok(Json(json!({
+        "object": "list", "data": data, "first_id": first, "last_id": last, "has_more": has_more,
+    })))
+}
+
+/// `DELETE /v1/files/{id}`: an uploaded file, its record first (the file
+/// is gone for every reader from then on), then its data. A batch's output
+/// and error files are made from its jobs and cannot be deleted; an input
+/// file cannot be deleted while a batch has not yet published its lines
+/// (it reads the file until then): cancel the batch or wait.
+pub async fn delete_file(AxState(app): AxState<Arc<App>>, AxPath(id): AxPath<String>) -> Result<Json<Value>, ApiError> {
+    if result_file(&id).is_some() {
+        return Err(ApiError::invalid(format!(
+            "file {id} is a batch's output or error file, made from the batch's jobs when read; it cannot be deleted"
+        )));
+    }
+    if app.store.upload(&id).is_none() {
+        return Err(not_found("file", &id));
+    }
+    let app2 = app.clone();
+    let id2 = id.clone();
+    blocking(move || -> Result<(), ApiError> {
+        let s = &app2.store;
+        let ids = s
+            .dirs
+            .ids()
+            .map_err(|e| ApiError::internal(format!("listing the batch records in api/batches: {e}")))?;
+        for b in ids {
+            if let Some(rec) = s
+                .dirs
+                .read(&b)
+                .filter(|r| r.input_file_id == id2 && !r.published && !r.finished())
+            {
+                return Err(ApiError::invalid(format!(
+                    "file {id2} is the input of batch {}, which is still reading it; delete it once the batch \
+                     is in_progress, or cancel the batch first",
+                    rec.id
+                ))
+                .code("file_in_use"));
+            }
+        }
+        let gone = |r: std::io::Result<()>| match r {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+        gone(std::fs::remove_file(s.dirs.files.join(format!("{id2}.json"))))
+            .and_then(|()| s.ws.io().sync_dir(&s.dirs.files))
+            .and_then(|()| gone(std::fs::remove_file(s.dirs.input(&id2))))
+            .map_err(|e| ApiError::internal(format!("deleting file {id2}: {e}")))
+    })
+    .await??;
+    tracing::info!("deleted file {id}");
+    Ok(Json(json!({"id": id, "object": "file", "deleted": true})))
 }
 
 /// `GET /v1/files/{id}`.
@@ -168,7 +336,11 @@ pub async fn file(AxState(app): AxState<Arc<App>>, AxPath(id): AxPath<String>) -
 
 /// `GET /v1/files/{id}/content`.
 pub async fn content(AxState(app): AxState<Arc<App>>, AxPath(id): AxPath<String>) -> Result<Response, ApiError> {
-    let body = if app.store.upload(&id).is_some() {
+    let mut kind = "application/jsonl";
+    let body = if let Some(rec) = app.store.upload(&id) {
+        if rec.get("purpose").and_then(Value::as_str) == Some("vision") {
+            kind = "application/octet-stream";
+        }
         let path = app.store.dirs.input(&id);
         blocking(move || read_limited(&path, MAX_BATCH_BYTES))
             .await?
@@ -178,7 +350,7 @@ pub async fn content(AxState(app): AxState<Arc<App>>, AxPath(id): AxPath<String>
     } else {
         return Err(not_found("file", &id));
     };
-    Ok(([(header::CONTENT_TYPE, "application/jsonl")], body).into_response())
+    Ok(([(header::CONTENT_TYPE, kind)], body).into_response())
 }
 
 /// A job's custom_id: its batch.json, else its meta.json (older jobs).
@@ -487,13 +659,12 @@ pub async fn create(
     };
     let output_after = match body.get("output_expires_after") {
         None | Some(Value::Null) => None,
-        Some(v) => Some(
-            file_lifetime(
-                Some(v.get("anchor").and_then(Value::as_str).unwrap_or("")),
-                v.get("seconds").map(|s| s.to_string()).as_deref(),
-            )
-            .map_err(|e| e.param("output_expires_after"))?,
-        ),
+        Some(v) => file_lifetime(
+            "batch_output",
+            Some(v.get("anchor").and_then(Value::as_str).unwrap_or("")),
+            v.get("seconds").map(|s| s.to_string()).as_deref(),
+        )
+        .map_err(|e| e.param("output_expires_after"))?,
     };
     let metadata = match body.get("metadata") {
         None | Some(Value::Null) => Value::Null,
@@ -621,9 +792,16 @@ mod tests {
 
     #[test]
     fn an_upload_lives_30_days_or_what_expires_after_asks_within_openais_range() {
-        assert_eq!(file_lifetime(None, None).unwrap(), 2_592_000);
-        assert_eq!(file_lifetime(Some("created_at"), Some("3600")).unwrap(), 3600);
-        assert_eq!(file_lifetime(Some("created_at"), Some("2592000")).unwrap(), 2_592_000);
+        assert_eq!(file_lifetime("batch", None, None).unwrap(), Some(2_592_000));
+        assert_eq!(file_lifetime("vision", None, None).unwrap(), None, "kept until deleted");
+        assert_eq!(
+            file_lifetime("vision", Some("created_at"), Some("3600")).unwrap(),
+            Some(3600)
+        );
+        assert_eq!(
+            file_lifetime("batch", Some("created_at"), Some("2592000")).unwrap(),
+            Some(2_592_000)
+        );
         for (a, s) in [
             (Some("created_at"), Some("3599")),
             (Some("created_at"), Some("2592001")),
@@ -632,7 +810,7 @@ mod tests {
             (Some("last_active_at"), Some("3600")),
             (None, Some("3600")),
         ] {
-            let e = file_lifetime(a, s).unwrap_err();
+            let e = file_lifetime("batch", a, s).unwrap_err();
             assert_eq!(e.status, StatusCode::BAD_REQUEST, "{a:?} {s:?}");
         }
     }

@@ -26,7 +26,8 @@ use nrvna_core::fsio::read_limited;
 use nrvna_core::{JobView, Meta, Workspace};
 use serde_json::{Map, Value};
 
-pub use http::{cancel, content, create, file, get, list, upload};
+pub(crate) use http::multipart_error;
+pub use http::{cancel, content, create, delete_file, file, get, list, list_files, upload};
 pub use record::{BatchRecord, BatchStatus};
 
 use crate::App;

@@ -107,18 +107,24 @@ pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 pub fn start_daemon(ws: &Path, workers: u32) -> Proc {
+    start_daemon_with(&model(), ws, &["--workers", &workers.to_string()], &[])
+}
+
+/// `nrvnad MODEL WS ARGS..` with the environment `env`, once it is ready.
+pub fn start_daemon_with(model: &Path, ws: &Path, args: &[&str], env: &[(&str, &str)]) -> Proc {
     let child = clean(&mut Command::new(nrvnad_bin()))
-        .arg(model())
+        .arg(model)
         .arg(ws)
-        .args(["--workers", &workers.to_string()])
+        .args(args)
         .env("NRVNA_LOG_LEVEL", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .spawn()
         .expect("spawning nrvnad");
     let p = Proc { child };
     assert!(
         wait_for(Duration::from_secs(60), || ws.join(".nrvnad.ready").exists()),
-        "nrvnad did not become ready within 60 s"
+        "nrvnad {args:?} did not become ready within 60 s"
     );
     p
 }
