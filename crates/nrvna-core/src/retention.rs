@@ -12,7 +12,7 @@
 //! thread and `flw --prune` both run [`prune`], one at a time per workspace
 //! ([`PruneLock`]).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io;
 use std::path::PathBuf;
@@ -180,6 +180,10 @@ pub struct Guard<'a> {
     batches: HashMap<String, Option<&'static str>>,
     /// Whether the gateway keeps batch records here at all.
     any_batches: bool,
+    /// The `batch_*` tags of jobs still staged, queued or running (a
+    /// `wrk --batch` batch, which has no record, is unfinished while one
+    /// of its jobs is); read once, when first needed.
+    unfinished_tags: Option<HashSet<String>>,
 }
 
 /// Why a line of an unfinished batch stays.
@@ -199,6 +203,7 @@ impl<'a> Guard<'a> {
                 .unwrap_or(0),
             batches: HashMap::new(),
             any_batches: ws.file(BATCH_RECORDS).is_dir(),
+            unfinished_tags: None,
         }
     }
 
@@ -206,7 +211,9 @@ impl<'a> Guard<'a> {
     /// `keep`), or a line of a gateway batch (its job id is `<J>_<6
     /// digits>` with a record `api/batches/batch_<J>.json`, or it carries
     /// the tag `batch_<J>` of such a record) that is not finished or whose
-    /// output is retrievable until the record's `output_expires_at`.
+    /// output is retrievable until the record's `output_expires_at`, or a
+    /// job of a `wrk --batch` batch (its `batch_*` tag) while another job
+    /// with that tag is staged, queued or running.
     pub fn why_kept(&mut self, j: &Finished) -> Option<&'static str> {
         let meta = read_optional(&self.ws.job_dir(j.state, &j.id).join(META_FILE), MAX_META_BYTES)
             .ok()
@@ -220,9 +227,31 @@ impl<'a> Guard<'a> {
                 if let Some(why) = self.batch_holds(t) {
                     return Some(why);
                 }
+                if self.unfinished_tags().contains(t) {
+                    return Some(KEPT_BATCH);
+                }
             }
         }
         line_batch(j.id.as_str()).and_then(|batch| self.batch_holds(&format!("batch_{batch}")))
+    }
+
+    fn unfinished_tags(&mut self) -> &HashSet<String> {
+        let ws = self.ws;
+        self.unfinished_tags.get_or_insert_with(|| {
+            let mut tags = HashSet::new();
+            for s in [State::Writing, State::Ready, State::Processing] {
+                for id in ws.list(s).unwrap_or_default() {
+                    let meta = read_optional(&ws.job_dir(s, &id).join(META_FILE), MAX_META_BYTES)
+                        .ok()
+                        .flatten()
+                        .and_then(|b| Meta::parse(&b).ok());
+                    if let Some(m) = meta {
+                        tags.extend(m.tags.into_iter().filter(|t| t.starts_with("batch_")));
+                    }
+                }
+            }
+            tags
+        })
     }
 
     /// Why the lines of `api/batches/<batch>.json` stay: the batch is not
@@ -666,6 +695,37 @@ mod tests {
         fs::write(dir.join(META_FILE), m.to_bytes()).unwrap();
         fs::write(dir.join("result.txt"), b"hello").unwrap();
         id
+    }
+
+    #[test]
+    fn a_wrk_batch_is_kept_while_one_of_its_jobs_is_queued_or_running() {
+        let (_d, ws) = ws();
+        finished_job(&ws, State::Done, "1", &["batch_7"]);
+        finished_job(&ws, State::Failed, "2", &["batch_7"]);
+        finished_job(&ws, State::Done, "3", &["batch_8"]);
+        // One job of batch_7 still runs; batch_8 is over.
+        finished_job(&ws, State::Processing, "4", &["batch_7"]);
+        let policy = Policy {
+            max_jobs: Some(0),
+            ..Policy::default()
+        };
+        let mut removed = Vec::new();
+        let out = prune(
+            &ws,
+            &policy,
+            SystemTime::now(),
+            Round {
+                states: &[State::Done, State::Failed],
+                dry_run: false,
+                chunk: 8,
+                stop: &|| false,
+                on_selected: &mut |_, _| {},
+                on_removed: &mut |s| removed.extend(s.iter().map(|j| j.id.to_string())),
+            },
+        )
+        .unwrap();
+        assert_eq!(removed, ["3"]);
+        assert_eq!(out.kept.get(KEPT_BATCH), Some(&2));
     }
 
     #[test]

@@ -159,8 +159,9 @@ pub struct ServeArgs {
     pub max_queued: Option<u64>,
     /// Retention: remove done jobs (output/) finished longer ago than this
     /// (`90s`, `12h`, `7d`, `2w`). Retention never removes a queued or
-    /// running job, a job tagged `keep` (`wrk --keep`), or a line of a
-    /// gateway batch that is not finished. Default (no --retain-* flag):
+    /// running job, a job tagged `keep` (`wrk --keep`), a line of a
+    /// gateway batch that is not finished, or a job of a `wrk --batch`
+    /// batch while another job of it is queued or running. Default (no --retain-* flag):
     /// keep every job forever.
     #[arg(long, env = "NRVNA_RETAIN_DONE", value_name = "DURATION",
           value_parser = nrvna_core::retention::parse_duration)]
