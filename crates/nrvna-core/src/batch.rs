@@ -232,20 +232,7 @@ pub struct BatchLock {
 impl BatchLock {
     /// Takes the lock without waiting; `Ok(None)` when another holds it.
     pub fn try_acquire(path: &Path) -> std::io::Result<Option<BatchLock>> {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
-        loop {
-            match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-                Ok(()) => return Ok(Some(BatchLock { _file: f })),
-                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
-                Err(rustix::io::Errno::INTR) => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+        Ok(crate::fsio::lock_file(path, false)?.map(|f| BatchLock { _file: f }))
     }
 }
 

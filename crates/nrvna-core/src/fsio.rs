@@ -105,6 +105,25 @@ pub fn read_optional(path: &Path, limit: u64) -> Result<Option<Vec<u8>>, ReadErr
 }
 
 /// Makes a FIFO at `p`, for tests of what a planted FIFO does.
+/// Opens (creating it) the lock file at `path` and takes an exclusive
+/// `flock` on it, waiting for it when `wait`; `Ok(None)` when another open
+/// file holds it and `wait` is false. The lock lasts as long as the file
+/// (the kernel drops it when the process dies).
+pub fn lock_file(path: &Path, wait: bool) -> io::Result<Option<File>> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let op = if wait {
+        rustix::fs::FlockOperation::LockExclusive
+    } else {
+        rustix::fs::FlockOperation::NonBlockingLockExclusive
+    };
+    Ok(flock(&f, op)?.then_some(f))
+}
+
 /// `flock(2)` on an open file, retried when a signal interrupts it;
 /// `Ok(false)` when a non-blocking lock is held by another open file.
 pub fn flock(f: &File, op: rustix::fs::FlockOperation) -> io::Result<bool> {

@@ -9,12 +9,12 @@
 //! together (daemons claiming jobs only lower the count, and need no lock).
 //! Without a limit, admission takes no lock and costs nothing.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 
 use serde_json::{json, Value};
 
-use crate::fsio::{flock, read_optional};
+use crate::fsio::{lock_file, read_optional};
 use crate::state::State;
 use crate::workspace::Workspace;
 
@@ -88,19 +88,13 @@ pub fn admit(ws: &Workspace, adding: u64) -> Result<Admission, AdmitError> {
         Some(l) => l,
         None => return Ok(Admission { _lock: None }),
     };
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(ws.file(QUEUE_LOCK_FILE))?;
-    flock(&f, rustix::fs::FlockOperation::LockExclusive)?;
+    let f = lock_file(&ws.file(QUEUE_LOCK_FILE), true)?;
     let mut queued = 0u64;
     ws.scan(State::Ready, |_| queued += 1, |_| {})?;
     if queued + adding > limit {
         return Err(AdmitError::Full { queued, adding, limit });
     }
-    Ok(Admission { _lock: Some(f) })
+    Ok(Admission { _lock: f })
 }
 
 /// Admits as many of `want` jobs as fit now (all without a limit; 0 when

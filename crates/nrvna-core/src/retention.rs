@@ -13,7 +13,7 @@
 //! ([`PruneLock`]).
 
 use std::collections::{HashMap, HashSet};
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -21,7 +21,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 use crate::files::META_FILE;
-use crate::fsio::{flock, read_optional};
+use crate::fsio::{lock_file, read_optional};
 use crate::id::JobId;
 use crate::meta::{Meta, MAX_META_BYTES};
 use crate::state::State;
@@ -308,18 +308,7 @@ impl PruneLock {
     /// Takes the lock; `Ok(None)` when another pruner holds it and `wait`
     /// is false.
     pub fn acquire(ws: &Workspace, wait: bool) -> io::Result<Option<PruneLock>> {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(ws.file(PRUNE_LOCK_FILE))?;
-        let op = if wait {
-            rustix::fs::FlockOperation::LockExclusive
-        } else {
-            rustix::fs::FlockOperation::NonBlockingLockExclusive
-        };
-        Ok(flock(&f, op)?.then_some(PruneLock { _file: f }))
+        Ok(lock_file(&ws.file(PRUNE_LOCK_FILE), wait)?.map(|f| PruneLock { _file: f }))
     }
 }
 
@@ -697,6 +686,31 @@ mod tests {
         id
     }
 
+    /// One round of a policy that keeps no finished job (`max_jobs` 0),
+    /// removing `chunk` at a time: the ids removed, and the outcome.
+    fn prune_everything(ws: &Workspace, chunk: usize) -> (Vec<String>, Pruned) {
+        let policy = Policy {
+            max_jobs: Some(0),
+            ..Policy::default()
+        };
+        let mut removed = Vec::new();
+        let out = prune(
+            ws,
+            &policy,
+            SystemTime::now(),
+            Round {
+                states: &[State::Done, State::Failed],
+                dry_run: false,
+                chunk,
+                stop: &|| false,
+                on_selected: &mut |_, _| {},
+                on_removed: &mut |s| removed.extend(s.iter().map(|j| j.id.to_string())),
+            },
+        )
+        .unwrap();
+        (removed, out)
+    }
+
     #[test]
     fn a_wrk_batch_is_kept_while_one_of_its_jobs_is_queued_or_running() {
         let (_d, ws) = ws();
@@ -705,25 +719,7 @@ mod tests {
         finished_job(&ws, State::Done, "3", &["batch_8"]);
         // One job of batch_7 still runs; batch_8 is over.
         finished_job(&ws, State::Processing, "4", &["batch_7"]);
-        let policy = Policy {
-            max_jobs: Some(0),
-            ..Policy::default()
-        };
-        let mut removed = Vec::new();
-        let out = prune(
-            &ws,
-            &policy,
-            SystemTime::now(),
-            Round {
-                states: &[State::Done, State::Failed],
-                dry_run: false,
-                chunk: 8,
-                stop: &|| false,
-                on_selected: &mut |_, _| {},
-                on_removed: &mut |s| removed.extend(s.iter().map(|j| j.id.to_string())),
-            },
-        )
-        .unwrap();
+        let (removed, out) = prune_everything(&ws, 8);
         assert_eq!(removed, ["3"]);
         assert_eq!(out.kept.get(KEPT_BATCH), Some(&2));
     }
@@ -752,25 +748,7 @@ mod tests {
         let rec = |at: u64| format!(r#"{{"id":"x","completed_at":1,"output_expires_at":{at}}}"#);
         fs::write(recs.join("batch_34.json"), rec(ahead)).unwrap();
         fs::write(recs.join("batch_35.json"), rec(ahead - 7200)).unwrap();
-        let policy = Policy {
-            max_jobs: Some(0),
-            ..Policy::default()
-        };
-        let mut ids_removed = Vec::new();
-        let out = prune(
-            &ws,
-            &policy,
-            SystemTime::now(),
-            Round {
-                states: &[State::Done, State::Failed],
-                dry_run: false,
-                chunk: 2,
-                stop: &|| false,
-                on_selected: &mut |_, _| {},
-                on_removed: &mut |s| ids_removed.extend(s.iter().map(|j| j.id.to_string())),
-            },
-        )
-        .unwrap();
+        let (mut ids_removed, out) = prune_everything(&ws, 2);
         ids_removed.sort();
         assert_eq!(ids_removed, ["2", "32_000001", "35_000002"]);
         assert_eq!(out.seen, 7);
