@@ -18,12 +18,13 @@ use crate::App;
 
 /// The endpoints whose POST body is JSON (a batch's cancel takes none;
 /// uploads are multipart; /mcp checks its own).
-const JSON_ENDPOINTS: [&str; 5] = [
+const JSON_ENDPOINTS: [&str; 6] = [
     "/v1/chat/completions",
     "/v1/audio/speech",
     "/v1/completions",
     "/v1/embeddings",
     "/v1/batches",
+    "/v1/responses",
 ];
 
 /// The middleware: the first check a request fails answers it.

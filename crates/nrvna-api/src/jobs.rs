@@ -65,7 +65,16 @@ impl Jobs {
     /// out. Publishing stops at the first failure, and the guard (dropped
     /// with the error) cancels what went out before it.
     pub async fn publish(&self, subs: Vec<Submission>) -> Result<(Vec<JobId>, CancelGuard), ApiError> {
-        for s in &subs {
+        self.publish_as(subs.into_iter().map(|s| (s, None)).collect()).await
+    }
+
+    /// [`Jobs::publish`], each job under the id given (one the caller made
+    /// with `JobId::generate` and named in its own record first) or a new one.
+    pub async fn publish_as(
+        &self,
+        subs: Vec<(Submission, Option<JobId>)>,
+    ) -> Result<(Vec<JobId>, CancelGuard), ApiError> {
+        for (s, _) in &subs {
             s.validate(self.ws.settings().max_prompt_bytes)?;
         }
         let guard = CancelGuard {
@@ -82,7 +91,10 @@ impl Jobs {
                 }
                 a
             })?;
-            let staged = subs.iter().map(|s| s.stage(&ws)).collect::<Result<Vec<_>, _>>()?;
+            let staged = subs
+                .iter()
+                .map(|(s, id)| id.as_ref().map_or_else(|| s.stage(&ws), |id| s.stage_as(&ws, id)))
+                .collect::<Result<Vec<_>, _>>()?;
             for st in staged {
                 let mut ids = out.ids.lock().unwrap_or_else(|p| p.into_inner());
                 if out.abandoned.load(Ordering::Acquire) {

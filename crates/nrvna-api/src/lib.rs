@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod mcp;
 pub mod metrics;
 pub mod openai;
+pub mod responses;
 pub mod serve;
 pub mod sessions;
 
@@ -82,6 +83,13 @@ pub fn router(app: Arc<App>, sessions: &sessions::Sessions) -> Router {
         .route("/v1/batches", post(batches::create).get(batches::list))
         .route("/v1/batches/{id}", get(batches::get))
         .route("/v1/batches/{id}/cancel", post(batches::cancel))
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::retrieve).merge(delete(responses::delete)),
+        )
+        .route("/v1/responses/{id}/cancel", post(responses::cancel))
+        .route("/v1/responses/{id}/input_items", get(responses::input_items))
         .nest_service("/mcp", sessions.service(app.clone()))
         .fallback(|| async { ApiError::not_found("no such endpoint; see nrvna-api --help for the endpoints served") })
         .method_not_allowed_fallback(|| async {
