@@ -205,8 +205,8 @@ fn submission(
     let mut list = Vec::with_capacity(messages.len());
     for (label, m) in messages {
         let msg = if m.get("type").is_some() {
-            chat_message(&m, &mut inline)
-                .map_err(|e| ApiError::invalid(format!("{}: {e}", label.clone().unwrap_or_default())))?
+            let at = label.clone().unwrap_or_default();
+            chat_message(&m, &mut inline).map_err(|e| ApiError::invalid(format!("{at}: {e}")).param(at))?
         } else {
             m
         };
