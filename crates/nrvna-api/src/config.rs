@@ -23,13 +23,15 @@ Endpoints (OpenAI-compatible, under /v1):
   POST /v1/files  GET /v1/files  GET /v1/files/{id}  DELETE /v1/files/{id}
   GET /v1/files/{id}/content
   POST /v1/batches  GET /v1/batches  GET /v1/batches/{id}  POST /v1/batches/{id}/cancel
+  POST /v1/responses (sync, stream, background)  GET /v1/responses/{id} (?stream=true&starting_after=N)
+  POST /v1/responses/{id}/cancel  DELETE /v1/responses/{id}  GET /v1/responses/{id}/input_items
   /mcp  MCP (streamable HTTP)
   GET /metrics  Prometheus text (behind the key unless --metrics-public)
 
 Security (loopback without a key): every request's Host must be a loopback name or address
 (localhost, 127.0.0.0/8, [::1], any port), and a request carrying a non-loopback Origin or
 `Sec-Fetch-Site: cross-site` is refused (403), so a web page cannot drive the gateway, even with
-DNS rebinding. Always: POST chat/completions/embeddings/audio/speech/batches need
+DNS rebinding. Always: POST chat/completions/embeddings/audio/speech/batches/responses need
 `Content-Type: application/json` (415 otherwise), no CORS is granted (OPTIONS is refused), a request's headers
 must arrive within --header-timeout and its body within --body-timeout (408, then the connection
 is closed), and error bodies name the workspace as `WS` (the full message goes to the log).
@@ -43,7 +45,7 @@ Examples:
 ///
 /// Every request becomes a job in WS (published like `wrk` does); any daemon
 /// serving WS (nrvnad, or the C++ one) runs it. Nothing a client submitted
-/// lives only in this process: batches and uploaded files are kept in WS/api/.
+/// lives only in this process: batches, uploaded files and responses are kept in WS/api/.
 #[derive(Debug, Parser)]
 #[command(name = "nrvna-api", version, after_long_help = AFTER_HELP)]
 pub struct Args {
