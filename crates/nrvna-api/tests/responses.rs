@@ -64,9 +64,11 @@ fn the_official_client_creates_streams_polls_chains_cancels_and_resumes_response
     let ws = dir.path().join("ws");
     let (api, base) = start_api(&ws);
     // No daemon yet: a background response waits queued and is cancelled.
-    py(&base, &ws, &["cancel-queued"]);
+    // Another waits for the daemon started after it, and completes.
+    let waiting = py(&base, &ws, &["cancel-queued"]);
 
     let _daemon = start_daemon(&ws, 2);
+    py(&base, &ws, &["wait", waiting.trim()]);
     for scenario in [
         "sync",
         "stream",

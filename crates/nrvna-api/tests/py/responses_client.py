@@ -152,7 +152,19 @@ def background():
     # Cancelling a finished response answers it as it is.
     c = client.responses.cancel(r.id)
     check(c.status == done.status, f"cancel of a finished response changed it to {c.status}")
-    print(f"background: {done.output_text!r}")
+    # A running one cancelled: it stops, reads cancelled, and its stream
+    # ends with response.failed carrying status cancelled.
+    long = client.responses.create(
+        model=MODEL, input="List the numbers from 1 to 100, one per line.", max_output_tokens=200, background=True
+    )
+    wait_status(long.id, ("in_progress",))
+    c = client.responses.cancel(long.id)
+    check(c.status in ("cancelled", "in_progress"), f"cancel of a running response answered {c.status}")
+    check(wait_status(long.id, ("cancelled", "completed", "incomplete")).status == "cancelled", "not cancelled")
+    evs = collect(client.responses.retrieve(long.id, stream=True))
+    check(evs[-1]["type"] == "response.failed" and evs[-1]["response"]["status"] == "cancelled", f"last {evs[-1]}")
+    check_stream(evs)
+    print(f"background: {done.output_text!r}; a running one cancelled after {sum(e['type'].endswith('delta') for e in evs)} deltas")
 
 
 def chain():
@@ -275,7 +287,17 @@ def cancel_queued():
     evs = collect(client.responses.retrieve(r.id, stream=True))
     check([e["type"] for e in evs] == ["response.created", "response.failed"], f"events {evs}")
     check(evs[-1]["response"]["status"] == "cancelled", "the stream's last response")
-    print(r.id)
+    # Another one stays queued for the daemon started later (see wait_done).
+    w = client.responses.create(model=MODEL, input="Say yes.", max_output_tokens=8, background=True)
+    check(client.responses.retrieve(w.id).status == "queued", "not queued")
+    print(w.id)
+
+
+def wait_done(resp_id):
+    """A background response created before any daemon ran completes once one does."""
+    r = wait_status(resp_id, ("completed", "incomplete"))
+    check(r.output_text == job_file(resp_id, "result.txt") and r.background, f"waited {r}")
+    print(f"wait: {r.output_text!r}")
 
 
 def resume_start(path):
@@ -354,6 +376,7 @@ if __name__ == "__main__":
         "items": items,
         "bad": bad,
         "cancel-queued": cancel_queued,
+        "wait": wait_done,
         "resume-start": resume_start,
         "resume-finish": resume_finish,
         "image": image,
