@@ -11,22 +11,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 use serde_json::{json, Value};
-
-fn fixture(rel: &str) -> PathBuf {
-    let p = repo_root().join("models/fixtures").join(rel);
-    assert!(
-        p.is_file(),
-        "fixture missing: run scripts/fixtures.sh (expected {})",
-        p.display()
-    );
-    p
-}
 
 /// Runs a scenario of responses_client.py; panics with its output when it
 /// fails; returns its stdout.
@@ -119,13 +109,6 @@ fn send(base: &str, method: &str, path: &str) -> Reply {
         Duration::from_secs(30),
     )
     .expect("a reply")
-}
-
-fn jobs_in(ws: &Path) -> usize {
-    ["input/writing", "input/ready", "processing", "output", "failed"]
-        .iter()
-        .map(|d| std::fs::read_dir(ws.join(d)).map(|r| r.count()).unwrap_or(0))
-        .sum()
 }
 
 fn expect_400(r: &Reply, param: &str) {
