@@ -329,6 +329,27 @@ mod tests {
     }
 
     #[test]
+    fn json_object_and_text_formats_map_onto_response_format() {
+        let with = |f: Value| {
+            parse(
+                &body(json!({"input": "x", "text": {"format": f}})),
+                "resp_1",
+                "m".into(),
+                0,
+            )
+        };
+        let r = with(json!({"type": "json_object"})).unwrap();
+        assert_eq!(r.chat["response_format"], json!({"type": "json_object"}));
+        assert_eq!(r.rec.text, json!({"format": {"type": "json_object"}}));
+        assert!(!with(json!({"type": "text"}))
+            .unwrap()
+            .chat
+            .contains_key("response_format"));
+        let r = parse(&body(json!({"input": "x"})), "resp_1", "m".into(), 0).unwrap();
+        assert_eq!(r.rec.text, text_format());
+    }
+
+    #[test]
     fn bad_bodies_name_the_field() {
         for (b, param) in [
             (json!({}), "input"),
