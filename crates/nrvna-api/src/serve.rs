@@ -77,6 +77,11 @@ pub async fn serve(listener: TcpListener, router: Router, limits: Limits) -> Res
             },
             () = &mut stop => break,
         };
+        // Streamed events are small writes: without TCP_NODELAY each waits
+        // for the client's delayed ACK (about 40 ms) behind the one before.
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!("TCP_NODELAY on an accepted connection: {e}");
+        }
         let router = router.clone();
         let service = hyper::service::service_fn(move |req| read_then_route(router.clone(), req, limits));
         let conn = hyper::server::conn::http1::Builder::new()
