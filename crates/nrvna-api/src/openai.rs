@@ -637,7 +637,7 @@ mod tests {
     }
 
     /// A gateway on a fresh workspace under `dir`.
-    fn app_in(dir: &std::path::Path) -> App {
+    fn app_in(dir: &std::path::Path) -> Arc<App> {
         use clap::Parser;
         let ws = dir.join("ws");
         let cfg = crate::config::Args::try_parse_from(["nrvna-api", ws.to_str().unwrap()])
