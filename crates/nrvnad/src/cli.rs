@@ -23,7 +23,8 @@ Exit codes:
 Every flag below can also be set by the environment variable shown with it
 (a flag wins over its variable, a variable over the default).";
 
-/// nrvnad: load a GGUF model once and process the jobs of a workspace.
+/// nrvnad: load a GGUF model once (or several, on demand: --models DIR,
+/// or MODEL... WS) and process the jobs of a workspace.
 #[derive(Parser, Debug)]
 #[command(
     name = "nrvnad",

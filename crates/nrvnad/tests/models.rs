@@ -429,6 +429,42 @@ fn a_job_naming_a_model_no_one_serves_fails_at_once_with_the_served_names() {
 }
 
 #[test]
+fn shared_members_advertise_every_model_and_leave_the_others_jobs() {
+    let ws = TestWs::new();
+    ws.create_dirs();
+    let ab = ws.tmp().join("ab");
+    std::fs::create_dir_all(&ab).unwrap();
+    for n in ["alpha.gguf", "beta.gguf"] {
+        std::fs::write(ab.join(n), b"not a model").unwrap();
+    }
+    let env = [("NRVNA_LOG_LEVEL", "info")];
+    let mut m1 = Daemon::spawn_model(&ws, &models_arg(&ab), &["--engine", "echo", "--shared"], &env);
+    let jobs: Vec<String> = ["alpha", "beta", "gamma"]
+        .iter()
+        .map(|m| ws.submit(&["--model", m], &format!("for {m}")))
+        .collect();
+    assert!(wait_for(JOB, || ws.is_in(DONE, &jobs[0]) && ws.is_in(DONE, &jobs[1])));
+    // No member serves gamma yet: it waits (another member may come).
+    assert!(ws.is_in(READY, &jobs[2]));
+    let records = member_records(ws.path());
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["models"].as_array().map(Vec::len), Some(2), "{}", records[0]);
+    let serves = records[0]["serves"].to_string();
+    assert!(serves.contains("alpha") && serves.contains("beta.gguf"), "{serves}");
+    let mut m2 = Daemon::spawn_model(
+        &ws,
+        std::ffi::OsStr::new("gamma.gguf"),
+        &["--engine", "echo", "--shared"],
+        &env,
+    );
+    assert_eq!(ws.wait_finished(&jobs[2], JOB), DONE, "{}", m2.log_text());
+    for m in [&mut m1, &mut m2] {
+        m.signal(libc::SIGTERM);
+        m.wait_exit(JOB);
+    }
+}
+
+#[test]
 fn bad_model_sets_are_refused_at_start_with_the_reason() {
     let ws = TestWs::new();
     let dir = ws.tmp().join("dup");
