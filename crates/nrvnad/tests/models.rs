@@ -465,6 +465,44 @@ fn shared_members_advertise_every_model_and_leave_the_others_jobs() {
 }
 
 #[test]
+fn idle_unload_unloads_a_model_no_job_used_and_it_loads_again_on_demand() {
+    let ws = TestWs::new();
+    ws.create_dirs();
+    let dir = ws.tmp().join("ab");
+    std::fs::create_dir_all(&dir).unwrap();
+    for n in ["alpha.gguf", "beta.gguf"] {
+        std::fs::write(dir.join(n), b"not a model").unwrap();
+    }
+    let mut d = Daemon::spawn_model(
+        &ws,
+        &models_arg(&dir),
+        &["--engine", "echo", "--idle-unload", "1s", "--scan-interval-ms", "100"],
+        &[("NRVNA_LOG_LEVEL", "info")],
+    );
+    d.wait_ready();
+    let loaded = |ws: &TestWs| -> Vec<bool> {
+        info(ws)["models"]
+            .as_array()
+            .map(|a| a.iter().map(|m| m["loaded"] == true).collect())
+            .unwrap_or_default()
+    };
+    let id = ws.submit(&["--model", "beta"], "x");
+    assert_eq!(ws.wait_finished(&id, JOB), DONE);
+    assert!(
+        wait_for(Duration::from_secs(10), || loaded(&ws) == [false, false]),
+        "{:?}: {}",
+        loaded(&ws),
+        d.log_text()
+    );
+    assert_eq!(d.log_count("after --idle-unload"), 2, "{}", d.log_text());
+    let id = ws.submit(&["--model", "beta"], "again");
+    assert_eq!(ws.wait_finished(&id, JOB), DONE);
+    assert_eq!(loads(&ws)["beta"], 2);
+    d.signal(libc::SIGTERM);
+    d.wait_exit(JOB);
+}
+
+#[test]
 fn bad_model_sets_are_refused_at_start_with_the_reason() {
     let ws = TestWs::new();
     let dir = ws.tmp().join("dup");
