@@ -13,13 +13,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 scripts/fetch-model.sh
+# The many-models tests (crates/nrvnad/tests/models.rs) serve Gemma 3 270M too.
+scripts/fetch-model.sh gemma
 # The tests look for the environment there (see scripts/pyenv.sh).
 NRVNA_TEST_PYENV=$(scripts/pyenv.sh)
 export NRVNA_TEST_PYENV
 scripts/fixtures.sh
-extra=()
+# The 300-job many-models benchmark (#[ignore]d, minutes long) runs only
+# by hand: cargo test --release -p nrvnad --test models -- --ignored --nocapture
+extra=(--skip three_hundred_jobs)
 if [ "$(id -u)" = 0 ]; then
-    extra=(--include-ignored)
+    extra+=(--include-ignored)
 else
     echo "note: not root: the tests that need root (marked #[ignore]: tmpfs mounts, unshare, Slurm) do not run; run this as root to include them" >&2
 fi

@@ -55,6 +55,11 @@ pub fn status(ws: &Workspace, json: bool) -> Result<Outcome> {
             "tokens_per_s": round1(rate.tokens_per_s()),
             "drain_s": drain_s.map(f64::round),
         });
+        if daemon != DaemonStatus::NotRunning {
+            if let Some(models) = read_info(ws).and_then(|i| i.get("models").cloned()) {
+                v["models"] = models;
+            }
+        }
         if !members.is_empty() {
             v["daemon"] = json!(if members.iter().any(|m| m.looks_alive()) {
                 "shared"
@@ -106,6 +111,18 @@ pub fn status(ws: &Workspace, json: bool) -> Result<Outcome> {
         );
     }
     writeln!(out, "{line}")?;
+    if daemon != DaemonStatus::NotRunning {
+        // A daemon serving several models: which are loaded, their memory
+        // and backlog.
+        let lines = read_info(ws)
+            .map(|i| nrvna_core::members::model_lines(&i["models"]))
+            .unwrap_or_default();
+        if lines.len() > 1 {
+            for l in lines {
+                writeln!(out, "  model {l}")?;
+            }
+        }
+    }
     for m in &members {
         writeln!(out, "  {}", m.summary())?;
     }

@@ -54,13 +54,12 @@ pub fn json_body(body: Result<Bytes, BytesRejection>) -> Result<Map<String, Valu
 }
 
 /// The models served on the workspace: the exclusive daemon's, from
-/// `.nrvnad.info`, and those of shared members with a live heartbeat
-/// (`nrvnad --shared`), each as the GGUF file's name without `.gguf`.
+/// `.nrvnad.info` (every model of its `models` list when it serves
+/// several), and those of shared members with a live heartbeat (`nrvnad
+/// --shared`, each member's every model), each as the GGUF file's name
+/// without `.gguf`.
 pub fn served_models(app: &App) -> Vec<String> {
-    let mut v: Vec<String> = nrvna_core::lifecycle::read_info(&app.jobs.ws)
-        .and_then(|info| info.get("model").and_then(Value::as_str).map(model_id))
-        .into_iter()
-        .collect();
+    let mut v = daemon_models(app);
     for m in member_models(app) {
         if !v.contains(&m) {
             v.push(m);
@@ -69,19 +68,54 @@ pub fn served_models(app: &App) -> Vec<String> {
     v
 }
 
-fn member_models(app: &App) -> Vec<String> {
-    nrvna_core::members::list_members(&app.jobs.ws)
-        .iter()
-        .filter(|m| m.looks_alive())
-        .map(|m| model_id(&m.model))
+/// The exclusive daemon's models: its `models` list, else its `model`.
+fn daemon_models(app: &App) -> Vec<String> {
+    let Some(info) = nrvna_core::lifecycle::read_info(&app.jobs.ws) else {
+        return Vec::new();
+    };
+    let listed: Vec<String> = info
+        .get("models")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|m| m.get("path").and_then(Value::as_str))
+                .map(model_id)
+                .collect()
+        })
+        .unwrap_or_default();
+    if !listed.is_empty() {
+        return listed;
+    }
+    info.get("model")
+        .and_then(Value::as_str)
+        .map(model_id)
+        .into_iter()
         .collect()
 }
 
-/// On a shared workspace, a request's model picks the members that serve
-/// it: the job names it in params.json (`model`). `None` elsewhere.
+fn member_models(app: &App) -> Vec<String> {
+    let mut v: Vec<String> = Vec::new();
+    for m in nrvna_core::members::list_members(&app.jobs.ws)
+        .iter()
+        .filter(|m| m.looks_alive())
+    {
+        for id in m.models().iter().map(|p| model_id(p)) {
+            if !v.contains(&id) {
+                v.push(id);
+            }
+        }
+    }
+    v
+}
+
+/// The model a job names in params.json (`model`) for a request's model:
+/// on a shared workspace, the members that serve it pick it up; a daemon
+/// serving several models runs it on that one. `None` elsewhere (the
+/// daemon's one model runs it).
 pub fn route(app: &App, model: &str) -> Option<String> {
     let id = model_id(model);
-    member_models(app).contains(&id).then_some(id)
+    let daemon = daemon_models(app);
+    (member_models(app).contains(&id) || (daemon.len() > 1 && daemon.contains(&id))).then_some(id)
 }
 
 fn model_id(path: &str) -> String {
@@ -602,16 +636,21 @@ mod tests {
         assert_eq!(next_delta(b"other text", "Hello", 0), None);
     }
 
-    #[test]
-    fn a_shared_members_model_is_served_and_routes_its_jobs() {
+    /// A gateway on a fresh workspace under `dir`.
+    fn app_in(dir: &std::path::Path) -> Arc<App> {
         use clap::Parser;
-        let d = tempfile::tempdir().unwrap();
-        let ws = d.path().join("ws");
+        let ws = dir.join("ws");
         let cfg = crate::config::Args::try_parse_from(["nrvna-api", ws.to_str().unwrap()])
             .unwrap()
             .into_config()
             .unwrap();
-        let app = App::open(cfg).unwrap();
+        App::open(cfg).unwrap()
+    }
+
+    #[test]
+    fn a_shared_members_model_is_served_and_routes_its_jobs() {
+        let d = tempfile::tempdir().unwrap();
+        let app = app_in(d.path());
         assert!(served_models(&app).is_empty());
         assert_eq!(route(&app, "gemma-3-270m"), None);
         let rec = |id: &str, model: &str, beat_at: String| nrvna_core::members::MemberRecord {
@@ -638,6 +677,28 @@ mod tests {
         let body = serde_json::json!({"model": "gpt-4"});
         let e = check_model(&app, body.as_object().unwrap()).unwrap_err();
         assert_eq!(e.status, StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn a_daemon_serving_several_models_lists_and_routes_them_all() {
+        let d = tempfile::tempdir().unwrap();
+        let app = app_in(d.path());
+        let info = serde_json::json!({"pid": 1, "model": "/m/a.gguf", "models": [
+            {"id": "a", "path": "/m/a.gguf", "loaded": true},
+            {"id": "b", "path": "/m/b.gguf", "loaded": false},
+        ]});
+        std::fs::write(app.jobs.ws.file(nrvna_core::workspace::INFO_FILE), format!("{info}\n")).unwrap();
+        assert_eq!(served_models(&app), ["a", "b"]);
+        assert_eq!(route(&app, "b.gguf").as_deref(), Some("b"));
+        assert_eq!(route(&app, "c"), None);
+        // One model: jobs name none, as before.
+        std::fs::write(
+            app.jobs.ws.file(nrvna_core::workspace::INFO_FILE),
+            "{\"pid\":1,\"model\":\"/m/a.gguf\"}\n",
+        )
+        .unwrap();
+        assert_eq!(served_models(&app), ["a"]);
+        assert_eq!(route(&app, "a"), None);
     }
 
     #[test]

@@ -137,7 +137,60 @@ fn state_if_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Memb
     })
 }
 
+/// One line per model of a daemon's `models` list (`.nrvnad.info` of an
+/// nrvnad serving several models), for status displays: `ID: loaded (~240
+/// MiB), 12 queued, 3 running, 2 loads`.
+pub fn model_lines(models: &Value) -> Vec<String> {
+    let Some(list) = models.as_array() else {
+        return Vec::new();
+    };
+    list.iter()
+        .map(|m| {
+            let n = |k: &str| m.get(k).and_then(Value::as_u64).unwrap_or(0);
+            let mib = n("bytes") as f64 / (1024.0 * 1024.0);
+            format!(
+                "{}{}: {} (~{mib:.0} MiB), {} queued, {} running, {} loads",
+                m.get("id").and_then(Value::as_str).unwrap_or("?"),
+                if m.get("default") == Some(&Value::Bool(true)) {
+                    " (default)"
+                } else {
+                    ""
+                },
+                if m.get("loaded") == Some(&Value::Bool(true)) {
+                    "loaded"
+                } else {
+                    "not loaded"
+                },
+                n("queued"),
+                n("running"),
+                n("loads"),
+            )
+        })
+        .collect()
+}
+
+/// The extra key of a member record that lists the paths of every model
+/// the member serves (a daemon serving several; see [`MemberRecord::models`]).
+pub const MODELS_KEY: &str = "models";
+
 impl MemberRecord {
+    /// The paths of every model this member serves: its record's
+    /// `models` list when it has one (`nrvnad --models`, several MODELs),
+    /// else its one `model`.
+    pub fn models(&self) -> Vec<String> {
+        let listed: Vec<String> = self
+            .extra
+            .get(MODELS_KEY)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+            .unwrap_or_default();
+        if listed.is_empty() {
+            vec![self.model.clone()]
+        } else {
+            listed
+        }
+    }
+
     /// Whether `host` and `boot_id` are this machine's (a pid in the record
     /// may then name a process here, given the same pid namespace).
     pub fn is_this_host(&self) -> bool {

@@ -23,7 +23,8 @@ Exit codes:
 Every flag below can also be set by the environment variable shown with it
 (a flag wins over its variable, a variable over the default).";
 
-/// nrvnad: load a GGUF model once and process the jobs of a workspace.
+/// nrvnad: load a GGUF model once (or several, on demand: --models DIR,
+/// or MODEL... WS) and process the jobs of a workspace.
 #[derive(Parser, Debug)]
 #[command(
     name = "nrvnad",
@@ -142,9 +143,52 @@ fn positive_secs(v: &str) -> Result<f64, String> {
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
     /// GGUF model: a path, or a name looked up in --models-dir (".gguf" optional).
+    /// With --models DIR it may be left out: `nrvnad --models DIR WS`.
     pub model: Option<String>,
     /// Workspace directory (created if missing).
     pub workspace: Option<PathBuf>,
+    /// More models, the workspace last: `nrvnad A.gguf B.gguf C.gguf WS`
+    /// serves all three from one process (see --max-loaded).
+    #[arg(value_name = "MORE")]
+    pub more: Vec<String>,
+    /// Serve every .gguf model in DIR as well (projectors and vocoders
+    /// beside them, `*mmproj*`, `*vocoder*`, `*wavtokenizer*`, load with
+    /// their model and are not models of their own). A job picks its model
+    /// by `model` in params.json (`wrk --model NAME`, the API's `model`):
+    /// its file name, stem or GGUF general.name.
+    #[arg(long = "models", env = "NRVNA_MODELS", value_name = "DIR")]
+    pub models: Option<PathBuf>,
+    /// With several models: the one that runs jobs naming none (a name as
+    /// jobs use them). Default: the only model; with several, the first
+    /// MODEL given, else the first in --models DIR by name (logged).
+    #[arg(long, env = "NRVNA_DEFAULT_MODEL", value_name = "NAME")]
+    pub default_model: Option<String>,
+    /// Most models loaded at once (least recently used idle one unloaded
+    /// first). Default: no limit but --memory-budget.
+    #[arg(long, env = "NRVNA_MAX_LOADED", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_loaded: Option<u32>,
+    /// Most memory the loaded models may take together (`2G`, `800M`;
+    /// powers of 1024), by estimate: a model's file sizes (weights,
+    /// projector, vocoder) plus its KV cache, n_layer x n_ctx x
+    /// (n_embd_k_gqa + n_embd_v_gqa) x 2 bytes, read from its GGUF header,
+    /// n_ctx being --max-ctx capped by the model (times --workers for the
+    /// per-job engine). A model larger than the budget still loads alone.
+    #[arg(long, env = "NRVNA_MEMORY_BUDGET", value_name = "SIZE",
+          value_parser = nrvna_core::retention::parse_size)]
+    pub memory_budget: Option<u64>,
+    /// Unload a model that ran no job for this long (`10m`, `1h`).
+    /// Default: keep loaded models until room is needed.
+    #[arg(long, env = "NRVNA_IDLE_UNLOAD", value_name = "DURATION",
+          value_parser = nrvna_core::retention::parse_duration)]
+    pub idle_unload: Option<Duration>,
+    /// Several models: how long another model's jobs may wait behind the
+    /// model that runs before the daemon switches to them (aging; a
+    /// higher-priority job for another model switches at once). 0 switches
+    /// in arrival order, as a one-slot router does.
+    #[arg(long, env = "NRVNA_MAX_WAIT", value_name = "DURATION", default_value = "30s",
+          value_parser = nrvna_core::retention::parse_duration)]
+    pub max_wait: Duration,
     /// Worker threads (= jobs in flight), 1 to 256.
     #[arg(short, long, env = "NRVNA_WORKERS", default_value_t = 4,
           value_parser = clap::value_parser!(u32).range(1..=256))]

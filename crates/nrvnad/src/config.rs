@@ -8,6 +8,7 @@ use anyhow::{bail, Result};
 use nrvna_engine::{EngineConfig, Sampling};
 
 use crate::cli::{EngineKind, ServeArgs};
+use crate::models::{ModelSpec, Registry};
 
 /// Everything a serving daemon needs to know, validated.
 #[derive(Clone, Debug)]
@@ -45,18 +46,64 @@ pub struct Config {
     pub retain_interval: Duration,
     /// `--metrics`: where to answer `GET /metrics` (off when `None`).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Every servable model (`model` above is the default one's path).
+    pub registry: Registry,
+    /// `--max-loaded` (default: every model).
+    pub max_loaded: usize,
+    /// `--memory-budget` in bytes.
+    pub memory_budget: Option<u64>,
+    /// `--idle-unload`.
+    pub idle_unload: Option<Duration>,
+    /// `--max-wait`.
+    pub max_wait: Duration,
+    /// Whether --default-model named the default model.
+    pub default_named: bool,
 }
 
 impl Config {
     pub fn from_args(a: &ServeArgs) -> Result<Config> {
-        let (Some(model), Some(workspace)) = (a.model.as_deref(), a.workspace.as_ref()) else {
-            bail!("usage: nrvnad MODEL WORKSPACE [--workers N] [--drain]; see nrvnad --help");
+        // Positionals: MODEL... WS (the workspace last); with --models DIR
+        // the models may all come from DIR.
+        let mut pos: Vec<String> = a.model.iter().cloned().collect();
+        pos.extend(a.workspace.iter().map(|p| p.to_string_lossy().into_owned()));
+        pos.extend(a.more.iter().cloned());
+        let Some(workspace) = pos.pop().map(PathBuf::from) else {
+            bail!("usage: nrvnad MODEL WORKSPACE [--workers N] [--drain], or nrvnad --models DIR WORKSPACE; see nrvnad --help");
         };
-        let model = if a.engine == EngineKind::Echo {
-            PathBuf::from(model)
-        } else {
-            resolve_model(model, &a.models_dir)?
-        };
+        if pos.is_empty() && a.models.is_none() {
+            bail!(
+                "no model for workspace {}: usage: nrvnad MODEL WORKSPACE, or nrvnad --models DIR WORKSPACE; see nrvnad --help",
+                workspace.display()
+            );
+        }
+        let mut paths = Vec::new();
+        for m in &pos {
+            paths.push(if a.engine == EngineKind::Echo {
+                PathBuf::from(m)
+            } else {
+                resolve_model(m, &a.models_dir)?
+            });
+        }
+        if let Some(dir) = &a.models {
+            let found = crate::models::models_in(dir)?;
+            if found.is_empty() && paths.is_empty() {
+                bail!(
+                    "--models {}: no .gguf model there; put models in it or name a MODEL",
+                    dir.display()
+                );
+            }
+            for p in found {
+                if !paths.iter().any(|q| same_file(q, &p)) {
+                    paths.push(p);
+                }
+            }
+        }
+        if paths.len() > 1 && (a.mmproj.is_some() || a.vocoder.is_some()) {
+            bail!(
+                "--mmproj and --vocoder are for a single model; with several, put each companion beside its model \
+                 (a projector named like mmproj-<stem>.gguf, a WavTokenizer vocoder beside an OuteTTS model)"
+            );
+        }
         let engine_cfg = EngineConfig {
             max_ctx: a.max_ctx,
             predict: a.predict,
@@ -81,22 +128,61 @@ impl Config {
             tts_mute_ms: a.tts_mute_ms,
             test_decode_fault: a.test_decode_fault,
         };
-        let mmproj = match (&a.mmproj, a.engine) {
-            (Some(p), _) => Some(p.clone()),
-            (None, EngineKind::Echo) => None,
-            (None, _) => find_mmproj(&model),
+        let sizing = crate::models::Sizing {
+            engine: a.engine,
+            max_ctx: a.max_ctx,
+            workers: a.workers,
         };
-        let vocoder = match (&a.vocoder, a.engine) {
-            (Some(p), _) => Some(p.clone()),
-            (None, EngineKind::Echo) => None,
-            (None, _) => find_vocoder(&model),
-        };
+        let mut models = Vec::new();
+        for p in &paths {
+            let mmproj = match (&a.mmproj, a.engine) {
+                (Some(m), _) => Some(m.clone()),
+                (None, EngineKind::Echo) => None,
+                (None, _) => find_mmproj(p),
+            };
+            let vocoder = match (&a.vocoder, a.engine) {
+                (Some(v), _) => Some(v.clone()),
+                (None, EngineKind::Echo) => None,
+                (None, _) => find_vocoder(p),
+            };
+            models.push(ModelSpec::describe(p, mmproj, vocoder, sizing)?);
+        }
+        let mut registry = Registry { models, default: 0 };
+        if let Some(name) = &a.default_model {
+            registry.default = registry.find(name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--default-model {name:?} names none of the served models: {}",
+                    registry.listing()
+                )
+            })?;
+        }
+        for (i, m) in registry.models.iter().enumerate() {
+            if let Some(j) = registry.models[..i]
+                .iter()
+                .position(|o| m.aliases.iter().any(|n| crate::models::names_match(&o.aliases, n)))
+            {
+                bail!(
+                    "models {} and {} share a name ({:?}): a job could not pick one; serve only one of them",
+                    registry.models[j].path.display(),
+                    m.path.display(),
+                    m.id
+                );
+            }
+        }
+        let default = &registry.models[registry.default];
+        let (model, mmproj, vocoder) = (default.path.clone(), default.mmproj.clone(), default.vocoder.clone());
         Ok(Config {
             mmproj,
             vocoder,
+            max_loaded: a.max_loaded.map_or(registry.models.len(), |n| n as usize).max(1),
+            memory_budget: a.memory_budget,
+            idle_unload: a.idle_unload,
+            max_wait: a.max_wait,
+            default_named: a.default_model.is_some(),
+            registry,
             speaker: a.speaker.clone(),
             model,
-            workspace: workspace.clone(),
+            workspace,
             workers: a.workers,
             drain: a.drain,
             engine: a.engine,
@@ -119,6 +205,14 @@ impl Config {
             retain_interval: a.retain_interval,
             metrics: a.metrics,
         })
+    }
+}
+
+/// Whether two paths name the same file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
     }
 }
 
@@ -156,21 +250,7 @@ fn gguf_beside(model: &Path, wanted: impl Fn(&str) -> bool) -> Option<PathBuf> {
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .filter(|p| p.is_file())
-        .filter(|p| {
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().to_lowercase())
-                .unwrap_or_default();
-            name.ends_with(".gguf") && wanted(&name)
-        })
-        .collect();
-    found.sort();
-    found.into_iter().next()
+    crate::models::gguf_files(dir, wanted).ok()?.into_iter().next()
 }
 
 /// The vocoder beside an OuteTTS `model`, found as the C++ daemon finds

@@ -63,7 +63,14 @@ pub fn status(ws_path: &Path, json: bool, local: bool) -> Result<ExitCode> {
                     i["model"].as_str().unwrap_or("?"),
                     i["workers"],
                     i["started_at"].as_str().unwrap_or("?")
-                )
+                );
+                // A daemon serving several models: each one's state.
+                let lines = nrvna_core::members::model_lines(&i["models"]);
+                if lines.len() > 1 {
+                    for l in lines {
+                        println!("  model {l}");
+                    }
+                }
             }
             (1, _) => println!("not running"),
             _ => println!(

@@ -17,4 +17,6 @@ pub enum Event {
     WorkerExited,
     /// A shared member's lease thread finished a heartbeat and reaping pass.
     Lease,
+    /// A model was loaded or unloaded (the daemon's info is rewritten).
+    Models,
 }

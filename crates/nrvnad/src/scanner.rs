@@ -1,5 +1,6 @@
 //! The Scanner thread: finds jobs in `input/ready/` and submits their ids to
-//! the Pool, with each job's priority. It wakes on filesystem events
+//! the Pool, with each job's priority and model (the one it names, or the
+//! default; a model no one serves routes it to be failed at once). It wakes on filesystem events
 //! (inotify arrivals) and rescans every scan interval anyway, for
 //! filesystems that send none.
 
@@ -16,7 +17,8 @@ use nrvna_core::wait::DirWaker;
 use nrvna_core::{JobId, State, Workspace};
 
 use crate::events::Event;
-use crate::pool::{Pool, Priority};
+use crate::models::Registry;
+use crate::pool::{Pool, Priority, Route};
 
 /// The Scanner and the handles it uses.
 pub struct Scanner {
@@ -27,9 +29,11 @@ pub struct Scanner {
     pub events: Sender<Event>,
     /// Names already reported as not being job ids.
     reported: HashSet<OsString>,
-    /// The names of the model this daemon serves: a job whose params.json
-    /// names another model is left for a daemon that serves it.
-    serves: Vec<String>,
+    /// The models this daemon serves; `None` serves every job on model 0.
+    registry: Option<Arc<Registry>>,
+    /// A shared member: a job naming a model this member does not serve is
+    /// left for a member that serves it (not failed).
+    shared: bool,
     /// Jobs already reported as wanting another model.
     elsewhere: HashSet<JobId>,
     /// Shared members: a seed that spreads this member's claim order (see
@@ -57,23 +61,6 @@ pub fn spread(ids: &mut [JobId], seed: u64) {
     }
 }
 
-/// Whether a job that asks for `wanted` may run on a daemon serving
-/// `serves` (names compared without regard to ASCII case, with or without
-/// a `.gguf` ending).
-pub fn serves_model(serves: &[String], wanted: &str) -> bool {
-    let norm = |s: &str| {
-        let s = s.trim();
-        let cut = s.len().saturating_sub(5);
-        let s = match (s.get(..cut), s.get(cut..)) {
-            (Some(stem), Some(ext)) if !stem.is_empty() && ext.eq_ignore_ascii_case(".gguf") => stem,
-            _ => s,
-        };
-        s.to_ascii_lowercase()
-    };
-    let w = norm(wanted);
-    serves.iter().any(|s| norm(s) == w)
-}
-
 impl Scanner {
     pub fn new(ws: Workspace, pool: Arc<Pool>, shutdown: Arc<AtomicBool>, events: Sender<Event>) -> Scanner {
         Scanner {
@@ -82,7 +69,8 @@ impl Scanner {
             shutdown,
             events,
             reported: HashSet::new(),
-            serves: Vec::new(),
+            registry: None,
+            shared: false,
             elsewhere: HashSet::new(),
             spread: None,
         }
@@ -94,10 +82,25 @@ impl Scanner {
         self
     }
 
-    /// Serve only jobs that name no model or one of `names`.
-    pub fn serving(mut self, names: Vec<String>) -> Scanner {
-        self.serves = names;
+    /// Route jobs to the models of `registry`; `shared`: leave a job
+    /// naming another model for another member instead of failing it.
+    pub fn serving(mut self, registry: Arc<Registry>, shared: bool) -> Scanner {
+        self.registry = Some(registry);
+        self.shared = shared;
         self
+    }
+
+    /// Where a job naming `model` goes; `None`: leave it for another member.
+    fn route(&self, model: Option<&str>) -> Option<Route> {
+        let Some(r) = &self.registry else {
+            return Some(Route::Model(0));
+        };
+        match model.map(|m| r.find(m)) {
+            None => Some(Route::Model(r.default)),
+            Some(Some(i)) => Some(Route::Model(i)),
+            Some(None) if self.shared => None,
+            Some(None) => Some(Route::Unserved),
+        }
     }
 
     /// Runs until shutdown. `waker` is created by the caller so that its
@@ -144,26 +147,24 @@ impl Scanner {
         }
         let listed: HashSet<&JobId> = ids.iter().collect();
         self.elsewhere.retain(|i| listed.contains(i));
-        let mut queued = 0;
+        let mut batch = Vec::new();
         for id in ids {
             if self.pool.is_pending(&id) || self.elsewhere.contains(&id) {
                 continue;
             }
             let (prio, model) = self.params(&id);
-            if let Some(m) = model {
-                if !self.serves.is_empty() && !serves_model(&self.serves, &m) {
-                    tracing::info!(
-                        "{id} asks for model {m:?}; this daemon serves {:?}: left in input/ready/ for a daemon with that model",
-                        self.serves.first().map(String::as_str).unwrap_or("")
-                    );
-                    self.elsewhere.insert(id);
-                    continue;
-                }
-            }
-            if self.pool.submit(id, prio) {
-                queued += 1;
-            }
+            let Some(route) = self.route(model.as_deref()) else {
+                tracing::info!(
+                    "{id} asks for model {:?}; this member serves {}: left in input/ready/ for a member with that model",
+                    model.as_deref().unwrap_or(""),
+                    self.registry.as_ref().map(|r| r.listing()).unwrap_or_default()
+                );
+                self.elsewhere.insert(id);
+                continue;
+            };
+            batch.push((id, route, prio));
         }
+        let queued = self.pool.submit_all(batch);
         if queued > 0 {
             tracing::debug!("queued {queued} new jobs");
         }
@@ -202,25 +203,6 @@ mod tests {
             let mut w = w.to_vec();
             w.sort();
             assert_eq!(w, ids[i * SPREAD_WINDOW..(i * SPREAD_WINDOW + w.len())], "window {i}");
-        }
-    }
-
-    #[test]
-    fn a_model_is_named_by_file_name_stem_or_own_name_in_any_case() {
-        let serves = vec![
-            "SmolLM2-135M-Instruct.Q4_1.gguf".to_owned(),
-            "SmolLM2-135M-Instruct.Q4_1".to_owned(),
-            "SmolLM2 135M Instruct".to_owned(),
-        ];
-        for w in [
-            "SmolLM2-135M-Instruct.Q4_1",
-            "smollm2-135m-instruct.q4_1.GGUF",
-            "SmolLM2 135M Instruct",
-        ] {
-            assert!(serves_model(&serves, w), "{w}");
-        }
-        for w in ["gemma-3-270m", "SmolLM2", ".gguf", "", "é.ggu"] {
-            assert!(!serves_model(&serves, w), "{w}");
         }
     }
 }

@@ -1,5 +1,5 @@
 //! The Server: owns a workspace (flock, and no live daemon of either
-//! implementation beside it), recovers it, loads the model, starts the
+//! implementation beside it), recovers it, loads the (default) model, starts the
 //! Scanner and the workers, and shuts them down on a signal, an engine
 //! fault, or (with `--drain`) an idle queue. Shutdown is bounded by
 //! `--stop-grace`: what is still running then stays in `processing/`.
@@ -22,13 +22,14 @@ use nrvna_core::{State, Workspace};
 use serde_json::json;
 
 use crate::config::Config;
-use crate::engine::Inference;
 use crate::events::Event;
 use crate::lease::{self, Lease, RecordInfo};
 use crate::membership::Membership;
 use crate::metrics::{self, JobMetrics};
+use crate::models::loader::{LoadSettings, Loader};
 use crate::pool::Pool;
 use crate::processor::Processor;
+use crate::publish::InfoPublisher;
 use crate::scanner::Scanner;
 use crate::signals::{self, Term};
 use crate::space::SpaceGate;
@@ -97,7 +98,10 @@ pub struct Running {
     cfg: Config,
     ws: Workspace,
     seat: Seat,
-    inference: Arc<Inference>,
+    /// Every served model, loaded on demand.
+    loader: Arc<Loader>,
+    /// Keeps `.nrvnad.info` current (an exclusive daemon).
+    info: Option<InfoPublisher>,
     events: Receiver<Event>,
     pool: Arc<Pool>,
     shutdown: Arc<AtomicBool>,
@@ -162,32 +166,80 @@ pub fn start(cfg: Config) -> Result<Option<Running>> {
             None => tracing::info!("queue limit removed"),
         }
     }
-    let mut serves: Vec<String> = [cfg.model.file_name(), cfg.model.file_stem()]
-        .into_iter()
-        .flatten()
-        .map(|n| n.to_string_lossy().into_owned())
-        .collect();
-    let mut record = member_record(&cfg, &ws, &seat, &serves)?;
+    let registry = Arc::new(cfg.registry.clone());
+    let mut record = member_record(&cfg, &ws, &seat, &registry.all_names())?;
 
     let started_at = iso8601_utc(SystemTime::now());
-    let inference = load(&cfg).inspect_err(|_| seat.leave(&ws))?;
-    if !serves.iter().any(|n| n == inference.model_name()) && !inference.model_name().is_empty() {
-        serves.push(inference.model_name().to_owned());
+    let pool = Arc::new(Pool::for_models(registry.models.len(), cfg.max_wait));
+    let loader = Arc::new(
+        Loader::new(
+            registry.clone(),
+            LoadSettings {
+                engine: cfg.engine,
+                engine_cfg: cfg.engine_cfg.clone(),
+                workers: cfg.workers,
+                speaker: cfg.speaker.clone(),
+                max_loaded: cfg.max_loaded,
+                budget: cfg.memory_budget,
+            },
+            pool.clone(),
+        )
+        .telling(tx.clone()),
+    );
+    if registry.models.len() > 1 {
+        tracing::info!(
+            "serving {} models: {}; default {}{}; at most {} loaded{}, switching after --max-wait {:.1} s",
+            registry.models.len(),
+            registry
+                .models
+                .iter()
+                .map(|m| format!("{} (~{})", m.id, crate::models::human_bytes(m.bytes)))
+                .collect::<Vec<_>>()
+                .join(", "),
+            registry.models[registry.default].id,
+            if cfg.default_named {
+                ""
+            } else {
+                " (the first; name another with --default-model)"
+            },
+            cfg.max_loaded,
+            cfg.memory_budget
+                .map(|b| format!(" within {}", crate::models::human_bytes(b)))
+                .unwrap_or_default(),
+            cfg.max_wait.as_secs_f64()
+        );
     }
-    if seat.membership.is_none() {
-        seat.lock.write_info(&ws, &info(&cfg, &inference, &started_at))?;
-    }
+    let t0 = Instant::now();
+    let (model_name, engine_stats) = loader.preload(registry.default).inspect_err(|_| seat.leave(&ws))?;
+    tracing::info!("model ready in {:.2} s", t0.elapsed().as_secs_f64());
+    let info = match seat.membership {
+        None => {
+            let mut p = InfoPublisher::new(info(&cfg, &model_name, &started_at));
+            p.publish(&seat.lock, &ws, &loader, &pool);
+            Some(p)
+        }
+        Some(_) => None,
+    };
 
-    let pool = Arc::new(Pool::new());
     let shutdown = Arc::new(AtomicBool::new(false));
-    let workers = spawn_workers(&cfg, &ws, &seat, &inference, &pool, &shutdown, &tx, &jobs)?;
+    let workers = spawn_workers(&cfg, &ws, &seat, &loader, &pool, &shutdown, &tx, &jobs)?;
     // The lease thread: started once the model is loaded, stopped only
     // after the workers, so that every job this member holds stays leased.
     let lease = match (&seat.membership, record.as_mut()) {
         (Some(m), Some(r)) => {
-            r.serves = serves.clone();
+            r.serves = registry.all_names();
             r.state = Some(MemberState::Ready);
-            r.extra.insert("model_name".into(), json!(inference.model_name()));
+            r.extra.insert("model_name".into(), json!(model_name));
+            if registry.models.len() > 1 {
+                r.extra.insert(
+                    nrvna_core::members::MODELS_KEY.into(),
+                    json!(registry
+                        .models
+                        .iter()
+                        .map(|m| m.path.display().to_string())
+                        .collect::<Vec<_>>()),
+                );
+            }
             Some(spawn_lease(&cfg, &ws, m, r.clone(), &tx)?)
         }
         _ => None,
@@ -195,7 +247,7 @@ pub fn start(cfg: Config) -> Result<Option<Running>> {
     let retention = (!cfg.retention.keeps_all())
         .then(|| spawn_retention(&cfg, &ws))
         .transpose()?;
-    let (scanner, poke) = spawn_scanner(&cfg, &ws, &seat, &pool, &shutdown, &tx, serves)?;
+    let (scanner, poke) = spawn_scanner(&cfg, &ws, &seat, &pool, &shutdown, &tx, registry.clone())?;
     drop(tx);
     let metrics = match listener {
         None => None,
@@ -205,8 +257,8 @@ pub fn start(cfg: Config) -> Result<Option<Running>> {
                     .inspect_err(|e| tracing::warn!("metrics: no workspace job counts (nrvna_jobs): {e}"))
                     .ok(),
                 pool: pool.clone(),
-                model: inference.model_name().to_owned(),
-                engine: inference.stats(),
+                model: model_name.clone(),
+                engine: engine_stats,
                 membership: seat.membership.clone(),
                 jobs,
             };
@@ -222,7 +274,7 @@ pub fn start(cfg: Config) -> Result<Option<Running>> {
     }
     tracing::info!(
         "nrvnad ready: {} with {} workers ({} engine) on {}",
-        inference.model_name(),
+        model_name,
         cfg.workers,
         cfg.engine.name(),
         ws.root().display()
@@ -231,7 +283,8 @@ pub fn start(cfg: Config) -> Result<Option<Running>> {
         cfg,
         ws,
         seat,
-        inference,
+        loader,
+        info,
         events,
         pool,
         shutdown,
@@ -315,24 +368,9 @@ fn member_record(
     Ok(Some(r))
 }
 
-/// Loads the model (and projector, vocoder) into the configured engine.
-fn load(cfg: &Config) -> Result<Arc<Inference>> {
-    let t0 = Instant::now();
-    let inference = Inference::start(
-        cfg.engine,
-        &cfg.model,
-        cfg.mmproj.as_deref(),
-        cfg.vocoder.as_deref(),
-        cfg.speaker.as_deref(),
-        cfg.engine_cfg.clone(),
-        cfg.workers,
-    )?;
-    tracing::info!("model ready in {:.2} s", t0.elapsed().as_secs_f64());
-    Ok(Arc::new(inference))
-}
-
-/// The `.nrvnad.info` record of an exclusive daemon.
-fn info(cfg: &Config, inference: &Inference, started_at: &str) -> serde_json::Value {
+/// The fixed keys of an exclusive daemon's `.nrvnad.info` record (the
+/// default model's; [`InfoPublisher`] adds every model's state).
+fn info(cfg: &Config, model_name: &str, started_at: &str) -> serde_json::Value {
     json!({
         "pid": std::process::id(),
         "model": cfg.model.display().to_string(),
@@ -340,7 +378,10 @@ fn info(cfg: &Config, inference: &Inference, started_at: &str) -> serde_json::Va
         "vocoder": cfg.vocoder.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
         "workers": cfg.workers,
         "started_at": started_at,
-        "model_name": inference.model_name(),
+        "model_name": model_name,
+        "max_loaded": cfg.max_loaded,
+        "memory_budget": cfg.memory_budget,
+        "max_wait_s": cfg.max_wait.as_secs_f64(),
         "engine": cfg.engine.name(),
         "threads": cfg.engine_cfg.threads,
         "max_ctx": cfg.engine_cfg.max_ctx,
@@ -356,7 +397,7 @@ fn spawn_workers(
     cfg: &Config,
     ws: &Workspace,
     seat: &Seat,
-    inference: &Arc<Inference>,
+    loader: &Arc<Loader>,
     pool: &Arc<Pool>,
     shutdown: &Arc<AtomicBool>,
     tx: &mpsc::Sender<Event>,
@@ -367,15 +408,10 @@ fn spawn_workers(
         .map(|i| {
             let w = Worker {
                 pool: pool.clone(),
-                processor: Processor::new(
-                    ws.clone(),
-                    inference.clone(),
-                    inference.runner(),
-                    shutdown.clone(),
-                    space.clone(),
-                )
-                .shared(seat.membership.clone())
-                .measured(jobs.clone()),
+                processor: Processor::new(ws.clone(), shutdown.clone(), space.clone())
+                    .shared(seat.membership.clone())
+                    .measured(jobs.clone()),
+                loader: loader.clone(),
                 ws: ws.clone(),
                 space: space.clone(),
                 shutdown: shutdown.clone(),
@@ -430,7 +466,7 @@ fn spawn_scanner(
     pool: &Arc<Pool>,
     shutdown: &Arc<AtomicBool>,
     tx: &mpsc::Sender<Event>,
-    serves: Vec<String>,
+    registry: Arc<crate::models::Registry>,
 ) -> Result<(Joinable, Poker)> {
     let network = nrvna_core::members::network_fs(ws.root());
     let waker = if cfg.poll || network.is_some() {
@@ -454,7 +490,7 @@ fn spawn_scanner(
         h.finish()
     });
     let scanner = Scanner::new(ws.clone(), pool.clone(), shutdown.clone(), tx.clone())
-        .serving(serves)
+        .serving(registry, seat.membership.is_some())
         .spreading(spread_seed);
     let handle = Joinable::spawn("Scanner", move || scanner.run(waker)).context("starting the scanner thread")?;
     Ok((handle, poke))
@@ -470,6 +506,19 @@ impl Running {
                 .as_ref()
                 .is_some_and(|m| m.unsettled.load(Ordering::SeqCst) > 0)
         };
+        let (loader, pool, ws, lock) = (&self.loader, &self.pool, &self.ws, &self.seat.lock);
+        let idle_unload = self.cfg.idle_unload;
+        let info = &mut self.info;
+        // On every event (a scan at least every scan interval): unload idle
+        // models, publish the models' state.
+        let mut tick = move || {
+            if let Some(d) = idle_unload {
+                loader.unload_idle(d);
+            }
+            if let Some(p) = info.as_mut() {
+                p.publish(lock, ws, loader, pool);
+            }
+        };
         let end = wait_for_end(
             &self.cfg,
             &self.events,
@@ -477,6 +526,7 @@ impl Running {
             self.failed_at_start,
             &self.poke,
             &unsettled,
+            &mut tick,
         );
         logging::clear_bar();
         end
@@ -503,7 +553,7 @@ impl Running {
             && join_workers(&self.events, self.workers.len(), deadline)
             && self.scanner.join_by(deadline)
             && self
-                .inference
+                .loader
                 .shutdown_within(deadline.saturating_duration_since(Instant::now()));
         if let (Some(m), Some(l)) = (&self.seat.membership, self.lease) {
             l.stop.store(true, Ordering::SeqCst);
@@ -583,6 +633,7 @@ fn wait_for_end(
     mut failures: u64,
     poke: &Poker,
     unsettled: &dyn Fn() -> bool,
+    tick: &mut dyn FnMut(),
 ) -> End {
     let bar = (cfg.drain && std::io::IsTerminal::is_terminal(&std::io::stderr())).then(|| {
         let b = ProgressBar::new_spinner();
@@ -612,8 +663,9 @@ fn wait_for_end(
                 done += 1;
                 failures += u64::from(failed);
             }
-            Event::WorkerExited | Event::Lease => {}
+            Event::WorkerExited | Event::Lease | Event::Models => {}
         }
+        tick();
         if let Some(b) = &bar {
             let (queued, running) = pool.counts();
             b.set_message(format!(

@@ -1,5 +1,6 @@
 //! A worker thread (`Worker-N`): takes ids from the Pool, waits for free
-//! space, and hands each to its Processor. A panic is caught here, at the
+//! space, gets the job's model from the Loader (loading it if need be),
+//! and hands the job to its Processor. A panic is caught here, at the
 //! worker boundary: logged with the job's id, the job recovered like one a
 //! dead daemon left behind, and the Pool's busy count restored by a guard.
 
@@ -12,7 +13,8 @@ use nrvna_core::{JobId, State, Workspace};
 
 use crate::events::Event;
 use crate::metrics::{JobMetrics, Reason};
-use crate::pool::{Message, Pool};
+use crate::models::loader::{Loader, Refused};
+use crate::pool::{Message, Pool, Route};
 use crate::processor::{Outcome, Processor};
 use crate::recovery::{recover_one, Recovery};
 use crate::space::SpaceGate;
@@ -21,6 +23,8 @@ use crate::space::SpaceGate;
 pub struct Worker {
     pub pool: Arc<Pool>,
     pub processor: Processor,
+    /// Where the job's model comes from.
+    pub loader: Arc<Loader>,
     pub ws: Workspace,
     pub space: Arc<SpaceGate>,
     pub shutdown: Arc<AtomicBool>,
@@ -61,9 +65,9 @@ impl Worker {
     pub fn run(mut self) {
         let _exit = Exit(self.events.clone());
         loop {
-            let id = match self.pool.next() {
+            let (id, route) = match self.pool.next() {
                 Message::Quit => break,
-                Message::Job(id) => id,
+                Message::Job(id, route) => (id, route),
             };
             let pool = self.pool.clone();
             let mut busy = Busy {
@@ -74,7 +78,20 @@ impl Worker {
             if self.shutdown.load(Ordering::SeqCst) || !self.space.wait_for_room(&self.shutdown) {
                 break;
             }
-            let outcome = match catch_unwind(AssertUnwindSafe(|| self.processor.process(&id))) {
+            let loader = self.loader.clone();
+            let held = match route {
+                Route::Model(m) => match loader.acquire(m, &self.shutdown) {
+                    Ok(u) => Ok(u),
+                    Err(Refused::Stopping) => break,
+                    Err(Refused::Failed(why)) => Err(why),
+                },
+                Route::Unserved => Err(format!(
+                    "no such model here; this daemon serves: {} (name one of these, or start a daemon with that model)",
+                    loader.registry().listing()
+                )),
+            };
+            let model = held.as_ref().map(|u| u.inference()).map_err(Clone::clone);
+            let outcome = match catch_unwind(AssertUnwindSafe(|| self.processor.process(&id, model))) {
                 Ok(o) => o,
                 Err(panic) => {
                     let what = panic
@@ -86,6 +103,7 @@ impl Worker {
                     self.recover_after_panic(&id)
                 }
             };
+            drop(held);
             if outcome == Outcome::Duplicate {
                 // Keep the id pending so the Scanner stops offering it.
                 busy.park = true;

@@ -74,7 +74,8 @@ fn a_real_run_scraped_and_parsed_matches_flw_and_the_jobs_meta() {
         .map(|i| ws.submit(&[], &format!("Name a colour, then a fruit. ({i})")))
         .collect();
     ids.push(ws.submit(&["--priority", "high"], "Count to five."));
-    // A job another daemon's model must run: it stays queued here.
+    // A job naming a model this daemon does not serve: failed at once, as
+    // bad input.
     let elsewhere = ws.submit(&["--model", "another-model"], "not for this daemon");
     // A job whose params.json is not JSON: failed as bad input.
     let meta = format!(
@@ -95,7 +96,7 @@ fn a_real_run_scraped_and_parsed_matches_flw_and_the_jobs_meta() {
     // passes of the tally, so a job in flight may count 0 or 2 times
     // for an instant: within the 2 workers' jobs).
     let mut during = 0;
-    while ws.names_in(DONE).len() + ws.names_in(FAILED).len() < 7 {
+    while ws.names_in(DONE).len() + ws.names_in(FAILED).len() < 8 {
         let sc = parse(&py, &get(&addr, "/metrics").1);
         let total: u64 = sc.jobs().iter().sum();
         assert!((6..=10).contains(&total), "{:?} while running", sc.jobs());
@@ -115,7 +116,13 @@ fn a_real_run_scraped_and_parsed_matches_flw_and_the_jobs_meta() {
     });
     assert!(same, "nrvna_jobs vs flw --json: {last:?}");
     let s = parse(&py, &get(&addr, "/metrics").1);
-    assert_eq!(s.jobs(), [1, 0, 6, 1], "queued, running, done, failed");
+    assert_eq!(s.jobs(), [0, 0, 6, 2], "queued, running, done, failed");
+    assert!(
+        ws.read(FAILED, &elsewhere, "error.txt")
+            .contains("this daemon serves: SmolLM2"),
+        "{}",
+        ws.read(FAILED, &elsewhere, "error.txt")
+    );
     assert_eq!(s.jobs(), flw_counts(&ws));
 
     // What the daemon counted matches the jobs' own meta.json.
@@ -129,14 +136,14 @@ fn a_real_run_scraped_and_parsed_matches_flw_and_the_jobs_meta() {
     assert_eq!(s.value("nrvna_prompt_tokens_total", &[]), prompt);
     assert_eq!(s.value("nrvna_generated_tokens_total", &[]), generated);
     assert_eq!(s.value("nrvna_jobs_finished_total", &[("state", "done")]), 6.0);
-    assert_eq!(s.value("nrvna_jobs_finished_total", &[("state", "failed")]), 1.0);
-    assert_eq!(s.value("nrvna_job_failures_total", &[("reason", "bad_input")]), 1.0);
-    assert_eq!(s.sum("nrvna_job_failures_total"), 1.0);
-    assert_eq!(s.value("nrvna_job_run_seconds_count", &[]), 7.0);
+    assert_eq!(s.value("nrvna_jobs_finished_total", &[("state", "failed")]), 2.0);
+    assert_eq!(s.value("nrvna_job_failures_total", &[("reason", "bad_input")]), 2.0);
+    assert_eq!(s.sum("nrvna_job_failures_total"), 2.0);
+    assert_eq!(s.value("nrvna_job_run_seconds_count", &[]), 8.0);
     // The bad job failed before its wait was taken (its files were unusable).
-    assert_eq!(s.value("nrvna_job_queue_wait_seconds_count", &[]), 6.0);
+    assert_eq!(s.value("nrvna_job_queue_wait_seconds_count", &[]), 7.0);
     assert!(s.value("nrvna_job_queue_wait_seconds_sum", &[]) > 0.0);
-    assert_eq!(s.value("nrvna_job_run_seconds_bucket", &[("le", "+Inf")]), 7.0);
+    assert_eq!(s.value("nrvna_job_run_seconds_bucket", &[("le", "+Inf")]), 8.0);
     // Nothing of this daemon's own is queued or running now.
     assert_eq!(s.sum("nrvna_daemon_jobs"), 0.0);
     // The batched engine decoded, with up to 2 sequences at once.
@@ -173,25 +180,33 @@ fn a_real_run_scraped_and_parsed_matches_flw_and_the_jobs_meta() {
         .iter()
         .all(|(l, _)| !l["model"].is_empty()));
 
-    // A cancel by flw (no daemon involved) shows at once in the counts.
-    ws.flw(&["--cancel", &elsewhere], STARTUP)
-        .expect_code(0, "flw --cancel");
-    let moved = wait_for(Duration::from_secs(10), || {
-        parse(&py, &get(&addr, "/metrics").1).jobs() == [0, 0, 6, 2]
-    });
-    assert!(moved, "the cancel did not show");
-    assert_eq!(flw_counts(&ws), [0, 0, 6, 2]);
-
-    // Failures by reason: a running job cancelled, one past its timeout.
-    // (Sampled as LONG_ENV samples: about 430 tokens, many seconds.)
+    // Two long jobs hold both workers (sampled as LONG_ENV samples: about
+    // 430 tokens, many seconds); a job queued behind them is cancelled by
+    // flw (no daemon involved): it shows at once in the counts.
     let slow = ["--max-tokens", "2000", "--temp", "0.8", "--seed", "1"];
     let long = ws.submit(&slow, LONG_PROMPT);
-    assert!(wait_for(JOB, || ws.is_in(PROCESSING, &long)), "{long} never ran");
-    ws.flw(&["--cancel", &long, "--timeout", "120"], JOB)
-        .expect_code(0, "flw --cancel (running)");
+    let hold = ws.submit(&slow, LONG_PROMPT);
+    assert!(
+        wait_for(JOB, || ws.is_in(PROCESSING, &long) && ws.is_in(PROCESSING, &hold)),
+        "{long} and {hold} never ran"
+    );
+    let queued = ws.submit(&[], "queued behind the long jobs");
+    ws.flw(&["--cancel", &queued], STARTUP).expect_code(0, "flw --cancel");
+    let moved = wait_for(Duration::from_secs(10), || {
+        parse(&py, &get(&addr, "/metrics").1).jobs() == [0, 2, 6, 3]
+    });
+    assert!(moved, "the cancel did not show");
+    assert_eq!(flw_counts(&ws), [0, 2, 6, 3]);
+
+    // Failures by reason: running jobs cancelled, one past its timeout.
+    for j in [&long, &hold] {
+        ws.flw(&["--cancel", j, "--timeout", "120"], JOB)
+            .expect_code(0, "flw --cancel (running)");
+    }
     let late = ws.submit(&[&slow[..], &["--timeout", "0.3"]].concat(), LONG_PROMPT);
     assert_eq!(ws.wait_finished(&late, JOB), FAILED);
     assert_eq!(ws.wait_finished(&long, JOB), FAILED);
+    assert_eq!(ws.wait_finished(&hold, JOB), FAILED);
     let s = parse(&py, &get(&addr, "/metrics").1);
     let why = format!(
         "{:?}; {late}: {}; {long}: {}",
@@ -201,7 +216,7 @@ fn a_real_run_scraped_and_parsed_matches_flw_and_the_jobs_meta() {
     );
     assert_eq!(
         s.value("nrvna_job_failures_total", &[("reason", "cancelled")]),
-        1.0,
+        2.0,
         "{why}"
     );
     assert_eq!(
@@ -209,15 +224,15 @@ fn a_real_run_scraped_and_parsed_matches_flw_and_the_jobs_meta() {
         1.0,
         "{why}"
     );
-    assert_eq!(s.sum("nrvna_job_failures_total"), 3.0);
-    assert_eq!(s.value("nrvna_jobs_finished_total", &[("state", "failed")]), 3.0);
+    assert_eq!(s.sum("nrvna_job_failures_total"), 5.0);
+    assert_eq!(s.value("nrvna_jobs_finished_total", &[("state", "failed")]), 5.0);
     assert!(wait_for(Duration::from_secs(10), || parse(
         &py,
         &get(&addr, "/metrics").1
     )
     .jobs()
         == flw_counts(&ws)));
-    assert_eq!(flw_counts(&ws), [0, 0, 6, 4]);
+    assert_eq!(flw_counts(&ws), [0, 0, 6, 6]);
 
     // Anything but GET /metrics is a 404; the daemon stops cleanly and
     // takes the endpoint down.

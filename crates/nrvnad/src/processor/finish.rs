@@ -290,8 +290,11 @@ impl Finisher<'_> {
         meta.set_extra("claimed_at", claimed_at);
         meta.completed_at = Some(iso8601_utc(SystemTime::now()));
         meta.duration_s = Some(claimed.elapsed().as_secs_f64());
-        meta.set_extra("model", self.model);
-        meta.set_extra("engine", self.engine);
+        // A job refused before it had a model records none.
+        if !self.model.is_empty() {
+            meta.set_extra("model", self.model);
+            meta.set_extra("engine", self.engine);
+        }
         if let Some(u) = used {
             meta.set_extra("params", u.clone());
         }

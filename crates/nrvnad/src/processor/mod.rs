@@ -72,8 +72,11 @@ impl Outcome {
 /// One worker's processor, with the handles it uses.
 pub struct Processor {
     ws: Workspace,
-    inference: Arc<Inference>,
-    runner: Box<dyn Runner>,
+    /// The model of the job in hand (none between jobs, so that an idle
+    /// model can be unloaded).
+    inference: Option<Arc<Inference>>,
+    /// A runner on that model.
+    runner: Option<Box<dyn Runner>>,
     shutdown: Arc<AtomicBool>,
     space: Arc<SpaceGate>,
     /// This daemon's membership of a shared workspace (`--shared`).
@@ -92,17 +95,11 @@ impl Drop for Hold<'_> {
 }
 
 impl Processor {
-    pub fn new(
-        ws: Workspace,
-        inference: Arc<Inference>,
-        runner: Box<dyn Runner>,
-        shutdown: Arc<AtomicBool>,
-        space: Arc<SpaceGate>,
-    ) -> Processor {
+    pub fn new(ws: Workspace, shutdown: Arc<AtomicBool>, space: Arc<SpaceGate>) -> Processor {
         Processor {
             ws,
-            inference,
-            runner,
+            inference: None,
+            runner: None,
             shutdown,
             space,
             membership: None,
@@ -123,8 +120,25 @@ impl Processor {
         self
     }
 
-    /// Claims and processes one job.
-    pub fn process(&mut self, id: &JobId) -> Outcome {
+    /// Claims and processes one job on `model`; when the job cannot have
+    /// its model (`Err`: not served here, or it failed to load), it is
+    /// claimed and failed with that reason.
+    pub fn process(&mut self, id: &JobId, model: Result<&Arc<Inference>, String>) -> Outcome {
+        let refused = match model {
+            Ok(inf) => {
+                self.runner = Some(inf.runner());
+                self.inference = Some(inf.clone());
+                None
+            }
+            Err(why) => Some(why),
+        };
+        let outcome = self.process_on(id, refused);
+        self.runner = None;
+        self.inference = None;
+        outcome
+    }
+
+    fn process_on(&mut self, id: &JobId, refused: Option<String>) -> Outcome {
         if let Some(o) = self.claim(id) {
             return o;
         }
@@ -188,7 +202,17 @@ impl Processor {
         };
         job.meta = spec.meta.clone();
         self.count_wait(&spec.meta);
-        let (plan, used) = plan::plan(&spec, &self.inference.cfg, fresh_seed());
+        let (Some(inf), None) = (self.inference.clone(), refused.as_ref()) else {
+            let why = refused.unwrap_or_else(|| "no model to run it on".into());
+            let why = match &spec.params.model {
+                Some(m) => format!("the job asks for model {m:?}: {why}"),
+                None => why,
+            };
+            return self
+                .finisher()
+                .finish(job, Ending::Failed(Failure::of(Reason::BadInput, why)));
+        };
+        let (plan, used) = plan::plan(&spec, &inf.cfg, fresh_seed());
         job.used = Some(used);
         let req = match self.request(&dir, &spec, plan) {
             Ok(r) => r,
@@ -212,7 +236,10 @@ impl Processor {
             };
             return self.finisher().finish(job, Ending::Failed(f));
         }
-        let ending = match self.runner.run(req, obs.clone()) {
+        let Some(runner) = self.runner.as_mut() else {
+            return Outcome::Interrupted("no runner".into());
+        };
+        let ending = match runner.run(req, obs.clone()) {
             Ok(out) => done(&spec, out),
             Err(RunError::Stopped { reason, partial, .. }) => match obs.stop_kind() {
                 Some(StopKind::Fenced) => {
@@ -248,8 +275,8 @@ impl Processor {
     fn finisher(&self) -> Finisher<'_> {
         Finisher {
             ws: &self.ws,
-            model: self.inference.model_name(),
-            engine: self.inference.kind.name(),
+            model: self.inference.as_deref().map_or("", Inference::model_name),
+            engine: self.inference.as_deref().map_or("", |i| i.kind.name()),
             space: &self.space,
             membership: self.membership.as_deref(),
             metrics: &self.metrics,
@@ -336,7 +363,9 @@ impl Processor {
     /// Turns a plan into an engine request: the prompt rendered with the
     /// chat template, the grammar derived and checked.
     fn request(&self, dir: &Path, spec: &JobSpec, plan: Plan) -> Result<Request, Failure> {
-        let inf = &self.inference;
+        let Some(inf) = self.inference.as_deref() else {
+            return Err(Failure::new("no model to run it on".to_owned()));
+        };
         match plan {
             Plan::Embed if !spec.images.is_empty() => Ok(Request::EmbedMedia {
                 text: spec.prompt.clone(),
