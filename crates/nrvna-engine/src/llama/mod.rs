@@ -24,13 +24,80 @@ static BACKEND: OnceLock<Result<LlamaBackend, llama_cpp_2::LlamaCppError>> = Onc
 /// The process-wide llama.cpp backend (initialised once; llama.cpp's logs
 /// are routed into `tracing`).
 pub fn backend() -> Result<&'static LlamaBackend, EngineError> {
-    BACKEND
+    let backend = BACKEND
         .get_or_init(|| {
             llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
+            #[cfg(feature = "portable")]
+            portable::load_cpu_variants();
             LlamaBackend::init()
         })
         .as_ref()
-        .map_err(EngineError::backend)
+        .map_err(EngineError::backend)?;
+    #[cfg(feature = "portable")]
+    portable::check_loaded()?;
+    Ok(backend)
+}
+
+/// The portable build (feature `portable`): llama.cpp's CPU backend is one
+/// shared library per instruction-set level (`libggml-cpu-haswell.so`,
+/// `-skylakex`, `-sapphirerapids`, ...), and ggml loads the best one this CPU
+/// runs. They are looked for beside the executable (a packaged build:
+/// scripts/portable.sh puts them there), then where the build left them.
+#[cfg(feature = "portable")]
+mod portable {
+    use std::path::{Path, PathBuf};
+    use std::sync::OnceLock;
+
+    use crate::error::EngineError;
+
+    static FOUND: OnceLock<Option<PathBuf>> = OnceLock::new();
+
+    fn holds_variants(dir: &Path) -> bool {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("libggml-cpu"))
+        })
+    }
+
+    pub(super) fn load_cpu_variants() {
+        let beside = std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_path_buf));
+        let built = llama_cpp_sys_2::BACKENDS_DIR.map(PathBuf::from);
+        let dir = [beside, built].into_iter().flatten().find(|d| holds_variants(d));
+        if let Some(d) = &dir {
+            llama_cpp_2::llama_backend::load_backends_from_path(d);
+        }
+        let _ = FOUND.set(dir);
+    }
+
+    /// An error when no CPU variant could be loaded; otherwise logs (once)
+    /// which instruction sets the loaded one uses.
+    pub(super) fn check_loaded() -> Result<(), EngineError> {
+        static LOGGED: OnceLock<()> = OnceLock::new();
+        let cpu = llama_cpp_2::list_llama_ggml_backend_devices()
+            .into_iter()
+            .any(|d| d.backend.eq_ignore_ascii_case("cpu"));
+        if !cpu {
+            let looked = match FOUND.get().and_then(Option::as_ref) {
+                Some(d) => format!("the variants in {} did not load on this CPU", d.display()),
+                None => "no libggml-cpu-*.so was found beside the executable".to_owned(),
+            };
+            return Err(EngineError::Backend {
+                reason: format!(
+                    "this is the portable build, and {looked}: keep the libggml*.so files of the \
+                 release next to nrvnad (scripts/portable.sh packages them together)"
+                ),
+            });
+        }
+        LOGGED.get_or_init(|| {
+            // SAFETY: llama.cpp returns a pointer to a static, NUL-terminated string.
+            let info = unsafe { std::ffi::CStr::from_ptr(llama_cpp_sys_2::llama_print_system_info()) };
+            tracing::info!("llama.cpp CPU backend: {}", info.to_string_lossy().trim());
+        });
+        Ok(())
+    }
 }
 
 /// Serialises context creation (llama.cpp may adjust model fields there).
