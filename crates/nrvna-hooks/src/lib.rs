@@ -4,6 +4,7 @@
 //! each endpoint answers 2xx (then `sent/`) or its retry period ends (then
 //! `dead/`). Used by both `nrvna-api` and `nrvnad`; blocking, no runtime.
 
+pub mod cli;
 mod http;
 
 use std::collections::{HashMap, HashSet};

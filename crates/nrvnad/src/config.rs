@@ -45,6 +45,8 @@ pub struct Config {
     pub retain_interval: Duration,
     /// `--metrics`: where to answer `GET /metrics` (off when `None`).
     pub metrics: Option<std::net::SocketAddr>,
+    /// Webhook delivery, when NRVNA_WEBHOOK_SECRET is set.
+    pub webhooks: Option<nrvna_hooks::Config>,
 }
 
 impl Config {
@@ -118,6 +120,7 @@ impl Config {
             },
             retain_interval: a.retain_interval,
             metrics: a.metrics,
+            webhooks: a.webhooks.config().map_err(anyhow::Error::msg)?,
         })
     }
 }

@@ -178,6 +178,12 @@ pub fn start(cfg: Config) -> Result<Option<Running>> {
         seat.lock.write_info(&ws, &info(&cfg, &inference, &started_at))?;
     }
 
+    // Webhooks: a thread that delivers while it holds the workspace's
+    // deliver.lock (nrvna-hooks); it ends with the process.
+    if let Some(hooks) = &cfg.webhooks {
+        nrvna_hooks::start(&ws, hooks.clone()).context("starting webhook delivery")?;
+    }
+
     let pool = Arc::new(Pool::new());
     let shutdown = Arc::new(AtomicBool::new(false));
     let workers = spawn_workers(&cfg, &ws, &seat, &inference, &pool, &shutdown, &tx, &jobs)?;
