@@ -363,6 +363,58 @@ mod tests {
         }
     }
 
+    /// Publishes a job with meta extras and moves it to `st` as a daemon would.
+    fn finished_job(ws: &Workspace, st: State, extras: &[(&str, serde_json::Value)]) -> JobId {
+        let mut s = nrvna_core::Submission::text("hi");
+        for (k, v) in extras {
+            s.extra_meta.insert((*k).into(), v.clone());
+        }
+        let id = s.publish(ws).unwrap();
+        ws.transition(&id, State::Ready, st).unwrap();
+        id
+    }
+
+    #[test]
+    fn finished_jobs_are_derived_once_also_by_a_restarted_deliverer() {
+        let d = tempfile::tempdir().unwrap();
+        let ws = Workspace::create(d.path().join("ws")).unwrap();
+        let outbox = Outbox::open(ws.root(), ws.io().clone()).unwrap();
+        outbox.set_endpoints(&["http://127.0.0.1:9/ws".into()]).unwrap();
+        let url = serde_json::Value::from("http://127.0.0.1:9/mine");
+        let a = finished_job(&ws, State::Done, &[("notify", url)]);
+        let b = finished_job(&ws, State::Failed, &[("notify", true.into())]);
+        finished_job(&ws, State::Done, &[]);
+        finished_job(&ws, State::Done, &[("notify", "ftp://x".into())]);
+        let mut dl = Deliverer::new(ws.clone(), outbox.clone(), cfg(vec![]));
+        dl.derive();
+        let mut got: Vec<(String, String, Vec<String>)> = dl
+            .due
+            .values()
+            .map(|e| (e.kind.clone(), e.subject.clone(), e.endpoints.clone()))
+            .collect();
+        got.sort();
+        let mut want = vec![
+            (
+                "job.done".to_owned(),
+                a.to_string(),
+                vec!["http://127.0.0.1:9/mine".to_owned()],
+            ),
+            (
+                "job.failed".to_owned(),
+                b.to_string(),
+                vec!["http://127.0.0.1:9/ws".to_owned()],
+            ),
+        ];
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!(outbox.list(Shelf::Outbox).unwrap().len(), 2);
+        // A restart (after kill -9) derives again and finds the entries.
+        let mut again = Deliverer::new(ws.clone(), outbox.clone(), cfg(vec![]));
+        again.derive();
+        assert!(again.due.is_empty());
+        assert_eq!(outbox.list(Shelf::Outbox).unwrap().len(), 2);
+    }
+
     #[test]
     fn an_entry_out_of_retries_goes_to_dead_with_every_attempt_recorded() {
         let d = tempfile::tempdir().unwrap();
