@@ -30,12 +30,14 @@ pub struct WebhookArgs {
     pub secret: Option<String>,
 
     /// How long an event is retried (exponential backoff with jitter)
-    /// before it is given up in WS/.nrvna-webhooks/dead/.
-    #[arg(long, value_name = "DURATION", default_value = "72h", value_parser = parse_duration)]
+    /// before it is given up in WS/.nrvna-webhooks/dead/. Jobs and batches
+    /// that ended longer ago than this get no event (a workspace's history
+    /// is not sent when webhooks are first configured).
+    #[arg(long, env = "NRVNA_WEBHOOK_RETRY_FOR", value_name = "DURATION", default_value = "72h", value_parser = parse_duration)]
     pub webhook_retry_for: Duration,
 
     /// The longest wait between two tries of one event.
-    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    #[arg(long, env = "NRVNA_WEBHOOK_BACKOFF_MAX", value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub webhook_backoff_max: Duration,
 }
 

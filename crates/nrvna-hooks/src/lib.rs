@@ -126,7 +126,9 @@ impl Deliverer {
             self.outbox.dir(Shelf::Outbox),
         ];
         let refs: Vec<&std::path::Path> = dirs.iter().map(|p| p.as_path()).collect();
-        let waker = DirWaker::new(&refs, Duration::from_secs(2));
+        // inotify wakes it; the poll is only a safety net (and the pace
+        // on filesystems without events).
+        let waker = DirWaker::new(&refs, Duration::from_secs(30));
         loop {
             self.derive();
             self.load();
@@ -159,7 +161,14 @@ impl Deliverer {
                     Ok(Some(b)) => Meta::parse(&b).ok(),
                     _ => None,
                 };
-                if let Some(meta) = meta {
+                // Ended before any retry period now running: no event.
+                let ended_ms = meta
+                    .as_ref()
+                    .and_then(|m| m.completed_at.as_deref())
+                    .and_then(nrvna_core::time::parse_iso8601_micros)
+                    .map(|us| us / 1000);
+                let old = ended_ms.is_some_and(|t| t.saturating_add(self.cfg.retry_for.as_millis() as i64) < now_ms());
+                if let Some(meta) = meta.filter(|_| !old) {
                     for d in job_events(&id, st, &meta) {
                         if let Target::Url(u) = &d.target {
                             if let Err(e) = check_url(u) {
@@ -385,6 +394,12 @@ mod tests {
         let b = finished_job(&ws, State::Failed, &[("notify", true.into())]);
         finished_job(&ws, State::Done, &[]);
         finished_job(&ws, State::Done, &[("notify", "ftp://x".into())]);
+        // Ended longer ago than the retry period: no event.
+        let mut old_meta = nrvna_core::Meta::new();
+        old_meta.completed_at = Some("2020-01-01T00:00:00.000000Z".into());
+        old_meta.set_extra("notify", true);
+        let old = finished_job(&ws, State::Done, &[]);
+        std::fs::write(ws.job_dir(State::Done, &old).join("meta.json"), old_meta.to_bytes()).unwrap();
         let mut dl = Deliverer::new(ws.clone(), outbox.clone(), cfg(vec![]));
         dl.derive();
         let mut got: Vec<(String, String, Vec<String>)> = dl

@@ -38,6 +38,20 @@ pub fn announce(ws: &Workspace, rec: &BatchRecord, hooks: &nrvna_hooks::Config) 
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
+    // Ended before any retry period now running: no event (the history of
+    // a workspace is not sent when webhooks are first configured).
+    let ended = [rec.completed_at, rec.cancelled_at, rec.failed_at, rec.expired_at]
+        .into_iter()
+        .flatten()
+        .max()
+        .unwrap_or(rec.created_at);
+    if ended
+        .saturating_mul(1000)
+        .saturating_add(hooks.retry_for.as_millis() as i64)
+        < now
+    {
+        return;
+    }
     let made = Outbox::open(ws.root(), ws.io().clone()).and_then(|o| o.derive(&d, now, hooks.retry_for));
     match made {
         Ok(Some(e)) => tracing::info!("batch {}: {} event {}", rec.id, d.kind, e.id),
