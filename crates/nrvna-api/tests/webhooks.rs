@@ -445,6 +445,18 @@ fn background_responses_and_gateway_batches_send_their_events() {
         }
     }
     assert_eq!((i, o), sum, "usage sums the batch's jobs");
+    // The official client's Batch type takes the object as it is.
+    let parsed = Command::new(&python)
+        .args([
+            "-c",
+            "import sys; from openai.types import Batch; b = Batch.model_validate_json(sys.argv[1]); \
+             print(b.usage.total_tokens, b.request_counts.completed)",
+            &b.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(parsed.status.success(), "{}", String::from_utf8_lossy(&parsed.stderr));
+    assert_eq!(String::from_utf8_lossy(&parsed.stdout).trim(), format!("{} 3", i + o));
     let bc = get(&base, &format!("/v1/batches/{b_cancelled}")).json();
     assert_eq!(bc["status"], "cancelled");
     assert!(bc["usage"].is_object(), "{bc}");
