@@ -28,6 +28,11 @@ Endpoints (OpenAI-compatible, under /v1):
   /mcp  MCP (streamable HTTP)
   GET /metrics  Prometheus text (behind the key unless --metrics-public)
 
+Webhooks (--webhook URL, NRVNA_WEBHOOK_SECRET=whsec_...): batch.completed|failed|cancelled|expired,
+response.completed|failed|cancelled|incomplete (background responses) and job.done|failed (jobs
+of `wrk --notify`), signed as Standard Webhooks (webhook-id, webhook-timestamp, webhook-signature),
+kept in WS/.nrvna-webhooks/outbox/ until delivered (then sent/; out of retries: dead/).
+
 Security (loopback without a key): every request's Host must be a loopback name or address
 (localhost, 127.0.0.0/8, [::1], any port), and a request carrying a non-loopback Origin or
 `Sec-Fetch-Site: cross-site` is refused (403), so a web page cannot drive the gateway, even with
@@ -115,6 +120,10 @@ pub struct Args {
     /// (each also from its NRVNA_* variable).
     #[command(flatten)]
     pub settings: nrvna_core::cli::SettingsArgs,
+
+    /// Webhooks: --webhook URL (repeatable), NRVNA_WEBHOOK_SECRET, retries.
+    #[command(flatten)]
+    pub webhooks: nrvna_hooks::cli::WebhookArgs,
 }
 
 /// The settings the server runs with.
@@ -136,6 +145,8 @@ pub struct Config {
     pub log_level: String,
     /// The workspace settings (fsync, limits, poll).
     pub settings: nrvna_core::Settings,
+    /// Webhook delivery, when a secret is set.
+    pub webhooks: Option<nrvna_hooks::Config>,
 }
 
 impl Args {
@@ -177,6 +188,7 @@ impl Args {
             mcp_max_sessions: self.mcp_max_sessions,
             log_level: self.log_level,
             settings: self.settings.settings(),
+            webhooks: self.webhooks.config().map_err(anyhow::Error::msg)?,
         })
     }
 }

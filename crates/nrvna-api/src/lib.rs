@@ -146,6 +146,9 @@ pub async fn run(cfg: Config) -> Result<()> {
     check_writable(&app.jobs.ws)?;
     error::redact_workspace(app.jobs.ws.root());
     batches::start(app.clone()).context("starting the background work on batches")?;
+    if let Some(hooks) = &app.cfg.webhooks {
+        nrvna_hooks::start(&app.jobs.ws, hooks.clone()).context("starting webhook delivery")?;
+    }
     if app.cfg.mcp {
         tracing::info!("serving MCP on stdin/stdout for {}", app.jobs.ws.root().display());
         let service = mcp::NrvnaMcp::new(app.clone())

@@ -30,6 +30,7 @@ pub mod submit;
 pub mod tally;
 pub mod time;
 pub mod wait;
+pub mod webhook;
 pub mod workspace;
 
 pub use config::Settings;

@@ -291,6 +291,10 @@ pub struct ServeArgs {
     /// fsync, size limits (each also from its NRVNA_* variable).
     #[command(flatten)]
     pub settings: nrvna_core::cli::SettingsArgs,
+    /// Webhooks (job.* events of `wrk --notify`, response.* events):
+    /// --webhook URL, NRVNA_WEBHOOK_SECRET, retries.
+    #[command(flatten)]
+    pub webhooks: nrvna_hooks::cli::WebhookArgs,
     /// A Jinja chat template that replaces the model's.
     #[arg(long, env = "NRVNA_CHAT_TEMPLATE_FILE")]
     pub chat_template_file: Option<PathBuf>,

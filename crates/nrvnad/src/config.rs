@@ -58,6 +58,8 @@ pub struct Config {
     pub max_wait: Duration,
     /// Whether --default-model named the default model.
     pub default_named: bool,
+    /// Webhook delivery, when NRVNA_WEBHOOK_SECRET is set.
+    pub webhooks: Option<nrvna_hooks::Config>,
 }
 
 impl Config {
@@ -204,6 +206,7 @@ impl Config {
             },
             retain_interval: a.retain_interval,
             metrics: a.metrics,
+            webhooks: a.webhooks.config().map_err(anyhow::Error::msg)?,
         })
     }
 }

@@ -221,6 +221,12 @@ pub fn start(cfg: Config) -> Result<Option<Running>> {
         Some(_) => None,
     };
 
+    // Webhooks: a thread that delivers while it holds the workspace's
+    // deliver.lock (nrvna-hooks); it ends with the process.
+    if let Some(hooks) = &cfg.webhooks {
+        nrvna_hooks::start(&ws, hooks.clone()).context("starting webhook delivery")?;
+    }
+
     let shutdown = Arc::new(AtomicBool::new(false));
     let workers = spawn_workers(&cfg, &ws, &seat, &loader, &pool, &shutdown, &tx, &jobs)?;
     // The lease thread: started once the model is loaded, stopped only

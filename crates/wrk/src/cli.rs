@@ -168,6 +168,16 @@ pub struct Args {
     #[arg(long, value_name = "FILE.jsonl", conflicts_with_all = ["prompt", "embed", "json_schema", "grammar", "images", "audio", "stt", "tts"])]
     pub batch: Option<PathBuf>,
 
+    /// Send a signed webhook (job.done or job.failed) when the job ends:
+    /// to URL (http://HOST[:PORT]/PATH), or without one to the workspace's
+    /// endpoints (nrvnad/nrvna-api --webhook). Recorded in the job's
+    /// meta.json (`notify`); a daemon or gateway with NRVNA_WEBHOOK_SECRET
+    /// delivers it. With --batch: every job of the file. Before the prompt,
+    /// write --notify=URL (or nothing) so the prompt's first word is not
+    /// taken for the URL.
+    #[arg(long, value_name = "URL", num_args = 0..=1, default_missing_value = "")]
+    pub notify: Option<String>,
+
     /// fsync, size limits and the waiters' poll (each also from its
     /// NRVNA_* variable).
     #[command(flatten)]

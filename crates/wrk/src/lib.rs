@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, Context, Result};
 use nrvna_core::media::{load_for_submit, MediaKind};
-use nrvna_core::{batch, limits};
+use nrvna_core::{batch, limits, webhook};
 use nrvna_core::{JobId, JobType, Params, Submission, Workspace};
 
 pub use cli::Args;
@@ -30,6 +30,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         .as_deref()
         .map(|p| JobId::parse(p).map_err(|e| anyhow!("--parent {p:?} is not a job id: {e}")))
         .transpose()?;
+    let notify = notify_of(&args)?;
 
     let printed = if let Some(file) = &args.batch {
         let defaults = batch::Defaults {
@@ -47,8 +48,13 @@ pub fn run(args: Args) -> Result<ExitCode> {
             .map_err(|e| anyhow!("invalid parameters: {e}"))?;
         let tag = batch::new_batch_tag();
         let bytes = batch::read_file(file)?;
-        let subs = batch::parse(&bytes, &defaults, &tag, settings.max_prompt_bytes)
+        let mut subs = batch::parse(&bytes, &defaults, &tag, settings.max_prompt_bytes)
             .with_context(|| format!("refusing batch file {}", file.display()))?;
+        if let Some(n) = &notify {
+            for s in &mut subs {
+                s.extra_meta.insert(webhook::NOTIFY_KEY.into(), n.clone());
+            }
+        }
         let ws = open_or_create(&args)?;
         // A batch counts its lines against the workspace's queue limit.
         let _admitted = limits::admit(&ws, subs.len() as u64)?;
@@ -60,6 +66,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         sub.tags = tags;
         sub.parent = parent;
         sub.params = params;
+        if let Some(n) = notify {
+            sub.extra_meta.insert(webhook::NOTIFY_KEY.into(), n);
+        }
         sub.job_type = if args.embed {
             JobType::Embed
         } else if args.stt {
@@ -110,7 +119,19 @@ pub fn run(args: Args) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The sampling flags as `params.json` (validated when the job is).
+/// `--notify`: meta.json's `notify` (`true`: the workspace's endpoints;
+/// a URL, checked here so a bad one publishes nothing).
+fn notify_of(a: &Args) -> Result<Option<serde_json::Value>> {
+    match a.notify.as_deref() {
+        None => Ok(None),
+        Some("") => Ok(Some(true.into())),
+        Some(u) => {
+            webhook::check_url(u).map_err(|e| anyhow!("--notify {e}; nothing was submitted"))?;
+            Ok(Some(u.into()))
+        }
+    }
+}
+
 /// --tag, plus `keep` with --keep (once).
 fn tags_of(a: &Args) -> Vec<String> {
     let mut tags = a.tags.clone();
@@ -120,6 +141,7 @@ fn tags_of(a: &Args) -> Vec<String> {
     tags
 }
 
+/// The sampling flags as `params.json` (validated when the job is).
 fn params_from(a: &Args) -> Params {
     Params {
         system: a.system.clone(),

@@ -629,6 +629,8 @@ async fn describe(app: &Arc<App>, rec: BatchRecord) -> Result<Value, ApiError> {
     for (k, v) in fields {
         o.insert(k.into(), v);
     }
+    // Recorded when the batch ends (events::usage); null until then.
+    o.entry("usage").or_insert(Value::Null);
     Ok(Value::Object(o))
 }
 

@@ -11,6 +11,7 @@
 //! A batch's counts come from an in-memory index of finished lines; its
 //! output and error files are made from its jobs when they are read.
 
+mod events;
 mod http;
 mod index;
 mod legacy;
@@ -224,6 +225,9 @@ fn supervise(app: Arc<App>, wake: mpsc::Receiver<()>) {
             match step {
                 Some(step) => run_step(&app, id, step),
                 None => {
+                    if let Some(hooks) = &app.cfg.webhooks {
+                        events::announce(&store.ws, &rec, hooks);
+                    }
                     settled.insert(id);
                 }
             }

@@ -16,6 +16,7 @@ use nrvna_core::limits;
 use nrvna_core::{JobId, Params, Priority, State, Workspace};
 use serde_json::{json, Map, Value};
 
+use super::events::usage;
 use super::index::LineIndex;
 use super::record::{write_bytes, write_record, BatchRecord, Dirs, MAX_REQUESTS};
 use crate::jobs::now_unix;
@@ -246,6 +247,17 @@ const ADMIT_CHUNK: u64 = 64;
 /// How often a batch waiting for room in a full queue looks again.
 const FULL_QUEUE_RETRY: std::time::Duration = std::time::Duration::from_millis(500);
 
+/// Records the token usage of a batch's finished jobs in its record (the
+/// batch object's `usage`), when it ends.
+fn record_usage(ws: &Workspace, rec: &mut BatchRecord) {
+    let Some(j) = rec.job_id() else { return };
+    let jobs: Vec<(JobId, State)> = [State::Done, State::Failed]
+        .into_iter()
+        .flat_map(|st| lines_in(ws, st, j.as_str()).into_iter().map(move |(id, _)| (id, st)))
+        .collect();
+    rec.extra.insert("usage".into(), usage(ws, &jobs));
+}
+
 /// The names in a state directory that are lines of batch `j`.
 fn lines_in(ws: &Workspace, st: State, j: &str) -> Vec<(JobId, usize)> {
     let mut v = Vec::new();
@@ -286,6 +298,7 @@ pub fn sweep(ws: &Workspace, dirs: &Dirs, id: &str) -> Result<(), String> {
     };
     rec.cancelled_at = Some(now_unix());
     rec.start_output_window(now_unix());
+    record_usage(ws, &mut rec);
     write_record(ws, dirs, &rec)?;
     tracing::info!("batch {id}: cancelled");
     Ok(())
@@ -310,6 +323,7 @@ pub fn expire(ws: &Workspace, dirs: &Dirs, id: &str) -> Result<(), String> {
     };
     rec.expired_at = Some(now_unix());
     rec.start_output_window(now_unix());
+    record_usage(ws, &mut rec);
     write_record(ws, dirs, &rec)?;
     tracing::info!("batch {id}: expired (completion window {})", rec.completion_window);
     Ok(())
@@ -389,6 +403,7 @@ pub fn finalize(ws: &Workspace, dirs: &Dirs, id: &str, index: &LineIndex) -> Res
     }
     rec.completed_at = Some(now_unix());
     rec.start_output_window(now_unix());
+    record_usage(ws, &mut rec);
     write_record(ws, dirs, &rec)?;
     tracing::info!("batch {id}: completed ({done} done, {} failed)", failed + rec.rejected);
     Ok(())
