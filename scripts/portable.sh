@@ -39,8 +39,12 @@ fi
 rm -rf "$out"
 mkdir -p "$out"
 cp "$rel"/nrvnad "$rel"/wrk "$rel"/flw "$rel"/nrvna-api "$out"/
-cp -L "$rel"/lib*.so "$out"/
-cp -L "$backends"/*.so "$out"/
+# libllama, libggml, libggml-base, libmtmd, libllama-common with their
+# version links, then the kernels; without debug sections (the release
+# profile keeps line tables for backtraces in development builds).
+cp -P "$(dirname "$backends")"/lib/lib*.so* "$out"/
+cp "$backends"/*.so "$out"/
+strip --strip-debug "$out"/nrvnad "$out"/wrk "$out"/flw "$out"/nrvna-api
 echo "portable build in $out:" >&2
 ls "$out" >&2
 echo "$out"
