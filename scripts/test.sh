@@ -11,7 +11,7 @@
 # missing); elsewhere it says that they did not run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --tests
 scripts/fetch-model.sh
 # The tests look for the environment there (see scripts/pyenv.sh).
 NRVNA_TEST_PYENV=$(scripts/pyenv.sh)
