@@ -42,8 +42,8 @@ pub async fn check(AxState(app): AxState<Arc<App>>, req: Request, next: Next) ->
         .code("cors_refused"))
     } else if for_dashboard(&req) {
         return match dashboard(&app, &req) {
-            Ok(()) => next.run(req).await,
-            Err(r) => r,
+            None => next.run(req).await,
+            Some(refused) => refused,
         };
     } else {
         // `--metrics-public`: a Prometheus that holds no key scrapes /metrics.
@@ -189,7 +189,20 @@ fn json_body(req: &Request) -> Result<(), ApiError> {
 /// Requests for the dashboard: /ui and below, and `/` from a browser.
 fn for_dashboard(req: &Request) -> bool {
     let p = req.uri().path();
-    p == "/ui" || p.starts_with("/ui/") || (p == "/" && crate::ui::accepts_html(req.headers()))
+    p == "/ui" || p.starts_with("/ui/") || (p == "/" && accepts_html(req.headers()))
+}
+
+/// Whether the request's Accept names text/html (what browsers send for
+/// a page).
+pub fn accepts_html(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().to_ascii_lowercase().starts_with("text/html"))
+        })
 }
 
 /// The login form and the assets it uses need no session.
@@ -200,23 +213,30 @@ fn open_to_all(path: &str) -> bool {
 /// With a key: a live session (else the login form, or 401 for data);
 /// without one: the loopback rule of the API. POSTs (login, logout,
 /// cancel, resubmit, submit) must also come from the dashboard's own
-/// pages (the cookie is `SameSite=Strict` too).
-fn dashboard(app: &App, req: &Request) -> Result<(), Response> {
+/// pages (the cookie is `SameSite=Strict` too). `None`: let it through;
+/// else the answer that refuses it.
+fn dashboard(app: &App, req: &Request) -> Option<Response> {
     let path = req.uri().path();
     if req.method() == Method::POST {
-        same_origin(req.headers()).map_err(IntoResponse::into_response)?;
+        if let Err(e) = same_origin(req.headers()) {
+            return Some(e.into_response());
+        }
     }
     match &app.cfg.api_key {
-        None => loopback_only(req.headers(), req.uri()).map_err(IntoResponse::into_response),
-        Some(_) if open_to_all(path) || app.ui.sessions.valid(req.headers()) => Ok(()),
-        Some(_) if path.starts_with("/ui/api/") => Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_request_error",
-            "the dashboard's session is missing or expired: log in again at /ui/login",
-        )
-        .code("invalid_session")
-        .into_response()),
-        Some(_) => Err(axum::response::Redirect::to("/ui/login").into_response()),
+        None => loopback_only(req.headers(), req.uri())
+            .err()
+            .map(IntoResponse::into_response),
+        Some(_) if open_to_all(path) || app.ui.sessions.valid(req.headers()) => None,
+        Some(_) if path.starts_with("/ui/api/") => Some(
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "the dashboard's session is missing or expired: log in again at /ui/login",
+            )
+            .code("invalid_session")
+            .into_response(),
+        ),
+        Some(_) => Some(axum::response::Redirect::to("/ui/login").into_response()),
     }
 }
 
@@ -293,6 +313,19 @@ mod tests {
         for no in ["Basic k", "Bearer", "Bearerk", "Bearer kk", "k"] {
             assert!(bearer(&h(no), "k").is_err(), "{no:?}");
         }
+    }
+
+    #[test]
+    fn only_html_accepting_clients_are_browsers() {
+        let mut h = HeaderMap::new();
+        assert!(!accepts_html(&h));
+        h.insert(header::ACCEPT, "application/json".parse().unwrap());
+        assert!(!accepts_html(&h));
+        h.insert(
+            header::ACCEPT,
+            "text/html,application/xhtml+xml,*/*;q=0.8".parse().unwrap(),
+        );
+        assert!(accepts_html(&h));
     }
 
     #[test]

@@ -11,23 +11,13 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use common::*;
 use serde_json::{json, Value};
-
-fn fixture(rel: &str) -> PathBuf {
-    let p = repo_root().join("models/fixtures").join(rel);
-    assert!(
-        p.is_file(),
-        "fixture missing: run scripts/fixtures.sh (expected {})",
-        p.display()
-    );
-    p
-}
 
 /// `nrvnad MODEL WS ARGS..`, ready; generation kept short for the
 /// random-weight fixtures.

@@ -26,26 +26,6 @@ use serde_json::Value;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-fn fixture(rel: &str) -> PathBuf {
-    let p = repo_root().join("models/fixtures").join(rel);
-    assert!(
-        p.is_file(),
-        "fixture missing: run scripts/fixtures.sh (expected {})",
-        p.display()
-    );
-    p
-}
-
-fn tool(name: &str) -> PathBuf {
-    let p = api_bin().with_file_name(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: run `cargo build --release -p {name}`",
-        p.display()
-    );
-    p
-}
-
 /// The Python environment with playwright, and chromium: both must be
 /// there (this test fails, it does not skip, when they are not).
 fn browser_python() -> PathBuf {

@@ -20,7 +20,7 @@ use nrvna_core::{JobId, JobType, JobView, Params, Priority, State, Submission};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::index::{read_prefix, submitted_unix, Filter, MAX_PAGE};
+use super::index::{read_params, read_prefix, read_type, submitted_unix, Filter, MAX_PAGE};
 use crate::error::ApiError;
 use crate::App;
 
@@ -111,22 +111,15 @@ pub async fn job(AxState(app): AxState<Arc<App>>, AxPath(id): AxPath<String>) ->
 }
 
 fn text_file(dir: &Path, name: &str) -> Option<String> {
-    read_prefix(&dir.join(name), MAX_SHOWN as usize).map(String::from)
+    read_prefix(&dir.join(name), MAX_SHOWN as usize)
 }
 
 fn describe(app: &App, id: &JobId) -> Result<Value, ApiError> {
     let mut job = find(app, id)?;
     let meta = job.meta_following(&app.jobs.ws).ok().flatten();
     let dir = job.dir.clone();
-    let params = read_optional(&dir.join(PARAMS_FILE), 1 << 20)
-        .ok()
-        .flatten()
-        .and_then(|b| Params::parse_lenient(&b).ok())
-        .map(|(p, _)| p)
-        .unwrap_or_default();
-    let job_type = text_file(&dir, TYPE_FILE)
-        .and_then(|t| JobType::parse(t.trim()))
-        .unwrap_or(JobType::Text);
+    let params = read_params(&dir);
+    let job_type = read_type(&dir);
     let mut params_map = params.to_map();
     params_map.remove("system");
     let mut v = json!({

@@ -126,23 +126,10 @@ async fn page(AxState(app): AxState<Arc<App>>) -> Response {
 /// `/`: a browser (it accepts text/html) is sent to the dashboard; any
 /// other client gets what it got before the dashboard existed.
 pub async fn root(headers: HeaderMap) -> Response {
-    if accepts_html(&headers) {
+    if crate::guard::accepts_html(&headers) {
         return Redirect::to("/ui").into_response();
     }
     ApiError::not_found("no such endpoint; see nrvna-api --help for the endpoints served").into_response()
-}
-
-/// Whether the request's Accept names text/html (what browsers send for
-/// a page).
-pub fn accepts_html(headers: &HeaderMap) -> bool {
-    headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| {
-            v.split(',')
-                .any(|t| t.trim().to_ascii_lowercase().starts_with("text/html"))
-        })
 }
 
 /// The login form, with a fixed error line or none.
@@ -242,19 +229,6 @@ mod tests {
         assert_eq!(form_value(b"key=", "key").as_deref(), Some(""));
         assert_eq!(form_value(b"key=%zz", "key"), None);
         assert_eq!(form_value(b"other=1", "key"), None);
-    }
-
-    #[test]
-    fn only_html_accepting_clients_are_browsers() {
-        let mut h = HeaderMap::new();
-        assert!(!accepts_html(&h));
-        h.insert(header::ACCEPT, "application/json".parse().unwrap());
-        assert!(!accepts_html(&h));
-        h.insert(
-            header::ACCEPT,
-            "text/html,application/xhtml+xml,*/*;q=0.8".parse().unwrap(),
-        );
-        assert!(accepts_html(&h));
     }
 
     #[test]

@@ -97,7 +97,7 @@ impl Sampler {
             loop {
                 tick.tick().await;
                 me.sample(&activity, Instant::now(), unix_now());
-                if n % RATE_EVERY == 0 {
+                if n.is_multiple_of(RATE_EVERY) {
                     let ws = ws.clone();
                     let rate = tokio::task::spawn_blocking(move || {
                         nrvna_core::standing::recent_rate(&ws, SystemTime::now()).jobs_per_s()
