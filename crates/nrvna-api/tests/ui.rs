@@ -26,6 +26,21 @@ use serde_json::Value;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
+/// The screenshots the browser test writes to target/ui-screens/.
+const PAGES: [&str; 11] = [
+    "login",
+    "overview",
+    "jobs",
+    "job-done",
+    "job-cancelled",
+    "job-failed-untrusted",
+    "job-vision",
+    "job-tts",
+    "job-embed",
+    "batches",
+    "submit",
+];
+
 /// The Python environment with playwright, and chromium: both must be
 /// there (this test fails, it does not skip, when they are not).
 fn browser_python() -> PathBuf {
@@ -179,6 +194,10 @@ fn the_dashboard_in_a_real_browser_on_the_real_model() {
     let (_tts_api, tts_base) = start(tts_cmd);
 
     let (_api, base) = start_api(&ws_path);
+    // Those of an earlier run must not pass for this one's.
+    for name in PAGES {
+        let _ = std::fs::remove_file(screens().join(format!("{name}.png")));
+    }
     let argv = serde_json::json!([nrvnad_bin(), model, ws_path, "--workers", "2", "--mmproj", vision]);
     browser(
         "main",
@@ -194,18 +213,7 @@ fn the_dashboard_in_a_real_browser_on_the_real_model() {
             ("NRVNA_TTS_BASE", tts_base),
         ],
     );
-    for name in [
-        "login",
-        "overview",
-        "jobs",
-        "job-done",
-        "job-cancelled",
-        "job-failed-untrusted",
-        "job-vision",
-        "job-tts",
-        "batches",
-        "submit",
-    ] {
+    for name in PAGES {
         let p = screens().join(format!("{name}.png"));
         assert!(
             p.metadata().is_ok_and(|m| m.len() > 1000),

@@ -178,13 +178,14 @@ fn describe(app: &App, id: &JobId) -> Result<Value, ApiError> {
     Ok(v)
 }
 
-/// An embedding file's numbers: a flat array, or the first of an array
-/// of arrays.
+/// An embedding file's numbers: nrvnad's `{"dim": N, "vector": [...]}`,
+/// or (other writers) a flat array, the first of an array of arrays, or
+/// `{"embedding": [...]}`.
 fn embedding_values(e: &Value) -> Option<Vec<f64>> {
     let arr = match e {
         Value::Array(a) if a.first().is_some_and(Value::is_array) => a.first()?.as_array()?,
         Value::Array(a) => a,
-        Value::Object(o) => o.get("embedding")?.as_array()?,
+        Value::Object(o) => o.get("vector").or_else(|| o.get("embedding"))?.as_array()?,
         _ => return None,
     };
     arr.iter().map(Value::as_f64).collect()
@@ -514,5 +515,9 @@ mod tests {
         assert_eq!(sparkline(&[1.0, 2.0]), [1.0, 2.0]);
         assert_eq!(embedding_values(&json!([[0.5, 1]])), Some(vec![0.5, 1.0]));
         assert_eq!(embedding_values(&json!({"embedding": [2]})), Some(vec![2.0]));
+        assert_eq!(
+            embedding_values(&json!({"dim": 2, "vector": [0.25, -1]})),
+            Some(vec![0.25, -1.0])
+        );
     }
 }

@@ -37,7 +37,11 @@ def watch(page, allowed=()):
     """Collects console errors (except those matching `allowed`) and page errors."""
 
     def on_console(m):
-        if m.type == "error" and not any(a in m.text for a in allowed):
+        if m.type != "error":
+            return
+        if any(a in m.text for a in allowed):
+            log(f"console error expected on {page.url}: {m.text}")
+        else:
             problems.append(f"console error on {page.url}: {m.text}")
 
     page.on("console", on_console)
@@ -245,6 +249,26 @@ def with_daemon(ctx, page, ws):
     assert r.ok and r.headers["content-type"] == "image/png", r.headers
     shot(page, "job-vision")
 
+    # An embedding from the form: its dimension and sparkline.
+    page.goto(BASE + "/ui/submit")
+    ready(page)
+    page.fill("textarea[name=prompt]", "an embedding of this sentence")
+    page.select_option("select[name=type]", "embed")
+    page.click("#submit-button")
+    page.wait_for_url(BASE + "/ui/job/*")
+    ready(page)
+    wait_until("the embed job to finish", lambda: job_state(page) == "done" and page.query_selector("#embedding-dim"), timeout=300)
+    dim = int(page.text_content("#embedding-dim").split()[-1])
+    assert dim > 0 and page.query_selector("#sparkline polyline"), dim
+    shot(page, "job-embed")
+
+    # A wrk --batch batch's downloads: its done jobs, and its failed ones.
+    out = page.request.get(BASE + "/ui/api/tag/batch_1?part=output")
+    rows = [json.loads(line) for line in out.text().splitlines()]
+    assert out.ok and [r["status"] for r in rows] == ["done", "done"], out.text()
+    errs = page.request.get(BASE + "/ui/api/tag/batch_1?part=errors").text().splitlines()
+    assert len(errs) == 1 and json.loads(errs[0])["error"] == "context overflow", errs
+
     # The list, the batches, one more look at a job.
     page.goto(BASE + "/ui/jobs")
     ready(page)
@@ -285,6 +309,9 @@ def bigjobs_scenario(browser):
 
 def run():
     os.makedirs(SCREENS, exist_ok=True)
+    for name in os.listdir(SCREENS):  # an earlier run's, which would mislead
+        if name.startswith("failure-"):
+            os.remove(os.path.join(SCREENS, name))
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
