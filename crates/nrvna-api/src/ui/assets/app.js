@@ -152,9 +152,9 @@ function jobs() {
     const table = el("table", { id: "jobs" },
       el("tr", {}, ["id", "state", "type", "priority", "model", "tags", "submitted", "prompt"].map((h) => el("th", {}, h))),
       v.rows.map((r) => el("tr", { "data-id": r.id },
-        el("td", {}, jobLink(r.id)), el("td", {}, stateBadge(r.state)), el("td", {}, r.type || "—"),
+        el("td", { class: "id" }, jobLink(r.id)), el("td", {}, stateBadge(r.state)), el("td", {}, r.type || "—"),
         el("td", {}, r.priority || "—"), el("td", {}, r.model || "—"), el("td", {}, (r.tags || []).join(", ")),
-        el("td", {}, when(r.submitted)), el("td", { class: "prompt", title: r.prompt || "" }, r.prompt || ""))));
+        el("td", { class: "when" }, when(r.submitted)), el("td", { class: "prompt", title: r.prompt || "" }, r.prompt || ""))));
     const note = v.read < v.total ? ` (indexing: ${v.read} of ${v.total} jobs read; filters other than state see those)` : "";
     out.replaceChildren(
       el("p", { class: "muted", id: "jobs-count" }, `${v.matched} matching of ${v.total} jobs${note}`),
