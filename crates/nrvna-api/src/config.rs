@@ -32,6 +32,14 @@ Webhooks (--webhook URL, NRVNA_WEBHOOK_SECRET=whsec_...): batch.completed|failed
 response.completed|failed|cancelled|incomplete (background responses) and job.done|failed (jobs
 of `wrk --notify`), signed as Standard Webhooks (webhook-id, webhook-timestamp, webhook-signature),
 kept in WS/.nrvna-webhooks/outbox/ until delivered (then sent/; out of retries: dead/).
+Dashboard (a browser; `/` sends browsers there, other clients get what they got before):
+  GET /ui  overview (live over SSE)   GET /ui/jobs  filterable list   GET /ui/job/{id}  one job
+  GET /ui/batches   GET /ui/submit    GET|POST /ui/login   POST /ui/logout
+  /ui/api/...  the pages' data (JSON, SSE), behind the same login
+With an API key, the login form takes the key and sets a session cookie (HttpOnly,
+SameSite=Strict, Path=/ui; not Secure, since the gateway speaks plain HTTP); the bearer key
+does not open /ui, and the cookie opens nothing else. Without a key (loopback only) the
+dashboard needs no login. Its POSTs must carry the gateway's own Origin.
 
 Security (loopback without a key): every request's Host must be a loopback name or address
 (localhost, 127.0.0.0/8, [::1], any port), and a request carrying a non-loopback Origin or

@@ -3,6 +3,10 @@
 //! no cross-site `Origin`, so that a web page cannot drive it even with DNS
 //! rebinding. Always: JSON endpoints take `application/json` only, and no
 //! CORS is granted (preflights are refused).
+//!
+//! The dashboard (`/ui`, and `/` asked for by a browser) has its own rule,
+//! at the end of this file: a session cookie from its login form instead
+//! of the bearer key, and its own Origin on every POST.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -37,6 +41,11 @@ pub async fn check(AxState(app): AxState<Arc<App>>, req: Request, next: Next) ->
              not from a web page",
         )
         .code("cors_refused"))
+    } else if for_dashboard(&req) {
+        return match dashboard(&app, &req) {
+            None => next.run(req).await,
+            Some(refused) => refused,
+        };
     } else {
         // `--metrics-public`: a Prometheus that holds no key scrapes /metrics.
         let public = app.cfg.metrics_public && req.uri().path() == "/metrics";
@@ -176,6 +185,92 @@ fn json_body(req: &Request) -> Result<(), ApiError> {
     .code("unsupported_media_type"))
 }
 
+// ---- The dashboard (/ui): a login session instead of the bearer key ----
+
+/// Requests for the dashboard: /ui and below, and `/` from a browser.
+fn for_dashboard(req: &Request) -> bool {
+    let p = req.uri().path();
+    p == "/ui" || p.starts_with("/ui/") || (p == "/" && accepts_html(req.headers()))
+}
+
+/// Whether the request's Accept names text/html (what browsers send for
+/// a page).
+pub fn accepts_html(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| {
+            v.split(',')
+                .any(|t| t.trim().to_ascii_lowercase().starts_with("text/html"))
+        })
+}
+
+/// The login form and the assets it uses need no session.
+fn open_to_all(path: &str) -> bool {
+    path == "/ui/login" || path.starts_with("/ui/assets/")
+}
+
+/// With a key: a live session (else the login form, or 401 for data);
+/// without one: the loopback rule of the API. POSTs (login, logout,
+/// cancel, resubmit, submit) must also come from the dashboard's own
+/// pages (the cookie is `SameSite=Strict` too). `None`: let it through;
+/// else the answer that refuses it.
+fn dashboard(app: &App, req: &Request) -> Option<Response> {
+    let path = req.uri().path();
+    if req.method() == Method::POST {
+        if let Err(e) = same_origin(req.headers()) {
+            return Some(e.into_response());
+        }
+    }
+    match &app.cfg.api_key {
+        None => loopback_only(req.headers(), req.uri())
+            .err()
+            .map(IntoResponse::into_response),
+        Some(_) if open_to_all(path) || app.ui.sessions.valid(req.headers()) => None,
+        Some(_) if path.starts_with("/ui/api/") => Some(
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_request_error",
+                "the dashboard's session is missing or expired: log in again at /ui/login",
+            )
+            .code("invalid_session")
+            .into_response(),
+        ),
+        Some(_) => Some(axum::response::Redirect::to("/ui/login").into_response()),
+    }
+}
+
+/// `Origin` is present and names the host the request was sent to.
+fn same_origin(headers: &HeaderMap) -> Result<(), ApiError> {
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    let same = match (host, origin) {
+        (Some(host), Some(origin)) => origin.parse::<Uri>().ok().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.authority().is_some_and(|a| a.as_str().eq_ignore_ascii_case(host))
+        }),
+        _ => false,
+    };
+    if same {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::FORBIDDEN,
+        "invalid_request_error",
+        format!(
+            "the dashboard takes POSTs from its own pages only: Origin {origin:?} is not this gateway ({host:?}); \
+             use the dashboard's buttons, or the API with the key"
+        ),
+    )
+    .code("cross_origin"))
+}
+
+/// The login form's key check (constant time, like the bearer's).
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    same(a, b)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -218,6 +313,40 @@ mod tests {
         }
         for no in ["Basic k", "Bearer", "Bearerk", "Bearer kk", "k"] {
             assert!(bearer(&h(no), "k").is_err(), "{no:?}");
+        }
+    }
+
+    #[test]
+    fn only_html_accepting_clients_are_browsers() {
+        let mut h = HeaderMap::new();
+        assert!(!accepts_html(&h));
+        h.insert(header::ACCEPT, "application/json".parse().unwrap());
+        assert!(!accepts_html(&h));
+        h.insert(
+            header::ACCEPT,
+            "text/html,application/xhtml+xml,*/*;q=0.8".parse().unwrap(),
+        );
+        assert!(accepts_html(&h));
+    }
+
+    #[test]
+    fn dashboard_posts_need_their_own_origin() {
+        let h = |host: &str, origin: Option<&str>| {
+            let mut m = HeaderMap::new();
+            m.insert(header::HOST, host.parse().unwrap());
+            if let Some(o) = origin {
+                m.insert(header::ORIGIN, o.parse().unwrap());
+            }
+            m
+        };
+        assert!(same_origin(&h("127.0.0.1:8080", Some("http://127.0.0.1:8080"))).is_ok());
+        for (host, origin) in [
+            ("127.0.0.1:8080", None),
+            ("127.0.0.1:8080", Some("http://127.0.0.1:9090")),
+            ("127.0.0.1:8080", Some("http://evil.example")),
+            ("127.0.0.1:8080", Some("null")),
+        ] {
+            assert!(same_origin(&h(host, origin)).is_err(), "{origin:?}");
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod openai;
 pub mod responses;
 pub mod serve;
 pub mod sessions;
+pub mod ui;
 
 use std::io::Write;
 use std::path::Path;
@@ -40,6 +41,8 @@ pub struct App {
     pub store: batches::Store,
     /// What `/metrics` reports: requests, and the workspace's jobs by state.
     pub metrics: Arc<metrics::Metrics>,
+    /// The dashboard's job index, chart samples and login sessions.
+    pub ui: Arc<ui::Ui>,
 }
 
 impl App {
@@ -56,7 +59,10 @@ impl App {
             .with_context(|| format!("creating {}/api/ for batches and files", ws.root().display()))?;
         let metrics = metrics::Metrics::new(&ws)
             .with_context(|| format!("watching {} for the job counts of /metrics", ws.root().display()))?;
+        let ui =
+            ui::Ui::open(&ws).with_context(|| format!("indexing {} for the dashboard at /ui", ws.root().display()))?;
         Ok(Arc::new(App {
+            ui,
             jobs: jobs::Jobs::new(ws),
             store,
             metrics,
@@ -91,6 +97,8 @@ pub fn router(app: Arc<App>, sessions: &sessions::Sessions) -> Router {
         .route("/v1/responses/{id}/cancel", post(responses::cancel))
         .route("/v1/responses/{id}/input_items", get(responses::input_items))
         .nest_service("/mcp", sessions.service(app.clone()))
+        .route("/", get(ui::root))
+        .merge(ui::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint; see nrvna-api --help for the endpoints served") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -146,6 +154,7 @@ pub async fn run(cfg: Config) -> Result<()> {
     check_writable(&app.jobs.ws)?;
     error::redact_workspace(app.jobs.ws.root());
     batches::start(app.clone()).context("starting the background work on batches")?;
+    app.ui.start(app.jobs.ws.clone());
     if let Some(hooks) = &app.cfg.webhooks {
         nrvna_hooks::start(&app.jobs.ws, hooks.clone()).context("starting webhook delivery")?;
     }

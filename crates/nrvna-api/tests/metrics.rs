@@ -73,16 +73,6 @@ fn python_prom() -> PathBuf {
     py
 }
 
-fn tool(name: &str) -> PathBuf {
-    let p = api_bin().with_file_name(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: run `cargo build --release --workspace`",
-        p.display()
-    );
-    p
-}
-
 /// (queued, running, done, failed) from `flw WS --json`.
 fn flw_counts(ws: &Path) -> [u64; 4] {
     let out = clean(&mut Command::new(tool("flw")))

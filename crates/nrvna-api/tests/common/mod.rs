@@ -30,6 +30,28 @@ pub fn model() -> PathBuf {
     p
 }
 
+/// A media fixture under models/fixtures (scripts/fixtures.sh makes them).
+pub fn fixture(rel: &str) -> PathBuf {
+    let p = repo_root().join("models/fixtures").join(rel);
+    assert!(
+        p.is_file(),
+        "fixture missing: run scripts/fixtures.sh (expected {})",
+        p.display()
+    );
+    p
+}
+
+/// Another release binary of the workspace (flw, wrk), beside nrvna-api.
+pub fn tool(name: &str) -> PathBuf {
+    let p = api_bin().with_file_name(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: run `cargo build --release --workspace`",
+        p.display()
+    );
+    p
+}
+
 pub fn api_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_nrvna-api"))
 }
