@@ -333,17 +333,6 @@ pub fn get(base: &str, path: &str) -> Reply {
     .expect("a reply")
 }
 
-/// A fixture of models/fixtures (made by scripts/fixtures.sh).
-pub fn fixture(rel: &str) -> PathBuf {
-    let p = repo_root().join("models/fixtures").join(rel);
-    assert!(
-        p.is_file(),
-        "fixture missing: run scripts/fixtures.sh (expected {})",
-        p.display()
-    );
-    p
-}
-
 /// How many jobs the workspace holds, in every state.
 pub fn jobs_in(ws: &Path) -> usize {
     ["input/writing", "input/ready", "processing", "output", "failed"]
