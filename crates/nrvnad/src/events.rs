@@ -9,8 +9,13 @@ pub enum Event {
     Signal,
     /// The Scanner finished a pass over `input/ready/`.
     Scanned,
-    /// A worker finished with a job (whatever the outcome).
+    /// A worker finished with a job (whatever the outcome); sent before the
+    /// pool counts the worker free, so a drain that finds the pool idle has
+    /// every ended job counted.
     JobEnded { failed: bool },
+    /// A worker was counted free in the pool after a job (wakes a drain
+    /// to look at the pool again).
+    Freed,
     /// A worker met an engine fault.
     Fault(String),
     /// A worker thread ended.

@@ -669,7 +669,7 @@ fn wait_for_end(
                 done += 1;
                 failures += u64::from(failed);
             }
-            Event::WorkerExited | Event::Lease | Event::Models => {}
+            Event::WorkerExited | Event::Lease | Event::Models | Event::Freed => {}
         }
         tick();
         if let Some(b) = &bar {

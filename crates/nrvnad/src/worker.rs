@@ -108,16 +108,24 @@ impl Worker {
                 // Keep the id pending so the Scanner stops offering it.
                 busy.park = true;
             }
-            drop(busy);
-            match outcome {
+            // The job's end is told before the pool counts this worker
+            // free: a drain that sees the pool idle has counted it (a failure
+            // sent after could be missed, and the drain exit 0).
+            let fault = match outcome {
                 Outcome::Fault(why) => {
                     let _ = self.events.send(Event::Fault(why));
-                    break;
+                    true
                 }
                 o => {
                     let _ = self.events.send(Event::JobEnded { failed: o.is_failure() });
+                    false
                 }
+            };
+            drop(busy);
+            if fault {
+                break;
             }
+            let _ = self.events.send(Event::Freed);
         }
     }
 
