@@ -145,8 +145,8 @@ pub fn start_daemon_with(model: &Path, ws: &Path, args: &[&str], env: &[(&str, &
         .expect("spawning nrvnad");
     let p = Proc { child };
     assert!(
-        wait_for(Duration::from_secs(60), || ws.join(".nrvnad.ready").exists()),
-        "nrvnad {args:?} did not become ready within 60 s"
+        wait_for(Duration::from_secs(120), || ws.join(".nrvnad.ready").exists()),
+        "nrvnad {args:?} did not become ready within 120 s"
     );
     p
 }

@@ -214,10 +214,15 @@ def with_daemon(ctx, page, ws):
     # Overview counts equal flw WS --json while jobs run.
     page.goto(BASE + "/ui")
     ready(page)
-    for i in range(4):
+    # Long jobs (up to 160 tokens each, more than the daemon's 2 workers
+    # take at once), so that the counts stand still for seconds while
+    # the queue is busy: with short ones they changed faster than a
+    # comparison could see them equal.
+    for i in range(5):
         page.evaluate(
             "(i) => fetch('/ui/api/submit', {method: 'POST', headers: {'Content-Type': 'application/json'},"
-            " body: JSON.stringify({prompt: 'Count from one to ten. ' + i, max_tokens: 16})})",
+            " body: JSON.stringify({prompt: 'Count from one to two hundred, one number a line. ' + i,"
+            " max_tokens: 160})})",
             i,
         )
 
