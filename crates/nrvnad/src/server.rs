@@ -695,8 +695,27 @@ fn wait_for_end(
             }
             // A full scan began after the pool went idle and found nothing new.
             Some((s, _)) if scans >= s + 2 => {
-                tracing::info!("drain: the queue is idle");
-                return End::Idle { failures };
+                // The events read so far may be older than the pool's idle
+                // state: a job that ended since has its JobEnded waiting in
+                // the channel (a worker sends it before the pool counts the
+                // job finished). Take them before deciding.
+                while let Ok(ev) = events.try_recv() {
+                    match ev {
+                        Event::Signal => return End::Signal,
+                        Event::Fault(why) => return End::Fault(why),
+                        Event::JobEnded { failed } => {
+                            done += 1;
+                            failures += u64::from(failed);
+                        }
+                        Event::Scanned => scans += 1,
+                        Event::WorkerExited | Event::Lease | Event::Models | Event::Freed => {}
+                    }
+                }
+                if pool.idle() && !unsettled() {
+                    tracing::info!("drain: the queue is idle");
+                    return End::Idle { failures };
+                }
+                idle_since = None;
             }
             // Ask for the second scan now rather than at the next tick.
             Some((s, false)) if scans == s + 1 => {
