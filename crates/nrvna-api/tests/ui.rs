@@ -262,12 +262,15 @@ fn dashboard_access_rules_over_http() {
         .contains("script-src 'self'"));
     assert_eq!(login.header("x-content-type-options"), Some("nosniff"));
 
-    // Login: a wrong key is 401 with the form; without our Origin it is 403; the right key sets the cookie.
+    // Login: a wrong key gets the form again with the reason and no cookie;
+    // without our Origin it is 403; the right key sets the cookie.
     let form = |key: &str| format!("key={key}").into_bytes();
     let ct = "Content-Type: application/x-www-form-urlencoded";
     let wrong = plain(&base, "POST", "/ui/login", &[ct, &origin], Some(&form("nope")));
-    assert_eq!(wrong.status, 401);
-    assert!(wrong.text().contains("<form") && !wrong.text().contains("nope"));
+    assert_eq!(wrong.status, 200);
+    assert!(wrong.header("set-cookie").is_none(), "no session for a wrong key");
+    assert!(wrong.text().contains("<form") && wrong.text().contains("not the gateway's API key"));
+    assert!(!wrong.text().contains("nope"), "the typed key is not echoed");
     let cross = plain(
         &base,
         "POST",

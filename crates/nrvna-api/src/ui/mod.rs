@@ -146,7 +146,9 @@ async fn login_form(AxState(app): AxState<Arc<App>>) -> Response {
 }
 
 /// `POST /ui/login` (a form: `key=...`): the right key gets a session
-/// cookie and goes to the overview; a wrong one gets the form again (401).
+/// cookie and goes to the overview; a wrong one gets the form again with
+/// the reason and no cookie (200, as login forms answer: an error status
+/// would put a console error in the browser for an ordinary typo).
 async fn login(AxState(app): AxState<Arc<App>>, body: axum::body::Bytes) -> Response {
     let Some(want) = &app.cfg.api_key else {
         return Redirect::to("/ui").into_response();
@@ -155,7 +157,7 @@ async fn login(AxState(app): AxState<Arc<App>>, body: axum::body::Bytes) -> Resp
     if !crate::guard::same_secret(given.as_bytes(), want.as_bytes()) {
         tracing::info!("dashboard: a login with a wrong key was refused");
         return login_page(
-            StatusCode::UNAUTHORIZED,
+            StatusCode::OK,
             "That key is not the gateway's API key (NRVNA_API_KEY). Try again.",
         );
     }
