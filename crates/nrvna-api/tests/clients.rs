@@ -13,36 +13,21 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Instant;
 
 use common::*;
 
 /// Runs a Python scenario; panics with its output when it fails.
 fn py(python: &Path, base: &str, ws: &Path, args: &[&str]) -> String {
-    let t0 = Instant::now();
-    let out = Command::new(python)
-        .args(args)
-        .current_dir(repo_root().join("crates/nrvna-api/tests/py"))
-        .env("NRVNA_API_BASE", format!("{base}/v1"))
-        .env("NRVNA_API_KEY", KEY)
-        .env("NRVNA_MODEL", MODEL_ID)
-        .env("NRVNA_WS", ws)
-        .env("NRVNA_LOG_LEVEL", "warn")
-        .output()
-        .expect("running python");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "python {args:?} failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-    eprintln!(
-        "{args:?} passed in {:.1}s: {}",
-        t0.elapsed().as_secs_f64(),
-        stdout.trim()
-    );
-    stdout
+    run_py(
+        Command::new(python)
+            .args(args)
+            .env("NRVNA_API_BASE", format!("{base}/v1"))
+            .env("NRVNA_API_KEY", KEY)
+            .env("NRVNA_MODEL", MODEL_ID)
+            .env("NRVNA_WS", ws)
+            .env("NRVNA_LOG_LEVEL", "warn"),
+        &format!("python {args:?}"),
+    )
 }
 
 #[test]

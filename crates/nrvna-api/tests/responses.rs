@@ -13,7 +13,7 @@ mod common;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -21,31 +21,17 @@ use serde_json::{json, Value};
 /// Runs a scenario of responses_client.py; panics with its output when it
 /// fails; returns its stdout.
 fn py(base: &str, ws: &Path, args: &[&str]) -> String {
-    let t0 = Instant::now();
-    let out = Command::new(python())
-        .arg("responses_client.py")
-        .args(args)
-        .current_dir(repo_root().join("crates/nrvna-api/tests/py"))
-        .env("NRVNA_API_BASE", format!("{base}/v1"))
-        .env("NRVNA_API_KEY", KEY)
-        .env("NRVNA_MODEL", MODEL_ID)
-        .env("NRVNA_WS", ws)
-        .env("NRVNA_PICTURE", fixture("picture.png"))
-        .output()
-        .expect("running python");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "responses_client.py {args:?} failed ({:?})\nstdout:\n{stdout}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!(
-        "{args:?} passed in {:.1}s: {}",
-        t0.elapsed().as_secs_f64(),
-        stdout.trim()
-    );
-    stdout
+    run_py(
+        Command::new(python())
+            .arg("responses_client.py")
+            .args(args)
+            .env("NRVNA_API_BASE", format!("{base}/v1"))
+            .env("NRVNA_API_KEY", KEY)
+            .env("NRVNA_MODEL", MODEL_ID)
+            .env("NRVNA_WS", ws)
+            .env("NRVNA_PICTURE", fixture("picture.png")),
+        &format!("responses_client.py {args:?}"),
+    )
 }
 
 #[test]

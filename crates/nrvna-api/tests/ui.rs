@@ -72,24 +72,14 @@ fn screens() -> PathBuf {
 /// Runs a scenario of ui_browser.py; panics with its output when it fails;
 /// returns its stdout.
 fn browser(scenario: &str, env: &[(&str, String)]) -> String {
-    let t0 = Instant::now();
-    let out = Command::new(browser_python())
-        .args(["ui_browser.py", scenario])
-        .current_dir(repo_root().join("crates/nrvna-api/tests/py"))
-        .env("NRVNA_SCREENS", screens())
-        .env("NRVNA_CHROMIUM", CHROMIUM)
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .output()
-        .expect("running python");
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "ui_browser.py {scenario} failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
-    );
-    eprintln!("{scenario} passed in {:.1}s\n{stderr}", t0.elapsed().as_secs_f64());
-    stdout
+    run_py(
+        Command::new(browser_python())
+            .args(["ui_browser.py", scenario])
+            .env("NRVNA_SCREENS", screens())
+            .env("NRVNA_CHROMIUM", CHROMIUM)
+            .envs(env.iter().map(|(k, v)| (k, v))),
+        &format!("ui_browser.py {scenario}"),
+    )
 }
 
 fn no_fsync(root: &Path) -> Workspace {

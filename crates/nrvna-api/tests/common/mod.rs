@@ -340,3 +340,27 @@ pub fn jobs_in(ws: &Path) -> usize {
         .map(|d| std::fs::read_dir(ws.join(d)).map(|r| r.count()).unwrap_or(0))
         .sum()
 }
+
+/// Runs a Python scenario from tests/py (`cmd` holds the interpreter, the
+/// script and its arguments and environment); panics with its output when it
+/// fails, naming it `what`; returns its stdout.
+pub fn run_py(cmd: &mut Command, what: &str) -> String {
+    let t0 = Instant::now();
+    let out = cmd
+        .current_dir(repo_root().join("crates/nrvna-api/tests/py"))
+        .output()
+        .expect("running python");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?})\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+    eprintln!(
+        "{what} passed in {:.1}s: {}\n{stderr}",
+        t0.elapsed().as_secs_f64(),
+        stdout.trim()
+    );
+    stdout
+}
