@@ -13,11 +13,16 @@ use std::path::Path;
 /// directory (a job may arrive holding anything under them).
 pub fn clear_entry(dir: &Path, name: &str) -> io::Result<()> {
     let p = dir.join(name);
-    match fs::symlink_metadata(&p) {
+    let removed = match fs::symlink_metadata(&p) {
         Ok(m) if m.file_type().is_dir() => fs::remove_dir_all(&p),
         Ok(_) => fs::remove_file(&p),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e),
+    };
+    match removed {
+        // Gone already, or renamed away by its writer between the look and
+        // the removal: either way nothing is left under the name.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
     }
 }
 

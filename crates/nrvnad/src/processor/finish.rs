@@ -39,6 +39,8 @@ pub const DAEMON_FILES: [&str; 8] = [
     PROGRESS_FILE,
 ];
 
+const CANCEL_TMP: &str = "cancel.tmp";
+
 /// Removes, at claim, whatever a job holds under the daemon's own names
 /// (and any `NAME.tmp`), whatever it is: a FIFO, a symlink, a directory.
 pub fn clear_daemon_files(dir: &Path) -> io::Result<()> {
@@ -47,7 +49,10 @@ pub fn clear_daemon_files(dir: &Path) -> io::Result<()> {
     for e in fs::read_dir(dir)? {
         let e = e?;
         if let Some(name) = e.file_name().to_str() {
-            if name.ends_with(".tmp") || DAEMON_FILES.contains(&name) {
+            // `cancel.tmp` is a canceller's write in flight (the `cancel`
+            // file it becomes is honoured, not cleared).
+            let ours = DAEMON_FILES.contains(&name) || (name.ends_with(".tmp") && name != CANCEL_TMP);
+            if ours {
                 clear_entry(dir, name)?;
             }
         }
@@ -399,12 +404,16 @@ mod tests {
         fs::create_dir_all(p.join("result.txt/inner")).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", p.join("error.txt")).unwrap();
         fs::write(p.join("meta.json.tmp"), "half").unwrap();
+        // A cancel request, and one being written: the canceller's, kept.
+        fs::write(p.join(CANCEL_FILE), "").unwrap();
+        fs::write(p.join(CANCEL_TMP), "").unwrap();
         clear_daemon_files(p).unwrap();
-        let left: Vec<String> = fs::read_dir(p)
+        let mut left: Vec<String> = fs::read_dir(p)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(left, vec!["prompt.txt".to_owned()]);
+        left.sort();
+        assert_eq!(left, ["cancel", "cancel.tmp", "prompt.txt"]);
     }
 
     #[test]
