@@ -84,6 +84,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Scenario::Gemma => std::path::absolute(&cli.gemma_model)
                 .map_err(anyhow::Error::from)
                 .and_then(|m| scenario::scale::gemma(&ctx, &m)),
+            Scenario::Peer => scenario::peer::run(&ctx),
         };
         let section = result.unwrap_or_else(|e| Section::failed(s.name(), &e));
         for p in &section.problems {

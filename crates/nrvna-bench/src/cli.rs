@@ -17,6 +17,10 @@ Scenarios:
   scale    the W16 job 64 and 256 times: per-job at nproc workers, batched x16
   gemma    the probe, then W16 in rounds as above, on Gemma 3 270M (--gemma-model;
            scripts/fetch-model.sh gemma)
+  peer     16, 64 and 256 jobs at once: llama-server (defaults, --parallel 8/16/32) next to
+           nrvna out of the box through wrk/flw -W and through nrvna-api, in --rounds
+           alternating rounds (scripts/peer_bench.py drives it; skipped, saying so, until
+           scripts/peer-build.sh has built llama-server; about 30 minutes)
 
 Every scenario runs on a fresh temporary workspace, spawning the release
 binaries found next to this executable. Targets are printed as PASS/MISS; a
@@ -46,7 +50,7 @@ pub struct Cli {
     /// are not comparable with the targets.
     #[arg(long)]
     pub quick: bool,
-    /// Rounds of the W16 and Gemma scenarios: each round runs the probe's
+    /// Rounds of the W16, Gemma and peer scenarios: each round runs the probe's
     /// best configurations again and every daemon configuration once, and
     /// the rows report medians (default 3; 1 with --quick).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=99))]
@@ -73,10 +77,11 @@ pub enum Scenario {
     Queue,
     Scale,
     Gemma,
+    Peer,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Probe,
         Scenario::W16,
         Scenario::Prefix,
@@ -84,6 +89,7 @@ impl Scenario {
         Scenario::Queue,
         Scenario::Scale,
         Scenario::Gemma,
+        Scenario::Peer,
     ];
 
     pub fn name(self) -> &'static str {
@@ -95,6 +101,7 @@ impl Scenario {
             Scenario::Queue => "queue",
             Scenario::Scale => "scale",
             Scenario::Gemma => "gemma",
+            Scenario::Peer => "peer",
         }
     }
 }

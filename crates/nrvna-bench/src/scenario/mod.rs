@@ -2,6 +2,7 @@
 //! the run context and a daemon run from spawn to exit.
 
 pub mod latency;
+pub mod peer;
 pub mod prefix;
 pub mod probe;
 pub mod queue;
