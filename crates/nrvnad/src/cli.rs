@@ -189,9 +189,12 @@ pub struct ServeArgs {
     #[arg(long, env = "NRVNA_MAX_WAIT", value_name = "DURATION", default_value = "30s",
           value_parser = nrvna_core::retention::parse_duration)]
     pub max_wait: Duration,
-    /// Worker threads (= jobs in flight), 1 to 256.
-    #[arg(short, long, env = "NRVNA_WORKERS", default_value_t = 4,
-          value_parser = clap::value_parser!(u32).range(1..=256))]
+    /// Worker threads (= jobs in flight), 1 to 256, or auto: the batched
+    /// engine times a decode step at batch sizes 4, 8, 16, ... (each job
+    /// holding a chat job's KV cells, as many as the KV cache holds) and
+    /// runs the smallest within 5% of the best, logging what it measured;
+    /// the other engines run 4.
+    #[arg(short, long, env = "NRVNA_WORKERS", default_value = "auto", value_parser = parse_workers)]
     pub workers: u32,
     /// Limit the workspace's queue to N jobs (backpressure): recorded in
     /// WS/.nrvna-limits.json, where `wrk` and `nrvna-api` read it (and
@@ -363,6 +366,15 @@ pub struct ServeArgs {
     /// on this backend and keeps the faster (the choice is logged).
     #[arg(long, value_enum, env = "NRVNA_FLASH_ATTN", default_value = "auto")]
     pub flash_attn: FlashAttnArg,
+    /// KV cache layout of the batched engine: auto runs short jobs (whose
+    /// prompt plus max tokens fit a stream of max-ctx / (workers + 1)
+    /// cells, at least 256) in a KV stream each while two or more of them
+    /// are in flight or waiting, so that a job's attention reads its own
+    /// cells only, and everything else in one stream shared by all (needed
+    /// by long jobs and media; switching waits for the running jobs to
+    /// end); unified always shares one stream.
+    #[arg(long, value_enum, env = "NRVNA_KV_LAYOUT", default_value = "auto")]
+    pub kv_layout: KvLayout,
     /// Shortest shared prompt prefix, in tokens, worth reusing (0: no reuse).
     #[arg(long, env = "NRVNA_PREFIX_REUSE_MIN", default_value_t = 16)]
     pub prefix_reuse_min: u32,
@@ -397,5 +409,30 @@ pub fn parse() -> Cli {
 pub fn prepare_process_env() {
     if std::env::var_os("GGML_NO_BACKTRACE").is_none() {
         std::env::set_var("GGML_NO_BACKTRACE", "1");
+    }
+}
+
+/// `--kv-layout`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvLayout {
+    /// Short jobs in a stream each while a backlog of them waits.
+    Auto,
+    /// One stream shared by every job.
+    Unified,
+}
+
+/// `--workers auto` (the default), as a number: the engine picks it at start.
+pub const AUTO_WORKERS: u32 = 0;
+/// Workers of the per-job and echo engines under `--workers auto`.
+pub const DEFAULT_WORKERS: u32 = 4;
+
+/// `--workers`: 1 to 256, or `auto` ([`AUTO_WORKERS`]).
+fn parse_workers(s: &str) -> Result<u32, String> {
+    if s == "auto" {
+        return Ok(AUTO_WORKERS);
+    }
+    match s.parse::<u32>() {
+        Ok(n @ 1..=256) => Ok(n),
+        _ => Err(format!("{s:?} is not a number of workers: give 1 to 256, or auto")),
     }
 }

@@ -129,6 +129,8 @@ impl Config {
             flash_attn: a.flash_attn.engine(),
             tts_mute_ms: a.tts_mute_ms,
             test_decode_fault: a.test_decode_fault,
+            kv_streams: a.kv_layout == crate::cli::KvLayout::Auto,
+            unified_slots: 0,
         };
         let sizing = crate::models::Sizing {
             engine: a.engine,

@@ -10,7 +10,7 @@ use nrvna_engine::batched::BatchedEngine;
 use nrvna_engine::perjob::PerJobRunner;
 use nrvna_engine::{EngineConfig, FlashAttn, Model, Observer, Output, Request, RunError, Runner};
 
-use crate::cli::EngineKind;
+use crate::cli::{EngineKind, AUTO_WORKERS, DEFAULT_WORKERS};
 
 /// The loaded inference back end.
 pub struct Inference {
@@ -35,6 +35,11 @@ impl Inference {
         workers: u32,
     ) -> anyhow::Result<Inference> {
         if kind == EngineKind::Echo {
+            let workers = if workers == AUTO_WORKERS {
+                DEFAULT_WORKERS
+            } else {
+                workers
+            };
             return Ok(Inference {
                 kind,
                 cfg,
@@ -77,6 +82,15 @@ impl Inference {
             model.template.source
         );
         let mut cfg = cfg;
+        let workers = match (workers, kind) {
+            (AUTO_WORKERS, EngineKind::Batched) => {
+                let (w, unified) = choose_slots(&model, &cfg);
+                cfg.unified_slots = unified;
+                w
+            }
+            (AUTO_WORKERS, _) => DEFAULT_WORKERS,
+            (n, _) => n,
+        };
         if cfg.flash_attn == FlashAttn::Auto {
             cfg.flash_attn = choose_flash_attn(&model, &cfg, kind, workers);
         }
@@ -93,6 +107,12 @@ impl Inference {
             batched,
             workers,
         })
+    }
+
+    /// Jobs in flight: the workers asked for, or with `--workers auto` the
+    /// number chosen at start.
+    pub fn workers(&self) -> u32 {
+        self.workers
     }
 
     /// A Runner for one worker.
@@ -155,6 +175,79 @@ impl Inference {
             None => true,
         }
     }
+}
+
+/// `--workers auto` with the batched engine: times a decode step at batch
+/// sizes 4, 8, 16, ... in the engine's shapes (each sequence holding a chat
+/// job's cells), with a KV stream per sequence (short jobs, when
+/// `--kv-layout auto`) and with one shared stream, and takes for each the
+/// smallest size within 5% of its best. The workers are the larger of the
+/// two; the unified layout decodes at most its own. If the measurement
+/// fails, [`DEFAULT_WORKERS`].
+fn choose_slots(model: &Model, cfg: &EngineConfig) -> (u32, u32) {
+    use nrvna_engine::probe::{measure_slots, pick_slots, ProbeConfig, SLOTS_CELLS_PER_SEQ};
+    let n_ctx = model.weights.cap_ctx(cfg.max_ctx);
+    let base = ProbeConfig {
+        flash_attn: cfg.flash_attn == FlashAttn::On,
+        kv_unified: true,
+        threads: cfg.threads,
+        n_ctx: 256,
+        n_batch: 256,
+    };
+    let t = std::time::Instant::now();
+    // As many jobs as the KV cache holds: in one shared stream, jobs of
+    // that many cells; with a stream per job (and one for the prefix
+    // cache), streams of 256 cells, the smallest llama.cpp makes, within
+    // 5% of the same memory.
+    let sweep = |kv_unified: bool| {
+        let max_slots = if kv_unified {
+            n_ctx / SLOTS_CELLS_PER_SEQ as u32
+        } else {
+            (n_ctx + n_ctx / 20) / 256 - 1
+        };
+        measure_slots(&model.weights, &ProbeConfig { kv_unified, ..base }, max_slots)
+    };
+    let show = |m: &[(u32, f64)]| {
+        m.iter()
+            .map(|(b, t)| format!("{t:.0} tok/s at {b}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let unified = match sweep(true) {
+        Ok(m) => m,
+        Err(e) => {
+            tracing::warn!("--workers auto: measuring batch sizes failed ({e}); running {DEFAULT_WORKERS} workers");
+            return (DEFAULT_WORKERS, 0);
+        }
+    };
+    let u = pick_slots(&unified).unwrap_or(DEFAULT_WORKERS);
+    let streams = if cfg.kv_streams {
+        match sweep(false) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!("--workers auto: measuring batch sizes with a KV stream per job failed ({e})");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let s = streams.as_deref().and_then(pick_slots);
+    let workers = s.map_or(u, |s| s.max(u));
+    tracing::info!(
+        "workers: {workers} (auto: a decode step of jobs holding {SLOTS_CELLS_PER_SEQ} KV cells each measured {} in one shared \
+         stream{}; the shared stream holds {n_ctx} cells, {} such jobs; each layout runs the smallest batch within 5% of its best{}, \
+         measured in {:.2} s; --workers N sets it)",
+        show(&unified),
+        streams
+            .as_deref()
+            .map(|m| format!(", and {} with a stream per job", show(m)))
+            .unwrap_or_default(),
+        n_ctx as usize / SLOTS_CELLS_PER_SEQ,
+        if u < workers { format!(": {u} together in the shared stream") } else { String::new() },
+        t.elapsed().as_secs_f64()
+    );
+    (workers, if u < workers { u } else { 0 })
 }
 
 /// `NRVNA_FLASH_ATTN=auto`: times a short decode loop with flash attention

@@ -210,7 +210,10 @@ pub fn start(cfg: Config) -> Result<Option<Running>> {
         );
     }
     let t0 = Instant::now();
-    let (model_name, engine_stats) = loader.preload(registry.default).inspect_err(|_| seat.leave(&ws))?;
+    let (model_name, engine_stats, workers) = loader.preload(registry.default).inspect_err(|_| seat.leave(&ws))?;
+    // `--workers auto`: the default model's engine chose how many.
+    let mut cfg = cfg;
+    cfg.workers = workers;
     tracing::info!("model ready in {:.2} s", t0.elapsed().as_secs_f64());
     let info = match seat.membership {
         None => {
@@ -235,6 +238,7 @@ pub fn start(cfg: Config) -> Result<Option<Running>> {
         (Some(m), Some(r)) => {
             r.serves = registry.all_names();
             r.state = Some(MemberState::Ready);
+            r.workers = cfg.workers;
             r.extra.insert("model_name".into(), json!(model_name));
             if registry.models.len() > 1 {
                 r.extra.insert(

@@ -32,6 +32,14 @@ pub struct EngineConfig {
     pub tts_mute_ms: u32,
     /// Test hook: report the N-th decode call (from 1) as failed.
     pub test_decode_fault: Option<u64>,
+    /// The batched engine: run short jobs (prompt plus most tokens to
+    /// generate within a stream's cells) in KV streams of their own while
+    /// a backlog of them waits, instead of one stream shared by all.
+    pub kv_streams: bool,
+    /// The batched engine: the most jobs decoded together in the one
+    /// shared KV stream (attention there costs every job the cells of all
+    /// of them); 0 for all slots.
+    pub unified_slots: u32,
 }
 
 /// Whether llama.cpp's flash-attention kernel is used.

@@ -182,6 +182,9 @@ struct Seq {
     gen: Generation,
     reply: Reply,
     started: Instant,
+    /// Too long for a KV stream of its own (or a media job): it runs only
+    /// in the unified layout.
+    long: bool,
     /// A media job's prompt chunks: evaluated into its slot by the
     /// projector (their own decode calls) at admission, and again after a
     /// preemption. Its `toks` start with one placeholder per prompt
@@ -189,10 +192,73 @@ struct Seq {
     media: Option<MtmdInputChunks>,
 }
 
+/// How the context's KV cache is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// One stream shared by every sequence: any job fits while cells last,
+    /// prefixes are shared without copying, but every token's attention
+    /// reads the cells of all sequences.
+    Unified,
+    /// A stream of `stream_cells` per sequence: each token's attention
+    /// reads its own sequence's cells only. For short jobs.
+    Streams,
+}
+
+/// The context's fixed sizes.
+#[derive(Clone, Copy, Debug)]
+struct Shape {
+    slots: u32,
+    /// KV cells of the unified layout (--max-ctx capped by the model).
+    n_ctx: u32,
+    n_batch: u32,
+    /// Cells of each stream in the streams layout; 0: never streams.
+    stream_cells: u32,
+    /// The most sequences admitted at once in the unified layout.
+    unified_cap: usize,
+}
+
+impl Shape {
+    fn params(&self, cfg: &EngineConfig, layout: Layout) -> LlamaContextParams {
+        let n_ctx = match layout {
+            Layout::Unified => self.n_ctx,
+            Layout::Streams => self.stream_cells * (self.slots + 1),
+        };
+        LlamaContextParams::default()
+            .with_n_ctx(NonZeroU32::new(n_ctx))
+            .with_n_batch(self.n_batch)
+            .with_n_ubatch(self.n_batch)
+            .with_n_seq_max(self.slots + 1)
+            .with_kv_unified(layout == Layout::Unified)
+            .with_flash_attention_policy(cfg.flash_attn.policy())
+            .with_n_threads(cfg.threads as i32)
+            .with_n_threads_batch(cfg.threads as i32)
+    }
+
+    /// The cells the scheduler may hand out in `layout`.
+    fn sched(&self, layout: Layout, min_reuse: usize) -> Sched<LlamaToken> {
+        let cells = match layout {
+            Layout::Unified => self.n_ctx as usize,
+            Layout::Streams => self.stream_cells as usize * self.slots as usize,
+        };
+        Sched::new(cells, self.n_batch as usize, self.slots, min_reuse)
+    }
+}
+
 struct Engine<'m> {
     model: &'m dyn ModelParts,
     cfg: EngineConfig,
-    ctx: LlamaContext<'m>,
+    /// None only while the layout is being switched.
+    ctx: Option<LlamaContext<'m>>,
+    layout: Layout,
+    shape: Shape,
+    /// A layout switch is waiting for the running jobs to end: nothing is
+    /// admitted meanwhile.
+    switching: bool,
+    /// Streams layout: prompt chunks are decoded in calls of their own
+    /// (llama.cpp splits a batch over several streams into equal parts per
+    /// sequence, so a prompt beside one-token steps would be fed a token
+    /// per call); this alternates them with the generation steps.
+    prompt_turn: bool,
     sched: Sched<LlamaToken>,
     active: Vec<Seq>,
     waiting: VecDeque<Seq>,
@@ -220,16 +286,22 @@ fn engine_main(
 ) {
     let n_ctx = model.weights().cap_ctx(cfg.max_ctx);
     let n_batch = cfg.n_batch.min(n_ctx).max(slots);
-    let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(n_ctx))
-        .with_n_batch(n_batch)
-        .with_n_ubatch(n_batch)
-        .with_n_seq_max(slots + 1)
-        .with_kv_unified(true)
-        .with_flash_attention_policy(cfg.flash_attn.policy())
-        .with_n_threads(cfg.threads as i32)
-        .with_n_threads_batch(cfg.threads as i32);
-    let ctx = match new_context(&model.weights().llama, params) {
+    let stream_cells = if cfg.kv_streams && slots >= 2 {
+        (n_ctx / (slots + 1)).max(256).div_ceil(256) * 256
+    } else {
+        0
+    };
+    let shape = Shape {
+        slots,
+        n_ctx,
+        n_batch,
+        stream_cells,
+        unified_cap: match cfg.unified_slots {
+            0 => slots as usize,
+            n => n.min(slots) as usize,
+        },
+    };
+    let ctx = match new_context(&model.weights().llama, shape.params(&cfg, Layout::Unified)) {
         Ok(c) => c,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -240,8 +312,18 @@ fn engine_main(
     stats
         .kv_cells
         .store(u64::from(n_ctx), std::sync::atomic::Ordering::Relaxed);
+    let streams = match stream_cells {
+        0 => String::new(),
+        c => format!(
+            "; jobs within {c} cells (prompt and max tokens) get a KV stream each while two or more are in flight or waiting"
+        ),
+    };
+    let cap = match shape.unified_cap {
+        c if c < slots as usize => format!(" (at most {c} decoded together there)"),
+        _ => String::new(),
+    };
     tracing::info!(
-        "batched engine: {slots} slots, {n_ctx} shared KV cells, {n_batch} tokens per decode, {} threads, flash attention {}",
+        "batched engine: {slots} slots, {n_ctx} shared KV cells{cap}, {n_batch} tokens per decode, {} threads, flash attention {}{streams}",
         cfg.threads,
         cfg.flash_attn.name()
     );
@@ -249,8 +331,12 @@ fn engine_main(
     let mut e = Engine {
         model: &*model,
         cfg,
-        ctx,
-        sched: Sched::new(n_ctx as usize, n_batch as usize, slots, min_reuse),
+        ctx: Some(ctx),
+        layout: Layout::Unified,
+        shape,
+        switching: false,
+        prompt_turn: false,
+        sched: shape.sched(Layout::Unified, min_reuse),
         active: Vec::new(),
         waiting: VecDeque::new(),
         embeds: Vec::new(),
@@ -293,6 +379,7 @@ fn engine_main(
             e.run_embeds();
         }
         e.check_stops();
+        e.relayout();
         e.admit();
         if !e.active.is_empty() {
             e.step();
@@ -345,12 +432,15 @@ impl<'m> Engine<'m> {
                 obs,
                 reply,
             } => {
+                let stream_cells = self.shape.stream_cells as usize;
                 let prepared = self.prompt(&req).and_then(|(toks, media, max_gen)| {
+                    let long = media.is_some() || toks.len() + max_gen as usize > stream_cells;
                     let sampler = req
                         .sampling
                         .sampler(&self.model.weights().llama, req.grammar.as_deref())
                         .map_err(|e| RunError::Rejected(e.to_string()))?;
                     Ok(Seq {
+                        long,
                         st: SeqState::new(toks),
                         fed: 0,
                         i_batch: None,
@@ -374,7 +464,7 @@ impl<'m> Engine<'m> {
     /// A job's prompt tokens (placeholders for a media job, with its
     /// chunks) and the most tokens it may generate.
     fn prompt(&mut self, req: &TextRequest) -> Result<(Vec<LlamaToken>, Option<MtmdInputChunks>, u32), RunError> {
-        let limit = self.sched.n_ctx as u32;
+        let limit = self.shape.n_ctx;
         let Some(m) = &req.media else {
             let (toks, max_gen) = plan_text(self.model.weights(), limit, &req.prompt, req.max_tokens)?;
             return Ok((toks, None, max_gen));
@@ -400,17 +490,17 @@ impl<'m> Engine<'m> {
         let (Some(chunks), Some(slot)) = (&s.media, s.st.slot) else {
             return;
         };
-        let res = self
-            .model
-            .require_projector("a media job")
-            .and_then(|p| p.eval(chunks, &mut self.ctx, 0, slot, self.sched.n_batch as i32));
+        let res = self.model.require_projector("a media job").and_then(|p| {
+            let ctx = self.ctx.as_mut().expect("a context outside a layout switch");
+            p.eval(chunks, ctx, 0, slot, self.sched.n_batch as i32)
+        });
         match res {
             Ok(_) => {
                 s.st.n_past = s.st.n_prompt;
                 if s.st.toks.len() > s.st.n_past {
                     return;
                 }
-                let t = s.gen.sampler.sample(&self.ctx, -1);
+                let t = s.gen.sampler.sample(self.ctx.as_ref().expect("a context"), -1);
                 if s.gen.push(&self.model.weights().llama, t) {
                     s.st.toks.push(t);
                 } else {
@@ -463,6 +553,9 @@ impl<'m> Engine<'m> {
     /// Moves waiting jobs into free slots while their cells fit.
     fn admit(&mut self) {
         loop {
+            if self.switching || (self.layout == Layout::Unified && self.active.len() >= self.shape.unified_cap) {
+                return;
+            }
             let adm = {
                 let active = self.active_states();
                 let waiting: VecDeque<&SeqState<LlamaToken>> = self.waiting.iter().map(|s| &s.st).collect();
@@ -475,7 +568,7 @@ impl<'m> Engine<'m> {
             let mut s = self.waiting.remove(adm.idx).expect("index from next_admission");
             let slot = self.sched.admit(&mut s.st, adm.reuse);
             if let Some((src, n)) = adm.reuse {
-                let _ = self.ctx.kv_cache_seq_cp(src, slot, Some(0), Some(n as u32));
+                self.copy_prefix(src, slot, n);
             }
             let media = s.media.is_some();
             self.active.push(s);
@@ -498,8 +591,88 @@ impl<'m> Engine<'m> {
         }
     }
 
+    /// Gives sequence `dst` the first `n` cells of `src`. In one stream
+    /// the cells are shared; across streams llama.cpp copies only whole
+    /// streams, so the copy is cut back to `n` after.
+    fn copy_prefix(&mut self, src: i32, dst: i32, n: usize) {
+        let ctx = self.ctx.as_mut().expect("a context outside a layout switch");
+        match self.layout {
+            Layout::Unified => {
+                let _ = ctx.kv_cache_seq_cp(src, dst, Some(0), Some(n as u32));
+            }
+            Layout::Streams => {
+                let _ = ctx.kv_cache_seq_cp(src, dst, None, None);
+                let _ = ctx.kv_cache_seq_rm(dst, Some(n as u32), None);
+            }
+        }
+    }
+
+    /// The layout the jobs held call for: unified while any of them is
+    /// long; streams once two or more short ones are in flight or waiting;
+    /// else the current one. A switch rebuilds the context once the
+    /// running jobs have ended (until then nothing is admitted).
+    fn relayout(&mut self) {
+        if self.shape.stream_cells == 0 {
+            return;
+        }
+        let long = self.active.iter().chain(self.waiting.iter()).any(|s| s.long);
+        let held = self.active.len() + self.waiting.len();
+        let want = if long {
+            Layout::Unified
+        } else if held >= 2 {
+            Layout::Streams
+        } else {
+            self.layout
+        };
+        if want == self.layout {
+            self.switching = false;
+            return;
+        }
+        self.switching = true;
+        if !self.active.is_empty() {
+            return;
+        }
+        let t = Instant::now();
+        // The old context goes first, so both never hold memory at once.
+        self.ctx = None;
+        let model = self.model;
+        let built = new_context(&model.weights().llama, self.shape.params(&self.cfg, want));
+        let (ctx, layout) = match built {
+            Ok(c) => (c, want),
+            Err(e) => {
+                tracing::warn!(
+                    "KV layout switch failed ({e}); staying with the {:?} layout",
+                    self.layout
+                );
+                match new_context(&model.weights().llama, self.shape.params(&self.cfg, self.layout)) {
+                    Ok(c) => {
+                        // Short jobs run in the unified layout too; long ones
+                        // need it, so a failed switch to streams is harmless
+                        // and a failed switch to unified is not retried in a loop.
+                        self.shape.stream_cells = 0;
+                        (c, self.layout)
+                    }
+                    Err(e) => {
+                        self.fault = Some(format!("recreating the llama.cpp context failed: {e}"));
+                        return;
+                    }
+                }
+            }
+        };
+        self.ctx = Some(ctx);
+        self.layout = layout;
+        self.switching = false;
+        self.sched = self.shape.sched(layout, self.cfg.prefix_reuse_min as usize);
+        tracing::debug!(
+            "KV layout: {layout:?} ({} jobs held, {:.0} ms to switch)",
+            held,
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+    }
+
     fn drop_cache(&mut self) {
-        let _ = self.ctx.kv_cache_seq_rm(self.sched.cache_seq, None, None);
+        let ctx = self.ctx.as_mut().expect("a context outside a layout switch");
+        let _ = ctx.kv_cache_seq_rm(self.sched.cache_seq, None, None);
         self.sched.cache.clear();
     }
 
@@ -511,7 +684,8 @@ impl<'m> Engine<'m> {
         };
         let mut s = self.active.swap_remove(youngest);
         if let Some(slot) = self.sched.free(&mut s.st) {
-            let _ = self.ctx.kv_cache_seq_rm(slot, None, None);
+            let ctx = self.ctx.as_mut().expect("a context outside a layout switch");
+            let _ = ctx.kv_cache_seq_rm(slot, None, None);
         }
         tracing::debug!("KV cache full: preempted a sequence of {} tokens", s.st.toks.len());
         self.waiting.push_front(s);
@@ -534,7 +708,10 @@ impl<'m> Engine<'m> {
                     },
                 }
             };
-            let feeds = self.sched.plan_batch(&self.active_states(), only);
+            let mut feeds = self.sched.plan_batch(&self.active_states(), only);
+            if self.layout == Layout::Streams {
+                self.streams_feeds(&mut feeds);
+            }
             let mut batch = LlamaBatch::new(self.sched.n_batch, 1);
             for s in &mut self.active {
                 s.fed = 0;
@@ -559,7 +736,10 @@ impl<'m> Engine<'m> {
             let res = if self.cfg.test_decode_fault == Some(self.decodes) {
                 Err(llama_cpp_2::DecodeError::Unknown(-3))
             } else {
-                self.ctx.decode(&mut batch)
+                self.ctx
+                    .as_mut()
+                    .expect("a context outside a layout switch")
+                    .decode(&mut batch)
             };
             match res {
                 Ok(()) => {
@@ -602,6 +782,21 @@ impl<'m> Engine<'m> {
         }
     }
 
+    /// Streams layout: one decode call holds either every generating
+    /// sequence's next token or prompt chunks, taking turns, in sequence
+    /// order (llama.cpp puts only consecutive sequence ids in one part).
+    fn streams_feeds(&mut self, feeds: &mut Vec<crate::run::sched::Feed>) {
+        let prompting = |f: &crate::run::sched::Feed| f.take > 1 || !f.wants_logits;
+        let steps = feeds.iter().filter(|f| !prompting(f)).count();
+        if steps > 0 && steps < feeds.len() {
+            let prompts = self.prompt_turn;
+            feeds.retain(|f| prompting(f) == prompts);
+        }
+        self.prompt_turn = !self.prompt_turn;
+        let active = &self.active;
+        feeds.sort_by_key(|f| active[f.seq].st.slot);
+    }
+
     fn after_decode(&mut self) {
         let model = self.model;
         let mut i = 0;
@@ -613,7 +808,7 @@ impl<'m> Engine<'m> {
                 i += 1;
                 continue;
             };
-            let t = s.gen.sampler.sample(&self.ctx, ib);
+            let t = s.gen.sampler.sample(self.ctx.as_ref().expect("a context"), ib);
             if s.gen.push(&model.weights().llama, t) {
                 s.st.toks.push(t);
                 i += 1;
@@ -634,13 +829,12 @@ impl<'m> Engine<'m> {
                 let others = self.sched.cells_used(self.active.iter().map(|a| &a.st)) - self.sched.cache.len();
                 if let Some(n) = self.sched.keep_as_cache(&s.st, others) {
                     self.drop_cache();
-                    let _ = self
-                        .ctx
-                        .kv_cache_seq_cp(slot, self.sched.cache_seq, Some(0), Some(n as u32));
+                    self.copy_prefix(slot, self.sched.cache_seq, n);
                     self.sched.cache = s.st.toks[..n].to_vec();
                 }
             }
-            let _ = self.ctx.kv_cache_seq_rm(slot, None, None);
+            let ctx = self.ctx.as_mut().expect("a context outside a layout switch");
+            let _ = ctx.kv_cache_seq_rm(slot, None, None);
             self.sched.free(&mut s.st);
         }
         let result = result.map(|mut o| {

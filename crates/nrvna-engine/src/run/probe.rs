@@ -239,6 +239,22 @@ pub const CHOICE_MAX_SEQS: u32 = 16;
 /// process does not decide.
 pub fn choose_flash_attn(model: &Weights, base: &ProbeConfig, seqs: u32) -> Result<(bool, f64, f64), ProbeError> {
     let seqs = seqs.clamp(1, CHOICE_MAX_SEQS) as usize;
+    let prompt = measuring_prompt(model, CHOICE_CELLS_PER_SEQ)?;
+    let cells = seqs * (CHOICE_CELLS_PER_SEQ + CHOICE_STEPS);
+    let cfg = ProbeConfig {
+        // Room for every sequence, in whole 256-cell pages.
+        n_ctx: base.n_ctx.max(cells.div_ceil(256) as u32 * 256),
+        ..*base
+    };
+    let measure =
+        |flash_attn| median_step_tok_s(model, &ProbeConfig { flash_attn, ..cfg }, seqs, &prompt, CHOICE_STEPS);
+    let off = measure(false)?;
+    let on = measure(true)?;
+    Ok((on > off, on, off))
+}
+
+/// The text the start-up measurements decode, repeated to `n` tokens.
+fn measuring_prompt(model: &Weights, n: usize) -> Result<Vec<LlamaToken>, ProbeError> {
     let text = "The lighthouse keeper wrote in his log every evening about the sea, the ships \
                 that passed the point, the weather that came in from the west, and the birds \
                 that rested on the rail of the gallery before they flew on to the south.";
@@ -246,30 +262,78 @@ pub fn choose_flash_attn(model: &Weights, base: &ProbeConfig, seqs: u32) -> Resu
     if prompt.is_empty() {
         return Err(ProbeError::NoTokens);
     }
-    while prompt.len() < CHOICE_CELLS_PER_SEQ {
+    while prompt.len() < n {
         prompt.extend_from_within(..);
     }
-    prompt.truncate(CHOICE_CELLS_PER_SEQ);
-    let cells = seqs * (CHOICE_CELLS_PER_SEQ + CHOICE_STEPS);
-    let cfg = ProbeConfig {
-        // Room for every sequence, in whole 256-cell pages.
-        n_ctx: base.n_ctx.max(cells.div_ceil(256) as u32 * 256),
-        ..*base
-    };
-    let measure = |flash_attn| median_step_tok_s(model, &ProbeConfig { flash_attn, ..cfg }, seqs, &prompt);
-    let off = measure(false)?;
-    let on = measure(true)?;
-    Ok((on > off, on, off))
+    prompt.truncate(n);
+    Ok(prompt)
+}
+
+/// KV cells each sequence holds while batch sizes are timed: a chat job's
+/// prompt and the first part of its answer. Attention over one shared KV
+/// stream costs in proportion to every sequence's cells, so timing with
+/// fewer cells than real jobs hold would favour batches too large.
+pub const SLOTS_CELLS_PER_SEQ: usize = 128;
+/// Decode steps timed per batch size by [`measure_slots`] (the median counts).
+pub const SLOTS_STEPS: usize = 3;
+/// Batch sizes tried by [`measure_slots`], smallest first.
+pub const SLOTS_CANDIDATES: [u32; 5] = [4, 8, 16, 32, 64];
+
+/// Times one decode step at each candidate batch size up to `max_slots`
+/// (the smallest is always tried), each sequence holding
+/// [`SLOTS_CELLS_PER_SEQ`] cells, in one shared KV stream or a stream per
+/// sequence as `base` says, and returns (size, tok/s) pairs,
+/// smallest first. It stops once a size gains less than 10% over the one
+/// before: the pick is the smallest within 5% of the best, and past that
+/// point larger batches only add latency (on a CPU with one shared stream,
+/// they get slower). Each size times [`SLOTS_STEPS`] steps, to keep the
+/// start short.
+pub fn measure_slots(model: &Weights, base: &ProbeConfig, max_slots: u32) -> Result<Vec<(u32, f64)>, ProbeError> {
+    let prompt = measuring_prompt(model, SLOTS_CELLS_PER_SEQ)?;
+    let mut out: Vec<(u32, f64)> = Vec::new();
+    for b in SLOTS_CANDIDATES {
+        if !out.is_empty() && b > max_slots {
+            break;
+        }
+        let cells = b as usize * (SLOTS_CELLS_PER_SEQ + SLOTS_STEPS);
+        // A stream per sequence gets an equal share, padded to 256 cells.
+        let cells = if base.kv_unified {
+            cells
+        } else {
+            b as usize * (SLOTS_CELLS_PER_SEQ + SLOTS_STEPS).div_ceil(256) * 256
+        };
+        let cfg = ProbeConfig {
+            n_ctx: base.n_ctx.max(cells.div_ceil(256) as u32 * 256),
+            n_batch: base.n_batch.max(b),
+            ..*base
+        };
+        let tok_s = median_step_tok_s(model, &cfg, b as usize, &prompt, SLOTS_STEPS)?;
+        let before = out.last().map(|x| x.1);
+        out.push((b, tok_s));
+        if before.is_some_and(|p| tok_s < 1.1 * p) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// The batch size to run: the smallest measured one within 5% of the
+/// best tok/s (more sequences in flight than that buy no throughput and
+/// cost every job latency).
+pub fn pick_slots(measured: &[(u32, f64)]) -> Option<u32> {
+    let best = measured.iter().map(|x| x.1).fold(f64::NAN, f64::max);
+    measured.iter().find(|x| x.1 >= 0.95 * best).map(|x| x.0)
 }
 
 /// Fills `seqs` sequences with `prompt` (prefilled once, copied to the
-/// others), then decodes one token per sequence [`CHOICE_STEPS`] times;
+/// others), then decodes one token per sequence `steps` times;
 /// returns tokens per second of the median step.
 fn median_step_tok_s(
     model: &Weights,
     cfg: &ProbeConfig,
     seqs: usize,
     prompt: &[LlamaToken],
+    steps_n: usize,
 ) -> Result<f64, ProbeError> {
     let mut ctx = new_context(&model.llama, context_params(cfg, seqs as u32))?;
     let n_batch = cfg.n_batch.max(seqs as u32) as usize;
@@ -288,12 +352,31 @@ fn median_step_tok_s(
     }
     let mut next = vec![prompt[last]; seqs];
     let mut pos = vec![last; seqs];
-    let mut steps = Vec::with_capacity(CHOICE_STEPS);
-    for step in 0..CHOICE_STEPS {
+    let mut steps = Vec::with_capacity(steps_n);
+    for step in 0..steps_n {
         let t = Instant::now();
         decode_step(&mut ctx, &mut batch, &mut next, &mut pos, step)?;
         steps.push(t.elapsed().as_secs_f64());
     }
     steps.sort_by(f64::total_cmp);
     Ok(seqs as f64 / steps[steps.len() / 2].max(1e-9))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::pick_slots;
+
+    #[test]
+    fn the_smallest_batch_within_five_percent_of_the_best_is_picked() {
+        assert_eq!(
+            pick_slots(&[(4, 100.0), (8, 180.0), (16, 240.0), (32, 250.0)]),
+            Some(16)
+        );
+        assert_eq!(
+            pick_slots(&[(4, 100.0), (8, 180.0), (16, 200.0), (32, 150.0)]),
+            Some(16)
+        );
+        assert_eq!(pick_slots(&[(4, 300.0), (8, 200.0)]), Some(4));
+        assert_eq!(pick_slots(&[]), None);
+    }
 }

@@ -170,7 +170,13 @@ impl<T: PartialEq + Clone> Sched<T> {
     /// Marks `s` admitted into a free slot, after the caller copied any
     /// reused cells. Returns the slot.
     pub fn admit(&mut self, s: &mut SeqState<T>, reuse: Option<(i32, usize)>) -> i32 {
-        let slot = self.free_slots.pop().expect("next_admission checked for a free slot");
+        // The lowest free slot, so that running sequences keep neighbouring
+        // ids (a per-sequence KV layout decodes runs of consecutive ids
+        // together).
+        let i = (0..self.free_slots.len())
+            .min_by_key(|&i| self.free_slots[i])
+            .expect("next_admission checked for a free slot");
+        let slot = self.free_slots.swap_remove(i);
         self.admissions += 1;
         s.slot = Some(slot);
         s.admitted = self.admissions;

@@ -281,10 +281,16 @@ impl Loader {
     /// Loads model `m` now (at start: the default model), so that a model
     /// that cannot load stops the daemon before it serves.
     /// Returns the model's name and its engine's figures.
-    pub fn preload(&self, m: usize) -> anyhow::Result<(String, Option<Arc<nrvna_engine::EngineStats>>)> {
+    /// Returns the model's name, its engine's figures and its workers
+    /// (as chosen at load under `--workers auto`).
+    pub fn preload(&self, m: usize) -> anyhow::Result<(String, Option<Arc<nrvna_engine::EngineStats>>, u32)> {
         let never = AtomicBool::new(false);
         match self.acquire(m, &never) {
-            Ok(u) => Ok((u.inference().model_name().to_owned(), u.inference().stats())),
+            Ok(u) => Ok((
+                u.inference().model_name().to_owned(),
+                u.inference().stats(),
+                u.inference().workers(),
+            )),
             Err(Refused::Failed(e)) => Err(anyhow::anyhow!(e)),
             Err(Refused::Stopping) => unreachable!("never stops"),
         }

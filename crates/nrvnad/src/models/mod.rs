@@ -112,6 +112,7 @@ pub fn estimate(files: &[&Path], header: Option<&gguf::Header>, s: Sizing) -> u6
             let per = h.kv_bytes_per_token()?;
             let ctx = u64::from(s.max_ctx).min(h.context_length().unwrap_or(u64::from(s.max_ctx)));
             let contexts = match s.engine {
+                EngineKind::PerJob if s.workers == crate::cli::AUTO_WORKERS => u64::from(crate::cli::DEFAULT_WORKERS),
                 EngineKind::PerJob => u64::from(s.workers),
                 _ => 1,
             };

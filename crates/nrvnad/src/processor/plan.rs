@@ -156,6 +156,8 @@ mod tests {
             flash_attn: nrvna_engine::FlashAttn::Auto,
             tts_mute_ms: 250,
             test_decode_fault: None,
+            kv_streams: true,
+            unified_slots: 0,
         }
     }
 

@@ -1,0 +1,99 @@
+//! The batched engine's KV layouts and `--workers auto` (issue #27), on the
+//! real model: a backlog of short jobs runs with a KV stream per job (a
+//! shared prefix still reused, copied across streams), a long job switches
+//! the context back to one shared stream, `--kv-layout unified` never
+//! switches, and `--workers auto` measures, logs and records its choice.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+#[test]
+fn short_jobs_get_a_stream_each_and_a_long_one_switches_back_to_the_shared_stream() {
+    let ws = TestWs::new();
+    let topics = ["the sea", "a forest", "the moon", "a city", "winter", "music"];
+    let short: Vec<String> = topics
+        .iter()
+        .map(|t| {
+            ws.submit(
+                &["--temp", "0", "--max-tokens", "24"],
+                &format!("Write one sentence about {t}."),
+            )
+        })
+        .collect();
+    // 600 tokens to generate do not fit a stream of 512 cells (2048 / 5,
+    // rounded up to llama.cpp's 256-cell pages).
+    let long = ws.submit(&["--temp", "0", "--max-tokens", "600"], "Say hello.");
+    let mut d = ws.drain(&["--workers", "4", "--max-ctx", "2048", "--log-level", "debug"], &[]);
+    let log = d.log_text();
+    assert_eq!(d.code(), 0, "{log}");
+    assert!(
+        log.contains("jobs within 512 cells (prompt and max tokens) get a KV stream each"),
+        "{log}"
+    );
+    let streams = log
+        .find("KV layout: Streams")
+        .unwrap_or_else(|| panic!("no switch to streams: {log}"));
+    let unified = log
+        .find("KV layout: Unified")
+        .unwrap_or_else(|| panic!("no switch back: {log}"));
+    assert!(
+        streams < unified,
+        "streams first, then the long job's shared stream: {log}"
+    );
+
+    let mut reused = 0;
+    for id in &short {
+        let meta: Value = ws.meta(DONE, id);
+        let text = ws.read(DONE, id, "result.txt");
+        assert!(!text.trim().is_empty(), "{id}: empty result");
+        let n = meta["generated_tokens"].as_u64().unwrap_or(0);
+        assert!((1..=24).contains(&n), "{id}: {meta}");
+        reused += meta["reused_prompt_tokens"].as_u64().unwrap_or(0);
+    }
+    // The chat template's preamble is shared: jobs after the first copy it
+    // from another job's stream instead of decoding it again.
+    assert!(reused > 0, "no prompt tokens were reused across streams");
+    assert!(!ws.read(DONE, &long, "result.txt").trim().is_empty());
+}
+
+#[test]
+fn the_unified_layout_never_switches_and_auto_workers_are_measured_and_recorded() {
+    let ws = TestWs::new();
+    for t in ["rain", "snow", "wind"] {
+        ws.submit(&["--temp", "0", "--max-tokens", "8"], &format!("One word about {t}."));
+    }
+    let mut d = ws.drain(
+        &["--workers", "3", "--kv-layout", "unified", "--log-level", "debug"],
+        &[],
+    );
+    let log = d.log_text();
+    assert_eq!(d.code(), 0, "{log}");
+    assert!(!log.contains("KV stream each") && !log.contains("KV layout:"), "{log}");
+    assert_eq!(ws.names_in(DONE).len(), 3);
+
+    // Out of the box: the workers are chosen by measurement and said.
+    let ws = TestWs::new();
+    let mut d = ws.daemon(&[], &[]);
+    d.wait_ready();
+    let log = d.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("workers: ") && l.contains("(auto: a decode step"))
+        .unwrap_or_else(|| panic!("no auto workers line: {log}"));
+    let n: u32 = line
+        .split("workers: ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|w| w.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {line}"));
+    assert!([4, 8, 16, 32].contains(&n), "{line}");
+    assert!(
+        line.contains("tok/s at 4") && line.contains("with a stream per job"),
+        "{line}"
+    );
+    assert!(log.contains(&format!("with {n} workers (batched engine)")), "{log}");
+    let info: Value = serde_json::from_str(&std::fs::read_to_string(ws.path().join(".nrvnad.info")).unwrap()).unwrap();
+    assert_eq!(info["workers"], n, "{info}");
+}
