@@ -6,9 +6,10 @@
 #
 #   scripts/bench.sh                      # the full run (a few minutes)
 #   scripts/bench.sh --quick              # a smaller smoke run
-#   scripts/bench.sh --only w16,latency   # some scenarios (probe, w16, prefix, latency, queue, scale, gemma;
-#                                         # w16 and scale bring the probe along; gemma needs
-#                                         # scripts/fetch-model.sh gemma)
+#   scripts/bench.sh --only w16,latency   # some scenarios (probe, w16, prefix, latency, queue, scale, gemma,
+#                                         # peer; w16 and scale bring the probe along; gemma needs
+#                                         # scripts/fetch-model.sh gemma; peer needs llama-server from
+#                                         # scripts/peer-build.sh and skips, saying so, without it)
 #
 # Run it on an otherwise idle machine: the figures are CPU timings.
 set -euo pipefail

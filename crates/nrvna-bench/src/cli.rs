@@ -17,7 +17,7 @@ Scenarios:
   scale    the W16 job 64 and 256 times: per-job at nproc workers, batched x16
   gemma    the probe, then W16 in rounds as above, on Gemma 3 270M (--gemma-model;
            scripts/fetch-model.sh gemma)
-  peer     16, 64 and 256 jobs at once: llama-server (defaults, --parallel 8/16/32) next to
+  peer     16, 64 and 256 jobs at once: llama-server (defaults, --parallel 16/32) next to
            nrvna out of the box through wrk/flw -W and through nrvna-api, in --rounds
            alternating rounds (scripts/peer_bench.py drives it; skipped, saying so, until
            scripts/peer-build.sh has built llama-server; about 30 minutes)

@@ -130,6 +130,7 @@ impl Config {
             tts_mute_ms: a.tts_mute_ms,
             test_decode_fault: a.test_decode_fault,
             kv_streams: a.kv_layout == crate::cli::KvLayout::Auto,
+            flash_attn_streams: a.flash_attn.engine(),
             unified_slots: 0,
         };
         let sizing = crate::models::Sizing {

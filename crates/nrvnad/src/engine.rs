@@ -92,7 +92,10 @@ impl Inference {
             (n, _) => n,
         };
         if cfg.flash_attn == FlashAttn::Auto {
-            cfg.flash_attn = choose_flash_attn(&model, &cfg, kind, workers);
+            if kind == EngineKind::Batched && cfg.kv_streams {
+                cfg.flash_attn_streams = choose_flash_attn(&model, &cfg, kind, workers, false);
+            }
+            cfg.flash_attn = choose_flash_attn(&model, &cfg, kind, workers, true);
         }
         let batched = match kind {
             EngineKind::Batched => Some(BatchedEngine::start(model.clone(), cfg.clone(), workers)?),
@@ -254,16 +257,19 @@ fn choose_slots(model: &Model, cfg: &EngineConfig) -> (u32, u32) {
 /// on and off, shaped like the engine's contexts (the batched engine's
 /// slots, up to 16, in one context with all threads, each with a prompt
 /// in its cells; or one sequence with a worker's share of the threads),
-/// and keeps the faster. If the measurement
-/// fails, llama.cpp's own automatic choice stays.
-fn choose_flash_attn(model: &Model, cfg: &EngineConfig, kind: EngineKind, workers: u32) -> FlashAttn {
+/// and keeps the faster; `kv_unified: false` measures the batched
+/// engine's other layout, a KV stream per sequence (there the choice can
+/// differ: llama.cpp's flash-attention kernel took 53% of a 64-job run with
+/// a stream per job). If the measurement fails, llama.cpp's own automatic
+/// choice stays.
+fn choose_flash_attn(model: &Model, cfg: &EngineConfig, kind: EngineKind, workers: u32, kv_unified: bool) -> FlashAttn {
     let (seqs, threads) = match kind {
         EngineKind::Batched => (workers.min(nrvna_engine::probe::CHOICE_MAX_SEQS), cfg.threads),
         _ => (1, (cfg.threads / workers.max(1)).max(1)),
     };
     let base = nrvna_engine::probe::ProbeConfig {
         flash_attn: false,
-        kv_unified: true,
+        kv_unified,
         threads,
         n_ctx: 256,
         n_batch: 256,
@@ -272,9 +278,10 @@ fn choose_flash_attn(model: &Model, cfg: &EngineConfig, kind: EngineKind, worker
     match nrvna_engine::probe::choose_flash_attn(&model.weights, &base, seqs) {
         Ok((on, on_tok_s, off_tok_s)) => {
             tracing::info!(
-                "flash attention {} (auto: {seqs} sequences x {threads} threads measured {on_tok_s:.1} tok/s with it, \
+                "flash attention {}{} (auto: {seqs} sequences x {threads} threads measured {on_tok_s:.1} tok/s with it, \
                  {off_tok_s:.1} without, in {:.2} s)",
                 if on { "on" } else { "off" },
+                if kv_unified { "" } else { " with a KV stream per job" },
                 t.elapsed().as_secs_f64()
             );
             if on {

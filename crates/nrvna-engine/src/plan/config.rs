@@ -32,6 +32,9 @@ pub struct EngineConfig {
     pub tts_mute_ms: u32,
     /// Test hook: report the N-th decode call (from 1) as failed.
     pub test_decode_fault: Option<u64>,
+    /// Flash attention in the batched engine's streams layout (measured
+    /// apart: the kernels differ in what pays off there).
+    pub flash_attn_streams: FlashAttn,
     /// The batched engine: run short jobs (prompt plus most tokens to
     /// generate within a stream's cells) in KV streams of their own while
     /// a backlog of them waits, instead of one stream shared by all.

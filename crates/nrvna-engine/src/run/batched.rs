@@ -229,7 +229,10 @@ impl Shape {
             .with_n_ubatch(self.n_batch)
             .with_n_seq_max(self.slots + 1)
             .with_kv_unified(layout == Layout::Unified)
-            .with_flash_attention_policy(cfg.flash_attn.policy())
+            .with_flash_attention_policy(match layout {
+                Layout::Unified => cfg.flash_attn.policy(),
+                Layout::Streams => cfg.flash_attn_streams.policy(),
+            })
             .with_n_threads(cfg.threads as i32)
             .with_n_threads_batch(cfg.threads as i32)
     }
@@ -315,7 +318,8 @@ fn engine_main(
     let streams = match stream_cells {
         0 => String::new(),
         c => format!(
-            "; jobs within {c} cells (prompt and max tokens) get a KV stream each while two or more are in flight or waiting"
+            "; jobs within {c} cells (prompt and max tokens) get a KV stream each while two or more are in flight or waiting (flash attention {} there)",
+            cfg.flash_attn_streams.name()
         ),
     };
     let cap = match shape.unified_cap {

@@ -157,6 +157,7 @@ mod tests {
             tts_mute_ms: 250,
             test_decode_fault: None,
             kv_streams: true,
+            flash_attn_streams: nrvna_engine::FlashAttn::Auto,
             unified_slots: 0,
         }
     }
