@@ -82,7 +82,18 @@ impl Inference {
             model.template.source
         );
         let mut cfg = cfg;
+        // With a projector or vocoder attached, decode steps measured at
+        // start ran about 100x slower than without (the cause is not
+        // known; jobs themselves were not measured so), which made the
+        // start take minutes: such daemons keep the plain defaults.
+        let media = model.projector.is_some() || model.speech.is_some();
         let workers = match (workers, kind) {
+            (AUTO_WORKERS, EngineKind::Batched) if media => {
+                tracing::info!(
+                    "workers: {DEFAULT_WORKERS} (auto: not measured with a projector or vocoder attached; --workers N sets it)"
+                );
+                DEFAULT_WORKERS
+            }
             (AUTO_WORKERS, EngineKind::Batched) => {
                 let (w, unified) = choose_slots(&model, &cfg);
                 cfg.unified_slots = unified;
@@ -92,10 +103,12 @@ impl Inference {
             (n, _) => n,
         };
         if cfg.flash_attn == FlashAttn::Auto {
-            if kind == EngineKind::Batched && cfg.kv_streams {
-                cfg.flash_attn_streams = choose_flash_attn(&model, &cfg, kind, workers, false);
-            }
             cfg.flash_attn = choose_flash_attn(&model, &cfg, kind, workers, true);
+            cfg.flash_attn_streams = if kind == EngineKind::Batched && cfg.kv_streams && !media {
+                choose_flash_attn(&model, &cfg, kind, workers, false)
+            } else {
+                cfg.flash_attn
+            };
         }
         let batched = match kind {
             EngineKind::Batched => Some(BatchedEngine::start(model.clone(), cfg.clone(), workers)?),
