@@ -86,18 +86,13 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
         }
     }
 
-    let med = |jobs: u64, face: &str, config: &str| -> Option<f64> {
+    let entry = |jobs: u64, face: &str, config: &str| {
         summary
             .iter()
             .find(|s| s["jobs"] == jobs && s["face"] == face && s["config"] == config)
-            .and_then(|s| s["tok_s_median"].as_f64())
     };
-    let rss = |jobs: u64, face: &str, config: &str| -> Option<f64> {
-        summary
-            .iter()
-            .find(|s| s["jobs"] == jobs && s["face"] == face && s["config"] == config)
-            .and_then(|s| s["peak_rss_mb_max"].as_f64())
-    };
+    let med = |jobs, face, config| entry(jobs, face, config).and_then(|s| s["tok_s_median"].as_f64());
+    let rss = |jobs, face, config| entry(jobs, face, config).and_then(|s| s["peak_rss_mb_max"].as_f64());
     let best_server = |jobs: u64| -> Option<(f64, String)> {
         summary
             .iter()

@@ -595,12 +595,18 @@ impl<'m> Engine<'m> {
         }
     }
 
+    /// The context (absent only inside a layout switch).
+    fn ctx_mut(&mut self) -> &mut LlamaContext<'m> {
+        self.ctx.as_mut().expect("a context outside a layout switch")
+    }
+
     /// Gives sequence `dst` the first `n` cells of `src`. In one stream
     /// the cells are shared; across streams llama.cpp copies only whole
     /// streams, so the copy is cut back to `n` after.
     fn copy_prefix(&mut self, src: i32, dst: i32, n: usize) {
-        let ctx = self.ctx.as_mut().expect("a context outside a layout switch");
-        match self.layout {
+        let layout = self.layout;
+        let ctx = self.ctx_mut();
+        match layout {
             Layout::Unified => {
                 let _ = ctx.kv_cache_seq_cp(src, dst, Some(0), Some(n as u32));
             }
@@ -675,8 +681,8 @@ impl<'m> Engine<'m> {
     }
 
     fn drop_cache(&mut self) {
-        let ctx = self.ctx.as_mut().expect("a context outside a layout switch");
-        let _ = ctx.kv_cache_seq_rm(self.sched.cache_seq, None, None);
+        let seq = self.sched.cache_seq;
+        let _ = self.ctx_mut().kv_cache_seq_rm(seq, None, None);
         self.sched.cache.clear();
     }
 
@@ -688,8 +694,7 @@ impl<'m> Engine<'m> {
         };
         let mut s = self.active.swap_remove(youngest);
         if let Some(slot) = self.sched.free(&mut s.st) {
-            let ctx = self.ctx.as_mut().expect("a context outside a layout switch");
-            let _ = ctx.kv_cache_seq_rm(slot, None, None);
+            let _ = self.ctx_mut().kv_cache_seq_rm(slot, None, None);
         }
         tracing::debug!("KV cache full: preempted a sequence of {} tokens", s.st.toks.len());
         self.waiting.push_front(s);
@@ -740,10 +745,7 @@ impl<'m> Engine<'m> {
             let res = if self.cfg.test_decode_fault == Some(self.decodes) {
                 Err(llama_cpp_2::DecodeError::Unknown(-3))
             } else {
-                self.ctx
-                    .as_mut()
-                    .expect("a context outside a layout switch")
-                    .decode(&mut batch)
+                self.ctx_mut().decode(&mut batch)
             };
             match res {
                 Ok(()) => {
@@ -837,8 +839,7 @@ impl<'m> Engine<'m> {
                     self.sched.cache = s.st.toks[..n].to_vec();
                 }
             }
-            let ctx = self.ctx.as_mut().expect("a context outside a layout switch");
-            let _ = ctx.kv_cache_seq_rm(slot, None, None);
+            let _ = self.ctx_mut().kv_cache_seq_rm(slot, None, None);
             self.sched.free(&mut s.st);
         }
         let result = result.map(|mut o| {
