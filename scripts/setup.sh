@@ -32,6 +32,16 @@ if $tests && ! [ -x /usr/bin/chromium ]; then
     need+=(chromium)
 fi
 
+# .cargo/config.toml builds llama.cpp with -mno-avx512fp16 on x86-64
+# Linux, which needs GCC 12 or clang 14: say so before cmake fails on it.
+if [ "$(uname -sm)" = "Linux x86_64" ] && [ -z "${CFLAGS_x86_64_unknown_linux_gnu+set}" ] \
+    && command -v cc >/dev/null 2>&1 && ! cc -mno-avx512fp16 -E -x c /dev/null >/dev/null 2>&1; then
+    echo "error: the C compiler ($(cc --version | head -n1)) does not know -mno-avx512fp16, which .cargo/config.toml passes to llama.cpp's build" >&2
+    echo "use GCC 12 or clang 14 and later, or build without the flag:" >&2
+    echo "  export CFLAGS_x86_64_unknown_linux_gnu= CXXFLAGS_x86_64_unknown_linux_gnu=" >&2
+    exit 1
+fi
+
 if [ ${#need[@]} -eq 0 ]; then
     exit 0
 fi
