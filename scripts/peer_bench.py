@@ -137,7 +137,10 @@ class Run:
 
     def server(self, label, flags, prompts):
         port = free_port()
-        argv = [self.a.server, "-m", self.a.model, "--host", "127.0.0.1", "--port", str(port), *flags]
+        exe = self.a.server
+        if flags and flags[0].startswith("exe="):
+            exe, flags = flags[0][len("exe="):], flags[1:]
+        argv = [exe, "-m", self.a.model, "--host", "127.0.0.1", "--port", str(port), *flags]
         with self.log(label) as lf:
             p = subprocess.Popen(argv, stdout=lf, stderr=subprocess.STDOUT)
         try:
@@ -223,7 +226,8 @@ def prompts(n):
 
 
 def parse_config(s):
-    """face:name[:flag,flag...] -> (face, name, flags)."""
+    """face:name[:flag,flag...] -> (face, name, flags). A server configuration's
+    first flag may be exe=PATH: that llama-server instead of --server's."""
     parts = s.split(":", 2)
     if len(parts) < 2 or parts[0] not in ("server", "wrk", "api"):
         raise argparse.ArgumentTypeError(f"bad configuration {s!r}: want FACE:NAME[:FLAGS], FACE server|wrk|api")
@@ -241,11 +245,12 @@ def main():
     ap.add_argument("--tokens", type=int, default=64, help="max tokens per job (greedy)")
     ap.add_argument("--logs", type=Path, default=Path("bench-out/logs"))
     ap.add_argument("config", nargs="+", type=parse_config,
-                    help="FACE:NAME[:FLAG,FLAG...], e.g. server:default server:np16:-np,16 wrk:default api:w16:--workers,16")
+                    help="FACE:NAME[:FLAG,FLAG...], e.g. server:default server:np16:-np,16 "
+                         "server:nofp16-np16:exe=target/peer/bin/llama-server-nofp16,-np,16 wrk:default api:w16:--workers,16")
     a = ap.parse_args()
     a.model = str(Path(a.model).resolve())
     a.logs.mkdir(parents=True, exist_ok=True)
-    if any(c[0] == "server" for c in a.config) and not a.server:
+    if any(c[0] == "server" and not (c[2] and c[2][0].startswith("exe=")) for c in a.config) and not a.server:
         ap.error("server configurations need --server")
     run = Run(a, a.logs)
     sizes = [int(x) for x in a.jobs.split(",")]

@@ -7,7 +7,10 @@
 //! for both HTTP servers: concurrent requests from Python's standard
 //! library); this module finds llama-server, runs the driver, and turns its
 //! medians into the table and the targets. Without a llama-server build it
-//! skips, saying how to build one (`scripts/peer-build.sh`).
+//! skips, saying how to build one (`scripts/peer-build.sh`). With a second
+//! build beside it, `llama-server-nofp16` (`scripts/peer-build.sh nofp16`:
+//! native minus AVX512-FP16, as nrvna builds llama.cpp), that one runs too,
+//! and "llama-server's best" is the fastest of either build.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -57,6 +60,15 @@ pub fn run(ctx: &Ctx) -> Result<Section> {
     let bin_dir = ctx.bins.nrvnad.parent().context("the binaries' directory")?;
     let mut configs = vec!["server:default".to_owned()];
     configs.extend(PARALLEL.iter().map(|p| format!("server:np{p}:--parallel,{p}")));
+    // The build without AVX512-FP16, as nrvna's own llama.cpp is built,
+    // when `scripts/peer-build.sh nofp16` made one: at its defaults and
+    // at the setting that was best in every pilot.
+    let nofp16 = server.with_file_name("llama-server-nofp16");
+    if nofp16.is_file() {
+        let exe = nofp16.display();
+        configs.push(format!("server:nofp16:exe={exe}"));
+        configs.push(format!("server:nofp16-np16:exe={exe},--parallel,16"));
+    }
     configs.extend(["wrk:default".to_owned(), "api:default".to_owned()]);
     let mut cmd = Command::new("python3");
     cmd.arg(driver())
