@@ -87,6 +87,23 @@ impl Inference {
         // known; jobs themselves were not measured so), which made the
         // start take minutes: such daemons keep the plain defaults.
         let media = model.projector.is_some() || model.speech.is_some();
+        // Flash attention first: the batch sizes are then timed with the
+        // setting each layout will run (timed without it, the shared
+        // stream's best was 4 jobs at 285 tok/s, where flash attention ran
+        // 16 at 590 tok/s). Under --workers auto it is timed at 16 jobs.
+        if cfg.flash_attn == FlashAttn::Auto {
+            let seqs = match (workers, kind) {
+                (AUTO_WORKERS, EngineKind::Batched) if !media => nrvna_engine::probe::CHOICE_MAX_SEQS,
+                (AUTO_WORKERS, _) => DEFAULT_WORKERS,
+                (n, _) => n,
+            };
+            cfg.flash_attn = choose_flash_attn(&model, &cfg, kind, seqs, true);
+            cfg.flash_attn_streams = if kind == EngineKind::Batched && cfg.kv_streams && !media {
+                choose_flash_attn(&model, &cfg, kind, seqs, false)
+            } else {
+                cfg.flash_attn
+            };
+        }
         let workers = match (workers, kind) {
             (AUTO_WORKERS, EngineKind::Batched) if media => {
                 tracing::info!(
@@ -102,14 +119,6 @@ impl Inference {
             (AUTO_WORKERS, _) => DEFAULT_WORKERS,
             (n, _) => n,
         };
-        if cfg.flash_attn == FlashAttn::Auto {
-            cfg.flash_attn = choose_flash_attn(&model, &cfg, kind, workers, true);
-            cfg.flash_attn_streams = if kind == EngineKind::Batched && cfg.kv_streams && !media {
-                choose_flash_attn(&model, &cfg, kind, workers, false)
-            } else {
-                cfg.flash_attn
-            };
-        }
         let batched = match kind {
             EngineKind::Batched => Some(BatchedEngine::start(model.clone(), cfg.clone(), workers)?),
             _ => None,
@@ -204,7 +213,7 @@ fn choose_slots(model: &Model, cfg: &EngineConfig) -> (u32, u32) {
     use nrvna_engine::probe::{measure_slots, pick_slots, ProbeConfig, SLOTS_CELLS_PER_SEQ};
     let n_ctx = model.weights.cap_ctx(cfg.max_ctx);
     let base = ProbeConfig {
-        flash_attn: cfg.flash_attn == FlashAttn::On,
+        flash_attn: false,
         kv_unified: true,
         threads: cfg.threads,
         n_ctx: 256,
@@ -221,7 +230,21 @@ fn choose_slots(model: &Model, cfg: &EngineConfig) -> (u32, u32) {
         } else {
             (n_ctx + n_ctx / 20) / 256 - 1
         };
-        measure_slots(&model.weights, &ProbeConfig { kv_unified, ..base }, max_slots)
+        // Each layout with the flash-attention setting it runs.
+        let flash_attn = if kv_unified {
+            cfg.flash_attn
+        } else {
+            cfg.flash_attn_streams
+        } == FlashAttn::On;
+        measure_slots(
+            &model.weights,
+            &ProbeConfig {
+                kv_unified,
+                flash_attn,
+                ..base
+            },
+            max_slots,
+        )
     };
     let show = |m: &[(u32, f64)]| {
         m.iter()

@@ -277,6 +277,23 @@ struct Engine<'m> {
     media_jobs: i32,
     /// Written after every decode.
     stats: Arc<EngineStats>,
+    /// Where the engine thread's time went, logged at debug level when it
+    /// stops.
+    tally: Tally,
+}
+
+/// The engine thread's time, by kind of decode call.
+#[derive(Default)]
+struct Tally {
+    /// Calls with generation steps only, and the sequences they stepped.
+    step_calls: u64,
+    step_seqs: u64,
+    /// Calls with prompt tokens (alone or beside steps), and those tokens.
+    prompt_calls: u64,
+    prompt_tokens: u64,
+    /// Seconds inside llama_decode, and waiting for a job with none to run.
+    decode_secs: f64,
+    idle_secs: f64,
 }
 
 fn engine_main(
@@ -349,12 +366,17 @@ fn engine_main(
         fault: None,
         media_jobs: 0,
         stats,
+        tally: Tally::default(),
     };
+    let started = std::time::Instant::now();
     let mut quit = false;
     while !quit && e.fault.is_none() {
         // Block only when there is nothing to do.
         if e.active.is_empty() && e.waiting.is_empty() {
-            match rx.recv() {
+            let t = std::time::Instant::now();
+            let m = rx.recv();
+            e.tally.idle_secs += t.elapsed().as_secs_f64();
+            match m {
                 Ok(m) => quit |= e.take(m),
                 Err(_) => break,
             }
@@ -389,6 +411,17 @@ fn engine_main(
             e.step();
         }
     }
+    let t = &e.tally;
+    tracing::debug!(
+        "batched engine: {:.2} s running, {:.2} s idle, {:.2} s decoding: {} calls stepping {:.1} sequences on average, {} calls with {:.1} prompt tokens on average",
+        started.elapsed().as_secs_f64() - t.idle_secs,
+        t.idle_secs,
+        t.decode_secs,
+        t.step_calls,
+        t.step_seqs as f64 / t.step_calls.max(1) as f64,
+        t.prompt_calls,
+        t.prompt_tokens as f64 / t.prompt_calls.max(1) as f64
+    );
     if let Some(why) = e.fault.clone() {
         tracing::error!("batched engine fault: {why}; the engine has stopped");
         e.fail_all(&why);
@@ -742,11 +775,25 @@ impl<'m> Engine<'m> {
                 return;
             }
             self.decodes += 1;
+            let t = std::time::Instant::now();
             let res = if self.cfg.test_decode_fault == Some(self.decodes) {
                 Err(llama_cpp_2::DecodeError::Unknown(-3))
             } else {
                 self.ctx_mut().decode(&mut batch)
             };
+            self.tally.decode_secs += t.elapsed().as_secs_f64();
+            let prompt_tokens: usize = feeds
+                .iter()
+                .filter(|f| f.take > 1 || !f.wants_logits)
+                .map(|f| f.take)
+                .sum();
+            if prompt_tokens > 0 {
+                self.tally.prompt_calls += 1;
+                self.tally.prompt_tokens += prompt_tokens as u64;
+            } else {
+                self.tally.step_calls += 1;
+                self.tally.step_seqs += feeds.len() as u64;
+            }
             match res {
                 Ok(()) => {
                     if only.is_some() {
