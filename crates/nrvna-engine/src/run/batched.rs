@@ -321,7 +321,15 @@ fn engine_main(
             n => n.min(slots) as usize,
         },
     };
-    let ctx = match new_context(&model.weights().llama, shape.params(&cfg, Layout::Unified)) {
+    // With streams, start in them: jobs claimed together arrive one by one,
+    // and a first short job started in the shared stream made every other
+    // one wait until it ended (a switch waits for the running jobs).
+    let layout = if stream_cells > 0 {
+        Layout::Streams
+    } else {
+        Layout::Unified
+    };
+    let ctx = match new_context(&model.weights().llama, shape.params(&cfg, layout)) {
         Ok(c) => c,
         Err(e) => {
             let _ = ready.send(Err(e));
@@ -353,11 +361,11 @@ fn engine_main(
         model: &*model,
         cfg,
         ctx: Some(ctx),
-        layout: Layout::Unified,
+        layout,
         shape,
         switching: false,
         prompt_turn: false,
-        sched: shape.sched(Layout::Unified, min_reuse),
+        sched: shape.sched(layout, min_reuse),
         active: Vec::new(),
         waiting: VecDeque::new(),
         embeds: Vec::new(),
@@ -369,6 +377,9 @@ fn engine_main(
         tally: Tally::default(),
     };
     let started = std::time::Instant::now();
+    if layout == Layout::Streams {
+        tracing::debug!("KV layout: {layout:?} (at start)");
+    }
     let mut quit = false;
     while !quit && e.fault.is_none() {
         // Block only when there is nothing to do.
