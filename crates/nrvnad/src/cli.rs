@@ -368,8 +368,9 @@ pub struct ServeArgs {
     pub flash_attn: FlashAttnArg,
     /// KV cache layout of the batched engine: auto runs short jobs (whose
     /// prompt plus max tokens fit a stream of max-ctx / (workers + 1)
-    /// cells, at least 256) in a KV stream each while two or more of them
-    /// are in flight or waiting, so that a job's attention reads its own
+    /// cells, at least 256) in a KV stream each (from the start, and again
+    /// once two or more of them are in flight or waiting after a long
+    /// job), so that a job's attention reads its own
     /// cells only, and everything else in one stream shared by all (needed
     /// by long jobs and media; switching waits for the running jobs to
     /// end); unified always shares one stream.
