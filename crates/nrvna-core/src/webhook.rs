@@ -431,6 +431,35 @@ impl Outbox {
         Ok(v)
     }
 
+    /// Removes the entries of a finished shelf (`sent/` or `dead/`) that
+    /// are done with: their retry period is over and their last attempt
+    /// (their creation, without one) is older than `keep`. After the retry
+    /// period no process derives the event again (a job or batch that
+    /// ended longer ago than that gets none), so a removed entry is never
+    /// sent twice. Entries that cannot be read are left for a person to
+    /// look at. Returns how many were removed.
+    pub fn prune(&self, s: Shelf, now_ms: i64, keep: Duration) -> io::Result<usize> {
+        debug_assert!(s != Shelf::Outbox, "outbox/ entries are still being delivered");
+        let keep_ms = keep.as_millis().min(i64::MAX as u128) as i64;
+        let mut removed = 0;
+        for id in self.list(s)? {
+            let Ok(Some(e)) = self.read(s, &id) else { continue };
+            let last = e.attempts.iter().map(|a| a.at_ms).max().unwrap_or(e.created_ms);
+            if now_ms < e.retry_until_ms.max(last.saturating_add(keep_ms)) {
+                continue;
+            }
+            match std::fs::remove_file(self.dir(s).join(format!("{id}.json"))) {
+                Ok(()) => removed += 1,
+                Err(err) if err.kind() == io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err),
+            }
+        }
+        if removed > 0 {
+            self.io.sync_dir(&self.dir(s))?;
+        }
+        Ok(removed)
+    }
+
     /// The workspace's endpoints (`endpoints.json`; none when missing).
     pub fn endpoints(&self) -> Vec<String> {
         read_optional(&self.root.join("endpoints.json"), 1 << 20)
@@ -618,5 +647,61 @@ mod tests {
         assert!(!ob.create(&e).unwrap());
         assert_eq!(ob.list(Shelf::Sent).unwrap(), std::slice::from_ref(&e.id));
         assert!(ob.list(Shelf::Outbox).unwrap().is_empty());
+    }
+
+    #[test]
+    fn finished_entries_are_pruned_after_their_retry_period_and_the_keep_time() {
+        let d = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(d.path(), FileIo::new(false)).unwrap();
+        ob.set_endpoints(&["http://h/a".into()]).unwrap();
+        let hour = Duration::from_secs(3600);
+        let h = 3_600_000i64;
+        // Made at 0 with a retry period of one hour; `tried` is the time of
+        // its last attempt (none when None).
+        let entry = |subject: &str, to: Shelf, tried: Option<i64>| {
+            let ev = Derived {
+                kind: EventType::JobDone,
+                subject: subject.into(),
+                target: Target::Workspace,
+            };
+            let mut e = ob.derive(&ev, 0, hour).unwrap().unwrap();
+            if let Some(at_ms) = tried {
+                e.attempts.push(Attempt {
+                    at_ms,
+                    endpoint: "http://h/a".into(),
+                    status: Some(200),
+                    error: None,
+                    duration_ms: 3,
+                });
+            }
+            ob.update(&e).unwrap();
+            ob.shelve(&e.id, to).unwrap();
+            e.id
+        };
+        let early = entry("early", Shelf::Sent, Some(1000));
+        let late = entry("late", Shelf::Sent, Some(5 * h));
+        let dead = entry("dead", Shelf::Dead, Some(h));
+        let untried = entry("untried", Shelf::Sent, None);
+        // A corrupt entry stays for a person to look at.
+        std::fs::write(ob.dir(Shelf::Sent).join("evt_broken.json"), b"{").unwrap();
+        let keep = 2 * hour;
+
+        // Within the retry period nothing goes, however short `keep` is.
+        assert_eq!(ob.prune(Shelf::Sent, h - 1, Duration::ZERO).unwrap(), 0);
+        // At 3 h: the retry period (1 h) is over; `early` and `untried` are
+        // past keep, `late` (tried at 5 h) is not.
+        assert_eq!(ob.prune(Shelf::Sent, 3 * h, keep).unwrap(), 2);
+        let mut left = ob.list(Shelf::Sent).unwrap();
+        left.sort();
+        let mut want = vec![late.clone(), "evt_broken".to_owned()];
+        want.sort();
+        assert_eq!(left, want);
+        assert!(ob.find(&early).is_none() && ob.find(&untried).is_none());
+        // dead/ is pruned the same way, on its own.
+        assert_eq!(ob.prune(Shelf::Dead, 3 * h - 1, keep).unwrap(), 0);
+        assert_eq!(ob.prune(Shelf::Dead, 3 * h, keep).unwrap(), 1);
+        assert!(ob.find(&dead).is_none());
+        assert_eq!(ob.prune(Shelf::Sent, 7 * h, keep).unwrap(), 1);
+        assert_eq!(ob.list(Shelf::Sent).unwrap(), ["evt_broken"]);
     }
 }

@@ -39,6 +39,13 @@ pub struct WebhookArgs {
     /// The longest wait between two tries of one event.
     #[arg(long, env = "NRVNA_WEBHOOK_BACKOFF_MAX", value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub webhook_backoff_max: Duration,
+
+    /// How long delivered and given-up events stay in
+    /// WS/.nrvna-webhooks/sent/ and dead/ after their last attempt (never
+    /// before their retry period ends); the delivering process removes
+    /// older ones every 10 minutes.
+    #[arg(long, env = "NRVNA_WEBHOOK_KEEP", value_name = "DURATION", default_value = "7d", value_parser = parse_duration)]
+    pub webhook_keep: Duration,
 }
 
 impl WebhookArgs {
@@ -65,6 +72,7 @@ impl WebhookArgs {
         let mut c = Config::new(self.webhooks.clone(), secret);
         c.retry_for = self.webhook_retry_for;
         c.backoff_max = self.webhook_backoff_max;
+        c.keep = self.webhook_keep;
         c.backoff_base = c.backoff_base.min(c.backoff_max);
         Ok(Some(c))
     }
@@ -107,6 +115,11 @@ mod tests {
         .unwrap();
         assert_eq!(c.endpoints, ["http://h/x"]);
         assert_eq!(c.retry_for, Duration::from_secs(7200));
+        assert_eq!(c.keep, Duration::from_secs(7 * 86_400));
+        let c = parse(&["--webhook-secret", k, "--webhook-keep", "36h"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.keep, Duration::from_secs(36 * 3600));
         // A secret alone: this process delivers (job URLs, the workspace's endpoints).
         assert!(parse(&["--webhook-secret", k]).unwrap().is_some());
         assert!(parse(&["--webhook", "https://h/x", "--webhook-secret", k])

@@ -31,11 +31,18 @@ pub struct Config {
     pub backoff_max: Duration,
     /// Per request: connecting, sending and reading the status line.
     pub timeout: Duration,
+    /// How long delivered (`sent/`) and given-up (`dead/`) entries stay
+    /// after their last attempt (never before their retry period ends).
+    pub keep: Duration,
 }
+
+/// How often the deliverer prunes `sent/` and `dead/`.
+const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
 impl Config {
     /// Defaults but the endpoints and the secret: 72 h of retries (like
-    /// OpenAI), backoff from 1 s up to 5 min, 10 s per request.
+    /// OpenAI), backoff from 1 s up to 5 min, 10 s per request, finished
+    /// entries kept 7 days.
     pub fn new(endpoints: Vec<String>, secret: Secret) -> Config {
         Config {
             endpoints,
@@ -44,6 +51,7 @@ impl Config {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             timeout: Duration::from_secs(10),
+            keep: Duration::from_secs(7 * 86_400),
         }
     }
 }
@@ -93,6 +101,8 @@ struct Deliverer {
     due: HashMap<String, Entry>,
     /// xorshift state for the jitter.
     rng: u64,
+    /// When `sent/` and `dead/` were last pruned.
+    pruned: Option<Instant>,
 }
 
 impl Deliverer {
@@ -108,6 +118,7 @@ impl Deliverer {
             seen: HashSet::new(),
             due: HashMap::new(),
             rng: seed | 1,
+            pruned: None,
         }
     }
 
@@ -130,11 +141,33 @@ impl Deliverer {
         // on filesystems without events).
         let waker = DirWaker::new(&refs, Duration::from_secs(30));
         loop {
+            if self.pruned.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                self.prune();
+                self.pruned = Some(Instant::now());
+            }
             self.derive();
             self.load();
             let next = self.deliver_due();
             let deadline = next.map(|ms| Instant::now() + Duration::from_millis((ms - now_ms()).max(0) as u64));
             waker.wait(deadline);
+        }
+    }
+
+    /// Removes the delivered and given-up entries that are done with
+    /// ([`Outbox::prune`]): without it `sent/` gains a file per event for
+    /// as long as the workspace lives.
+    fn prune(&mut self) {
+        let now = now_ms();
+        for shelf in [Shelf::Sent, Shelf::Dead] {
+            match self.outbox.prune(shelf, now, self.cfg.keep) {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    "webhooks: removed {n} entries from {} (finished over {} ago)",
+                    self.outbox.dir(shelf).display(),
+                    nrvna_core::retention::format_duration(self.cfg.keep)
+                ),
+                Err(e) => tracing::warn!("webhooks: pruning {}: {e}", self.outbox.dir(shelf).display()),
+            }
         }
     }
 
@@ -162,11 +195,18 @@ impl Deliverer {
                     _ => None,
                 };
                 // Ended before any retry period now running: no event.
+                // Without `completed_at` (a job moved by hand), meta.json's
+                // last change stands in: an event must not be derived again
+                // after its entry was pruned.
                 let ended_ms = meta
                     .as_ref()
                     .and_then(|m| m.completed_at.as_deref())
                     .and_then(nrvna_core::time::parse_iso8601_micros)
-                    .map(|us| us / 1000);
+                    .map(|us| us / 1000)
+                    .or_else(|| {
+                        let t = std::fs::metadata(&p).and_then(|m| m.modified()).ok()?;
+                        Some(t.duration_since(UNIX_EPOCH).ok()?.as_millis() as i64)
+                    });
                 let old = ended_ms.is_some_and(|t| t.saturating_add(self.cfg.retry_for.as_millis() as i64) < now_ms());
                 if let Some(meta) = meta.filter(|_| !old) {
                     for d in job_events(&id, st, &meta) {
@@ -372,6 +412,50 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_pruned_entry_is_not_derived_again() {
+        let d = tempfile::tempdir().unwrap();
+        let (ws, outbox) = ws_with_endpoint(d.path());
+        let mut c = cfg(vec![]);
+        c.retry_for = Duration::from_millis(300);
+        c.keep = Duration::ZERO;
+        let mut meta = nrvna_core::Meta::new();
+        meta.completed_at = Some(nrvna_core::time::iso8601_utc(SystemTime::now()));
+        meta.set_extra("notify", true);
+        let job = finished_job(&ws, State::Done, &[]);
+        std::fs::write(ws.job_dir(State::Done, &job).join("meta.json"), meta.to_bytes()).unwrap();
+        // The same job moved by hand, without completed_at.
+        let bare = finished_job(&ws, State::Done, &[("notify", true.into())]);
+        let mut dl = Deliverer::new(ws.clone(), outbox.clone(), c.clone());
+        dl.derive();
+        assert_eq!(dl.due.len(), 2);
+        for (id, e) in dl.due.drain() {
+            outbox.update(&e).unwrap();
+            outbox.shelve(&id, Shelf::Sent).unwrap();
+        }
+        // Within the retry period the entries stay, whatever `keep` says.
+        dl.prune();
+        assert_eq!(outbox.list(Shelf::Sent).unwrap().len(), 2);
+        std::thread::sleep(Duration::from_millis(400));
+        dl.prune();
+        assert!(outbox.list(Shelf::Sent).unwrap().is_empty());
+        // A restarted deliverer finds both jobs ended before its retry
+        // period: no second event, though their entries are gone.
+        let mut again = Deliverer::new(ws.clone(), outbox.clone(), c);
+        again.derive();
+        assert!(again.due.is_empty(), "{:?}", again.due.keys());
+        assert!(outbox.list(Shelf::Outbox).unwrap().is_empty());
+        assert!(again.seen.contains(&job) && again.seen.contains(&bare));
+    }
+
+    /// A workspace under `dir` whose endpoint is http://127.0.0.1:9/ws.
+    fn ws_with_endpoint(dir: &std::path::Path) -> (Workspace, Outbox) {
+        let ws = Workspace::create(dir.join("ws")).unwrap();
+        let outbox = Outbox::open(ws.root(), ws.io().clone()).unwrap();
+        outbox.set_endpoints(&["http://127.0.0.1:9/ws".into()]).unwrap();
+        (ws, outbox)
+    }
+
     /// Publishes a job with meta extras and moves it to `st` as a daemon would.
     fn finished_job(ws: &Workspace, st: State, extras: &[(&str, serde_json::Value)]) -> JobId {
         let mut s = nrvna_core::Submission::text("hi");
@@ -386,9 +470,7 @@ mod tests {
     #[test]
     fn finished_jobs_are_derived_once_also_by_a_restarted_deliverer() {
         let d = tempfile::tempdir().unwrap();
-        let ws = Workspace::create(d.path().join("ws")).unwrap();
-        let outbox = Outbox::open(ws.root(), ws.io().clone()).unwrap();
-        outbox.set_endpoints(&["http://127.0.0.1:9/ws".into()]).unwrap();
+        let (ws, outbox) = ws_with_endpoint(d.path());
         let url = serde_json::Value::from("http://127.0.0.1:9/mine");
         let a = finished_job(&ws, State::Done, &[("notify", url)]);
         let b = finished_job(&ws, State::Failed, &[("notify", true.into())]);
