@@ -793,11 +793,7 @@ impl<'m> Engine<'m> {
                 self.ctx_mut().decode(&mut batch)
             };
             self.tally.decode_secs += t.elapsed().as_secs_f64();
-            let prompt_tokens: usize = feeds
-                .iter()
-                .filter(|f| f.take > 1 || !f.wants_logits)
-                .map(|f| f.take)
-                .sum();
+            let prompt_tokens: usize = feeds.iter().filter(|f| f.is_prompt()).map(|f| f.take).sum();
             if prompt_tokens > 0 {
                 self.tally.prompt_calls += 1;
                 self.tally.prompt_tokens += prompt_tokens as u64;
@@ -850,11 +846,10 @@ impl<'m> Engine<'m> {
     /// sequence's next token or prompt chunks, taking turns, in sequence
     /// order (llama.cpp puts only consecutive sequence ids in one part).
     fn streams_feeds(&mut self, feeds: &mut Vec<crate::run::sched::Feed>) {
-        let prompting = |f: &crate::run::sched::Feed| f.take > 1 || !f.wants_logits;
-        let steps = feeds.iter().filter(|f| !prompting(f)).count();
+        let steps = feeds.iter().filter(|f| !f.is_prompt()).count();
         if steps > 0 && steps < feeds.len() {
             let prompts = self.prompt_turn;
-            feeds.retain(|f| prompting(f) == prompts);
+            feeds.retain(|f| f.is_prompt() == prompts);
         }
         self.prompt_turn = !self.prompt_turn;
         let active = &self.active;

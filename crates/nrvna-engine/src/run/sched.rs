@@ -73,6 +73,14 @@ pub struct Feed {
     pub wants_logits: bool,
 }
 
+impl Feed {
+    /// Prompt tokens rather than one generation step (several tokens, or
+    /// a prompt chunk that is not its last).
+    pub fn is_prompt(&self) -> bool {
+        self.take > 1 || !self.wants_logits
+    }
+}
+
 /// The KV bookkeeping of the one shared context.
 #[derive(Debug)]
 pub struct Sched<T> {
