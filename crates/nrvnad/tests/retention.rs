@@ -55,36 +55,42 @@ struct Made {
     protected: bool,
 }
 
-/// Makes `n` finished jobs fast: a directory with meta.json and its
-/// artifact, its mtime set in the past.
+/// Makes one finished job fast: a directory with meta.json and its
+/// artifact, its mtime set `class`'s age before `now`.
+fn make_one(ws: &TestWs, now: SystemTime, id: &str, class: Class, failed: bool, tags: &[&str]) {
+    let state = if failed { FAILED } else { DONE };
+    let dir = ws.job(state, id);
+    fs::create_dir(&dir).unwrap();
+    let tags: Vec<String> = tags.iter().map(|t| format!("\"{t}\"")).collect();
+    let meta = format!(
+        "{{\"submitted_at\":\"2026-01-01T00:00:00.000000Z\",\"mode\":\"text\",\"tags\":[{}]}}",
+        tags.join(",")
+    );
+    fs::write(dir.join("meta.json"), meta).unwrap();
+    let (name, body): (&str, &[u8]) = if failed {
+        ("error.txt", b"boom\n")
+    } else {
+        ("result.txt", b"hello\n")
+    };
+    fs::write(dir.join(name), body).unwrap();
+    let age = match class {
+        Class::Old => 3 * DAY,
+        Class::Older1d => DAY + DAY / 2,
+        Class::Recent => 600,
+    };
+    fs::File::open(&dir)
+        .unwrap()
+        .set_modified(now - Duration::from_secs(age))
+        .unwrap();
+}
+
+/// Makes `n` finished jobs of every class, a few of them pinned, and the
+/// lines of two gateway batches.
 fn make_finished(ws: &TestWs, n: u32) -> Vec<Made> {
     let now = SystemTime::now();
     let mut made = Vec::with_capacity(n as usize + 8);
     let mut one = |id: String, class: Class, failed: bool, tags: &[&str], protected: bool| {
-        let state = if failed { FAILED } else { DONE };
-        let dir = ws.job(state, &id);
-        fs::create_dir(&dir).unwrap();
-        let tags: Vec<String> = tags.iter().map(|t| format!("\"{t}\"")).collect();
-        let meta = format!(
-            "{{\"submitted_at\":\"2026-01-01T00:00:00.000000Z\",\"mode\":\"text\",\"tags\":[{}]}}",
-            tags.join(",")
-        );
-        fs::write(dir.join("meta.json"), meta).unwrap();
-        let (name, body): (&str, &[u8]) = if failed {
-            ("error.txt", b"boom\n")
-        } else {
-            ("result.txt", b"hello\n")
-        };
-        fs::write(dir.join(name), body).unwrap();
-        let age = match class {
-            Class::Old => 3 * DAY,
-            Class::Older1d => DAY + DAY / 2,
-            Class::Recent => 600,
-        };
-        fs::File::open(&dir)
-            .unwrap()
-            .set_modified(now - Duration::from_secs(age))
-            .unwrap();
+        make_one(ws, now, &id, class, failed, tags);
         made.push(Made { id, class, protected });
     };
     for i in 0..n {
@@ -120,6 +126,16 @@ fn make_finished(ws: &TestWs, n: u32) -> Vec<Made> {
         one(format!("78_{k:06}"), Class::Old, k == 4, &[], false);
     }
     made
+}
+
+/// Makes `n` more jobs that phase A removes (ids from `1{first:09}` on),
+/// so that every kill finds a round with work left however fast this
+/// machine removes.
+fn make_more_old(ws: &TestWs, first: u32, n: u32) {
+    let now = SystemTime::now();
+    for i in first..first + n {
+        make_one(ws, now, &format!("1{i:09}"), Class::Old, i % 7 == 0, &["x"]);
+    }
 }
 
 /// Job ids in output/ and failed/ that this test made (not the stream's).
@@ -217,8 +233,16 @@ fn a_hundred_thousand_finished_jobs_pruned_while_jobs_run_and_sigkills_lose_noth
     ];
     let mut rng = Rng(0x5eed_2323);
     let (mut mid_round, mut mid_delete) = (0, 0);
+    // How fast a round removes depends on the machine: when fewer jobs
+    // that phase A removes are left than a kill may take, more are made.
+    let mut next_id = 100_000;
     for k in 0..20 {
-        let before = made_present(&ws).len();
+        let mut before = made_present(&ws).len();
+        if before - kept_a.len() < 10_000 {
+            make_more_old(&ws, next_id, 10_000);
+            next_id += 10_000;
+            before += 10_000;
+        }
         let d = echo(&ws, &policy_a);
         // Listing 100,000 jobs takes a while: kill once removing began.
         assert!(
@@ -243,7 +267,7 @@ fn a_hundred_thousand_finished_jobs_pruned_while_jobs_run_and_sigkills_lose_noth
     eprintln!(
         "20 kills: {mid_round} landed while jobs were being removed, {mid_delete} left entries in the trash; {} of {} made jobs left",
         made_present(&ws).len(),
-        made.len()
+        made.len() + (next_id as usize - 100_000)
     );
     // A kill comes 0 to 150 ms after a round starts removing; a round that
     // finishes inside that window on a fast moment is a kill after the round,
