@@ -243,7 +243,7 @@ impl Shape {
             Layout::Unified => self.n_ctx as usize,
             Layout::Streams => self.stream_cells as usize * self.slots as usize,
         };
-        Sched::new(cells, self.n_batch as usize, self.slots, min_reuse)
+        Sched::new(cells, self.n_batch as usize, self.slots, min_reuse).sharing_cells(layout == Layout::Unified)
     }
 }
 
@@ -293,6 +293,8 @@ struct Tally {
     prompt_tokens: u64,
     /// Seconds inside llama_decode, and waiting for a job with none to run.
     decode_secs: f64,
+    /// Of `decode_secs`, those of the calls with generation steps only.
+    step_secs: f64,
     idle_secs: f64,
 }
 
@@ -424,14 +426,16 @@ fn engine_main(
     }
     let t = &e.tally;
     tracing::debug!(
-        "batched engine: {:.2} s running, {:.2} s idle, {:.2} s decoding: {} calls stepping {:.1} sequences on average, {} calls with {:.1} prompt tokens on average",
+        "batched engine: {:.2} s running, {:.2} s idle, {:.2} s decoding: {} calls stepping {:.1} sequences on average in {:.2} ms each, {} calls with {:.1} prompt tokens on average in {:.2} ms each",
         started.elapsed().as_secs_f64() - t.idle_secs,
         t.idle_secs,
         t.decode_secs,
         t.step_calls,
         t.step_seqs as f64 / t.step_calls.max(1) as f64,
+        t.step_secs * 1e3 / t.step_calls.max(1) as f64,
         t.prompt_calls,
-        t.prompt_tokens as f64 / t.prompt_calls.max(1) as f64
+        t.prompt_tokens as f64 / t.prompt_calls.max(1) as f64,
+        (t.decode_secs - t.step_secs) * 1e3 / t.prompt_calls.max(1) as f64
     );
     if let Some(why) = e.fault.clone() {
         tracing::error!("batched engine fault: {why}; the engine has stopped");
@@ -792,7 +796,8 @@ impl<'m> Engine<'m> {
             } else {
                 self.ctx_mut().decode(&mut batch)
             };
-            self.tally.decode_secs += t.elapsed().as_secs_f64();
+            let secs = t.elapsed().as_secs_f64();
+            self.tally.decode_secs += secs;
             let prompt_tokens: usize = feeds.iter().filter(|f| f.is_prompt()).map(|f| f.take).sum();
             if prompt_tokens > 0 {
                 self.tally.prompt_calls += 1;
@@ -800,6 +805,7 @@ impl<'m> Engine<'m> {
             } else {
                 self.tally.step_calls += 1;
                 self.tally.step_seqs += feeds.len() as u64;
+                self.tally.step_secs += secs;
             }
             match res {
                 Ok(()) => {

@@ -23,6 +23,9 @@ pub struct SeqState<T> {
     pub n_past: usize,
     /// Prompt tokens whose cells came from another sequence.
     pub reused: usize,
+    /// Leading cells it shares with other sequences while admitted (a
+    /// prefix attached in one shared stream: no cells of its own).
+    pub shared: usize,
     /// Admission order: the largest is the youngest.
     pub admitted: u64,
 }
@@ -35,6 +38,7 @@ impl<T> SeqState<T> {
             toks,
             n_past: 0,
             reused: 0,
+            shared: 0,
             admitted: 0,
         }
     }
@@ -92,6 +96,9 @@ pub struct Sched<T> {
     pub cache_seq: i32,
     /// Tokens held by the prefix-cache sequence.
     pub cache: Vec<T>,
+    /// Whether a reused prefix shares its cells (one stream for every
+    /// sequence) rather than copying them (a stream per sequence).
+    pub shares_cells: bool,
     admissions: u64,
 }
 
@@ -105,21 +112,48 @@ impl<T: PartialEq + Clone> Sched<T> {
             free_slots: (0..slots as i32).rev().collect(),
             cache_seq: slots as i32,
             cache: Vec::new(),
+            shares_cells: false,
             admissions: 0,
         }
     }
 
-    /// An upper bound of the cells in use (shared cells counted per sequence).
+    /// Reused prefixes share their cells (one stream for every sequence).
+    pub fn sharing_cells(mut self, yes: bool) -> Sched<T> {
+        self.shares_cells = yes;
+        self
+    }
+
+    /// The cells in use, or a bound a little above. Where prefixes share
+    /// their cells, each sequence counts its own cells and the longest
+    /// shared prefix counts once (it outlives the sequence it came from);
+    /// sequences attached to different prefixes can hold more than that,
+    /// and a decode that finds no room preempts the youngest. Where
+    /// prefixes are copied, every sequence counts all of its cells.
     pub fn cells_used<'a>(&self, active: impl Iterator<Item = &'a SeqState<T>>) -> usize
     where
         T: 'a,
     {
-        active.map(|s| s.n_past + s.todo()).sum::<usize>() + self.cache.len()
+        let (mut own, mut longest_shared) = (0, 0);
+        for s in active {
+            let cells = s.n_past + s.todo();
+            if self.shares_cells {
+                own += cells - s.shared.min(cells);
+                longest_shared = longest_shared.max(s.shared);
+            } else {
+                own += cells;
+            }
+        }
+        own + longest_shared + self.cache.len()
     }
 
     /// The best KV source for `toks`: (sequence id, usable prefix length),
     /// and whether a longer shared prefix is still being computed.
     pub fn best_prefix(&self, toks: &[T], active: &[&SeqState<T>]) -> (Option<(i32, usize)>, bool) {
+        self.best_prefix_from(toks, active, true)
+    }
+
+    /// [`Sched::best_prefix`], with or without the prefix-cache sequence.
+    fn best_prefix_from(&self, toks: &[T], active: &[&SeqState<T>], cache: bool) -> (Option<(i32, usize)>, bool) {
         if self.min_reuse == 0 || toks.is_empty() {
             return (None, false);
         }
@@ -140,7 +174,9 @@ impl<T: PartialEq + Clone> Sched<T> {
                 consider(slot, common_prefix(toks, &s.toks[..s.n_prompt]), s.n_past);
             }
         }
-        consider(self.cache_seq, common_prefix(toks, &self.cache), self.cache.len());
+        if cache {
+            consider(self.cache_seq, common_prefix(toks, &self.cache), self.cache.len());
+        }
         let pending = pending && best.is_none_or(|(_, b)| b < cap);
         (best, pending)
     }
@@ -158,16 +194,27 @@ impl<T: PartialEq + Clone> Sched<T> {
             if pending && w.n_past == 0 {
                 continue;
             }
-            let need = w.toks.len() + GROWTH_MARGIN * (active.len() + 1);
+            // The cells admitting it adds to `cells_used`, with room to grow.
+            let longest_shared = active.iter().map(|s| s.shared).max().unwrap_or(0);
+            let need = |reuse: Option<(i32, usize)>| {
+                let shared = match reuse {
+                    Some((_, n)) if self.shares_cells => n,
+                    _ => 0,
+                };
+                w.toks.len() - shared + shared.saturating_sub(longest_shared) + GROWTH_MARGIN * (active.len() + 1)
+            };
             let mut drop_cache = false;
             let mut reuse = best;
             let mut used_now = used;
-            if used_now + need > self.n_ctx && !self.cache.is_empty() {
+            if used_now + need(reuse) > self.n_ctx && !self.cache.is_empty() {
                 drop_cache = true;
                 used_now -= self.cache.len();
-                reuse = reuse.filter(|(s, _)| *s != self.cache_seq);
+                if reuse.is_some_and(|(s, _)| s == self.cache_seq) {
+                    // The cache goes: the best running sequence instead.
+                    reuse = self.best_prefix_from(&w.toks, active, false).0;
+                }
             }
-            if used_now + need > self.n_ctx && !active.is_empty() {
+            if used_now + need(reuse) > self.n_ctx && !active.is_empty() {
                 return None; // in order: wait for running jobs to free cells
             }
             return Some(Admission { idx, drop_cache, reuse });
@@ -189,9 +236,13 @@ impl<T: PartialEq + Clone> Sched<T> {
         s.slot = Some(slot);
         s.admitted = self.admissions;
         s.n_past = 0;
+        s.shared = 0;
         if let Some((_, n)) = reuse {
             s.n_past = n;
             s.reused = s.reused.max(n.min(s.n_prompt));
+            if self.shares_cells {
+                s.shared = n;
+            }
         }
         slot
     }
@@ -210,6 +261,7 @@ impl<T: PartialEq + Clone> Sched<T> {
         let slot = s.slot.take()?;
         self.free_slots.push(slot);
         s.n_past = 0;
+        s.shared = 0;
         Some(slot)
     }
 
@@ -331,6 +383,62 @@ mod tests {
         sc.free_slots.clear();
         let tiny = seq(&[3]);
         assert_eq!(sc.next_admission(&[], &[&tiny].into()), None);
+    }
+
+    /// Starts `first`, then admits copies of `next` (each attached to the
+    /// prefix `next_admission` picks, then prefilled) until one does not
+    /// fit; returns how many were admitted.
+    fn admitted_beside(sc: &mut Sched<u32>, first: &[u32], next: &[u32]) -> usize {
+        let mut running = vec![seq(first)];
+        sc.admit(&mut running[0], None);
+        running[0].n_past = first.len();
+        loop {
+            let w = seq(next);
+            let adm = {
+                let active: Vec<&SeqState<u32>> = running.iter().collect();
+                sc.next_admission(&active, &[&w].into())
+            };
+            let Some(adm) = adm else {
+                return running.len() - 1;
+            };
+            let mut w = w;
+            sc.admit(&mut w, adm.reuse);
+            w.n_past = w.toks.len();
+            running.push(w);
+            if sc.free_slots.is_empty() {
+                return running.len() - 1;
+            }
+        }
+    }
+
+    #[test]
+    fn a_prefix_shared_in_one_stream_counts_once_and_a_copied_one_per_sequence() {
+        // A 500-token instruction, then each job's own 10 tokens.
+        let prefix: Vec<u32> = (1000..1500).collect();
+        let job = |k: u32| -> Vec<u32> { prefix.iter().copied().chain(k * 100..k * 100 + 10).collect() };
+        let mut shared = Sched::<u32>::new(2000, 8, 16, 3).sharing_cells(true);
+        let n = admitted_beside(&mut shared, &job(1), &job(2));
+        assert_eq!(n, 15, "all 16 sequences fit in 2000 cells when the prefix is held once");
+        let mut copied = Sched::<u32>::new(2000, 8, 16, 3);
+        let n = admitted_beside(&mut copied, &job(1), &job(2));
+        assert_eq!(n, 2, "copied prefixes fill 2000 cells after 3 sequences");
+    }
+
+    #[test]
+    fn dropping_the_cache_for_room_reuses_a_running_prefix_instead() {
+        let mut sc = Sched::<u32>::new(400, 8, 4, 3);
+        // The cache holds the whole prompt; a running job its first 100 tokens.
+        let prompt: Vec<u32> = (0..120).collect();
+        sc.cache = prompt.clone();
+        let mut running = seq(&prompt[..100].iter().copied().chain([7; 50]).collect::<Vec<_>>());
+        sc.admit(&mut running, None);
+        running.n_past = 150;
+        let w = seq(&prompt);
+        let adm = sc
+            .next_admission(&[&running], &[&w].into())
+            .expect("fits without the cache");
+        assert!(adm.drop_cache);
+        assert_eq!(adm.reuse, Some((running.slot.unwrap(), 100)), "not a full recompute");
     }
 
     #[test]
