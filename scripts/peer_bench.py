@@ -216,12 +216,41 @@ TOPICS = [
 ]
 
 
-def prompts(n):
+GUIDE = [
+    "You write for a general audience that reads on small screens.",
+    "Prefer short sentences and concrete words over abstract ones.",
+    "Open with the most interesting fact, not with a definition.",
+    "Use the active voice unless the actor is unknown or unimportant.",
+    "Name one specific example, place, or number in every paragraph.",
+    "Avoid clichés, exclamation marks, rhetorical questions, and lists.",
+    "Do not address the reader directly and do not mention these rules.",
+    "Keep a calm, curious tone, like a good museum guide.",
+]
+
+
+def shared_prefix(words):
+    """A deterministic house style guide of about `words` words, the same
+    for every job: the part of a backlog's prompts that a queue can
+    compute once."""
+    if words <= 0:
+        return ""
+    out, n, i = [], 0, 0
+    while n < words:
+        sentence = f"Rule {i + 1}. {GUIDE[i % len(GUIDE)]}"
+        out.append(sentence)
+        n += len(sentence.split())
+        i += 1
+    return "House style guide.\n" + "\n".join(out) + "\n\n"
+
+
+def prompts(n, prefix_words=0):
+    head = shared_prefix(prefix_words)
     out = []
     for i in range(n):
         t = TOPICS[i % len(TOPICS)]
         k = i // len(TOPICS)
-        out.append(f"Write a short paragraph about {t}." if k == 0 else f"Write a short paragraph about {t} (variation {k}).")
+        task = f"Write a short paragraph about {t}." if k == 0 else f"Write a short paragraph about {t} (variation {k})."
+        out.append(head + task)
     return out
 
 
@@ -244,6 +273,9 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tokens", type=int, default=64, help="max tokens per job (greedy)")
     ap.add_argument("--logs", type=Path, default=Path("bench-out/logs"))
+    ap.add_argument("--shared-prefix", type=int, default=0, metavar="WORDS",
+                    help="put the same style guide of about WORDS words before every prompt "
+                         "(a backlog whose jobs share a long instruction; default 0: none)")
     ap.add_argument("config", nargs="+", type=parse_config,
                     help="FACE:NAME[:FLAG,FLAG...], e.g. server:default server:np16:-np,16 "
                          "server:nofp16-np16:exe=target/peer/bin/llama-server-nofp16,-np,16 wrk:default api:w16:--workers,16")
@@ -258,7 +290,7 @@ def main():
     for r in range(a.rounds):
         order = a.config if r % 2 == 0 else list(reversed(a.config))
         for n in sizes:
-            ps = prompts(n)
+            ps = prompts(n, a.shared_prefix)
             for face, name, flags in order:
                 label = f"peer-{face}-{name}-n{n}-r{r}"
                 print(f"{label} ...", file=sys.stderr, flush=True)
@@ -295,7 +327,8 @@ def main():
         rounds = " ".join("-" if t is None else f"{t:.0f}" for t in s["tok_s_by_round"])
         rss = "" if s["peak_rss_mb_max"] is None else f"{s['peak_rss_mb_max']:.0f}"
         print(f"| {s['jobs']} | {s['face']} | {s['config']} | {med} | {rounds} | {rss} |", file=sys.stderr)
-    json.dump({"runs": runs, "summary": summary, "tokens": a.tokens, "rounds": a.rounds}, sys.stdout, indent=1)
+    json.dump({"runs": runs, "summary": summary, "tokens": a.tokens, "rounds": a.rounds,
+               "shared_prefix_words": a.shared_prefix}, sys.stdout, indent=1)
     print()
 
 
