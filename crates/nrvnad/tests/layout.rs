@@ -2,7 +2,9 @@
 //! real model: a backlog of short jobs runs with a KV stream per job (a
 //! shared prefix still reused, copied across streams), a long job switches
 //! the context back to one shared stream, `--kv-layout unified` never
-//! switches, and `--workers auto` measures, logs and records its choice.
+//! switches, `--workers auto` measures, logs and records its choice, and
+//! jobs behind a long shared instruction run together in the shared stream,
+//! attached to one copy of it.
 
 mod common;
 
@@ -96,4 +98,73 @@ fn the_unified_layout_never_switches_and_auto_workers_are_measured_and_recorded(
     assert!(log.contains(&format!("with {n} workers (batched engine)")), "{log}");
     let info: Value = serde_json::from_str(&std::fs::read_to_string(ws.path().join(".nrvnad.info")).unwrap()).unwrap();
     assert_eq!(info["workers"], n, "{info}");
+}
+
+#[test]
+fn jobs_behind_a_long_shared_instruction_run_together_and_compute_it_once() {
+    let ws = TestWs::new();
+    // About 400 tokens that every job shares, then its own question: too
+    // long for a 256-cell stream, so they run in the shared stream, where
+    // an attached prefix shares its cells.
+    let rules = [
+        "Prefer short sentences and concrete words over abstract ones.",
+        "Open with the most interesting fact, not with a definition.",
+        "Use the active voice unless the actor is unknown or unimportant.",
+        "Name one specific example, place, or number in every answer.",
+    ];
+    let guide: String = (0..24)
+        .map(|i| format!("Rule {}. {}\n", i + 1, rules[i % rules.len()]))
+        .collect();
+    let topics = [
+        "the sea", "a forest", "the moon", "a city", "winter", "music", "rain", "bridges",
+    ];
+    let ids: Vec<String> = topics
+        .iter()
+        .map(|t| {
+            ws.submit(
+                &["--temp", "0", "--max-tokens", "8"],
+                &format!("House style guide.\n{guide}\nWrite one sentence about {t}."),
+            )
+        })
+        .collect();
+    // 8 jobs of about 420 cells in 2048: counted once per job, the shared
+    // instruction would let only 4 run at a time.
+    let mut d = ws.drain(&["--workers", "8", "--max-ctx", "2048", "--log-level", "debug"], &[]);
+    let log = d.log_text();
+    assert_eq!(d.code(), 0, "{log}");
+    assert!(log.contains("KV layout: Unified"), "{log}");
+    let mut prompt = 0;
+    let mut attached = 0;
+    for id in &ids {
+        let meta: Value = ws.meta(DONE, id);
+        assert!(!ws.read(DONE, id, "result.txt").trim().is_empty(), "{id}: empty result");
+        let n = meta["prompt_tokens"].as_u64().unwrap_or(0);
+        let reused = meta["reused_prompt_tokens"].as_u64().unwrap_or(0);
+        assert!(
+            n > 300,
+            "{id}: a {n}-token prompt is shorter than the test means: {meta}"
+        );
+        prompt = n;
+        attached += usize::from(reused + 30 > n);
+    }
+    assert!(
+        attached >= ids.len() - 1,
+        "only {attached} of {} jobs attached to the shared instruction",
+        ids.len()
+    );
+    // The engine's tally at stop: how many sequences each step decoded.
+    let line = log
+        .lines()
+        .find(|l| l.contains("calls stepping"))
+        .unwrap_or_else(|| panic!("no tally line: {log}"));
+    let avg: f64 = line
+        .split(" calls stepping ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no average in {line:?}"));
+    assert!(
+        avg >= 5.5,
+        "{prompt}-token prompts sharing their instruction stepped {avg} at a time, not about 8: {line}"
+    );
 }
