@@ -146,6 +146,14 @@ impl<T: PartialEq + Clone> Sched<T> {
         own + longest_shared + self.cache.len()
     }
 
+    /// The cells a sequence attached to `reuse` shares rather than holds.
+    fn shared_by(&self, reuse: Option<(i32, usize)>) -> usize {
+        match reuse {
+            Some((_, n)) if self.shares_cells => n,
+            _ => 0,
+        }
+    }
+
     /// The best KV source for `toks`: (sequence id, usable prefix length),
     /// and whether a longer shared prefix is still being computed.
     pub fn best_prefix(&self, toks: &[T], active: &[&SeqState<T>]) -> (Option<(i32, usize)>, bool) {
@@ -189,18 +197,15 @@ impl<T: PartialEq + Clone> Sched<T> {
             return None;
         }
         let used = self.cells_used(active.iter().copied());
+        let longest_shared = active.iter().map(|s| s.shared).max().unwrap_or(0);
         for (idx, w) in waiting.iter().enumerate() {
             let (best, pending) = self.best_prefix(&w.toks, active);
             if pending && w.n_past == 0 {
                 continue;
             }
             // The cells admitting it adds to `cells_used`, with room to grow.
-            let longest_shared = active.iter().map(|s| s.shared).max().unwrap_or(0);
             let need = |reuse: Option<(i32, usize)>| {
-                let shared = match reuse {
-                    Some((_, n)) if self.shares_cells => n,
-                    _ => 0,
-                };
+                let shared = self.shared_by(reuse);
                 w.toks.len() - shared + shared.saturating_sub(longest_shared) + GROWTH_MARGIN * (active.len() + 1)
             };
             let mut drop_cache = false;
@@ -236,13 +241,10 @@ impl<T: PartialEq + Clone> Sched<T> {
         s.slot = Some(slot);
         s.admitted = self.admissions;
         s.n_past = 0;
-        s.shared = 0;
+        s.shared = self.shared_by(reuse);
         if let Some((_, n)) = reuse {
             s.n_past = n;
             s.reused = s.reused.max(n.min(s.n_prompt));
-            if self.shares_cells {
-                s.shared = n;
-            }
         }
         slot
     }
@@ -393,7 +395,7 @@ mod tests {
         sc.admit(&mut running[0], None);
         running[0].n_past = first.len();
         loop {
-            let w = seq(next);
+            let mut w = seq(next);
             let adm = {
                 let active: Vec<&SeqState<u32>> = running.iter().collect();
                 sc.next_admission(&active, &[&w].into())
@@ -401,7 +403,6 @@ mod tests {
             let Some(adm) = adm else {
                 return running.len() - 1;
             };
-            let mut w = w;
             sc.admit(&mut w, adm.reuse);
             w.n_past = w.toks.len();
             running.push(w);
