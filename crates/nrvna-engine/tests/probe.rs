@@ -46,6 +46,6 @@ fn every_configuration_generates_every_token_and_the_choice_measures_both() {
     };
     // 16 sequences of 64 prompt tokens do not fit in 256 cells: the
     // measurement sizes its own context.
-    let (_, on, off) = choose_flash_attn(&m.weights, &base, 16).unwrap();
+    let (_, on, off) = choose_flash_attn(&m.weights, &base, 16, false).unwrap();
     assert!(on > 0.0 && off > 0.0, "on {on}, off {off}");
 }

@@ -91,15 +91,24 @@ impl Inference {
         // setting each layout will run (timed without it, the shared
         // stream's best was 4 jobs at 285 tok/s, where flash attention ran
         // 16 at 590 tok/s). Under --workers auto it is timed at 16 jobs.
+        // The measurements below time decode steps; they are not tried
+        // while other processes hold the CPUs (the timings would be
+        // theirs, and each measurement would take seconds to minutes), nor
+        // after one of them finds it so: `busy` says why.
+        let measures =
+            cfg.flash_attn == FlashAttn::Auto || (workers == AUTO_WORKERS && kind == EngineKind::Batched && !media);
+        let mut busy = (measures && cfg.gpu_layers == 0)
+            .then(|| busy_now(cfg.threads))
+            .flatten();
         if cfg.flash_attn == FlashAttn::Auto {
             let seqs = match (workers, kind) {
                 (AUTO_WORKERS, EngineKind::Batched) if !media => nrvna_engine::probe::CHOICE_MAX_SEQS,
                 (AUTO_WORKERS, _) => DEFAULT_WORKERS,
                 (n, _) => n,
             };
-            cfg.flash_attn = choose_flash_attn(&model, &cfg, kind, seqs, true);
+            cfg.flash_attn = choose_flash_attn(&model, &cfg, kind, seqs, true, &mut busy);
             cfg.flash_attn_streams = if kind == EngineKind::Batched && cfg.kv_streams && !media {
-                choose_flash_attn(&model, &cfg, kind, seqs, false)
+                choose_flash_attn(&model, &cfg, kind, seqs, false, &mut busy)
             } else {
                 cfg.flash_attn
             };
@@ -112,7 +121,7 @@ impl Inference {
                 DEFAULT_WORKERS
             }
             (AUTO_WORKERS, EngineKind::Batched) => {
-                let (w, unified) = choose_slots(&model, &cfg);
+                let (w, unified) = choose_slots(&model, &cfg, &mut busy);
                 cfg.unified_slots = unified;
                 w
             }
@@ -202,15 +211,39 @@ impl Inference {
     }
 }
 
+/// Why the start-up measurements should not run now, if they should not:
+/// spinning on as many CPUs as the engine has threads (at most all of
+/// them) for 50 ms got less than [`nrvna_engine::probe::MIN_CPU_SHARE`]
+/// of their time.
+fn busy_now(threads: u32) -> Option<String> {
+    use nrvna_engine::probe::{cpu_share, runnable, MIN_CPU_SHARE};
+    let share = cpu_share(threads, std::time::Duration::from_millis(50));
+    tracing::debug!(
+        "before measuring: spinning on {} CPUs for 50 ms got {:.0}% of their time",
+        runnable(threads),
+        share * 100.0
+    );
+    (share < MIN_CPU_SHARE).then(|| {
+        format!(
+            "the machine is busy: spinning on {} CPUs for 50 ms, this process got {:.0}% of their time (at least {:.0}% \
+             needed)",
+            runnable(threads),
+            share * 100.0,
+            MIN_CPU_SHARE * 100.0
+        )
+    })
+}
+
 /// `--workers auto` with the batched engine: times a decode step at batch
 /// sizes 4, 8, 16, ... in the engine's shapes (each sequence holding a chat
 /// job's cells), with a KV stream per sequence (short jobs, when
 /// `--kv-layout auto`) and with one shared stream, and takes for each the
 /// smallest size within 5% of its best. The workers are the larger of the
 /// two; the unified layout decodes at most its own. If the measurement
-/// fails, [`DEFAULT_WORKERS`].
-fn choose_slots(model: &Model, cfg: &EngineConfig) -> (u32, u32) {
-    use nrvna_engine::probe::{measure_slots, pick_slots, ProbeConfig, SLOTS_CELLS_PER_SEQ};
+/// fails, or an earlier one found the machine busy (`busy`, set when this
+/// one does), [`DEFAULT_WORKERS`].
+fn choose_slots(model: &Model, cfg: &EngineConfig, busy: &mut Option<String>) -> (u32, u32) {
+    use nrvna_engine::probe::{measure_slots, pick_slots, ProbeConfig, ProbeError, SLOTS_CELLS_PER_SEQ};
     let n_ctx = model.weights.cap_ctx(cfg.max_ctx);
     let base = ProbeConfig {
         flash_attn: false,
@@ -219,6 +252,12 @@ fn choose_slots(model: &Model, cfg: &EngineConfig) -> (u32, u32) {
         n_ctx: 256,
         n_batch: 256,
     };
+    if let Some(why) = busy {
+        tracing::warn!(
+            "--workers auto: batch sizes not measured ({why}); running {DEFAULT_WORKERS} workers (--workers N sets it)"
+        );
+        return (DEFAULT_WORKERS, 0);
+    }
     let t = std::time::Instant::now();
     // As many jobs as the KV cache holds: in one shared stream, jobs of
     // that many cells; with a stream per job (and one for the prefix
@@ -244,6 +283,7 @@ fn choose_slots(model: &Model, cfg: &EngineConfig) -> (u32, u32) {
                 ..base
             },
             max_slots,
+            cfg.gpu_layers == 0,
         )
     };
     let show = |m: &[(u32, f64)]| {
@@ -255,7 +295,12 @@ fn choose_slots(model: &Model, cfg: &EngineConfig) -> (u32, u32) {
     let unified = match sweep(true) {
         Ok(m) => m,
         Err(e) => {
-            tracing::warn!("--workers auto: measuring batch sizes failed ({e}); running {DEFAULT_WORKERS} workers");
+            if matches!(e, ProbeError::Busy { .. }) {
+                *busy = Some(e.to_string());
+            }
+            tracing::warn!(
+                "--workers auto: measuring batch sizes failed ({e}); running {DEFAULT_WORKERS} workers (--workers N sets it)"
+            );
             return (DEFAULT_WORKERS, 0);
         }
     };
@@ -264,6 +309,9 @@ fn choose_slots(model: &Model, cfg: &EngineConfig) -> (u32, u32) {
         match sweep(false) {
             Ok(m) => Some(m),
             Err(e) => {
+                if matches!(e, ProbeError::Busy { .. }) {
+                    *busy = Some(e.to_string());
+                }
                 tracing::warn!("--workers auto: measuring batch sizes with a KV stream per job failed ({e})");
                 None
             }
@@ -297,8 +345,24 @@ fn choose_slots(model: &Model, cfg: &EngineConfig) -> (u32, u32) {
 /// engine's other layout, a KV stream per sequence (there the choice can
 /// differ: llama.cpp's flash-attention kernel took 53% of a 64-job run with
 /// a stream per job). If the measurement fails, llama.cpp's own automatic
-/// choice stays.
-fn choose_flash_attn(model: &Model, cfg: &EngineConfig, kind: EngineKind, workers: u32, kv_unified: bool) -> FlashAttn {
+/// choice stays; the same when an earlier measurement found the machine
+/// busy (`busy`, set when this one does).
+fn choose_flash_attn(
+    model: &Model,
+    cfg: &EngineConfig,
+    kind: EngineKind,
+    workers: u32,
+    kv_unified: bool,
+    busy: &mut Option<String>,
+) -> FlashAttn {
+    let layout = if kv_unified { "" } else { " with a KV stream per job" };
+    if let Some(why) = busy {
+        tracing::warn!(
+            "flash attention{layout} left to llama.cpp (on where the backend has it): not measured ({why}); \
+             NRVNA_FLASH_ATTN=on or off chooses it"
+        );
+        return FlashAttn::Auto;
+    }
     let (seqs, threads) = match kind {
         EngineKind::Batched => (workers.min(nrvna_engine::probe::CHOICE_MAX_SEQS), cfg.threads),
         _ => (1, (cfg.threads / workers.max(1)).max(1)),
@@ -311,13 +375,12 @@ fn choose_flash_attn(model: &Model, cfg: &EngineConfig, kind: EngineKind, worker
         n_batch: 256,
     };
     let t = std::time::Instant::now();
-    match nrvna_engine::probe::choose_flash_attn(&model.weights, &base, seqs) {
+    match nrvna_engine::probe::choose_flash_attn(&model.weights, &base, seqs, cfg.gpu_layers == 0) {
         Ok((on, on_tok_s, off_tok_s)) => {
             tracing::info!(
-                "flash attention {}{} (auto: {seqs} sequences x {threads} threads measured {on_tok_s:.1} tok/s with it, \
+                "flash attention {}{layout} (auto: {seqs} sequences x {threads} threads measured {on_tok_s:.1} tok/s with it, \
                  {off_tok_s:.1} without, in {:.2} s)",
                 if on { "on" } else { "off" },
-                if kv_unified { "" } else { " with a KV stream per job" },
                 t.elapsed().as_secs_f64()
             );
             if on {
@@ -327,7 +390,13 @@ fn choose_flash_attn(model: &Model, cfg: &EngineConfig, kind: EngineKind, worker
             }
         }
         Err(e) => {
-            tracing::warn!("flash attention left to llama.cpp: measuring it failed ({e})");
+            if matches!(e, nrvna_engine::probe::ProbeError::Busy { .. }) {
+                *busy = Some(e.to_string());
+            }
+            tracing::warn!(
+                "flash attention{layout} left to llama.cpp (on where the backend has it): measuring it failed ({e}); \
+                 NRVNA_FLASH_ATTN=on or off chooses it"
+            );
             FlashAttn::Auto
         }
     }

@@ -2,9 +2,10 @@
 //! real model: a backlog of short jobs runs with a KV stream per job (a
 //! shared prefix still reused, copied across streams), a long job switches
 //! the context back to one shared stream, `--kv-layout unified` never
-//! switches, `--workers auto` measures, logs and records its choice, and
-//! jobs behind a long shared instruction run together in the shared stream,
-//! attached to one copy of it.
+//! switches, and jobs behind a long shared instruction run together in the
+//! shared stream, attached to one copy of it. (`--workers auto`, measured
+//! at start, is tested alone in tests/startup.rs: a measurement needs the
+//! CPUs to itself.)
 
 mod common;
 
@@ -61,7 +62,7 @@ fn short_jobs_get_a_stream_each_and_a_long_one_switches_back_to_the_shared_strea
 }
 
 #[test]
-fn the_unified_layout_never_switches_and_auto_workers_are_measured_and_recorded() {
+fn the_unified_layout_never_switches() {
     let ws = TestWs::new();
     for t in ["rain", "snow", "wind"] {
         ws.submit(&["--temp", "0", "--max-tokens", "8"], &format!("One word about {t}."));
@@ -74,30 +75,6 @@ fn the_unified_layout_never_switches_and_auto_workers_are_measured_and_recorded(
     assert_eq!(d.code(), 0, "{log}");
     assert!(!log.contains("KV stream each") && !log.contains("KV layout:"), "{log}");
     assert_eq!(ws.names_in(DONE).len(), 3);
-
-    // Out of the box: the workers are chosen by measurement and said.
-    let ws = TestWs::new();
-    let mut d = ws.daemon(&[], &[]);
-    d.wait_ready();
-    let log = d.log_text();
-    let line = log
-        .lines()
-        .find(|l| l.contains("workers: ") && l.contains("(auto: a decode step"))
-        .unwrap_or_else(|| panic!("no auto workers line: {log}"));
-    let n: u32 = line
-        .split("workers: ")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .and_then(|w| w.parse().ok())
-        .unwrap_or_else(|| panic!("no count in {line}"));
-    assert!([4, 8, 16, 32].contains(&n), "{line}");
-    assert!(
-        line.contains("tok/s at 4") && line.contains("with a stream per job"),
-        "{line}"
-    );
-    assert!(log.contains(&format!("with {n} workers (batched engine)")), "{log}");
-    let info: Value = serde_json::from_str(&std::fs::read_to_string(ws.path().join(".nrvnad.info")).unwrap()).unwrap();
-    assert_eq!(info["workers"], n, "{info}");
 }
 
 #[test]

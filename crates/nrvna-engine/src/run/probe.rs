@@ -5,7 +5,7 @@
 //! choice at start (`NRVNA_FLASH_ATTN=auto`) times it on the actual backend.
 
 use std::num::NonZeroU32;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use llama_cpp_2::context::kv_cache::KvCacheConversionError;
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -38,6 +38,66 @@ pub enum ProbeError {
     ReadState(StateSeqError),
     #[error("copying KV data into sequence {seq}: {source}")]
     WriteState { seq: usize, source: StateSeqError },
+    /// Other processes held the CPUs while decode steps were timed, so the
+    /// timings would be theirs as much as this model's.
+    #[error(
+        "the machine is busy: while decode steps were timed this process got {:.0}% of the CPU time of {threads} \
+         threads (at least {:.0}% needed)",
+        share * 100.0,
+        min * 100.0
+    )]
+    Busy { share: f64, threads: u32, min: f64 },
+}
+
+/// The share of the CPU time its threads would use below which
+/// measurements are not trusted ([`ProbeError::Busy`], [`cpu_share`]).
+/// llama.cpp's CPU threads wait for one another at every operation of a
+/// graph by spinning, so a step slows by far more than the share it lost:
+/// with three daemons starting at once on two cores, flash attention
+/// measured 6 to 16 tok/s where it runs 326 alone, each measurement took
+/// 6 to 44 s instead of 0.2, and one daemon chose the slower setting. Alone
+/// on this machine a measurement gets 96 to 99%; two daemons starting at
+/// once get 50% each.
+pub const MIN_CPU_SHARE: f64 = 0.75;
+
+/// The threads that can run at once: `threads`, at most one per CPU.
+pub fn runnable(threads: u32) -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    threads.clamp(1, cpus.max(1))
+}
+
+/// The share of `threads` CPUs (at most as many as the machine has) that
+/// this process gets: `threads` threads spin for `window`, and the CPU
+/// time they used is divided by what they would use alone. About 1.0 on
+/// an idle machine; below [`MIN_CPU_SHARE`], other processes hold the
+/// CPUs and decode steps timed now would measure them as much as the
+/// model. Costs `window` of wall time.
+pub fn cpu_share(threads: u32, window: Duration) -> f64 {
+    let n = runnable(threads);
+    let (cpu0, t0) = (process_cpu_secs(), Instant::now());
+    let spin = || {
+        while t0.elapsed() < window {
+            std::hint::spin_loop();
+        }
+    };
+    std::thread::scope(|s| {
+        for _ in 1..n {
+            s.spawn(spin);
+        }
+        spin();
+    });
+    (process_cpu_secs() - cpu0) / (t0.elapsed().as_secs_f64() * f64::from(n))
+}
+
+/// CPU seconds this process has used, all its threads together.
+fn process_cpu_secs() -> f64 {
+    // SAFETY: getrusage writes only into the struct it is given.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return f64::NAN;
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+    secs(ru.ru_utime) + secs(ru.ru_stime)
 }
 
 /// One configuration of the context.
@@ -236,8 +296,16 @@ pub const CHOICE_MAX_SEQS: u32 = 16;
 /// (each copy takes cells of its own, as a different job's prompt would,
 /// where a `seq_cp` would share the same cells). Each setting then times
 /// 7 decode steps and keeps the median, so one step slowed by another
-/// process does not decide.
-pub fn choose_flash_attn(model: &Weights, base: &ProbeConfig, seqs: u32) -> Result<(bool, f64, f64), ProbeError> {
+/// process does not decide. `cpu_bound`: the model runs on the CPU, and
+/// the measurement stops with [`ProbeError::Busy`] when other processes
+/// hold the CPUs (give false when layers run on a GPU, where the CPU
+/// waits).
+pub fn choose_flash_attn(
+    model: &Weights,
+    base: &ProbeConfig,
+    seqs: u32,
+    cpu_bound: bool,
+) -> Result<(bool, f64, f64), ProbeError> {
     let seqs = seqs.clamp(1, CHOICE_MAX_SEQS) as usize;
     let prompt = measuring_prompt(model, CHOICE_CELLS_PER_SEQ)?;
     let cells = seqs * (CHOICE_CELLS_PER_SEQ + CHOICE_STEPS);
@@ -246,8 +314,16 @@ pub fn choose_flash_attn(model: &Weights, base: &ProbeConfig, seqs: u32) -> Resu
         n_ctx: base.n_ctx.max(cells.div_ceil(256) as u32 * 256),
         ..*base
     };
-    let measure =
-        |flash_attn| median_step_tok_s(model, &ProbeConfig { flash_attn, ..cfg }, seqs, &prompt, CHOICE_STEPS);
+    let measure = |flash_attn| {
+        median_step_tok_s(
+            model,
+            &ProbeConfig { flash_attn, ..cfg },
+            seqs,
+            &prompt,
+            CHOICE_STEPS,
+            cpu_bound,
+        )
+    };
     let off = measure(false)?;
     let on = measure(true)?;
     Ok((on > off, on, off))
@@ -287,8 +363,13 @@ pub const SLOTS_CANDIDATES: [u32; 5] = [4, 8, 16, 32, 64];
 /// before: the pick is the smallest within 5% of the best, and past that
 /// point larger batches only add latency (on a CPU with one shared stream,
 /// they get slower). Each size times [`SLOTS_STEPS`] steps, to keep the
-/// start short.
-pub fn measure_slots(model: &Weights, base: &ProbeConfig, max_slots: u32) -> Result<Vec<(u32, f64)>, ProbeError> {
+/// start short. `cpu_bound` as for [`choose_flash_attn`].
+pub fn measure_slots(
+    model: &Weights,
+    base: &ProbeConfig,
+    max_slots: u32,
+    cpu_bound: bool,
+) -> Result<Vec<(u32, f64)>, ProbeError> {
     let prompt = measuring_prompt(model, SLOTS_CELLS_PER_SEQ)?;
     let mut out: Vec<(u32, f64)> = Vec::new();
     for b in SLOTS_CANDIDATES {
@@ -307,7 +388,7 @@ pub fn measure_slots(model: &Weights, base: &ProbeConfig, max_slots: u32) -> Res
             n_batch: base.n_batch.max(b),
             ..*base
         };
-        let tok_s = median_step_tok_s(model, &cfg, b as usize, &prompt, SLOTS_STEPS)?;
+        let tok_s = median_step_tok_s(model, &cfg, b as usize, &prompt, SLOTS_STEPS, cpu_bound)?;
         let before = out.last().map(|x| x.1);
         out.push((b, tok_s));
         if before.is_some_and(|p| tok_s < 1.1 * p) {
@@ -327,13 +408,18 @@ pub fn pick_slots(measured: &[(u32, f64)]) -> Option<u32> {
 
 /// Fills `seqs` sequences with `prompt` (prefilled once, copied to the
 /// others), then decodes one token per sequence `steps` times;
-/// returns tokens per second of the median step.
+/// returns tokens per second of the median step. `cpu_bound`: after
+/// each step, stops with [`ProbeError::Busy`] once the steps so far got
+/// less than [`MIN_CPU_SHARE`] of the CPU time the context's threads
+/// would use (the prompt is not judged: it may wait for the weights to
+/// come in from disk).
 fn median_step_tok_s(
     model: &Weights,
     cfg: &ProbeConfig,
     seqs: usize,
     prompt: &[LlamaToken],
     steps_n: usize,
+    cpu_bound: bool,
 ) -> Result<f64, ProbeError> {
     let mut ctx = new_context(&model.llama, context_params(cfg, seqs as u32))?;
     let n_batch = cfg.n_batch.max(seqs as u32) as usize;
@@ -353,13 +439,39 @@ fn median_step_tok_s(
     let mut next = vec![prompt[last]; seqs];
     let mut pos = vec![last; seqs];
     let mut steps = Vec::with_capacity(steps_n);
+    let (cpu0, wall0) = (process_cpu_secs(), Instant::now());
     for step in 0..steps_n {
         let t = Instant::now();
         decode_step(&mut ctx, &mut batch, &mut next, &mut pos, step)?;
         steps.push(t.elapsed().as_secs_f64());
+        if cpu_bound {
+            let threads = runnable(cfg.threads);
+            let share = (process_cpu_secs() - cpu0) / (wall0.elapsed().as_secs_f64() * f64::from(threads));
+            // NaN (getrusage failed) does not stop it.
+            if share < MIN_CPU_SHARE {
+                return Err(ProbeError::Busy {
+                    share,
+                    threads,
+                    min: MIN_CPU_SHARE,
+                });
+            }
+        }
     }
+    let share = (process_cpu_secs() - cpu0) / (wall0.elapsed().as_secs_f64() * f64::from(runnable(cfg.threads)));
     steps.sort_by(f64::total_cmp);
-    Ok(seqs as f64 / steps[steps.len() / 2].max(1e-9))
+    let median = steps[steps.len() / 2];
+    tracing::debug!(
+        "probe: {seqs} sequences {}, flash attention {}: median step {:.1} ms, {:.0}% of the threads' CPU time",
+        if cfg.kv_unified {
+            "sharing one KV stream"
+        } else {
+            "with a KV stream per sequence"
+        },
+        if cfg.flash_attn { "on" } else { "off" },
+        median * 1e3,
+        share * 100.0
+    );
+    Ok(seqs as f64 / median.max(1e-9))
 }
 
 #[cfg(test)]
