@@ -143,11 +143,17 @@ pub fn start_daemon_with(model: &Path, ws: &Path, args: &[&str], env: &[(&str, &
         .stdout(Stdio::null())
         .spawn()
         .expect("spawning nrvnad");
-    let p = Proc { child };
+    let mut p = Proc { child };
+    let mut exited = None;
+    let ready = wait_for(Duration::from_secs(120), || {
+        exited = p.child.try_wait().ok().flatten();
+        exited.is_some() || ws.join(".nrvnad.ready").exists()
+    });
     assert!(
-        wait_for(Duration::from_secs(120), || ws.join(".nrvnad.ready").exists()),
-        "nrvnad {args:?} did not become ready within 120 s"
+        exited.is_none(),
+        "nrvnad {args:?} exited before it was ready ({exited:?}); its stderr is above"
     );
+    assert!(ready, "nrvnad {args:?} did not become ready within 120 s");
     p
 }
 
