@@ -82,10 +82,15 @@ impl Inference {
             model.template.source
         );
         let mut cfg = cfg;
-        // With a projector or vocoder attached, decode steps measured at
-        // start ran about 100x slower than without (the cause is not
-        // known; jobs themselves were not measured so), which made the
-        // start take minutes: such daemons keep the plain defaults.
+        // Daemons with a projector or vocoder attached keep the plain
+        // defaults (4 workers; flash attention timed at 4 sequences). This
+        // began when their measurements ran about 100x slower in the
+        // media tests; that was the busy machine (the tests' daemons
+        // starting together; see `busy_now`), not the projector: alone,
+        // with the vision or audio fixture attached, every measurement
+        // here matches a plain daemon's. Sizing their batch by
+        // measurement would need a look at what a media job holds per
+        // worker first.
         let media = model.projector.is_some() || model.speech.is_some();
         // Flash attention first: the batch sizes are then timed with the
         // setting each layout will run (timed without it, the shared
