@@ -31,4 +31,4 @@ pub use plan::config::{EngineConfig, FlashAttn};
 pub use plan::sampling::Sampling;
 pub use plan::{config, sampling, template};
 pub use run::parts::ModelParts;
-pub use run::{batched, embed, media, perjob, probe, sched, tts};
+pub use run::{batched, cpu, embed, media, perjob, probe, sched, tts};

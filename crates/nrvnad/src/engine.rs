@@ -218,10 +218,10 @@ impl Inference {
 
 /// Why the start-up measurements should not run now, if they should not:
 /// spinning on as many CPUs as the engine has threads (at most all of
-/// them) for 50 ms got less than [`nrvna_engine::probe::MIN_CPU_SHARE`]
+/// them) for 50 ms got less than [`nrvna_engine::cpu::MIN_CPU_SHARE`]
 /// of their time.
 fn busy_now(threads: u32) -> Option<String> {
-    use nrvna_engine::probe::{cpu_share, runnable, MIN_CPU_SHARE};
+    use nrvna_engine::cpu::{cpu_share, runnable, MIN_CPU_SHARE};
     let share = cpu_share(threads, std::time::Duration::from_millis(50));
     tracing::debug!(
         "before measuring: spinning on {} CPUs for 50 ms got {:.0}% of their time",

@@ -4,7 +4,7 @@
 //! the context back to one shared stream, `--kv-layout unified` never
 //! switches, and jobs behind a long shared instruction run together in the
 //! shared stream, attached to one copy of it. (`--workers auto`, measured
-//! at start, is tested alone in tests/startup.rs: a measurement needs the
+//! at start, is tested alone in tests/busy_cpus.rs: a measurement needs the
 //! CPUs to itself.)
 
 mod common;

@@ -35,6 +35,7 @@ use crate::job::{EngineStats, Observer, Output, Request, Runner, TextRequest, PO
 use crate::llama::new_context;
 use crate::plan::config::EngineConfig;
 use crate::plan::prompt::plan_text;
+use crate::run::cpu::{process_cpu_secs, CpuWatch};
 use crate::run::embed::embed_many;
 use crate::run::generation::Generation;
 use crate::run::parts::ModelParts;
@@ -280,6 +281,9 @@ struct Engine<'m> {
     /// Where the engine thread's time went, logged at debug level when it
     /// stops.
     tally: Tally,
+    /// The CPU time decodes get (on the CPU only): a warning when other
+    /// processes hold the CPUs.
+    cpu_watch: Option<CpuWatch>,
 }
 
 /// The engine thread's time, by kind of decode call.
@@ -359,6 +363,7 @@ fn engine_main(
         cfg.flash_attn.name()
     );
     let min_reuse = cfg.prefix_reuse_min as usize;
+    let (cfg_gpu_layers, cfg_threads) = (cfg.gpu_layers, cfg.threads);
     let mut e = Engine {
         model: &*model,
         cfg,
@@ -377,6 +382,7 @@ fn engine_main(
         media_jobs: 0,
         stats,
         tally: Tally::default(),
+        cpu_watch: (cfg_gpu_layers == 0).then(|| CpuWatch::new(cfg_threads)),
     };
     let started = std::time::Instant::now();
     if layout == Layout::Streams {
@@ -790,6 +796,7 @@ impl<'m> Engine<'m> {
                 return;
             }
             self.decodes += 1;
+            let cpu0 = self.cpu_watch.as_ref().map(|_| process_cpu_secs());
             let t = std::time::Instant::now();
             let res = if self.cfg.test_decode_fault == Some(self.decodes) {
                 Err(llama_cpp_2::DecodeError::Unknown(-3))
@@ -797,6 +804,9 @@ impl<'m> Engine<'m> {
                 self.ctx_mut().decode(&mut batch)
             };
             let secs = t.elapsed().as_secs_f64();
+            if let (Some(w), Some(cpu0)) = (&mut self.cpu_watch, cpu0) {
+                w.record(cpu0, secs);
+            }
             self.tally.decode_secs += secs;
             let prompt_tokens: usize = feeds.iter().filter(|f| f.is_prompt()).map(|f| f.take).sum();
             if prompt_tokens > 0 {

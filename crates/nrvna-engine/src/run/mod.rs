@@ -5,6 +5,7 @@
 //! `media` are shared by both engines.
 
 pub mod batched;
+pub mod cpu;
 pub mod embed;
 pub mod generation;
 pub mod media;

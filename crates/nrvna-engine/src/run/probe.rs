@@ -5,7 +5,7 @@
 //! choice at start (`NRVNA_FLASH_ATTN=auto`) times it on the actual backend.
 
 use std::num::NonZeroU32;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use llama_cpp_2::context::kv_cache::KvCacheConversionError;
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -15,6 +15,7 @@ use llama_cpp_2::llama_batch::{BatchAddError, LlamaBatch};
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{DecodeError, StateSeqError};
 
+use super::cpu::{process_cpu_secs, runnable, MIN_CPU_SHARE};
 use crate::error::EngineError;
 use crate::llama::{new_context, Weights};
 
@@ -47,57 +48,6 @@ pub enum ProbeError {
         min * 100.0
     )]
     Busy { share: f64, threads: u32, min: f64 },
-}
-
-/// The share of the CPU time its threads would use below which
-/// measurements are not trusted ([`ProbeError::Busy`], [`cpu_share`]).
-/// llama.cpp's CPU threads wait for one another at every operation of a
-/// graph by spinning, so a step slows by far more than the share it lost:
-/// with three daemons starting at once on two cores, flash attention
-/// measured 6 to 16 tok/s where it runs 326 alone, each measurement took
-/// 6 to 44 s instead of 0.2, and one daemon chose the slower setting. Alone
-/// on this machine a measurement gets 96 to 99%; two daemons starting at
-/// once get 50% each.
-pub const MIN_CPU_SHARE: f64 = 0.75;
-
-/// The threads that can run at once: `threads`, at most one per CPU.
-pub fn runnable(threads: u32) -> u32 {
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    threads.clamp(1, cpus.max(1))
-}
-
-/// The share of `threads` CPUs (at most as many as the machine has) that
-/// this process gets: `threads` threads spin for `window`, and the CPU
-/// time they used is divided by what they would use alone. About 1.0 on
-/// an idle machine; below [`MIN_CPU_SHARE`], other processes hold the
-/// CPUs and decode steps timed now would measure them as much as the
-/// model. Costs `window` of wall time.
-pub fn cpu_share(threads: u32, window: Duration) -> f64 {
-    let n = runnable(threads);
-    let (cpu0, t0) = (process_cpu_secs(), Instant::now());
-    let spin = || {
-        while t0.elapsed() < window {
-            std::hint::spin_loop();
-        }
-    };
-    std::thread::scope(|s| {
-        for _ in 1..n {
-            s.spawn(spin);
-        }
-        spin();
-    });
-    (process_cpu_secs() - cpu0) / (t0.elapsed().as_secs_f64() * f64::from(n))
-}
-
-/// CPU seconds this process has used, all its threads together.
-fn process_cpu_secs() -> f64 {
-    // SAFETY: getrusage writes only into the struct it is given.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
-        return f64::NAN;
-    }
-    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
-    secs(ru.ru_utime) + secs(ru.ru_stime)
 }
 
 /// One configuration of the context.

@@ -1,19 +1,28 @@
-//! What the daemon measures at start, on the real model: with the CPUs to
-//! itself, `--workers auto` and `NRVNA_FLASH_ATTN=auto` time decode steps,
-//! log and record their choice; when other processes hold the CPUs, the
-//! timings would not be its own (llama.cpp's threads spin while they wait
-//! for one another, and a step slows by 20 to 50 times), so it gives up at
-//! once, says why, keeps the defaults, and is ready within seconds.
+//! The daemon on CPUs that other processes hold, on the real model.
+//! llama.cpp's threads spin while they wait for one another, so a decode
+//! slows 20 to 50 times when its threads lose their CPUs.
+//! - At start: with the CPUs to itself, `--workers auto` and
+//!   `NRVNA_FLASH_ATTN=auto` time decode steps, log and record their
+//!   choice; when other processes hold the CPUs, the timings would not be
+//!   its own, so it measures nothing, says why, keeps the defaults, and is
+//!   ready within seconds.
+//! - While it runs: the batched engine watches the CPU time its decodes
+//!   get, warns with the `--threads` that would fit, and says when the
+//!   CPUs are back.
 //!
-//! One test, alone in its binary: its first half needs an idle machine.
+//! The tests run one at a time (`SERIAL`): each needs an idle machine for
+//! part of it, and the other's spinning threads would take it.
 
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
+
+static SERIAL: Mutex<()> = Mutex::new(());
 
 /// The engine's own thread count of a daemon started without settings on
 /// a two-core machine (the tests' base environment runs one).
@@ -63,6 +72,7 @@ impl Drop for Hogs {
 
 #[test]
 fn start_up_measurements_run_on_an_idle_machine_and_are_skipped_on_a_busy_one() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     // Idle: both choices measured, said, and recorded.
     let ws = TestWs::new();
     let mut d = ws.daemon(&[], &THREADS);
@@ -130,4 +140,63 @@ fn start_up_measurements_run_on_an_idle_machine_and_are_skipped_on_a_busy_one() 
         "ready after {busy_ready} s on the busy machine ({idle_ready} s idle)"
     );
     eprintln!("model ready in {idle_ready:.2} s idle, {busy_ready:.2} s busy");
+}
+
+#[test]
+fn decoding_on_taken_cpus_warns_with_threads_that_fit_and_says_when_they_are_back() {
+    let _one = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let ws = TestWs::new();
+    // Settings given, so that nothing is measured at start.
+    let env = [("NRVNA_THREADS", "2"), ("NRVNA_FLASH_ATTN", "on")];
+    let mut d = ws.daemon(&["--workers", "4"], &env);
+    d.wait_ready();
+    let submit = |n: usize, tokens: &str| -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                ws.submit(
+                    &["--max-tokens", tokens],
+                    &format!("Write a long story about the number {i}."),
+                )
+            })
+            .collect()
+    };
+    // Busy: the engine's first two seconds of decoding get at most a fifth
+    // of its CPUs.
+    let hogs = Hogs::start();
+    let slow = submit(4, "64");
+    let warned = wait_for(Duration::from_secs(120), || {
+        d.log_text().contains("[WARN] [Engine] decoding got")
+    });
+    drop(hogs);
+    let log = d.log_text();
+    assert!(warned, "no warning while the CPUs were taken: {log}");
+    let line = log
+        .lines()
+        .find(|l| l.contains("[WARN] [Engine] decoding got"))
+        .expect("the warning");
+    assert!(
+        line.contains("of the CPU time of its 2 threads") && line.contains("here --threads 1"),
+        "{line}"
+    );
+    for id in &slow {
+        assert_eq!(ws.wait_finished(id, JOB), DONE, "{id}");
+    }
+    // Idle again: jobs until a window of decoding of its own has passed
+    // (two seconds), and the engine says the CPUs are back.
+    let t0 = std::time::Instant::now();
+    loop {
+        for id in &submit(16, "64") {
+            assert_eq!(ws.wait_finished(id, JOB), DONE, "{id}");
+        }
+        if d.log_text().contains("decoding gets its CPUs again") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no word that the CPUs are back: {}",
+            d.log_text()
+        );
+    }
+    // One warning for the busy spell (they repeat every ten minutes at most).
+    assert_eq!(d.log_text().matches("[WARN] [Engine] decoding got").count(), 1);
 }
