@@ -27,7 +27,10 @@ fn etas_printed_at_submit_time_match_the_actual_finish_times() {
     ws.create_dirs();
     let mut d = ws.daemon(&["--workers", "4"], &[("NRVNA_LOG_LEVEL", "warn")]);
     d.wait_ready();
-    let flags = ["--max-tokens", "8", "--temp", "0"];
+    // Jobs long enough that the backlog outgrows its submission: with 8
+    // tokens the daemon ran them about as fast as `wrk` and `flw` could
+    // submit and look (in one CI run only 13 of 200 were still queued).
+    let flags = ["--max-tokens", "32", "--temp", "0"];
     let prompt = |i: usize| format!("Write a long story about the number {i}.");
     // Warm-up: finished jobs give the workspace a completion rate.
     let warm: Vec<String> = (0..WARMUP).map(|i| ws.submit(&flags, &prompt(i))).collect();
