@@ -92,10 +92,6 @@ impl Inference {
         // measurement would need a look at what a media job holds per
         // worker first.
         let media = model.projector.is_some() || model.speech.is_some();
-        // Flash attention first: the batch sizes are then timed with the
-        // setting each layout will run (timed without it, the shared
-        // stream's best was 4 jobs at 285 tok/s, where flash attention ran
-        // 16 at 590 tok/s). Under --workers auto it is timed at 16 jobs.
         // The measurements below time decode steps; they are not tried
         // while other processes hold the CPUs (the timings would be
         // theirs, and each measurement would take seconds to minutes), nor
@@ -105,6 +101,10 @@ impl Inference {
         let mut busy = (measures && cfg.gpu_layers == 0)
             .then(|| busy_now(cfg.threads))
             .flatten();
+        // Flash attention first: the batch sizes are then timed with the
+        // setting each layout will run (timed without it, the shared
+        // stream's best was 4 jobs at 285 tok/s, where flash attention ran
+        // 16 at 590 tok/s). Under --workers auto it is timed at 16 jobs.
         if cfg.flash_attn == FlashAttn::Auto {
             let seqs = match (workers, kind) {
                 (AUTO_WORKERS, EngineKind::Batched) if !media => nrvna_engine::probe::CHOICE_MAX_SEQS,
@@ -222,21 +222,30 @@ impl Inference {
 /// of their time.
 fn busy_now(threads: u32) -> Option<String> {
     use nrvna_engine::cpu::{cpu_share, runnable, MIN_CPU_SHARE};
-    let share = cpu_share(threads, std::time::Duration::from_millis(50));
-    tracing::debug!(
-        "before measuring: spinning on {} CPUs for 50 ms got {:.0}% of their time",
+    let (share, cpus) = (
+        cpu_share(threads, std::time::Duration::from_millis(50)),
         runnable(threads),
+    );
+    tracing::debug!(
+        "before measuring: spinning on {cpus} CPUs for 50 ms got {:.0}% of their time",
         share * 100.0
     );
     (share < MIN_CPU_SHARE).then(|| {
         format!(
-            "the machine is busy: spinning on {} CPUs for 50 ms, this process got {:.0}% of their time (at least {:.0}% \
+            "the machine is busy: spinning on {cpus} CPUs for 50 ms, this process got {:.0}% of their time (at least {:.0}% \
              needed)",
-            runnable(threads),
             share * 100.0,
             MIN_CPU_SHARE * 100.0
         )
     })
+}
+
+/// Keeps `e`'s reason in `busy` when it says the machine is busy, so that
+/// the measurements after it are not tried.
+fn note_busy(busy: &mut Option<String>, e: &nrvna_engine::probe::ProbeError) {
+    if matches!(e, nrvna_engine::probe::ProbeError::Busy { .. }) {
+        *busy = Some(e.to_string());
+    }
 }
 
 /// `--workers auto` with the batched engine: times a decode step at batch
@@ -248,7 +257,13 @@ fn busy_now(threads: u32) -> Option<String> {
 /// fails, or an earlier one found the machine busy (`busy`, set when this
 /// one does), [`DEFAULT_WORKERS`].
 fn choose_slots(model: &Model, cfg: &EngineConfig, busy: &mut Option<String>) -> (u32, u32) {
-    use nrvna_engine::probe::{measure_slots, pick_slots, ProbeConfig, ProbeError, SLOTS_CELLS_PER_SEQ};
+    use nrvna_engine::probe::{measure_slots, pick_slots, ProbeConfig, SLOTS_CELLS_PER_SEQ};
+    if let Some(why) = busy {
+        tracing::warn!(
+            "--workers auto: batch sizes not measured ({why}); running {DEFAULT_WORKERS} workers (--workers N sets it)"
+        );
+        return (DEFAULT_WORKERS, 0);
+    }
     let n_ctx = model.weights.cap_ctx(cfg.max_ctx);
     let base = ProbeConfig {
         flash_attn: false,
@@ -257,12 +272,6 @@ fn choose_slots(model: &Model, cfg: &EngineConfig, busy: &mut Option<String>) ->
         n_ctx: 256,
         n_batch: 256,
     };
-    if let Some(why) = busy {
-        tracing::warn!(
-            "--workers auto: batch sizes not measured ({why}); running {DEFAULT_WORKERS} workers (--workers N sets it)"
-        );
-        return (DEFAULT_WORKERS, 0);
-    }
     let t = std::time::Instant::now();
     // As many jobs as the KV cache holds: in one shared stream, jobs of
     // that many cells; with a stream per job (and one for the prefix
@@ -300,9 +309,7 @@ fn choose_slots(model: &Model, cfg: &EngineConfig, busy: &mut Option<String>) ->
     let unified = match sweep(true) {
         Ok(m) => m,
         Err(e) => {
-            if matches!(e, ProbeError::Busy { .. }) {
-                *busy = Some(e.to_string());
-            }
+            note_busy(busy, &e);
             tracing::warn!(
                 "--workers auto: measuring batch sizes failed ({e}); running {DEFAULT_WORKERS} workers (--workers N sets it)"
             );
@@ -314,9 +321,7 @@ fn choose_slots(model: &Model, cfg: &EngineConfig, busy: &mut Option<String>) ->
         match sweep(false) {
             Ok(m) => Some(m),
             Err(e) => {
-                if matches!(e, ProbeError::Busy { .. }) {
-                    *busy = Some(e.to_string());
-                }
+                note_busy(busy, &e);
                 tracing::warn!("--workers auto: measuring batch sizes with a KV stream per job failed ({e})");
                 None
             }
@@ -395,9 +400,7 @@ fn choose_flash_attn(
             }
         }
         Err(e) => {
-            if matches!(e, nrvna_engine::probe::ProbeError::Busy { .. }) {
-                *busy = Some(e.to_string());
-            }
+            note_busy(busy, &e);
             tracing::warn!(
                 "flash attention{layout} left to llama.cpp (on where the backend has it): measuring it failed ({e}); \
                  NRVNA_FLASH_ATTN=on or off chooses it"

@@ -363,7 +363,7 @@ fn engine_main(
         cfg.flash_attn.name()
     );
     let min_reuse = cfg.prefix_reuse_min as usize;
-    let (cfg_gpu_layers, cfg_threads) = (cfg.gpu_layers, cfg.threads);
+    let cpu_watch = (cfg.gpu_layers == 0).then(|| CpuWatch::new(cfg.threads));
     let mut e = Engine {
         model: &*model,
         cfg,
@@ -382,7 +382,7 @@ fn engine_main(
         media_jobs: 0,
         stats,
         tally: Tally::default(),
-        cpu_watch: (cfg_gpu_layers == 0).then(|| CpuWatch::new(cfg_threads)),
+        cpu_watch,
     };
     let started = std::time::Instant::now();
     if layout == Layout::Streams {

@@ -28,6 +28,35 @@ pub fn runnable(threads: u32) -> u32 {
     threads.clamp(1, cpus.max(1))
 }
 
+/// The CPU share of a span of time: what this process used since
+/// [`CpuSpan::start`], over what `threads` threads (at most one per CPU)
+/// would use alone.
+pub(crate) struct CpuSpan {
+    cpu0: f64,
+    t0: Instant,
+    threads: u32,
+}
+
+impl CpuSpan {
+    pub(crate) fn start(threads: u32) -> CpuSpan {
+        CpuSpan {
+            cpu0: process_cpu_secs(),
+            t0: Instant::now(),
+            threads: runnable(threads),
+        }
+    }
+
+    /// The threads the share is counted against.
+    pub(crate) fn threads(&self) -> u32 {
+        self.threads
+    }
+
+    /// The share so far (NaN when getrusage failed).
+    pub(crate) fn share(&self) -> f64 {
+        (process_cpu_secs() - self.cpu0) / (self.t0.elapsed().as_secs_f64() * f64::from(self.threads))
+    }
+}
+
 /// The share of `threads` CPUs (at most as many as the machine has) that
 /// this process gets: `threads` threads spin for `window`, and the CPU
 /// time they used is divided by what they would use alone. About 1.0 on
@@ -35,20 +64,19 @@ pub fn runnable(threads: u32) -> u32 {
 /// CPUs and decode steps timed now would measure them as much as the
 /// model. Costs `window` of wall time.
 pub fn cpu_share(threads: u32, window: Duration) -> f64 {
-    let n = runnable(threads);
-    let (cpu0, t0) = (process_cpu_secs(), Instant::now());
+    let span = CpuSpan::start(threads);
     let spin = || {
-        while t0.elapsed() < window {
+        while span.t0.elapsed() < window {
             std::hint::spin_loop();
         }
     };
     std::thread::scope(|s| {
-        for _ in 1..n {
+        for _ in 1..span.threads {
             s.spawn(spin);
         }
         spin();
     });
-    (process_cpu_secs() - cpu0) / (t0.elapsed().as_secs_f64() * f64::from(n))
+    span.share()
 }
 
 /// CPU seconds this process has used, all its threads together.
@@ -93,17 +121,16 @@ impl CpuWatch {
     }
 
     /// Records a decode call that began at `cpu0` ([`process_cpu_secs`])
-    /// and took `wall` seconds; at the end of a window, judges it and
-    /// returns its share.
-    pub(crate) fn record(&mut self, cpu0: f64, wall: f64) -> Option<f64> {
+    /// and took `wall` seconds; at the end of a window, judges it.
+    pub(crate) fn record(&mut self, cpu0: f64, wall: f64) {
         let cpu = process_cpu_secs() - cpu0;
         if !cpu.is_finite() {
-            return None;
+            return;
         }
         self.cpu += cpu;
         self.wall += wall;
         if self.wall < WATCH_WINDOW_SECS {
-            return None;
+            return;
         }
         let share = self.cpu / (self.wall * f64::from(self.threads));
         let secs = self.wall;
@@ -134,6 +161,5 @@ impl CpuWatch {
                 self.threads
             );
         }
-        Some(share)
     }
 }

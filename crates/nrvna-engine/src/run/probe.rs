@@ -15,7 +15,7 @@ use llama_cpp_2::llama_batch::{BatchAddError, LlamaBatch};
 use llama_cpp_2::token::LlamaToken;
 use llama_cpp_2::{DecodeError, StateSeqError};
 
-use super::cpu::{process_cpu_secs, runnable, MIN_CPU_SHARE};
+use super::cpu::{CpuSpan, MIN_CPU_SHARE};
 use crate::error::EngineError;
 use crate::llama::{new_context, Weights};
 
@@ -389,25 +389,22 @@ fn median_step_tok_s(
     let mut next = vec![prompt[last]; seqs];
     let mut pos = vec![last; seqs];
     let mut steps = Vec::with_capacity(steps_n);
-    let (cpu0, wall0) = (process_cpu_secs(), Instant::now());
+    let span = CpuSpan::start(cfg.threads);
     for step in 0..steps_n {
         let t = Instant::now();
         decode_step(&mut ctx, &mut batch, &mut next, &mut pos, step)?;
         steps.push(t.elapsed().as_secs_f64());
-        if cpu_bound {
-            let threads = runnable(cfg.threads);
-            let share = (process_cpu_secs() - cpu0) / (wall0.elapsed().as_secs_f64() * f64::from(threads));
-            // NaN (getrusage failed) does not stop it.
-            if share < MIN_CPU_SHARE {
-                return Err(ProbeError::Busy {
-                    share,
-                    threads,
-                    min: MIN_CPU_SHARE,
-                });
-            }
+        let share = span.share();
+        // NaN (getrusage failed) does not stop it.
+        if cpu_bound && share < MIN_CPU_SHARE {
+            return Err(ProbeError::Busy {
+                share,
+                threads: span.threads(),
+                min: MIN_CPU_SHARE,
+            });
         }
     }
-    let share = (process_cpu_secs() - cpu0) / (wall0.elapsed().as_secs_f64() * f64::from(runnable(cfg.threads)));
+    let share = span.share();
     steps.sort_by(f64::total_cmp);
     let median = steps[steps.len() / 2];
     tracing::debug!(
