@@ -190,7 +190,10 @@ def with_daemon(ctx, page, ws):
     page.goto(BASE + "/ui/submit")
     ready(page)
     page.fill("textarea[name=prompt]", "Write a long story about a dragon who learns to fly.")
-    page.fill("input[name=max_tokens]", "40")
+    # Long enough to be seen growing: 40 tokens could finish between two
+    # looks once flash attention ran (as it does when the daemon's start
+    # finds the browser busy and leaves the choice to llama.cpp).
+    page.fill("input[name=max_tokens]", "400")
     page.click("#submit-button")
     page.wait_for_url(BASE + "/ui/job/*")
     ready(page)
@@ -214,15 +217,16 @@ def with_daemon(ctx, page, ws):
     # Overview counts equal flw WS --json while jobs run.
     page.goto(BASE + "/ui")
     ready(page)
-    # Long jobs (up to 160 tokens each, more than the daemon's 2 workers
-    # take at once), so that the counts stand still for seconds while
-    # the queue is busy: with short ones they changed faster than a
-    # comparison could see them equal.
-    for i in range(5):
+    # A backlog long enough that the counts stand still for seconds while
+    # the queue is busy (24 jobs of up to 400 tokens, more than the
+    # daemon's 2 workers take at once): one comparison takes about a
+    # second, and 5 jobs of 160 tokens, on a daemon whose start left
+    # flash attention on, were done within two of them.
+    for i in range(24):
         page.evaluate(
             "(i) => fetch('/ui/api/submit', {method: 'POST', headers: {'Content-Type': 'application/json'},"
             " body: JSON.stringify({prompt: 'Count from one to two hundred, one number a line. ' + i,"
-            " max_tokens: 160})})",
+            " max_tokens: 400})})",
             i,
         )
 
